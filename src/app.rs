@@ -1,0 +1,97 @@
+//! Startup wiring: settings and bound listeners in, a running actor system out.
+//!
+//! [`run`] binds the configured addresses and calls [`serve`], which starts the oracle on an
+//! arbiter of its own, one worker arbiter per `server.workers`, the [`Server`] on the main
+//! thread and the signal handlers, then runs until a drain completes. Listeners are bound
+//! before anything else starts, so a bad address fails fast, and `serve` accepts listeners
+//! bound elsewhere (tests, inherited sockets).
+
+use std::{io, sync::Arc};
+
+use actix::{Actor, Arbiter, System};
+
+use crate::{
+    codec::DEFAULT_MAX_QUESTION_BYTES,
+    config::Settings,
+    listener::{self, AcceptStream, ListenError},
+    oracle::{AnswerTable, Oracle, TableError},
+    server::{Server, ServerConfig},
+    session::SessionConfig,
+    shutdown,
+};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A configured address could not be listened on.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The answer table breaks the protocol's rules.
+    #[error("invalid oracle.answers: {0}")]
+    Answers(#[from] TableError),
+    /// The runtime, a listener's registration or the signal handlers failed.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was being set up.
+        what: &'static str,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// Binds every address of `settings.server.listen`, then [`serve`]s.
+///
+/// # Errors
+///
+/// [`RunError`] naming the address that could not be bound, or whatever `serve` reports.
+pub fn run(settings: &Settings) -> Result<(), RunError> {
+    let listeners = settings
+        .server
+        .listen
+        .iter()
+        .map(|&addr| listener::bind(addr, settings.server.backlog))
+        .collect::<Result<Vec<_>, _>>()?;
+    serve(listeners, settings)
+}
+
+/// Serves on already-bound, non-blocking `listeners` until SIGTERM or SIGINT has drained the
+/// server. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
+///
+/// # Errors
+///
+/// [`RunError`] if the answer table is invalid or the runtime cannot be set up.
+pub fn serve(listeners: Vec<std::net::TcpListener>, settings: &Settings) -> Result<(), RunError> {
+    let table = Arc::new(settings.oracle.table()?);
+    let system = System::new();
+    let arbiters = system.block_on(async { start(listeners, settings, table) })?;
+    let result = system.run().map_err(|source| RunError::Runtime { what: "actor system failed", source });
+    for arbiter in arbiters {
+        arbiter.stop();
+        arbiter.join().ok();
+    }
+    result
+}
+
+/// Starts every actor on the running system; returns the arbiters to join at exit.
+fn start(
+    listeners: Vec<std::net::TcpListener>,
+    settings: &Settings,
+    table: Arc<AnswerTable>,
+) -> Result<Vec<Arbiter>, RunError> {
+    let listeners = listeners
+        .into_iter()
+        .map(AcceptStream::new)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
+    let oracle_arbiter = Arbiter::new();
+    let oracle = Oracle::start_in_arbiter(&oracle_arbiter.handle(), move |_| Oracle::new(table));
+    let workers: Vec<Arbiter> = (0..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
+    let config = ServerConfig {
+        session: SessionConfig { max_question_bytes: DEFAULT_MAX_QUESTION_BYTES },
+        shutdown_timeout: settings.server.shutdown_timeout(),
+    };
+    let server = Server::new(listeners, workers.iter().map(Arbiter::handle).collect(), oracle.recipient(), config);
+    shutdown::handle_signals(server.start().recipient())
+        .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
+    Ok(workers.into_iter().chain([oracle_arbiter]).collect())
+}

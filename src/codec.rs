@@ -1,0 +1,283 @@
+//! [`ZenCodec`]: splits a byte stream into questions and writes answers.
+//!
+//! Framing follows the protocol: a question is every byte up to and including the next `?`,
+//! leading ASCII whitespace excluded. The decoder yields every complete question it finds in
+//! one read as a single batch ([`Incoming::Questions`]), so one read costs one trip to the
+//! oracle however many questions it held. It never keeps more than `max_question_bytes - 1`
+//! bytes of an unfinished question: a longer question is reported as [`Incoming::TooLong`]
+//! the moment the limit is reached, without waiting for its `?`. Bytes left at end of file are
+//! reported as [`Incoming::PartialAtEof`] rather than as a question.
+//!
+//! What to do with each event (answer, close, log) is the session's business.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::protocol::{Answer, QUESTION_END, Question, is_leading_whitespace};
+
+/// The largest question accepted when the settings do not say otherwise, in bytes.
+pub const DEFAULT_MAX_QUESTION_BYTES: usize = 1024;
+
+/// What the decoder found in the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// One or more complete questions, in the order they arrived.
+    Questions(Vec<Question>),
+    /// The question being received is longer than the limit; nothing more will be decoded.
+    TooLong,
+    /// The stream ended in the middle of a question; these are its bytes.
+    PartialAtEof(Bytes),
+}
+
+/// Errors from the read side of a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Reading from the connection failed.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Decodes questions (with a byte cap) and encodes answers.
+#[derive(Debug, Clone)]
+pub struct ZenCodec {
+    max_question_bytes: usize,
+    /// Bytes of the unfinished question already searched for `?`, so none is searched twice.
+    scanned: usize,
+    state: DecodeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodeState {
+    Reading,
+    /// A too-long question was found after a batch that still has to be handed out.
+    TooLongPending,
+    /// Too long was reported: everything else is discarded.
+    Rejected,
+}
+
+impl ZenCodec {
+    /// A codec accepting questions of up to `max_question_bytes` bytes, `?` included.
+    ///
+    /// A limit of zero is treated as one (the shortest question is a lone `?`).
+    pub fn new(max_question_bytes: usize) -> Self {
+        Self { max_question_bytes: max_question_bytes.max(1), scanned: 0, state: DecodeState::Reading }
+    }
+
+    /// The longest question this codec accepts, in bytes.
+    pub fn max_question_bytes(&self) -> usize {
+        self.max_question_bytes
+    }
+
+    fn reject(&mut self, src: &mut BytesMut, batch: Vec<Question>) -> Option<Incoming> {
+        src.clear();
+        self.scanned = 0;
+        if batch.is_empty() {
+            self.state = DecodeState::Rejected;
+            Some(Incoming::TooLong)
+        } else {
+            self.state = DecodeState::TooLongPending;
+            Some(Incoming::Questions(batch))
+        }
+    }
+}
+
+impl Default for ZenCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_QUESTION_BYTES)
+    }
+}
+
+impl Decoder for ZenCodec {
+    type Item = Incoming;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        match self.state {
+            DecodeState::Reading => {}
+            DecodeState::TooLongPending => {
+                self.state = DecodeState::Rejected;
+                src.clear();
+                return Ok(Some(Incoming::TooLong));
+            }
+            DecodeState::Rejected => {
+                src.clear();
+                return Ok(None);
+            }
+        }
+        let mut batch = Vec::new();
+        loop {
+            if self.scanned == 0 {
+                let blanks = src.iter().take_while(|&&b| is_leading_whitespace(b)).count();
+                src.advance(blanks);
+            }
+            match memchr::memchr(QUESTION_END, &src[self.scanned..]) {
+                Some(offset) => {
+                    let length = self.scanned + offset + 1;
+                    if length > self.max_question_bytes {
+                        return Ok(self.reject(src, batch));
+                    }
+                    self.scanned = 0;
+                    batch.push(Question::new(src.split_to(length).freeze()));
+                }
+                None => {
+                    if src.len() >= self.max_question_bytes {
+                        // Even the `?` still to come would make it too long.
+                        return Ok(self.reject(src, batch));
+                    }
+                    self.scanned = src.len();
+                    break;
+                }
+            }
+        }
+        Ok((!batch.is_empty()).then_some(Incoming::Questions(batch)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        if let Some(incoming) = self.decode(src)? {
+            return Ok(Some(incoming));
+        }
+        if src.is_empty() {
+            return Ok(None);
+        }
+        self.scanned = 0;
+        Ok(Some(Incoming::PartialAtEof(src.split().freeze())))
+    }
+}
+
+impl Encoder<Answer> for ZenCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, answer: Answer, dst: &mut BytesMut) -> io::Result<()> {
+        dst.extend_from_slice(answer.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` one at a time, as separate reads, then signals end of file.
+    fn decode_all(codec: &mut ZenCodec, chunks: &[&[u8]]) -> Vec<Incoming> {
+        let mut buffer = BytesMut::new();
+        let mut events = Vec::new();
+        for chunk in chunks {
+            buffer.extend_from_slice(chunk);
+            while let Some(event) = codec.decode(&mut buffer).unwrap() {
+                events.push(event);
+            }
+            assert!(buffer.len() < codec.max_question_bytes(), "buffered {}", buffer.len());
+        }
+        while let Some(event) = codec.decode_eof(&mut buffer).unwrap() {
+            events.push(event);
+        }
+        events
+    }
+
+    fn questions(list: &[&'static [u8]]) -> Incoming {
+        Incoming::Questions(list.iter().map(|q| Question::from_static(q)).collect())
+    }
+
+    #[test]
+    fn one_question_split_over_many_reads_is_one_question() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"Beau", b"tiful is ", b"better than?"]);
+        assert_eq!(events, [questions(&[b"Beautiful is better than?"])]);
+    }
+
+    #[test]
+    fn pipelined_questions_in_one_read_come_out_as_one_batch_in_order() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"a?b?c?"]);
+        assert_eq!(events, [questions(&[b"a?", b"b?", b"c?"])]);
+    }
+
+    #[test]
+    fn leading_whitespace_is_not_part_of_a_question() {
+        let events = decode_all(&mut ZenCodec::default(), &[b" \t\r\nWhy?\r\n", b"  Why not?"]);
+        assert_eq!(events, [questions(&[b"Why?"]), questions(&[b"Why not?"])]);
+    }
+
+    #[test]
+    fn whitespace_inside_and_at_the_end_of_a_question_is_kept() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"a  b \n?"]);
+        assert_eq!(events, [questions(&[b"a  b \n?"])]);
+    }
+
+    #[test]
+    fn non_utf8_and_nul_bytes_are_just_bytes() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"\x00\xff\xfe?"]);
+        assert_eq!(events, [questions(&[b"\x00\xff\xfe?"])]);
+    }
+
+    #[test]
+    fn a_question_of_exactly_the_limit_is_accepted() {
+        let events = decode_all(&mut ZenCodec::new(4), &[b"abc?"]);
+        assert_eq!(events, [questions(&[b"abc?"])]);
+    }
+
+    #[test]
+    fn a_question_reaching_the_limit_without_its_end_is_too_long_at_once() {
+        let mut codec = ZenCodec::new(4);
+        let mut buffer = BytesMut::from(&b"abcd"[..]);
+        assert_eq!(codec.decode(&mut buffer).unwrap(), Some(Incoming::TooLong));
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_terminated_question_over_the_limit_is_too_long() {
+        let events = decode_all(&mut ZenCodec::new(4), &[b"abcd?"]);
+        assert_eq!(events, [Incoming::TooLong]);
+    }
+
+    #[test]
+    fn questions_before_a_too_long_one_are_delivered_first() {
+        let events = decode_all(&mut ZenCodec::new(4), &[b"ab?cdefgh?ij?"]);
+        assert_eq!(events, [questions(&[b"ab?"]), Incoming::TooLong]);
+    }
+
+    #[test]
+    fn nothing_is_decoded_after_too_long() {
+        let events = decode_all(&mut ZenCodec::new(4), &[b"abcdef", b"x?", b"y"]);
+        assert_eq!(events, [Incoming::TooLong]);
+    }
+
+    #[test]
+    fn oversized_so_far_input_dribbled_in_is_stopped_at_the_limit() {
+        let mut codec = ZenCodec::new(8);
+        let mut buffer = BytesMut::new();
+        let mut events = Vec::new();
+        for _ in 0..100 {
+            buffer.extend_from_slice(b"z");
+            if let Some(event) = codec.decode(&mut buffer).unwrap() {
+                events.push(event);
+            }
+            assert!(buffer.len() < 8);
+        }
+        assert_eq!(events, [Incoming::TooLong]);
+    }
+
+    #[test]
+    fn partial_question_at_end_of_file_is_reported_with_its_bytes() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"Why?Beautiful is better than"]);
+        assert_eq!(
+            events,
+            [questions(&[b"Why?"]), Incoming::PartialAtEof(Bytes::from_static(b"Beautiful is better than")),]
+        );
+    }
+
+    #[test]
+    fn trailing_whitespace_at_end_of_file_is_not_a_partial_question() {
+        let events = decode_all(&mut ZenCodec::default(), &[b"Why?\r\n"]);
+        assert_eq!(events, [questions(&[b"Why?"])]);
+    }
+
+    #[test]
+    fn answers_are_encoded_exactly() {
+        let mut buffer = BytesMut::new();
+        let mut codec = ZenCodec::default();
+        codec.encode(Answer::from_static(b"Ugly."), &mut buffer).unwrap();
+        codec.encode(Answer::UNKNOWN_APHORISM, &mut buffer).unwrap();
+        assert_eq!(&buffer[..], b"Ugly.Error: unknown aphorism.");
+    }
+}

@@ -1,0 +1,41 @@
+//! `zen-server`: the "Zen of Python" question-and-answer service of chapter 7 of
+//! *Foundations of Python Network Programming*, as an actix actor system.
+//!
+//! A client sends questions ending with `?`; the server answers each with a line of the Zen
+//! of Python ending with `.`, in order, over one TCP connection. A [`Server`](server::Server)
+//! actor accepts connections and starts one [`ZenSession`](session::ZenSession) actor per
+//! client on a pool of worker threads; sessions ask the one shared
+//! [`Oracle`](oracle::Oracle) actor for answers.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: `Question`, `Answer`, the protocol's constants and error answers.
+//! - [`codec`]: `ZenCodec`, framing questions (with a byte cap) and encoding answers.
+//! - [`oracle`]: `AnswerTable` (validated) and the `Oracle` actor.
+//! - [`session`]: the `ZenSession` actor, one per client.
+//! - [`server`]: the `Server` actor: accepts, places sessions on workers, counts, drains.
+//! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
+//! - [`shutdown`]: signals to drain, and the drain broadcast to sessions.
+//! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
+//! - [`cli`]: command lines of `zen-server` and `zen-client`.
+//! - [`telemetry`]: the tracing subscriber (text or JSON).
+//! - [`app`]: wiring settings and listeners into a running system.
+//! - [`client`]: a small client for `zen-client` and tests.
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod listener;
+pub mod oracle;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use protocol::{Answer, Question};

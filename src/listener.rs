@@ -1,0 +1,164 @@
+//! Listening sockets: [`bind`] makes them, [`AcceptStream`] accepts from them.
+//!
+//! Binding is separate from serving so that the binary, tests (port 0) and, later, sockets
+//! inherited from a service manager all hand ready listeners to the
+//! [`Server`](crate::server::Server). Accepting never gives up: when the process or system is
+//! out of file descriptors or memory, the stream reports the error once and pauses before
+//! trying again, doubling the pause up to [`MAX_ACCEPT_PAUSE`], instead of spinning on an
+//! error that repeats until some connection closes.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::{Sleep, sleep},
+};
+
+/// First pause after an accept failed for lack of resources.
+pub const MIN_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// Longest pause between accept attempts while resources stay exhausted.
+pub const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A listening socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    /// The address that was asked for.
+    pub addr: SocketAddr,
+    /// What the system said.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds a non-blocking listening socket with address reuse, IPv6 addresses IPv6-only (so
+/// `0.0.0.0` and `[::]` can both be listened on), and a queue of `backlog` connections.
+///
+/// # Errors
+///
+/// [`ListenError`] naming `addr` if any step fails (address in use, not available, ...).
+pub fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ListenError> {
+    let attempt = || -> io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        Ok(socket.into())
+    };
+    attempt().map_err(|source| ListenError { addr, source })
+}
+
+/// One accepted connection.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection, registered with the current arbiter's reactor.
+    pub stream: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// Why one accept attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// Out of file descriptors or memory: accepting pauses for `pause`.
+    #[error("out of resources, pausing accept for {pause:?}: {source}")]
+    Exhausted {
+        /// The system's error.
+        source: io::Error,
+        /// How long accepting pauses.
+        pause: Duration,
+    },
+    /// Something went wrong with one connection only (e.g. reset before it was accepted).
+    #[error("{0}")]
+    Connection(io::Error),
+}
+
+/// The connections arriving on one listener, as a stream that never ends.
+#[derive(Debug)]
+pub struct AcceptStream {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pause: Option<Pin<Box<Sleep>>>,
+    next_pause: Duration,
+}
+
+impl AcceptStream {
+    /// Wraps a bound, non-blocking listener; must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the listener's address cannot be read or it cannot be registered with the runtime.
+    pub fn new(listener: std::net::TcpListener) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        Ok(Self { listener: TcpListener::from_std(listener)?, local_addr, pause: None, next_pause: MIN_ACCEPT_PAUSE })
+    }
+
+    /// The address the listener is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+/// Errors that repeat until some resource is freed, as opposed to ones about one connection.
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    const EXHAUSTED: [i32; 4] = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+    error.raw_os_error().is_some_and(|code| EXHAUSTED.contains(&code))
+}
+
+impl Stream for AcceptStream {
+    type Item = Result<Accepted, AcceptError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(pause) = self.pause.as_mut() {
+            ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let result = ready!(self.listener.poll_accept(cx));
+        Poll::Ready(Some(match result {
+            Ok((stream, peer)) => {
+                self.next_pause = MIN_ACCEPT_PAUSE;
+                Ok(Accepted { stream, peer })
+            }
+            Err(source) if is_resource_exhaustion(&source) => {
+                let pause = self.next_pause;
+                self.next_pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+                self.pause = Some(Box::pin(sleep(pause)));
+                Err(AcceptError::Exhausted { source, pause })
+            }
+            Err(source) => Err(AcceptError::Connection(source)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_an_address_in_use_names_the_address() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = first.local_addr().unwrap();
+        let error = bind(addr, 16).unwrap_err();
+        assert_eq!(error.addr, addr);
+        assert!(error.to_string().starts_with(&format!("cannot listen on {addr}: ")), "{error}");
+    }
+
+    #[test]
+    fn emfile_and_friends_count_as_exhaustion_but_a_reset_does_not() {
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(libc::ENFILE)));
+        assert!(!is_resource_exhaustion(&io::Error::from(io::ErrorKind::ConnectionAborted)));
+    }
+}

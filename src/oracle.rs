@@ -1,0 +1,276 @@
+//! The answers: [`AnswerTable`], validated on construction, and the [`Oracle`] actor that
+//! answers [`Ask`] messages from it.
+//!
+//! The table is plain data behind an `Arc`, so the oracle can swap it whole
+//! ([`ReplaceTable`]) while sessions keep asking; answers are cheap clones of its entries.
+
+use std::{collections::HashMap, sync::Arc};
+
+use actix::prelude::*;
+
+use crate::protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace};
+
+/// Why a set of entries cannot be an answer table; names the entry by its position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// A question is not a run of bytes ending with its only `?`.
+    #[error("entry {index}: question \"{question}\" must end with '?' and contain no other '?'")]
+    BadQuestion {
+        /// Position of the entry, from zero.
+        index: usize,
+        /// The question, escaped.
+        question: String,
+    },
+    /// A question starts with whitespace, which is never part of a received question.
+    #[error("entry {index}: question \"{question}\" starts with whitespace, so no client can ask it")]
+    LeadingWhitespace {
+        /// Position of the entry, from zero.
+        index: usize,
+        /// The question, escaped.
+        question: String,
+    },
+    /// An answer is not a run of bytes ending with its only `.`.
+    #[error("entry {index}: answer \"{answer}\" must end with '.' and contain no other '.'")]
+    BadAnswer {
+        /// Position of the entry, from zero.
+        index: usize,
+        /// The answer, escaped.
+        answer: String,
+    },
+    /// The same question appears twice.
+    #[error("entry {index}: question \"{question}\" is already answered by entry {first}")]
+    Duplicate {
+        /// Position of the repeated entry, from zero.
+        index: usize,
+        /// Position of its first appearance.
+        first: usize,
+        /// The question, escaped.
+        question: String,
+    },
+}
+
+/// Questions and their answers, every entry checked against the protocol's rules.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerTable {
+    answers: HashMap<Question, (usize, Answer)>,
+}
+
+impl AnswerTable {
+    /// Builds a table from `(question, answer)` pairs.
+    ///
+    /// # Errors
+    ///
+    /// A [`TableError`] naming the first entry whose question does not end with its only `?`,
+    /// starts with whitespace, or repeats an earlier one, or whose answer does not end with
+    /// its only `.`.
+    pub fn new<Q, A>(entries: impl IntoIterator<Item = (Q, A)>) -> Result<Self, TableError>
+    where
+        Q: Into<Question>,
+        A: Into<Answer>,
+    {
+        let mut answers = HashMap::new();
+        for (index, (question, answer)) in entries.into_iter().enumerate() {
+            let (question, answer) = (question.into(), answer.into());
+            if !ends_with_its_only(question.as_bytes(), QUESTION_END) {
+                return Err(TableError::BadQuestion { index, question: question.to_string() });
+            }
+            if question.as_bytes().first().copied().is_some_and(is_leading_whitespace) {
+                return Err(TableError::LeadingWhitespace { index, question: question.to_string() });
+            }
+            if !ends_with_its_only(answer.as_bytes(), ANSWER_END) {
+                return Err(TableError::BadAnswer { index, answer: answer.to_string() });
+            }
+            if let Some((first, _)) = answers.get(&question) {
+                let first = *first;
+                return Err(TableError::Duplicate { index, first, question: question.to_string() });
+            }
+            answers.insert(question, (index, answer));
+        }
+        Ok(Self { answers })
+    }
+
+    /// The answer to `question`, or [`Answer::UNKNOWN_APHORISM`].
+    pub fn answer(&self, question: &[u8]) -> Answer {
+        match self.answers.get(question) {
+            Some((_, answer)) => answer.clone(),
+            None => Answer::UNKNOWN_APHORISM,
+        }
+    }
+
+    /// The number of questions the table knows.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether the table knows no question at all.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// The longest question in the table, in bytes.
+    pub fn longest_question(&self) -> usize {
+        self.answers.keys().map(|q| q.as_bytes().len()).max().unwrap_or(0)
+    }
+}
+
+fn ends_with_its_only(bytes: &[u8], end: u8) -> bool {
+    bytes.last() == Some(&end) && memchr::memchr(end, bytes) == Some(bytes.len() - 1)
+}
+
+impl From<&'static str> for Question {
+    fn from(text: &'static str) -> Self {
+        Question::from_static(text.as_bytes())
+    }
+}
+
+impl From<String> for Question {
+    fn from(text: String) -> Self {
+        Question::new(text)
+    }
+}
+
+impl From<&'static str> for Answer {
+    fn from(text: &'static str) -> Self {
+        Answer::from_static(text.as_bytes())
+    }
+}
+
+impl From<String> for Answer {
+    fn from(text: String) -> Self {
+        Answer::new(text)
+    }
+}
+
+/// Asks for the answers to a batch of questions; the reply holds one answer per question,
+/// in the same order.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Answer>")]
+pub struct Ask(pub Vec<Question>);
+
+/// Replaces the whole answer table; questions asked afterwards get the new answers.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReplaceTable(pub Arc<AnswerTable>);
+
+/// The one actor that knows the answers; every session asks it.
+#[derive(Debug)]
+pub struct Oracle {
+    table: Arc<AnswerTable>,
+}
+
+impl Oracle {
+    /// An oracle answering from `table`.
+    pub fn new(table: impl Into<Arc<AnswerTable>>) -> Self {
+        Self { table: table.into() }
+    }
+}
+
+impl Actor for Oracle {
+    type Context = Context<Self>;
+}
+
+impl Handler<Ask> for Oracle {
+    type Result = Vec<Answer>;
+
+    fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Vec<Answer> {
+        questions.iter().map(|q| self.table.answer(q.as_bytes())).collect()
+    }
+}
+
+impl Handler<ReplaceTable> for Oracle {
+    type Result = ();
+
+    fn handle(&mut self, ReplaceTable(table): ReplaceTable, _ctx: &mut Self::Context) {
+        tracing::info!(questions = table.len(), "answer table replaced");
+        self.table = table;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book_table() -> AnswerTable {
+        AnswerTable::new([
+            ("Beautiful is better than?", "Ugly."),
+            ("Explicit is better than?", "Implicit."),
+            ("Simple is better than?", "Complex."),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn known_questions_get_their_answers_and_others_the_error() {
+        let table = book_table();
+        assert_eq!(table.answer(b"Simple is better than?").as_bytes(), b"Complex.");
+        assert_eq!(table.answer(b"simple is better than?"), Answer::UNKNOWN_APHORISM);
+        assert_eq!(table.answer(b"Simple is better than"), Answer::UNKNOWN_APHORISM);
+    }
+
+    #[test]
+    fn a_question_without_its_final_question_mark_is_rejected() {
+        let error = AnswerTable::new([("Ok?", "Yes."), ("Why", "No.")]).unwrap_err();
+        assert_eq!(error, TableError::BadQuestion { index: 1, question: "Why".into() });
+    }
+
+    #[test]
+    fn a_question_with_an_inner_question_mark_is_rejected() {
+        let error = AnswerTable::new([("Why? Not?", "No.")]).unwrap_err();
+        assert!(matches!(error, TableError::BadQuestion { index: 0, .. }), "{error}");
+    }
+
+    #[test]
+    fn an_answer_with_an_inner_period_is_rejected() {
+        let error = AnswerTable::new([("Why?", "Because. Really.")]).unwrap_err();
+        assert!(matches!(error, TableError::BadAnswer { index: 0, .. }), "{error}");
+        assert!(error.to_string().contains("Because. Really."), "{error}");
+    }
+
+    #[test]
+    fn an_answer_without_its_final_period_is_rejected() {
+        let error = AnswerTable::new([("Why?", "Because")]).unwrap_err();
+        assert!(matches!(error, TableError::BadAnswer { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_question_starting_with_whitespace_is_rejected() {
+        let error = AnswerTable::new([(" Why?", "Because.")]).unwrap_err();
+        assert!(matches!(error, TableError::LeadingWhitespace { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_repeated_question_names_both_entries() {
+        let error = AnswerTable::new([("Why?", "A."), ("How?", "B."), ("Why?", "C.")]).unwrap_err();
+        assert_eq!(error.to_string(), "entry 2: question \"Why?\" is already answered by entry 0");
+    }
+
+    #[actix::test]
+    async fn oracle_answers_a_batch_in_order_through_its_address() {
+        let oracle = Oracle::new(book_table()).start();
+        let answers = oracle
+            .send(Ask(vec![
+                Question::from_static(b"Explicit is better than?"),
+                Question::from_static(b"Why?"),
+                Question::from_static(b"Beautiful is better than?"),
+            ]))
+            .await
+            .unwrap();
+        let answers: Vec<&[u8]> = answers.iter().map(Answer::as_bytes).collect();
+        assert_eq!(answers, [&b"Implicit."[..], b"Error: unknown aphorism.", b"Ugly."]);
+    }
+
+    #[actix::test]
+    async fn oracle_answers_from_the_new_table_after_a_replacement() {
+        let oracle = Oracle::new(book_table()).start();
+        let new_table = AnswerTable::new([("Flat is better than?", "Nested.")]).unwrap();
+        oracle.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
+        let answers = oracle
+            .send(Ask(vec![
+                Question::from_static(b"Flat is better than?"),
+                Question::from_static(b"Beautiful is better than?"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(answers, [Answer::from_static(b"Nested."), Answer::UNKNOWN_APHORISM]);
+    }
+}

@@ -1,0 +1,514 @@
+//! [`ZenSession`]: one actor per client connection.
+//!
+//! Questions arrive as batches from [`ZenCodec`] over the read half (registered as a stream),
+//! go to the [`Oracle`](crate::oracle::Oracle) as one [`Ask`] per batch, and the answers are
+//! written through an `actix::io::FramedWrite` in the order the questions arrived, whatever
+//! order the oracle's replies come back in: each batch takes a slot in a queue and the queue
+//! is written out from the front as slots fill.
+//!
+//! The session ends when the client has sent end of file and every question received before
+//! it is answered, when a question is too long (after saying so), when the server drains
+//! (after answering what was already asked and saying so), or on any I/O error. It tells the
+//! [`Server`](crate::server::Server) with [`SessionClosed`] when it stops.
+
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    rc::Rc,
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
+
+use actix::{io::FramedWrite, io::WriteHandler, prelude::*};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_util::codec::FramedRead;
+use tracing::Span;
+
+use crate::{
+    codec::{CodecError, Incoming, ZenCodec},
+    oracle::Ask,
+    protocol::{Answer, Question},
+    shutdown::DrainListener,
+};
+
+/// Bytes first reserved for reading; the buffer grows on demand up to the question limit.
+pub const INITIAL_READ_BUFFER_BYTES: usize = 512;
+
+/// After refusing a too-long question, how long the session keeps reading (and discarding)
+/// so that closing with unread input does not reset the connection before the client has
+/// read the error.
+pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
+
+/// Per-session settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Longest question accepted, `?` included.
+    pub max_question_bytes: usize,
+}
+
+/// Who the session serves.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionInfo {
+    /// Unique within this process, in order of acceptance.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// What a session needs from the rest of the server; cheap to clone for every connection.
+#[derive(Debug, Clone)]
+pub struct SessionDeps {
+    /// Where questions are answered.
+    pub oracle: Recipient<Ask>,
+    /// Told when the session ends; `None` when no server keeps count.
+    pub server: Option<Recipient<SessionClosed>>,
+    /// Resolves when the server starts draining.
+    pub drain: DrainListener,
+    /// Limits.
+    pub config: SessionConfig,
+}
+
+/// Sent to the server when a session has ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    /// The session's id.
+    pub id: u64,
+    /// Answers written to the client, including error answers.
+    pub answers: u64,
+}
+
+type AnswerWriter = FramedWrite<Answer, ShutdownOnClose, ZenCodec>;
+
+/// One batch of answers, waiting for the oracle or ready to be written.
+enum Slot {
+    Waiting,
+    Ready(Vec<Answer>),
+}
+
+/// The actor serving one client.
+pub struct ZenSession {
+    info: SessionInfo,
+    span: Span,
+    oracle: Recipient<Ask>,
+    server: Option<Recipient<SessionClosed>>,
+    drain: Option<DrainListener>,
+    writer: AnswerWriter,
+    /// Tells the write half to send FIN once the writer has flushed everything.
+    shutdown_after_flush: Rc<Cell<bool>>,
+    read_stream: SpawnHandle,
+    /// Batches in question order; the front is the next to be written.
+    slots: VecDeque<Slot>,
+    /// Sequence number of the front slot; a batch's slot is `seq - first_seq`.
+    first_seq: u64,
+    /// Still taking new questions.
+    accepting: bool,
+    /// The read stream is still running.
+    reading: bool,
+    close_requested: bool,
+    write_failed: bool,
+    answers_written: u64,
+}
+
+impl ZenSession {
+    /// Starts a session on the current arbiter over any byte stream split in two halves.
+    pub fn start<R, W>(read: R, write: W, info: SessionInfo, deps: SessionDeps) -> Addr<Self>
+    where
+        R: AsyncRead + Unpin + 'static,
+        W: AsyncWrite + Unpin + 'static,
+    {
+        ZenSession::create(move |ctx| {
+            let codec = ZenCodec::new(deps.config.max_question_bytes);
+            let read_stream = ctx.add_stream(FramedRead::with_capacity(read, codec.clone(), INITIAL_READ_BUFFER_BYTES));
+            let (write, shutdown_after_flush) = ShutdownOnClose::new(Box::new(write));
+            ZenSession {
+                info,
+                span: tracing::info_span!("session", id = info.id, peer = %info.peer),
+                oracle: deps.oracle,
+                server: deps.server,
+                drain: Some(deps.drain),
+                writer: FramedWrite::new(write, codec, ctx),
+                shutdown_after_flush,
+                read_stream,
+                slots: VecDeque::new(),
+                first_seq: 0,
+                accepting: true,
+                reading: true,
+                close_requested: false,
+                write_failed: false,
+                answers_written: 0,
+            }
+        })
+    }
+
+    /// Starts a session on the current arbiter for an accepted TCP connection.
+    pub fn start_tcp(stream: TcpStream, info: SessionInfo, deps: SessionDeps) -> Addr<Self> {
+        let (read, write) = stream.into_split();
+        Self::start(read, write, info, deps)
+    }
+
+    fn ask(&mut self, questions: Vec<Question>, ctx: &mut Context<Self>) {
+        let seq = self.first_seq + self.slots.len() as u64;
+        let count = questions.len();
+        self.slots.push_back(Slot::Waiting);
+        let request = self.oracle.send(Ask(questions));
+        ctx.spawn(request.into_actor(self).map(move |reply, session, ctx| {
+            let answers = reply.unwrap_or_else(|error| {
+                tracing::error!(parent: &session.span, %error, "oracle did not answer");
+                vec![Answer::INTERNAL_ERROR; count]
+            });
+            session.fill(seq, answers, ctx);
+        }));
+    }
+
+    fn fill(&mut self, seq: u64, answers: Vec<Answer>, ctx: &mut Context<Self>) {
+        if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize)) {
+            *slot = Slot::Ready(answers);
+        }
+        self.write_ready(ctx);
+    }
+
+    /// Queues a last answer from the server itself and takes no more questions.
+    fn finish_with(&mut self, answer: Answer, ctx: &mut Context<Self>) {
+        self.accepting = false;
+        self.slots.push_back(Slot::Ready(vec![answer]));
+        self.write_ready(ctx);
+    }
+
+    fn write_ready(&mut self, ctx: &mut Context<Self>) {
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
+            self.first_seq += 1;
+            self.answers_written += answers.len() as u64;
+            for answer in answers {
+                self.writer.write(answer);
+            }
+        }
+        self.close_when_done(ctx);
+    }
+
+    fn close_when_done(&mut self, ctx: &mut Context<Self>) {
+        if !self.accepting && self.slots.is_empty() && !self.close_requested {
+            self.close_requested = true;
+            self.shutdown_after_flush.set(true);
+            self.writer.close();
+            // `close()` wakes nothing, and the writer may already have been polled in this
+            // pass of the context; a new item makes the context poll every item again.
+            ctx.spawn(fut::ready(()));
+        }
+    }
+
+    fn stop_reading(&mut self, ctx: &mut Context<Self>) {
+        ctx.cancel_future(self.read_stream);
+        self.reading = false;
+        self.accepting = false;
+    }
+}
+
+impl Actor for ZenSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        tracing::info!(parent: &self.span, "connection accepted");
+        if let Some(drain) = self.drain.take() {
+            ctx.spawn(drain.wait().into_actor(self).map(|(), session, ctx| {
+                if session.accepting {
+                    tracing::debug!(parent: &session.span, "draining");
+                    session.stop_reading(ctx);
+                    session.finish_with(Answer::SHUTTING_DOWN, ctx);
+                }
+            }));
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        tracing::info!(parent: &self.span, answers = self.answers_written, "connection closed");
+        if let Some(server) = &self.server {
+            server.do_send(SessionClosed { id: self.info.id, answers: self.answers_written });
+        }
+    }
+}
+
+impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
+    fn handle(&mut self, item: Result<Incoming, CodecError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(Incoming::Questions(questions)) if self.accepting => self.ask(questions, ctx),
+            Ok(Incoming::Questions(_)) => {}
+            Ok(Incoming::TooLong) => {
+                tracing::info!(parent: &self.span, "question too long");
+                self.finish_with(Answer::QUESTION_TOO_LONG, ctx);
+            }
+            Ok(Incoming::PartialAtEof(bytes)) => {
+                tracing::info!(parent: &self.span, partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
+            }
+            Err(CodecError::Io(error)) => {
+                tracing::info!(parent: &self.span, %error, "read failed");
+            }
+        }
+    }
+
+    /// End of input: answer everything already asked, then close (the client may have only
+    /// shut down its sending side).
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.reading = false;
+        self.accepting = false;
+        if self.writer.closed() {
+            ctx.stop();
+        } else {
+            self.close_when_done(ctx);
+        }
+    }
+}
+
+impl WriteHandler<io::Error> for ZenSession {
+    fn error(&mut self, error: io::Error, _ctx: &mut Self::Context) -> Running {
+        tracing::info!(parent: &self.span, %error, "write failed");
+        self.write_failed = true;
+        Running::Stop
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if self.reading && !self.write_failed {
+            ctx.run_later(LINGER_AFTER_REFUSAL, |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
+    }
+}
+
+/// The write half of a session, which shuts down its sending side (FIN) at the first flush
+/// after the session asks for it, so that the client sees end of file right after the last
+/// answer even while the session still reads.
+pub struct ShutdownOnClose {
+    inner: Box<dyn AsyncWrite + Unpin>,
+    requested: Rc<Cell<bool>>,
+}
+
+impl ShutdownOnClose {
+    fn new(inner: Box<dyn AsyncWrite + Unpin>) -> (Self, Rc<Cell<bool>>) {
+        let requested = Rc::new(Cell::new(false));
+        (Self { inner, requested: requested.clone() }, requested)
+    }
+}
+
+impl AsyncWrite for ShutdownOnClose {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        if !self.requested.get() {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+        self.requested.set(false);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+        sync::mpsc,
+    };
+
+    use super::*;
+    use crate::shutdown::{DrainTrigger, drain_channel};
+
+    /// Answers `q?` with `q.`, after sleeping as many milliseconds as the question's digits
+    /// say; reports each question it receives.
+    struct EchoOracle(mpsc::UnboundedSender<Question>);
+
+    impl Actor for EchoOracle {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Ask> for EchoOracle {
+        type Result = ResponseFuture<Vec<Answer>>;
+
+        fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
+            for question in &questions {
+                let _ = self.0.send(question.clone());
+            }
+            Box::pin(async move {
+                let mut answers = Vec::new();
+                for question in questions {
+                    let text = &question.as_bytes()[..question.as_bytes().len() - 1];
+                    let delay: u64 =
+                        text.iter().filter(|b| b.is_ascii_digit()).fold(0, |n, &b| n * 10 + u64::from(b - b'0'));
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    answers.push(Answer::new([text, b"."].concat()));
+                }
+                answers
+            })
+        }
+    }
+
+    /// Forwards every `SessionClosed` to a channel.
+    struct ClosedProbe(mpsc::UnboundedSender<SessionClosed>);
+
+    impl Actor for ClosedProbe {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<SessionClosed> for ClosedProbe {
+        type Result = ();
+
+        fn handle(&mut self, closed: SessionClosed, _ctx: &mut Self::Context) {
+            let _ = self.0.send(closed);
+        }
+    }
+
+    struct Harness {
+        client: DuplexStream,
+        drain: DrainTrigger,
+        closed: mpsc::UnboundedReceiver<SessionClosed>,
+        /// Questions as the oracle receives them.
+        asked: mpsc::UnboundedReceiver<Question>,
+    }
+
+    fn start_session(
+        oracle: Recipient<Ask>,
+        max_question_bytes: usize,
+    ) -> (DuplexStream, DrainTrigger, mpsc::UnboundedReceiver<SessionClosed>) {
+        let (client, server_side) = tokio::io::duplex(64 * 1024);
+        let (read, write) = tokio::io::split(server_side);
+        let (drain, listener) = drain_channel();
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let deps = SessionDeps {
+            oracle,
+            server: Some(ClosedProbe(closed_tx).start().recipient()),
+            drain: listener,
+            config: SessionConfig { max_question_bytes },
+        };
+        ZenSession::start(read, write, SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() }, deps);
+        (client, drain, closed)
+    }
+
+    fn echo_session(max_question_bytes: usize) -> Harness {
+        let (seen, asked) = mpsc::unbounded_channel();
+        let (client, drain, closed) = start_session(EchoOracle(seen).start().recipient(), max_question_bytes);
+        Harness { client, drain, closed, asked }
+    }
+
+    impl Harness {
+        async fn oracle_received(&mut self, question: &[u8]) {
+            let received = tokio::time::timeout(Duration::from_secs(5), self.asked.recv()).await.unwrap().unwrap();
+            assert_eq!(received.as_bytes(), question);
+        }
+    }
+
+    async fn read_to_end(client: &mut DuplexStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut received)).await.unwrap().unwrap();
+        received
+    }
+
+    async fn read_exactly(client: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut received = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut received)).await.unwrap().unwrap();
+        received
+    }
+
+    #[actix::test]
+    async fn answers_go_out_in_question_order_even_when_the_oracle_replies_out_of_order() {
+        let mut session = echo_session(64);
+        session.client.write_all(b"slow200?").await.unwrap();
+        session.oracle_received(b"slow200?").await; // so the next question is another batch
+        session.client.write_all(b"fast0?").await.unwrap();
+        session.client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut session.client).await, b"slow200.fast0.");
+    }
+
+    #[actix::test]
+    async fn a_half_closed_client_gets_every_answer_then_end_of_file() {
+        let mut session = echo_session(64);
+        session.client.write_all(b"a? b?\nc10?").await.unwrap();
+        session.client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut session.client).await, b"a.b.c10.");
+        let closed = session.closed.recv().await.unwrap();
+        assert_eq!((closed.id, closed.answers), (1, 3));
+    }
+
+    #[actix::test]
+    async fn a_client_that_closes_without_asking_is_closed_and_counted() {
+        let mut session = echo_session(64);
+        session.client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut session.client).await, b"");
+        let closed = tokio::time::timeout(Duration::from_secs(5), session.closed.recv()).await.unwrap().unwrap();
+        assert_eq!(closed.answers, 0);
+    }
+
+    #[actix::test]
+    async fn a_partial_question_at_end_of_file_gets_no_answer() {
+        let mut session = echo_session(64);
+        session.client.write_all(b"a?Beautiful is").await.unwrap();
+        session.client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut session.client).await, b"a.");
+    }
+
+    #[actix::test]
+    async fn a_too_long_question_is_refused_after_the_questions_before_it() {
+        let mut session = echo_session(8);
+        session.client.write_all(b"a?bcdefghijk").await.unwrap();
+        assert_eq!(read_to_end(&mut session.client).await, b"a.Error: question too long.");
+    }
+
+    #[actix::test]
+    async fn draining_answers_what_was_asked_then_says_so_and_closes() {
+        let mut session = echo_session(64);
+        session.client.write_all(b"first300?").await.unwrap();
+        session.oracle_received(b"first300?").await;
+        session.drain.trigger();
+        assert_eq!(read_to_end(&mut session.client).await, b"first300.Error: server shutting down.");
+        assert_eq!(session.closed.recv().await.unwrap().answers, 2);
+    }
+
+    #[actix::test]
+    async fn an_idle_session_closes_at_once_on_drain() {
+        let mut session = echo_session(64);
+        session.client.write_all(b"a?").await.unwrap();
+        assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
+        session.drain.trigger();
+        assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
+    }
+
+    #[actix::test]
+    async fn questions_get_internal_errors_when_the_oracle_is_gone() {
+        struct Gone;
+        impl Actor for Gone {
+            type Context = Context<Self>;
+            fn started(&mut self, ctx: &mut Self::Context) {
+                ctx.stop();
+            }
+        }
+        impl Handler<Ask> for Gone {
+            type Result = Vec<Answer>;
+            fn handle(&mut self, _: Ask, _: &mut Self::Context) -> Vec<Answer> {
+                unreachable!("stopped before any question")
+            }
+        }
+        let oracle = Gone.start().recipient();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while oracle.connected() {
+            assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
+            tokio::task::yield_now().await;
+        }
+        let (mut client, _drain, _closed) = start_session(oracle, 64);
+        client.write_all(b"a?b?").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
+    }
+}

@@ -1,0 +1,157 @@
+//! Settings layers, `check-config`, and start-up failures as an operator sees them.
+
+use std::net::TcpListener;
+
+use crate::helpers::{Launch, TempConfig, ZenServer, ask_like_the_book, connect, run_server};
+
+const EX_CONFIG: i32 = 78;
+const EX_UNAVAILABLE: i32 = 69;
+
+/// A file that would make the server unusable if later layers did not override it.
+const LAYERED_FILE: &str = r#"
+[server]
+listen = ["192.0.2.1:1060"]
+workers = 1
+backlog = 33
+[log]
+level = "warn"
+[oracle]
+answers = [{ question = "Why?", answer = "Because." }]
+"#;
+
+#[test]
+fn file_then_environment_then_flags_each_win_over_the_layer_before() {
+    let file = TempConfig::new(LAYERED_FILE);
+    let (status, stdout, stderr) = run_server(
+        &["check-config", "--config", file.path(), "--listen", "127.0.0.1:7000"],
+        &[("ZEN_LOG__LEVEL", "info"), ("ZEN_SERVER__WORKERS", "3")],
+    );
+    assert!(status.success(), "{stderr}");
+    for expected in ["backlog = 33", "workers = 3", "level = \"info\"", "listen = [\"127.0.0.1:7000\"]", "Why?"] {
+        assert!(stdout.contains(expected), "{expected} missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("Beautiful"), "the file's answers replace the built-in ones:\n{stdout}");
+}
+
+#[test]
+fn a_running_server_uses_every_layer() {
+    let file = TempConfig::new(LAYERED_FILE);
+    // The file's log level (warn) would hide the `listening` event the harness waits for.
+    let server = ZenServer::launch(
+        Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]).env("ZEN_LOG__LEVEL", "info"),
+    );
+    let mut stream = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut stream, b"Why?"), b"Because.");
+    assert_eq!(ask_like_the_book(&mut stream, b"Beautiful is better than?"), b"Error: unknown aphorism.");
+    assert!(server.wait_for_log(&["listening", "workers=1"], crate::helpers::DEADLINE).is_some());
+}
+
+#[test]
+fn the_config_file_can_come_from_zen_config() {
+    let file = TempConfig::new("[server]\nbacklog = 77\n");
+    let (status, stdout, stderr) = run_server(&["check-config"], &[("ZEN_CONFIG", file.path())]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("backlog = 77"), "{stdout}");
+}
+
+#[test]
+fn check_config_with_defaults_prints_the_documented_defaults() {
+    let (status, stdout, _) = run_server(&["check-config"], &[]);
+    assert!(status.success());
+    assert!(stdout.contains("listen = [\"127.0.0.1:1060\"]"), "{stdout}");
+    assert!(stdout.contains("Beautiful is better than?"), "{stdout}");
+}
+
+fn assert_config_error(args: &[&str], env: &[(&str, &str)], names: &[&str]) {
+    let (status, _, stderr) = run_server(args, env);
+    assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected:\n{stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "{name} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_key_exits_78_naming_it() {
+    let file = TempConfig::new("[server]\nworker = 2\n");
+    assert_config_error(&["--config", file.path()], &[], &["worker", "server"]);
+}
+
+#[test]
+fn a_wrong_type_exits_78_naming_the_key_and_file() {
+    let file = TempConfig::new("[server]\nworkers = \"many\"\n");
+    let file_name = file.0.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_config_error(&["--config", file.path()], &[], &["server.workers", &file_name]);
+}
+
+#[test]
+fn a_toml_syntax_error_exits_78_on_one_line_with_its_position() {
+    let file = TempConfig::new("[server\nworkers = 1\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["line 1"]);
+}
+
+#[test]
+fn a_bad_environment_value_exits_78_naming_the_key() {
+    assert_config_error(&[], &[("ZEN_SERVER__WORKERS", "lots")], &["server.workers", "environment"]);
+}
+
+#[test]
+fn an_unparsable_address_exits_78_naming_it() {
+    assert_config_error(&[], &[("ZEN_SERVER__LISTEN", "127.0.0.1:1060,nowhere")], &["server.listen[1]"]);
+    assert_config_error(&["--listen", "127.0.0.1"], &[], &["--listen", "127.0.0.1"]);
+}
+
+#[test]
+fn an_answer_table_breaking_the_rules_exits_78_naming_the_entry() {
+    let file = TempConfig::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Be. Cause.\" }]\n");
+    assert_config_error(&["--config", file.path()], &[], &["oracle.answers", "entry 0", "Be. Cause."]);
+}
+
+#[test]
+fn a_missing_config_file_exits_78_naming_it() {
+    assert_config_error(&["--config", "/nonexistent/zen.toml"], &[], &["/nonexistent/zen.toml"]);
+}
+
+#[test]
+fn a_port_in_use_exits_69_with_one_line_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, stderr) = run_server(&["--listen", &addr], &[]);
+    assert_eq!(status.code(), Some(EX_UNAVAILABLE), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_books_host_and_port_arguments_work() {
+    let server = ZenServer::launch(Launch::args(&["127.0.0.1", "-p", "0"]));
+    assert!(server.addr().ip().is_loopback());
+    let mut stream = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut stream, b"Simple is better than?"), b"Complex.");
+
+    let everywhere = ZenServer::launch(Launch::args(&["", "-p", "0"]));
+    assert!(everywhere.addr().ip().is_unspecified());
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], everywhere.addr().port()));
+    assert_eq!(ask_like_the_book(&mut connect(local), b"Simple is better than?"), b"Complex.");
+}
+
+#[test]
+fn ipv4_and_ipv6_listeners_both_answer() {
+    let server = ZenServer::launch(Launch::args(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"]).listeners(2));
+    assert!(server.addrs.iter().any(|a| a.is_ipv4()) && server.addrs.iter().any(|a| a.is_ipv6()));
+    for &addr in &server.addrs {
+        assert_eq!(ask_like_the_book(&mut connect(addr), b"Explicit is better than?"), b"Implicit.");
+    }
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let server = ZenServer::launch(Launch::args(&["--listen", "127.0.0.1:0"]).env("ZEN_LOG__FORMAT", "json"));
+    drop(connect(server.addr()));
+    let line = server.wait_for_log(&["\"message\":\"connection closed\""], crate::helpers::DEADLINE);
+    let line = line.unwrap_or_else(|| panic!("log:\n{}", server.log()));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"answers\":0") && line.contains("\"peer\":\"127.0.0.1:"), "{line}");
+    assert!(server.log().lines().all(|l| l.starts_with('{')), "{}", server.log());
+}

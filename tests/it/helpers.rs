@@ -1,0 +1,288 @@
+//! Running the real `zen-server` binary: start it on an ephemeral port, learn its address
+//! from its `listening` log event, watch its log, signal it, and kill it (by PID) when the
+//! test is over.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal, unistd::Pid};
+
+/// How long anything a test waits for may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
+
+/// Lines the server has written to standard error so far.
+#[derive(Clone, Default)]
+struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Log {
+    fn push(&self, line: String) {
+        let (lines, changed) = &*self.0;
+        lines.lock().unwrap().push(line);
+        changed.notify_all();
+    }
+
+    /// The first `count` lines matching `predicate`, waiting up to `deadline` for them.
+    fn wait_for_lines(
+        &self,
+        deadline: Duration,
+        count: usize,
+        predicate: impl Fn(&str) -> bool,
+    ) -> Option<Vec<String>> {
+        let (lines, changed) = &*self.0;
+        let end = Instant::now() + deadline;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            let matching: Vec<String> = guard.iter().filter(|line| predicate(line)).take(count).cloned().collect();
+            if matching.len() == count {
+                return Some(matching);
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            guard = changed.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A `zen-server` process started by a test; killed when dropped if it is still running.
+pub struct ZenServer {
+    child: Child,
+    log: Log,
+    /// Every address the server said it listens on, in order.
+    pub addrs: Vec<SocketAddr>,
+    status: Option<ExitStatus>,
+}
+
+/// How to start the server.
+#[derive(Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// How many `listening` events to wait for.
+    pub listeners: usize,
+}
+
+impl Launch {
+    pub fn args(args: &[&str]) -> Self {
+        Self { args: args.iter().map(|a| a.to_string()).collect(), env: Vec::new(), listeners: 1 }
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn listeners(mut self, count: usize) -> Self {
+        self.listeners = count;
+        self
+    }
+}
+
+/// A `zen-server` command with a clean environment: no `ZEN_*` variable of the test runner's.
+pub fn server_command(args: &[String], env: &[(String, String)]) -> Command {
+    let mut command = Command::new(SERVER_BIN);
+    command.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ZEN_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+impl ZenServer {
+    /// Starts `zen-server --listen 127.0.0.1:0` with the built-in settings.
+    pub fn start() -> Self {
+        Self::launch(Launch::args(&["--listen", "127.0.0.1:0"]))
+    }
+
+    /// Starts the server as `launch` says and waits until it listens.
+    pub fn launch(launch: Launch) -> Self {
+        let mut command = server_command(&launch.args, &launch.env);
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let log = Log::default();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                match line {
+                    Ok(line) => sink.push(line),
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut server = Self { child, log, addrs: Vec::new(), status: None };
+        let Some(lines) = server.log.wait_for_lines(DEADLINE, launch.listeners, is_listening) else {
+            panic!("server did not listen in time; log:\n{}", server.log());
+        };
+        server.addrs = lines.iter().map(|line| listening_addr(line)).collect();
+        server
+    }
+
+    /// The first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Waits up to `deadline` for a log line containing every one of `parts`.
+    pub fn wait_for_log(&self, parts: &[&str], deadline: Duration) -> Option<String> {
+        let lines = self.log.wait_for_lines(deadline, 1, |line| parts.iter().all(|part| line.contains(part)))?;
+        lines.into_iter().next()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    pub fn signal(&self, signal: signal::Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        signal::kill(pid, signal).unwrap();
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The `listening` event, in text or JSON format.
+fn is_listening(line: &str) -> bool {
+    line.contains(" listening ") || line.contains("\"message\":\"listening\"")
+}
+
+fn listening_addr(line: &str) -> SocketAddr {
+    let text = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .or_else(|| line.split("\"addr\":\"").nth(1).and_then(|rest| rest.split('"').next()))
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    text.parse().unwrap()
+}
+
+impl Drop for ZenServer {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `zen-server` to completion (for commands and failures that exit by themselves).
+pub fn run_server(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut child =
+        server_command(&args, &env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            panic!("zen-server {args:?} did not exit in time");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stdout, stderr)
+}
+
+/// A TOML file in the temporary directory, removed on drop.
+pub struct TempConfig(pub PathBuf);
+
+impl TempConfig {
+    pub fn new(contents: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("zen-it-{}-{}.toml", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A raw connection with a read deadline.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads until `n` answers (each ending with '.') have arrived; returns them.
+pub fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
+    let mut answers = Vec::with_capacity(n);
+    let mut current = Vec::new();
+    let mut buffer = [0; 4096];
+    while answers.len() < n {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "connection closed after {} of {n} answers", answers.len());
+        for &byte in &buffer[..read] {
+            current.push(byte);
+            if byte == b'.' {
+                answers.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    assert!(current.is_empty(), "bytes after the last answer: {:?}", current.escape_ascii().to_string());
+    answers
+}
+
+/// Reads until the server closes the connection.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).unwrap();
+    received
+}
+
+/// Asks one question the way the book's client does and returns the answer.
+pub fn ask_like_the_book(stream: &mut TcpStream, question: &[u8]) -> Vec<u8> {
+    stream.write_all(question).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.ends_with(b".") {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "closed before the answer to {:?}", question.escape_ascii().to_string());
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    answer
+}
