@@ -11,12 +11,10 @@ use std::{io, sync::Arc};
 use actix::{Actor, Arbiter, System};
 
 use crate::{
-    codec::DEFAULT_MAX_QUESTION_BYTES,
     config::Settings,
     listener::{self, AcceptStream, ListenError},
     oracle::{AnswerTable, Oracle, TableError},
     server::{Server, ServerConfig},
-    session::SessionConfig,
     shutdown,
 };
 
@@ -84,10 +82,13 @@ fn start(
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
     let oracle_arbiter = Arbiter::new();
-    let oracle = Oracle::start_in_arbiter(&oracle_arbiter.handle(), move |_| Oracle::new(table));
+    let oracle_config = settings.oracle.oracle_config();
+    let oracle = Oracle::start_in_arbiter(&oracle_arbiter.handle(), move |_| Oracle::new(table, oracle_config));
     let workers: Vec<Arbiter> = (0..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
     let config = ServerConfig {
-        session: SessionConfig { max_question_bytes: DEFAULT_MAX_QUESTION_BYTES },
+        session: settings.limits.session(),
+        max_connections: settings.limits.max_connections,
+        keepalive: settings.limits.keepalive(),
         shutdown_timeout: settings.server.shutdown_timeout(),
     };
     let server = Server::new(listeners, workers.iter().map(Arbiter::handle).collect(), oracle.recipient(), config);

@@ -155,9 +155,66 @@ impl Encoder<Answer> for ZenCodec {
     }
 }
 
+/// The protocol's framing written as plainly as possible, over a whole input at once: what
+/// the decoder must agree with however the input is split. For tests and the fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod reference {
+    use crate::protocol::{QUESTION_END, is_leading_whitespace};
+
+    /// How a stream of questions ends.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Ending {
+        /// After a complete question, or only whitespace.
+        Clean,
+        /// With a question longer than the limit.
+        TooLong,
+        /// In the middle of a question: these bytes.
+        Partial(Vec<u8>),
+    }
+
+    /// Splits `input` at the given chunk lengths (the rest in one last chunk).
+    pub fn split<'a>(input: &'a [u8], lengths: &[usize]) -> Vec<&'a [u8]> {
+        let mut chunks = Vec::new();
+        let mut rest = input;
+        for &length in lengths {
+            let (chunk, tail) = rest.split_at(length.min(rest.len()));
+            chunks.push(chunk);
+            rest = tail;
+        }
+        chunks.push(rest);
+        chunks
+    }
+
+    /// The questions in `input`, in order, and how it ends, for a limit of `max` bytes.
+    pub fn frame(input: &[u8], max: usize) -> (Vec<Vec<u8>>, Ending) {
+        let mut questions = Vec::new();
+        let mut start = 0;
+        loop {
+            while start < input.len() && is_leading_whitespace(input[start]) {
+                start += 1;
+            }
+            if start == input.len() {
+                return (questions, Ending::Clean);
+            }
+            match input[start..].iter().position(|&b| b == QUESTION_END) {
+                Some(offset) if offset < max => {
+                    questions.push(input[start..=start + offset].to_vec());
+                    start += offset + 1;
+                }
+                Some(_) => return (questions, Ending::TooLong),
+                None if input.len() - start >= max => return (questions, Ending::TooLong),
+                None => return (questions, Ending::Partial(input[start..].to_vec())),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use proptest::prelude::*;
+
+    use super::{reference::Ending, *};
 
     /// Feeds `chunks` one at a time, as separate reads, then signals end of file.
     fn decode_all(codec: &mut ZenCodec, chunks: &[&[u8]]) -> Vec<Incoming> {
@@ -279,5 +336,43 @@ mod tests {
         codec.encode(Answer::from_static(b"Ugly."), &mut buffer).unwrap();
         codec.encode(Answer::UNKNOWN_APHORISM, &mut buffer).unwrap();
         assert_eq!(&buffer[..], b"Ugly.Error: unknown aphorism.");
+    }
+
+    /// Bytes that matter to framing, plus any byte at all.
+    fn framing_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![Just(b'a'), Just(b'?'), Just(b' '), Just(b'\n'), Just(b'\r'), Just(0u8), any::<u8>()];
+        prop::collection::vec(byte, 0..400)
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_split_of_any_input_agrees_with_the_reference_framing(
+            input in framing_bytes(),
+            lengths in prop::collection::vec(0usize..64, 0..24),
+            max in 1usize..48,
+        ) {
+            let mut codec = ZenCodec::new(max);
+            // decode_all also checks that no more than `max - 1` bytes stay buffered.
+            let events = decode_all(&mut codec, &reference::split(&input, &lengths));
+            let (expected_questions, expected_ending) = reference::frame(&input, max);
+            let mut questions = Vec::new();
+            let mut ending = Ending::Clean;
+            for (index, event) in events.iter().enumerate() {
+                prop_assert_eq!(&ending, &Ending::Clean, "event after the end: {:?}", events);
+                match event {
+                    Incoming::Questions(batch) => {
+                        prop_assert!(!batch.is_empty());
+                        questions.extend(batch.iter().map(|q| q.as_bytes().to_vec()));
+                    }
+                    Incoming::TooLong => ending = Ending::TooLong,
+                    Incoming::PartialAtEof(bytes) => {
+                        prop_assert_eq!(index, events.len() - 1);
+                        ending = Ending::Partial(bytes.to_vec());
+                    }
+                }
+            }
+            prop_assert_eq!(questions, expected_questions);
+            prop_assert_eq!(ending, expected_ending);
+        }
     }
 }

@@ -11,7 +11,12 @@ use std::{collections::HashMap, ffi::OsString, net::SocketAddr, path::PathBuf, t
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::oracle::{AnswerTable, TableError};
+use crate::{
+    oracle::{AnswerTable, OracleConfig, TableError},
+    protocol::Question,
+    server::Keepalive,
+    session::SessionConfig,
+};
 
 /// The documented defaults, also the lowest configuration layer.
 pub const BUILTIN_TOML: &str = include_str!("../config/zen-server.toml");
@@ -53,6 +58,8 @@ pub enum ConfigError {
 pub struct Settings {
     /// Listening and worker threads.
     pub server: ServerSettings,
+    /// What one client may cost the server.
+    pub limits: LimitSettings,
     /// Logging.
     pub log: LogSettings,
     /// The answers.
@@ -88,6 +95,49 @@ impl ServerSettings {
     }
 }
 
+/// The `[limits]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Longest question accepted, `?` included.
+    pub max_question_bytes: usize,
+    /// A connection completing no question for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Unsent answer bytes above which a client's questions are no longer read.
+    pub max_pending_bytes: u64,
+    /// A client reading nothing for this long while answers wait is disconnected.
+    pub write_timeout_secs: u64,
+    /// Seconds of silence before the first keepalive probe; 0 turns keepalive off.
+    pub keepalive_idle_secs: u64,
+    /// Seconds between keepalive probes.
+    pub keepalive_interval_secs: u64,
+    /// Unanswered probes before the connection is dropped.
+    pub keepalive_retries: u32,
+}
+
+impl LimitSettings {
+    /// The limits one session enforces.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            max_question_bytes: self.max_question_bytes,
+            max_pending_bytes: self.max_pending_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+        }
+    }
+
+    /// The keepalive to set on accepted connections, if any.
+    pub fn keepalive(&self) -> Option<Keepalive> {
+        (self.keepalive_idle_secs > 0).then(|| Keepalive {
+            idle: Duration::from_secs(self.keepalive_idle_secs),
+            interval: Duration::from_secs(self.keepalive_interval_secs),
+            retries: self.keepalive_retries,
+        })
+    }
+}
+
 /// The `[log]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,11 +162,26 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OracleSettings {
+    /// Blocking work per computed answer, in milliseconds.
+    pub simulated_cost_ms: u64,
+    /// Threads computing costly answers.
+    pub workers: usize,
+    /// A question that makes the oracle panic (fault injection); empty for none.
+    pub panic_question: String,
     /// The question-and-answer table, in order.
     pub answers: Vec<AnswerEntry>,
 }
 
 impl OracleSettings {
+    /// How the oracle answers: its cost, workers and fault injection.
+    pub fn oracle_config(&self) -> OracleConfig {
+        OracleConfig {
+            simulated_cost: Duration::from_millis(self.simulated_cost_ms),
+            workers: self.workers,
+            panic_question: (!self.panic_question.is_empty()).then(|| Question::new(self.panic_question.clone())),
+        }
+    }
+
     /// The answers as a validated table.
     ///
     /// # Errors
@@ -233,7 +298,38 @@ impl Settings {
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {error}", self.log.level)));
         }
-        self.oracle.table()?;
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_question_bytes", limits.max_question_bytes as u64),
+            ("limits.idle_timeout_secs", limits.idle_timeout_secs),
+            ("limits.max_connections", limits.max_connections as u64),
+            ("limits.max_pending_bytes", limits.max_pending_bytes),
+            ("limits.write_timeout_secs", limits.write_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if limits.keepalive_idle_secs > 0 && (limits.keepalive_interval_secs == 0 || limits.keepalive_retries == 0) {
+            return Err(invalid(
+                "limits.keepalive_interval_secs",
+                "keepalive needs an interval and retries of at least 1",
+            ));
+        }
+        if self.oracle.simulated_cost_ms > 0 && !(1..=MAX_WORKERS).contains(&self.oracle.workers) {
+            return Err(invalid("oracle.workers", format!("must be from 1 to {MAX_WORKERS}")));
+        }
+        let table = self.oracle.table()?;
+        if table.longest_question() > limits.max_question_bytes {
+            return Err(invalid(
+                "limits.max_question_bytes",
+                format!(
+                    "{} is shorter than the longest question in oracle.answers ({} bytes)",
+                    limits.max_question_bytes,
+                    table.longest_question()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -349,7 +445,7 @@ mod tests {
     #[test]
     fn an_unknown_environment_setting_is_named() {
         let error = load_error(&Sources { env: env(&[("ZEN_LIMITS__MAX_CONECTIONS", "5")]), ..Sources::default() });
-        assert!(error.contains("limits"), "{error}");
+        assert!(error.contains("max_conections") && error.contains("limits"), "{error}");
     }
 
     #[test]
@@ -390,6 +486,32 @@ mod tests {
     fn a_bad_log_level_is_named() {
         let error = load_error(&Sources { env: env(&[("ZEN_LOG__LEVEL", "zen_server=loud")]), ..Sources::default() });
         assert!(error.starts_with("invalid log.level"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_by_name() {
+        let error = load_error(&Sources { env: env(&[("ZEN_LIMITS__IDLE_TIMEOUT_SECS", "0")]), ..Sources::default() });
+        assert!(error.starts_with("invalid limits.idle_timeout_secs"), "{error}");
+    }
+
+    #[test]
+    fn a_question_limit_shorter_than_a_known_question_is_refused() {
+        let error =
+            load_error(&Sources { env: env(&[("ZEN_LIMITS__MAX_QUESTION_BYTES", "20")]), ..Sources::default() });
+        assert!(error.starts_with("invalid limits.max_question_bytes"), "{error}");
+    }
+
+    #[test]
+    fn limits_come_from_the_environment_too() {
+        let sources = Sources { env: env(&[("ZEN_LIMITS__MAX_CONNECTIONS", "5")]), ..Sources::default() };
+        assert_eq!(Settings::load(&sources).unwrap().limits.max_connections, 5);
+    }
+
+    #[test]
+    fn keepalive_zero_turns_it_off() {
+        let sources = Sources { env: env(&[("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "0")]), ..Sources::default() };
+        assert!(Settings::load(&sources).unwrap().limits.keepalive().is_none());
+        assert!(Settings::builtin().unwrap().limits.keepalive().is_some());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`codec`]: `ZenCodec`, framing questions (with a byte cap) and encoding answers.
 //! - [`oracle`]: `AnswerTable` (validated) and the `Oracle` actor.
 //! - [`session`]: the `ZenSession` actor, one per client.
+//! - [`backpressure`]: pausing a session's reading while its answers wait to be sent.
 //! - [`server`]: the `Server` actor: accepts, places sessions on workers, counts, drains.
 //! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
 //! - [`shutdown`]: signals to drain, and the drain broadcast to sessions.
@@ -26,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod backpressure;
 pub mod cli;
 pub mod client;
 pub mod codec;

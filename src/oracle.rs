@@ -4,7 +4,15 @@
 //! The table is plain data behind an `Arc`, so the oracle can swap it whole
 //! ([`ReplaceTable`]) while sessions keep asking; answers are cheap clones of its entries.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use actix::prelude::*;
 
@@ -97,6 +105,11 @@ impl AnswerTable {
         }
     }
 
+    /// Whether the table has an answer for `question`.
+    pub fn knows(&self, question: &[u8]) -> bool {
+        self.answers.contains_key(question)
+    }
+
     /// The number of questions the table knows.
     pub fn len(&self) -> usize {
         self.answers.len()
@@ -152,16 +165,77 @@ pub struct Ask(pub Vec<Question>);
 #[rtype(result = "()")]
 pub struct ReplaceTable(pub Arc<AnswerTable>);
 
+/// How the oracle answers, beyond its table.
+#[derive(Debug, Clone, Default)]
+pub struct OracleConfig {
+    /// Blocking work each computed answer costs; zero answers every question at once.
+    pub simulated_cost: Duration,
+    /// Threads computing costly answers (when `simulated_cost` is not zero).
+    pub workers: usize,
+    /// Fault injection: asking this question makes the lookup panic.
+    pub panic_question: Option<Question>,
+}
+
 /// The one actor that knows the answers; every session asks it.
-#[derive(Debug)]
+///
+/// Lookups run inside `catch_unwind`: a panic answers that question with
+/// [`Answer::INTERNAL_ERROR`], is logged and counted, and the oracle keeps serving (actix would
+/// otherwise lose the actor, and every later question of every session with it). With a
+/// simulated cost, answers to known questions are computed by a pool of [`OracleWorker`]
+/// threads and remembered; unknown and remembered questions are answered at once.
 pub struct Oracle {
     table: Arc<AnswerTable>,
+    faults: Arc<Faults>,
+    costly: Option<CostlyAnswers>,
+}
+
+/// Fault injection and the count of contained panics, shared with the workers.
+#[derive(Debug, Default)]
+struct Faults {
+    panic_question: Option<Question>,
+    panics: AtomicU64,
+}
+
+struct CostlyAnswers {
+    workers: Addr<OracleWorker>,
+    /// Answers already computed from the current table.
+    remembered: HashMap<Question, Answer>,
 }
 
 impl Oracle {
-    /// An oracle answering from `table`.
-    pub fn new(table: impl Into<Arc<AnswerTable>>) -> Self {
-        Self { table: table.into() }
+    /// An oracle answering from `table`; starts its worker threads if answers have a cost,
+    /// so it must be created inside a running actix `System`.
+    pub fn new(table: impl Into<Arc<AnswerTable>>, config: OracleConfig) -> Self {
+        let faults = Arc::new(Faults { panic_question: config.panic_question, panics: AtomicU64::new(0) });
+        let costly = (!config.simulated_cost.is_zero()).then(|| {
+            let (cost, faults) = (config.simulated_cost, faults.clone());
+            let workers =
+                SyncArbiter::start(config.workers.max(1), move || OracleWorker { cost, faults: faults.clone() });
+            CostlyAnswers { workers, remembered: HashMap::new() }
+        });
+        Self { table: table.into(), faults, costly }
+    }
+
+    /// How many lookups have panicked so far.
+    pub fn panics(&self) -> u64 {
+        self.faults.panics.load(Ordering::Relaxed)
+    }
+}
+
+impl Faults {
+    /// The table's answer to `question`, or an internal error if looking it up panicked.
+    fn answer(&self, table: &AnswerTable, question: &Question) -> Answer {
+        let lookup = || {
+            if self.panic_question.as_ref() == Some(question) {
+                panic!("oracle.panic_question was asked");
+            }
+            table.answer(question.as_bytes())
+        };
+        panic::catch_unwind(AssertUnwindSafe(lookup)).unwrap_or_else(|_| {
+            let panics = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(%question, panics, "oracle panicked while answering; answered with an internal error");
+            Answer::INTERNAL_ERROR
+        })
     }
 }
 
@@ -170,10 +244,47 @@ impl Actor for Oracle {
 }
 
 impl Handler<Ask> for Oracle {
-    type Result = Vec<Answer>;
+    type Result = ActorResponse<Self, Vec<Answer>>;
 
-    fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Vec<Answer> {
-        questions.iter().map(|q| self.table.answer(q.as_bytes())).collect()
+    fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(costly) = &self.costly else {
+            return ActorResponse::reply(questions.iter().map(|q| self.faults.answer(&self.table, q)).collect());
+        };
+        // Unknown and remembered questions are answered now; the rest cost work.
+        let planned: Vec<Option<Answer>> = questions
+            .iter()
+            .map(|q| match costly.remembered.get(q) {
+                _ if self.faults.panic_question.as_ref() == Some(q) => None,
+                Some(answer) => Some(answer.clone()),
+                None if self.table.knows(q.as_bytes()) => None,
+                None => Some(Answer::UNKNOWN_APHORISM),
+            })
+            .collect();
+        let to_compute: Vec<Question> =
+            questions.into_iter().zip(&planned).filter(|(_, planned)| planned.is_none()).map(|(q, _)| q).collect();
+        if to_compute.is_empty() {
+            return ActorResponse::reply(planned.into_iter().flatten().collect());
+        }
+        let table = self.table.clone();
+        let request = costly.workers.send(Compute { table: table.clone(), questions: to_compute.clone() });
+        ActorResponse::r#async(request.into_actor(self).map(move |computed, oracle, _| {
+            let computed = computed.unwrap_or_else(|error| {
+                tracing::error!(%error, "oracle workers are gone");
+                vec![Answer::INTERNAL_ERROR; to_compute.len()]
+            });
+            if let Some(costly) = oracle.costly.as_mut().filter(|_| Arc::ptr_eq(&table, &oracle.table)) {
+                for (question, answer) in to_compute.into_iter().zip(&computed) {
+                    if *answer != Answer::INTERNAL_ERROR {
+                        costly.remembered.insert(question, answer.clone());
+                    }
+                }
+            }
+            let mut computed = computed.into_iter();
+            planned
+                .into_iter()
+                .map(|planned| planned.or_else(|| computed.next()).unwrap_or(Answer::INTERNAL_ERROR))
+                .collect()
+        }))
     }
 }
 
@@ -183,6 +294,41 @@ impl Handler<ReplaceTable> for Oracle {
     fn handle(&mut self, ReplaceTable(table): ReplaceTable, _ctx: &mut Self::Context) {
         tracing::info!(questions = table.len(), "answer table replaced");
         self.table = table;
+        if let Some(costly) = self.costly.as_mut() {
+            costly.remembered.clear();
+        }
+    }
+}
+
+/// Computes costly answers on a thread of its own, one of a pool behind the [`Oracle`].
+pub struct OracleWorker {
+    cost: Duration,
+    faults: Arc<Faults>,
+}
+
+impl Actor for OracleWorker {
+    type Context = SyncContext<Self>;
+}
+
+/// Computes the answers to `questions` from `table`, at the simulated cost each.
+#[derive(Message)]
+#[rtype(result = "Vec<Answer>")]
+struct Compute {
+    table: Arc<AnswerTable>,
+    questions: Vec<Question>,
+}
+
+impl Handler<Compute> for OracleWorker {
+    type Result = Vec<Answer>;
+
+    fn handle(&mut self, Compute { table, questions }: Compute, _ctx: &mut Self::Context) -> Vec<Answer> {
+        questions
+            .iter()
+            .map(|question| {
+                std::thread::sleep(self.cost);
+                self.faults.answer(&table, question)
+            })
+            .collect()
     }
 }
 
@@ -246,7 +392,7 @@ mod tests {
 
     #[actix::test]
     async fn oracle_answers_a_batch_in_order_through_its_address() {
-        let oracle = Oracle::new(book_table()).start();
+        let oracle = Oracle::new(book_table(), OracleConfig::default()).start();
         let answers = oracle
             .send(Ask(vec![
                 Question::from_static(b"Explicit is better than?"),
@@ -261,7 +407,7 @@ mod tests {
 
     #[actix::test]
     async fn oracle_answers_from_the_new_table_after_a_replacement() {
-        let oracle = Oracle::new(book_table()).start();
+        let oracle = Oracle::new(book_table(), OracleConfig::default()).start();
         let new_table = AnswerTable::new([("Flat is better than?", "Nested.")]).unwrap();
         oracle.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
         let answers = oracle

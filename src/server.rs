@@ -8,17 +8,21 @@
 //! zero or the shutdown timeout has passed.
 
 use std::{
+    io::{self, Write},
     mem,
+    net::{Shutdown, SocketAddr},
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::{
     listener::{AcceptError, AcceptStream, Accepted},
     oracle::Ask,
+    protocol::Answer,
     session::{SessionClosed, SessionConfig, SessionDeps, SessionInfo, ZenSession},
     shutdown::{DrainListener, DrainTrigger, drain_channel},
 };
@@ -28,8 +32,23 @@ use crate::{
 pub struct ServerConfig {
     /// Passed to every session.
     pub session: SessionConfig,
+    /// Sessions served at once; clients beyond it are told the server is busy.
+    pub max_connections: usize,
+    /// TCP keepalive for accepted connections, if any.
+    pub keepalive: Option<Keepalive>,
     /// How long a drain waits for sessions before giving up on them.
     pub shutdown_timeout: Duration,
+}
+
+/// TCP keepalive probing, so that sessions of vanished peers end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub retries: u32,
 }
 
 /// Stop accepting, let every session answer what it was asked, and reply when all are gone.
@@ -58,6 +77,8 @@ pub struct Server {
     drain_trigger: DrainTrigger,
     drain_listener: DrainListener,
     live_sessions: usize,
+    /// Clients refused since the server last had room, for one log line per episode.
+    refused_while_full: u64,
     last_id: u64,
     drain: Option<DrainState>,
 }
@@ -87,16 +108,25 @@ impl Server {
             drain_trigger,
             drain_listener,
             live_sessions: 0,
+            refused_while_full: 0,
             last_id: 0,
             drain: None,
         }
     }
 
     fn place(&mut self, Accepted { stream, peer }: Accepted, ctx: &mut Context<Self>) {
+        if self.live_sessions >= self.config.max_connections {
+            self.refuse(stream, peer);
+            return;
+        }
+        if self.refused_while_full > 0 {
+            tracing::info!(refused = self.refused_while_full, "accepting again");
+            self.refused_while_full = 0;
+        }
         self.last_id += 1;
         let info = SessionInfo { id: self.last_id, peer };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+        if let Err(error) = configure(&stream, self.config.keepalive) {
+            tracing::debug!(%peer, %error, "could not set socket options");
         }
         let socket = match stream.into_std() {
             Ok(socket) => socket,
@@ -120,6 +150,21 @@ impl Server {
         }
     }
 
+    /// Tells a client over the limit that the server is busy, and closes. The socket is new,
+    /// so its send buffer has room: one non-blocking write, no session, no waiting.
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.refused_while_full == 0 {
+            tracing::warn!(%peer, max_connections = self.config.max_connections, "server full; refusing clients");
+        } else {
+            tracing::debug!(%peer, "server full; client refused");
+        }
+        self.refused_while_full += 1;
+        if let Ok(mut socket) = stream.into_std() {
+            let _ = socket.write(Answer::SERVER_BUSY.as_bytes());
+            let _ = socket.shutdown(Shutdown::Write);
+        }
+    }
+
     fn finish_drain_when_idle(&mut self, ctx: &mut Context<Self>) {
         if self.live_sessions == 0 {
             self.finish_drain(ctx);
@@ -134,6 +179,20 @@ impl Server {
         }
         ctx.stop();
     }
+}
+
+/// Sets the options every accepted connection gets: no Nagle delay (one answer per write
+/// must not wait for the previous one's ACK) and keepalive.
+fn configure(stream: &TcpStream, keepalive: Option<Keepalive>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if let Some(keepalive) = keepalive {
+        let probes = TcpKeepalive::new()
+            .with_time(keepalive.idle)
+            .with_interval(keepalive.interval)
+            .with_retries(keepalive.retries);
+        SockRef::from(stream).set_tcp_keepalive(&probes)?;
+    }
+    Ok(())
 }
 
 /// Runs on the worker arbiter: registers the socket with that arbiter's reactor.
@@ -215,16 +274,26 @@ mod tests {
     use super::*;
     use crate::{
         listener,
-        oracle::{AnswerTable, Oracle},
+        oracle::{AnswerTable, Oracle, OracleConfig},
     };
 
     fn config() -> ServerConfig {
-        ServerConfig { session: SessionConfig { max_question_bytes: 64 }, shutdown_timeout: Duration::from_secs(5) }
+        ServerConfig {
+            session: SessionConfig {
+                max_question_bytes: 64,
+                max_pending_bytes: 64 * 1024,
+                idle_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(60),
+            },
+            max_connections: 2,
+            keepalive: Some(Keepalive { idle: Duration::from_secs(60), interval: Duration::from_secs(5), retries: 3 }),
+            shutdown_timeout: Duration::from_secs(5),
+        }
     }
 
     async fn start_server() -> (Addr<Server>, std::net::SocketAddr) {
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::new(table).start();
+        let oracle = Oracle::new(table, OracleConfig::default()).start();
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let accept = AcceptStream::new(socket).unwrap();
         let addr = accept.local_addr();

@@ -6,20 +6,23 @@
 //! order the oracle's replies come back in: each batch takes a slot in a queue and the queue
 //! is written out from the front as slots fill.
 //!
+//! Memory per session is bounded: the codec caps a question's bytes, and reading pauses
+//! ([`Flow`]) while more than `max_pending_bytes` of answers wait to be sent or too many
+//! questions wait for the oracle. One timer per session, re-armed only when it fires, closes
+//! a connection that completes no question for `idle_timeout` and drops a client that reads
+//! nothing for `write_timeout` while answers wait.
+//!
 //! The session ends when the client has sent end of file and every question received before
 //! it is answered, when a question is too long (after saying so), when the server drains
-//! (after answering what was already asked and saying so), or on any I/O error. It tells the
-//! [`Server`](crate::server::Server) with [`SessionClosed`] when it stops.
+//! (after answering what was already asked and saying so), on a timeout, or on any I/O error.
+//! It tells the [`Server`](crate::server::Server) with [`SessionClosed`] when it stops.
 
 use std::{
-    cell::Cell,
     collections::VecDeque,
     io,
     net::SocketAddr,
-    pin::Pin,
     rc::Rc,
-    task::{Context as TaskContext, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::{io::FramedWrite, io::WriteHandler, prelude::*};
@@ -31,6 +34,7 @@ use tokio_util::codec::FramedRead;
 use tracing::Span;
 
 use crate::{
+    backpressure::{Flow, GatedStream, TrackedWriter},
     codec::{CodecError, Incoming, ZenCodec},
     oracle::Ask,
     protocol::{Answer, Question},
@@ -40,16 +44,25 @@ use crate::{
 /// Bytes first reserved for reading; the buffer grows on demand up to the question limit.
 pub const INITIAL_READ_BUFFER_BYTES: usize = 512;
 
+/// Questions a session may have waiting for the oracle before it stops reading.
+pub const MAX_QUESTIONS_AT_ORACLE: usize = 256;
+
 /// After refusing a too-long question, how long the session keeps reading (and discarding)
 /// so that closing with unread input does not reset the connection before the client has
 /// read the error.
 pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
 
-/// Per-session settings.
+/// Per-session limits.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
     /// Longest question accepted, `?` included.
     pub max_question_bytes: usize,
+    /// Unsent answer bytes above which the session stops reading.
+    pub max_pending_bytes: u64,
+    /// A connection completing no question for this long is closed.
+    pub idle_timeout: Duration,
+    /// A client reading nothing for this long while answers wait is disconnected.
+    pub write_timeout: Duration,
 }
 
 /// Who the session serves.
@@ -84,7 +97,7 @@ pub struct SessionClosed {
     pub answers: u64,
 }
 
-type AnswerWriter = FramedWrite<Answer, ShutdownOnClose, ZenCodec>;
+type AnswerWriter = FramedWrite<Answer, TrackedWriter, ZenCodec>;
 
 /// One batch of answers, waiting for the oracle or ready to be written.
 enum Slot {
@@ -96,17 +109,22 @@ enum Slot {
 pub struct ZenSession {
     info: SessionInfo,
     span: Span,
+    config: SessionConfig,
     oracle: Recipient<Ask>,
     server: Option<Recipient<SessionClosed>>,
     drain: Option<DrainListener>,
     writer: AnswerWriter,
-    /// Tells the write half to send FIN once the writer has flushed everything.
-    shutdown_after_flush: Rc<Cell<bool>>,
+    flow: Rc<Flow>,
     read_stream: SpawnHandle,
     /// Batches in question order; the front is the next to be written.
     slots: VecDeque<Slot>,
     /// Sequence number of the front slot; a batch's slot is `seq - first_seq`.
     first_seq: u64,
+    questions_at_oracle: usize,
+    last_question: Instant,
+    /// The one timer checking the idle and write timeouts, and when it fires.
+    timeout_check: SpawnHandle,
+    timeout_check_at: Instant,
     /// Still taking new questions.
     accepting: bool,
     /// The read stream is still running.
@@ -124,20 +142,28 @@ impl ZenSession {
         W: AsyncWrite + Unpin + 'static,
     {
         ZenSession::create(move |ctx| {
-            let codec = ZenCodec::new(deps.config.max_question_bytes);
-            let read_stream = ctx.add_stream(FramedRead::with_capacity(read, codec.clone(), INITIAL_READ_BUFFER_BYTES));
-            let (write, shutdown_after_flush) = ShutdownOnClose::new(Box::new(write));
+            let config = deps.config;
+            let codec = ZenCodec::new(config.max_question_bytes);
+            let flow = Flow::new(config.max_pending_bytes);
+            let reader = FramedRead::with_capacity(read, codec.clone(), INITIAL_READ_BUFFER_BYTES);
+            let read_stream = ctx.add_stream(GatedStream::new(reader, flow.clone()));
+            let writer = FramedWrite::new(TrackedWriter::new(Box::new(write), flow.clone()), codec, ctx);
             ZenSession {
                 info,
                 span: tracing::info_span!("session", id = info.id, peer = %info.peer),
+                config,
                 oracle: deps.oracle,
                 server: deps.server,
                 drain: Some(deps.drain),
-                writer: FramedWrite::new(write, codec, ctx),
-                shutdown_after_flush,
+                writer,
+                flow,
                 read_stream,
                 slots: VecDeque::new(),
                 first_seq: 0,
+                questions_at_oracle: 0,
+                last_question: Instant::now(),
+                timeout_check: SpawnHandle::default(),
+                timeout_check_at: Instant::now(),
                 accepting: true,
                 reading: true,
                 close_requested: false,
@@ -156,13 +182,22 @@ impl ZenSession {
     fn ask(&mut self, questions: Vec<Question>, ctx: &mut Context<Self>) {
         let seq = self.first_seq + self.slots.len() as u64;
         let count = questions.len();
+        self.last_question = Instant::now();
         self.slots.push_back(Slot::Waiting);
+        self.questions_at_oracle += count;
+        if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
+            self.flow.set_paused_for_oracle(true);
+        }
         let request = self.oracle.send(Ask(questions));
         ctx.spawn(request.into_actor(self).map(move |reply, session, ctx| {
             let answers = reply.unwrap_or_else(|error| {
                 tracing::error!(parent: &session.span, %error, "oracle did not answer");
                 vec![Answer::INTERNAL_ERROR; count]
             });
+            session.questions_at_oracle -= count;
+            if session.questions_at_oracle < MAX_QUESTIONS_AT_ORACLE {
+                session.flow.set_paused_for_oracle(false);
+            }
             session.fill(seq, answers, ctx);
         }));
     }
@@ -182,13 +217,19 @@ impl ZenSession {
     }
 
     fn write_ready(&mut self, ctx: &mut Context<Self>) {
+        let mut bytes = 0;
         while let Some(Slot::Ready(_)) = self.slots.front() {
             let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
             for answer in answers {
+                bytes += answer.len();
                 self.writer.write(answer);
             }
+        }
+        if bytes > 0 && self.flow.queued(bytes) {
+            // Reading is paused until the client reads; make sure a stalled client is noticed.
+            self.check_timeouts_by(self.flow.last_progress() + self.config.write_timeout, ctx);
         }
         self.close_when_done(ctx);
     }
@@ -196,7 +237,7 @@ impl ZenSession {
     fn close_when_done(&mut self, ctx: &mut Context<Self>) {
         if !self.accepting && self.slots.is_empty() && !self.close_requested {
             self.close_requested = true;
-            self.shutdown_after_flush.set(true);
+            self.flow.shut_down_after_flush();
             self.writer.close();
             // `close()` wakes nothing, and the writer may already have been polled in this
             // pass of the context; a new item makes the context poll every item again.
@@ -209,6 +250,42 @@ impl ZenSession {
         self.reading = false;
         self.accepting = false;
     }
+
+    /// Makes sure the timeouts are checked no later than `at`.
+    fn check_timeouts_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if at < self.timeout_check_at || self.timeout_check == SpawnHandle::default() {
+            ctx.cancel_future(self.timeout_check);
+            self.timeout_check_at = at;
+            let delay = at.saturating_duration_since(Instant::now());
+            self.timeout_check = ctx.run_later(delay, |session, ctx| session.check_timeouts(ctx));
+        }
+    }
+
+    fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
+        self.timeout_check = SpawnHandle::default();
+        let now = Instant::now();
+        let next = if self.flow.backlog() > 0 {
+            let due = self.flow.last_progress() + self.config.write_timeout;
+            if now >= due {
+                tracing::info!(parent: &self.span, unsent = self.flow.backlog(), "client stopped reading; disconnecting");
+                ctx.stop();
+                return;
+            }
+            due
+        } else if self.accepting && self.slots.is_empty() {
+            let due = self.last_question + self.config.idle_timeout;
+            if now >= due {
+                tracing::info!(parent: &self.span, "idle timeout; closing");
+                self.stop_reading(ctx);
+                self.close_when_done(ctx);
+                return;
+            }
+            due
+        } else {
+            now + self.config.idle_timeout.min(self.config.write_timeout)
+        };
+        self.check_timeouts_by(next, ctx);
+    }
 }
 
 impl Actor for ZenSession {
@@ -216,6 +293,7 @@ impl Actor for ZenSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(parent: &self.span, "connection accepted");
+        self.check_timeouts_by(Instant::now() + self.config.idle_timeout, ctx);
         if let Some(drain) = self.drain.take() {
             ctx.spawn(drain.wait().into_actor(self).map(|(), session, ctx| {
                 if session.accepting {
@@ -241,7 +319,7 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
             Ok(Incoming::Questions(questions)) if self.accepting => self.ask(questions, ctx),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
-                tracing::info!(parent: &self.span, "question too long");
+                tracing::info!(parent: &self.span, limit = self.config.max_question_bytes, "question too long");
                 self.finish_with(Answer::QUESTION_TOO_LONG, ctx);
             }
             Ok(Incoming::PartialAtEof(bytes)) => {
@@ -282,41 +360,6 @@ impl WriteHandler<io::Error> for ZenSession {
     }
 }
 
-/// The write half of a session, which shuts down its sending side (FIN) at the first flush
-/// after the session asks for it, so that the client sees end of file right after the last
-/// answer even while the session still reads.
-pub struct ShutdownOnClose {
-    inner: Box<dyn AsyncWrite + Unpin>,
-    requested: Rc<Cell<bool>>,
-}
-
-impl ShutdownOnClose {
-    fn new(inner: Box<dyn AsyncWrite + Unpin>) -> (Self, Rc<Cell<bool>>) {
-        let requested = Rc::new(Cell::new(false));
-        (Self { inner, requested: requested.clone() }, requested)
-    }
-}
-
-impl AsyncWrite for ShutdownOnClose {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        if !self.requested.get() {
-            return Poll::Ready(Ok(()));
-        }
-        std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
-        self.requested.set(false);
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::{
@@ -348,7 +391,9 @@ mod tests {
                     let text = &question.as_bytes()[..question.as_bytes().len() - 1];
                     let delay: u64 =
                         text.iter().filter(|b| b.is_ascii_digit()).fold(0, |n, &b| n * 10 + u64::from(b - b'0'));
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     answers.push(Answer::new([text, b"."].concat()));
                 }
                 answers
@@ -379,27 +424,36 @@ mod tests {
         asked: mpsc::UnboundedReceiver<Question>,
     }
 
+    /// Limits roomy enough not to matter unless a test changes them.
+    fn config(max_question_bytes: usize) -> SessionConfig {
+        SessionConfig {
+            max_question_bytes,
+            max_pending_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The duplex pipe's buffer, in each direction: what a socket's kernel buffers would hold.
+    const PIPE_BYTES: usize = 4096;
+
     fn start_session(
         oracle: Recipient<Ask>,
-        max_question_bytes: usize,
+        config: SessionConfig,
     ) -> (DuplexStream, DrainTrigger, mpsc::UnboundedReceiver<SessionClosed>) {
-        let (client, server_side) = tokio::io::duplex(64 * 1024);
+        let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
         let (read, write) = tokio::io::split(server_side);
         let (drain, listener) = drain_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
-        let deps = SessionDeps {
-            oracle,
-            server: Some(ClosedProbe(closed_tx).start().recipient()),
-            drain: listener,
-            config: SessionConfig { max_question_bytes },
-        };
+        let deps =
+            SessionDeps { oracle, server: Some(ClosedProbe(closed_tx).start().recipient()), drain: listener, config };
         ZenSession::start(read, write, SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() }, deps);
         (client, drain, closed)
     }
 
-    fn echo_session(max_question_bytes: usize) -> Harness {
+    fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, drain, closed) = start_session(EchoOracle(seen).start().recipient(), max_question_bytes);
+        let (client, drain, closed) = start_session(EchoOracle(seen).start().recipient(), config);
         Harness { client, drain, closed, asked }
     }
 
@@ -424,7 +478,7 @@ mod tests {
 
     #[actix::test]
     async fn answers_go_out_in_question_order_even_when_the_oracle_replies_out_of_order() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.write_all(b"slow200?").await.unwrap();
         session.oracle_received(b"slow200?").await; // so the next question is another batch
         session.client.write_all(b"fast0?").await.unwrap();
@@ -434,7 +488,7 @@ mod tests {
 
     #[actix::test]
     async fn a_half_closed_client_gets_every_answer_then_end_of_file() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.write_all(b"a? b?\nc10?").await.unwrap();
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"a.b.c10.");
@@ -444,16 +498,15 @@ mod tests {
 
     #[actix::test]
     async fn a_client_that_closes_without_asking_is_closed_and_counted() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"");
-        let closed = tokio::time::timeout(Duration::from_secs(5), session.closed.recv()).await.unwrap().unwrap();
-        assert_eq!(closed.answers, 0);
+        assert_eq!(next_closed(&mut session.closed).await.answers, 0);
     }
 
     #[actix::test]
     async fn a_partial_question_at_end_of_file_gets_no_answer() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.write_all(b"a?Beautiful is").await.unwrap();
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"a.");
@@ -461,14 +514,14 @@ mod tests {
 
     #[actix::test]
     async fn a_too_long_question_is_refused_after_the_questions_before_it() {
-        let mut session = echo_session(8);
+        let mut session = echo_session(config(8));
         session.client.write_all(b"a?bcdefghijk").await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"a.Error: question too long.");
     }
 
     #[actix::test]
     async fn draining_answers_what_was_asked_then_says_so_and_closes() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.write_all(b"first300?").await.unwrap();
         session.oracle_received(b"first300?").await;
         session.drain.trigger();
@@ -478,7 +531,7 @@ mod tests {
 
     #[actix::test]
     async fn an_idle_session_closes_at_once_on_drain() {
-        let mut session = echo_session(64);
+        let mut session = echo_session(config(64));
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
         session.drain.trigger();
@@ -506,9 +559,130 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
             tokio::task::yield_now().await;
         }
-        let (mut client, _drain, _closed) = start_session(oracle, 64);
+        let (mut client, _drain, _closed) = start_session(oracle, config(64));
         client.write_all(b"a?b?").await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
+    }
+
+    async fn next_closed(closed: &mut mpsc::UnboundedReceiver<SessionClosed>) -> SessionClosed {
+        tokio::time::timeout(Duration::from_secs(5), closed.recv()).await.unwrap().unwrap()
+    }
+
+    #[actix::test]
+    async fn a_client_that_reads_nothing_stops_being_read_until_it_reads() {
+        let session = echo_session(SessionConfig { max_pending_bytes: 1024, ..config(64) });
+        // 100 KB of questions: far more than the pipe plus the pending limit can hold.
+        let questions = b"q?".repeat(50_000);
+        let (mut reader, mut writer) = tokio::io::split(session.client);
+        let sent = Rc::new(std::cell::Cell::new(0));
+        let sent_so_far = sent.clone();
+        let write = tokio::task::spawn_local(async move {
+            for chunk in questions.chunks(1000) {
+                writer.write_all(chunk).await?;
+                sent_so_far.set(sent_so_far.get() + chunk.len());
+            }
+            Ok::<_, std::io::Error>(writer)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(sent.get() < 20_000, "the session read {} bytes although nobody read its answers", sent.get());
+        let mut answers = Vec::new();
+        let mut buffer = vec![0; 8192];
+        while answers.len() < 100_000 {
+            let n = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buffer)).await.unwrap().unwrap();
+            assert!(n > 0);
+            answers.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(answers, b"q.".repeat(50_000));
+        let mut writer = write.await.unwrap().unwrap();
+        writer.shutdown().await.unwrap();
+    }
+
+    #[actix::test]
+    async fn a_client_that_reads_nothing_for_the_write_timeout_is_dropped() {
+        let timeouts =
+            SessionConfig { max_pending_bytes: 1024, write_timeout: Duration::from_millis(200), ..config(64) };
+        let mut session = echo_session(timeouts);
+        let (_reader, mut writer) = tokio::io::split(session.client);
+        tokio::spawn(async move { writer.write_all(&b"q?".repeat(50_000)).await });
+        let closed = next_closed(&mut session.closed).await;
+        assert!(closed.answers > 0);
+    }
+
+    #[actix::test]
+    async fn a_client_dribbling_a_question_is_closed_at_the_idle_timeout() {
+        let mut session = echo_session(SessionConfig { idle_timeout: Duration::from_millis(300), ..config(64) });
+        session.client.write_all(b"a?").await.unwrap();
+        assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
+        let started = Instant::now();
+        let (mut reader, mut writer) = tokio::io::split(session.client);
+        let dribble = tokio::spawn(async move {
+            while writer.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert_eq!(rest, b"", "nothing is said on an idle close");
+        assert!(started.elapsed() >= Duration::from_millis(250), "closed after {:?}", started.elapsed());
+        dribble.abort();
+    }
+
+    #[actix::test]
+    async fn a_session_that_keeps_asking_is_not_idle() {
+        let mut session = echo_session(SessionConfig { idle_timeout: Duration::from_millis(200), ..config(64) });
+        for _ in 0..8 {
+            session.client.write_all(b"a?").await.unwrap();
+            assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert!(session.closed.try_recv().is_err(), "closed while active");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_session_answers_any_input_split_anyhow_as_the_reference_framing_says(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'a'),
+                    proptest::strategy::Just(b'b'),
+                    proptest::strategy::Just(b' '),
+                    proptest::strategy::Just(b'?'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..300,
+            ),
+            lengths in proptest::collection::vec(0usize..40, 0..16),
+            max in 1usize..16,
+        ) {
+            use crate::{codec::reference::{self, Ending}, oracle::{AnswerTable, Oracle, OracleConfig}};
+
+            let table = AnswerTable::new([("a?", "A."), ("b a?", "B.")]).unwrap();
+            let (questions, ending) = reference::frame(&input, max);
+            let mut expected: Vec<u8> = questions.iter().flat_map(|q| table.answer(q).as_bytes().to_vec()).collect();
+            if ending == Ending::TooLong {
+                expected.extend_from_slice(Answer::QUESTION_TOO_LONG.as_bytes());
+            }
+            let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
+            let received = System::new().block_on(async move {
+                let oracle = Oracle::new(table, OracleConfig::default()).start();
+                let (client, _drain, _closed) = start_session(oracle.recipient(), config(max));
+                let (mut reader, mut writer) = tokio::io::split(client);
+                tokio::task::spawn_local(async move {
+                    for chunk in chunks {
+                        if writer.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    let _ = writer.shutdown().await;
+                });
+                let mut received = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut received)).await.unwrap().unwrap();
+                received
+            });
+            proptest::prop_assert_eq!(received.escape_ascii().to_string(), expected.escape_ascii().to_string());
+        }
     }
 }

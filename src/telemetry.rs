@@ -58,7 +58,8 @@ where
     })
 }
 
-/// Installs the subscriber for `settings` on standard error, process-wide.
+/// Installs the subscriber for `settings` on standard error, process-wide, and reports
+/// panics as one `error` event each instead of the default multi-line message.
 ///
 /// # Errors
 ///
@@ -66,6 +67,16 @@ where
 pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
     let ansi = std::io::stderr().is_terminal();
     subscriber(settings, std::io::stderr, ansi)?.try_init()?;
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(message, location, "panic");
+    }));
     Ok(())
 }
 

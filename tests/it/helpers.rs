@@ -22,6 +22,9 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
 
+/// `USER_HZ`, the unit of CPU times in `/proc/PID/stat`; 100 on every Linux architecture.
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
 /// Lines the server has written to standard error so far.
 #[derive(Clone, Default)]
 struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
@@ -74,11 +77,18 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// How many `listening` events to wait for.
     pub listeners: usize,
+    /// A lower limit on open file descriptors (`ulimit -n`), set before the server starts.
+    pub fd_limit: Option<u32>,
 }
 
 impl Launch {
     pub fn args(args: &[&str]) -> Self {
-        Self { args: args.iter().map(|a| a.to_string()).collect(), env: Vec::new(), listeners: 1 }
+        Self { args: args.iter().map(|a| a.to_string()).collect(), env: Vec::new(), listeners: 1, fd_limit: None }
+    }
+
+    /// `zen-server --listen 127.0.0.1:0` with these environment settings.
+    pub fn with_env(vars: &[(&str, &str)]) -> Self {
+        vars.iter().fold(Self::args(&["--listen", "127.0.0.1:0"]), |launch, (name, value)| launch.env(name, value))
     }
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
@@ -90,11 +100,24 @@ impl Launch {
         self.listeners = count;
         self
     }
+
+    pub fn fd_limit(mut self, limit: u32) -> Self {
+        self.fd_limit = Some(limit);
+        self
+    }
 }
 
 /// A `zen-server` command with a clean environment: no `ZEN_*` variable of the test runner's.
-pub fn server_command(args: &[String], env: &[(String, String)]) -> Command {
-    let mut command = Command::new(SERVER_BIN);
+pub fn server_command(args: &[String], env: &[(String, String)], fd_limit: Option<u32>) -> Command {
+    let mut command = match fd_limit {
+        // The shell sets the limit and replaces itself with the server: same PID.
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(SERVER_BIN);
+            shell
+        }
+        None => Command::new(SERVER_BIN),
+    };
     command.args(args);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("ZEN_") {
@@ -113,7 +136,7 @@ impl ZenServer {
 
     /// Starts the server as `launch` says and waits until it listens.
     pub fn launch(launch: Launch) -> Self {
-        let mut command = server_command(&launch.args, &launch.env);
+        let mut command = server_command(&launch.args, &launch.env, launch.fd_limit);
         let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let log = Log::default();
         let stderr = child.stderr.take().unwrap();
@@ -153,6 +176,26 @@ impl ZenServer {
     pub fn signal(&self, signal: signal::Signal) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         signal::kill(pid, signal).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).unwrap();
+        line.trim().trim_end_matches("kB").trim().parse().unwrap()
+    }
+
+    /// CPU time the server process has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) start at field 3 (`state`).
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND)
     }
 
     /// Waits up to `deadline` for the process to exit.
@@ -198,8 +241,12 @@ impl Drop for ZenServer {
 pub fn run_server(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let mut child =
-        server_command(&args, &env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = server_command(&args, &env, None)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let end = Instant::now() + DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

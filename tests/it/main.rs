@@ -1,6 +1,8 @@
 //! Integration tests: the real `zen-server` binary on ephemeral ports, driven over raw sockets.
 
 mod configuration;
+mod faults;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod protocol;
