@@ -1,0 +1,263 @@
+//! Soak test: minutes of mixed load against a release `zen-server`, reporting its memory and
+//! open file descriptors as the run goes on.
+//!
+//! ```sh
+//! scripts/soak.sh --minutes 10          # builds release, then runs this
+//! ```
+//!
+//! The load, all on loopback: connection churn (one question per connection, paced well below
+//! the kernel's connection-tracking limits), pipelined clients (100 questions per write, every
+//! answer checked), idle clients that ask now and then, and hostile clients taking turns:
+//! oversized questions, partial questions, resets in the middle of answers, clients that never
+//! read, dribblers and binary garbage. The server runs with 2-second idle and write timeouts so
+//! the hostile ones are cleaned up often. Any wrong answer to a well-behaved client is an error.
+//! Exit code 0 only if there were no errors and the server drained cleanly at the end.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+const QUESTION: &[u8] = b"Beautiful is better than?";
+const ANSWER: &[u8] = b"Ugly.";
+/// New connections per second from the churn threads together.
+const CHURN_PER_SECOND: u32 = 400;
+const PIPELINED_CLIENTS: usize = 4;
+const IDLE_CLIENTS: usize = 200;
+
+#[derive(Default)]
+struct Counters {
+    churned: AtomicU64,
+    pipelined: AtomicU64,
+    idle_answers: AtomicU64,
+    hostile: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let minutes: f64 = option("--minutes").map_or(10.0, |m| m.parse().expect("--minutes takes a number"));
+    let server_bin = option("--server").unwrap_or_else(|| "target/release/zen-server".into());
+    let duration = Duration::from_secs_f64(minutes * 60.0);
+
+    let (mut server, addr) = start_server(&server_bin);
+    let pid = server.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let mut workers = Vec::new();
+    let mut spawn = |work: fn(SocketAddr, &AtomicBool, &Counters)| {
+        let (stop, counters) = (stop.clone(), counters.clone());
+        workers.push(thread::spawn(move || work(addr, &stop, &counters)));
+    };
+    spawn(churn);
+    spawn(churn);
+    for _ in 0..PIPELINED_CLIENTS {
+        spawn(pipelined);
+    }
+    spawn(idle);
+    spawn(hostile);
+
+    println!("soak: {minutes} min against {server_bin} (pid {pid}) on {addr}");
+    println!("{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6}", "time_s", "rss_kib", "fds", "churned", "pipelined", "idle", "hostile", "errors");
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        thread::sleep(Duration::from_secs(10).min(duration.saturating_sub(started.elapsed())));
+        let sample = (started.elapsed().as_secs(), rss_kib(pid), open_fds(pid));
+        println!(
+            "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6}",
+            sample.0,
+            sample.1,
+            sample.2,
+            counters.churned.load(Relaxed),
+            counters.pipelined.load(Relaxed),
+            counters.idle_answers.load(Relaxed),
+            counters.hostile.load(Relaxed),
+            counters.errors.load(Relaxed)
+        );
+        samples.push(sample);
+    }
+    stop.store(true, Relaxed);
+    for worker in workers {
+        worker.join().expect("load thread panicked");
+    }
+    // Connections left by the load close within the server's 2 s timeouts.
+    thread::sleep(Duration::from_secs(5));
+    let settled = (rss_kib(pid), open_fds(pid));
+    let first = samples.first().copied().unwrap_or((0, settled.0, settled.1));
+    let peak_rss = samples.iter().map(|s| s.1).max().unwrap_or(settled.0);
+    println!(
+        "start (after 10 s): rss {} KiB, fds {}; peak rss {} KiB; end, load stopped: rss {} KiB, fds {}",
+        first.1, first.2, peak_rss, settled.0, settled.1
+    );
+
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let drained = server.wait().map(|status| status.success()).unwrap_or(false);
+    let errors = counters.errors.load(Relaxed);
+    println!("errors: {errors}; server drained and exited 0: {drained}");
+    if errors == 0 && drained { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn start_server(bin: &str) -> (Child, SocketAddr) {
+    let mut server = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("ZEN_LOG__LEVEL", "warn,zen_server::server=info")
+        .env("ZEN_LIMITS__IDLE_TIMEOUT_SECS", "2")
+        .env("ZEN_LIMITS__WRITE_TIMEOUT_SECS", "2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {bin}: {error} (build it with cargo build --release)"));
+    let mut lines = BufReader::new(server.stderr.take().expect("piped stderr")).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before listening").expect("readable stderr");
+        if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")) {
+            break addr.parse().expect("listening address");
+        }
+    };
+    // Keep draining the server's log so it never blocks on a full pipe.
+    thread::spawn(move || lines.for_each(drop));
+    (server, addr)
+}
+
+fn proc_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_field(pid, "VmRSS:")
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|dir| dir.count()).unwrap_or(0)
+}
+
+fn connect(addr: SocketAddr) -> Option<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    Some(stream)
+}
+
+fn read_exactly(stream: &mut TcpStream, expected: &[u8]) -> bool {
+    let mut received = vec![0; expected.len()];
+    stream.read_exact(&mut received).is_ok() && received == expected
+}
+
+fn churn(addr: SocketAddr, stop: &AtomicBool, counters: &Counters) {
+    let pause = Duration::from_secs(2) / CHURN_PER_SECOND;
+    while !stop.load(Relaxed) {
+        let ok = connect(addr).is_some_and(|mut stream| stream.write_all(QUESTION).is_ok() && read_exactly(&mut stream, ANSWER));
+        let counter = if ok { &counters.churned } else { &counters.errors };
+        counter.fetch_add(1, Relaxed);
+        thread::sleep(pause);
+    }
+}
+
+fn pipelined(addr: SocketAddr, stop: &AtomicBool, counters: &Counters) {
+    let request = QUESTION.repeat(100);
+    let answers = ANSWER.repeat(100);
+    while !stop.load(Relaxed) {
+        let Some(mut stream) = connect(addr) else {
+            counters.errors.fetch_add(1, Relaxed);
+            continue;
+        };
+        // A connection asks in rounds for about a second (below the idle timeout), then a new one.
+        for _ in 0..200 {
+            if stop.load(Relaxed) {
+                break;
+            }
+            if stream.write_all(&request).is_err() || !read_exactly(&mut stream, &answers) {
+                counters.errors.fetch_add(1, Relaxed);
+                break;
+            }
+            counters.pipelined.fetch_add(100, Relaxed);
+        }
+    }
+}
+
+fn idle(addr: SocketAddr, stop: &AtomicBool, counters: &Counters) {
+    let mut clients: Vec<TcpStream> = Vec::new();
+    while !stop.load(Relaxed) {
+        clients.retain_mut(|stream| {
+            let ok = stream.write_all(QUESTION).is_ok() && read_exactly(stream, ANSWER);
+            if ok {
+                counters.idle_answers.fetch_add(1, Relaxed);
+            } else {
+                counters.errors.fetch_add(1, Relaxed);
+            }
+            ok
+        });
+        while clients.len() < IDLE_CLIENTS {
+            match connect(addr) {
+                Some(stream) => clients.push(stream),
+                None => {
+                    counters.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+        }
+        // Ask again well within the 2 s idle timeout.
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn hostile(addr: SocketAddr, stop: &AtomicBool, counters: &Counters) {
+    let mut round = 0u64;
+    while !stop.load(Relaxed) {
+        round += 1;
+        let Some(mut stream) = connect(addr) else { continue };
+        match round % 6 {
+            0 => {
+                let _ = stream.write_all(&[b'x'; 4096]);
+                let mut reply = Vec::new();
+                let _ = stream.read_to_end(&mut reply);
+                if !reply.starts_with(b"Error: question too long.") {
+                    counters.errors.fetch_add(1, Relaxed);
+                }
+            }
+            1 => {
+                let _ = stream.write_all(b"Beautiful is better");
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            2 => {
+                let _ = stream.write_all(&QUESTION.repeat(40_000));
+                let mut some = [0; 100];
+                let _ = stream.read(&mut some);
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+            3 => {
+                // Never reads: the server stops reading it and drops it after the write timeout.
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(3)));
+                let chunk = QUESTION.repeat(2000);
+                while stream.write_all(&chunk).is_ok() && !stop.load(Relaxed) {}
+            }
+            4 => {
+                for byte in b"Explicit is better" {
+                    if stop.load(Relaxed) || stream.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+            _ => {
+                let garbage: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+                let _ = stream.write_all(&garbage);
+            }
+        }
+        counters.hostile.fetch_add(1, Relaxed);
+        thread::sleep(Duration::from_millis(100));
+    }
+}
