@@ -22,12 +22,14 @@
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
 //! - [`app`]: wiring settings and listeners into a running system.
 //! - [`client`]: a small client for `zen-client` and tests.
+//! - [`bench`]: the load generator behind `zen-client bench`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod app;
 pub mod backpressure;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

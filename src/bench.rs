@@ -1,0 +1,627 @@
+//! The load generator behind `zen-client bench`.
+//!
+//! Three modes, each checking every answer byte for byte (a wrong, missing or extra answer, a
+//! failed connection or an early close is an error, counted and reported):
+//! - [`BenchMode::Pipelined`]: `conns` connections, each keeping `depth` questions in flight
+//!   (closed loop), or, with a `rate`, sending at fixed intended times whatever the server does
+//!   (open loop), latency then measured from the intended send time so that a slow server cannot
+//!   hide its queueing (no coordinated omission).
+//! - [`BenchMode::Churn`]: `conns` loops of connect, ask one question, close.
+//! - [`BenchMode::Idle`]: open `conns` connections, ask once on each, hold them.
+//!
+//! Latencies go into HDR histograms (one per connection, merged at the end). Against a
+//! loopback address, connections are spread over source addresses 127.0.0.1 to 127.0.0.254 so
+//! that many connections, or fast churn, never run out of ephemeral ports.
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream, tcp::OwnedReadHalf},
+    sync::mpsc,
+    task::JoinSet,
+    time::MissedTickBehavior,
+};
+
+/// The questions the benchmark asks, in turn, with the answers it expects.
+const EXCHANGES: [(&[u8], &[u8]); 3] = [
+    (b"Beautiful is better than?", b"Ugly."),
+    (b"Explicit is better than?", b"Implicit."),
+    (b"Simple is better than?", b"Complex."),
+];
+
+/// Longest a single exchange (connect, or one answer) may take before it counts as an error.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read at a time.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Connections opened at once in idle mode.
+const IDLE_OPEN_CONCURRENCY: usize = 256;
+
+/// Highest latency the histograms record, in microseconds (larger values are clamped).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// What kind of load to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Long-lived connections with questions in flight.
+    Pipelined,
+    /// Connect, ask one question, close, repeat.
+    Churn,
+    /// Open connections, ask once, hold them.
+    Idle,
+}
+
+/// A benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The kind of load.
+    pub mode: BenchMode,
+    /// Connections (pipelined, idle) or concurrent loops (churn).
+    pub conns: usize,
+    /// Questions in flight per connection (pipelined, without a rate).
+    pub depth: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before measuring starts.
+    pub warmup: Duration,
+    /// Aggregate questions per second, at fixed intended times (pipelined).
+    pub rate: Option<f64>,
+    /// How long to hold the connections (idle).
+    pub hold: Duration,
+    /// The server's process, to report its memory (idle).
+    pub server_pid: Option<u32>,
+    /// Print progress to standard error every second.
+    pub progress: bool,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// What a run measured; printed as text or as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The kind of load.
+    pub mode: BenchMode,
+    /// Connections or loops.
+    pub conns: usize,
+    /// Questions in flight per connection.
+    pub depth: usize,
+    /// Aggregate intended rate, if any.
+    pub rate: Option<f64>,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Correct answers received while measuring.
+    pub answers: u64,
+    /// `answers` per second.
+    pub answers_per_sec: f64,
+    /// Connections completed while measuring (churn) or opened (idle).
+    pub connections: u64,
+    /// `connections` per second (churn).
+    pub connections_per_sec: f64,
+    /// Wrong, missing or extra answers, failed connections and early closes.
+    pub errors: u64,
+    /// Latency of answers received while measuring: per question (pipelined, idle) or per
+    /// connection from connect to answer (churn).
+    pub latency_us: Latency,
+    /// The server's RSS before connecting (idle, with a server PID).
+    pub server_rss_kib_before: Option<u64>,
+    /// The server's RSS with every connection open (idle, with a server PID).
+    pub server_rss_kib_held: Option<u64>,
+    /// RSS added per held connection (idle, with a server PID).
+    pub server_kib_per_conn: Option<f64>,
+}
+
+/// The benchmark could not run at all (as opposed to errors it counts).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A setting makes no sense, e.g. zero connections.
+    #[error("invalid benchmark: {0}")]
+    Invalid(String),
+}
+
+/// When measuring happens.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn contains(&self, at: Instant) -> bool {
+        at >= self.start && at < self.end
+    }
+}
+
+/// What one connection or loop measured.
+struct Tally {
+    answers: u64,
+    connections: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            answers: 0,
+            connections: 0,
+            errors: 0,
+            latency: Histogram::new_with_max(MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+        }
+    }
+
+    fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).min(MAX_LATENCY_US);
+        self.latency.saturating_record(micros);
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.answers += other.answers;
+        self.connections += other.connections;
+        self.errors += other.errors;
+        let _ = self.latency.add(&other.latency);
+    }
+}
+
+/// Live counts for the progress line.
+#[derive(Default)]
+struct Live {
+    answers: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs the benchmark `config` describes.
+///
+/// # Errors
+///
+/// [`BenchError::Invalid`] if the configuration cannot describe a run; everything that goes
+/// wrong during the run is counted in [`BenchReport::errors`] instead.
+pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    if config.conns == 0 || (config.mode == BenchMode::Pipelined && config.depth == 0 && config.rate.is_none()) {
+        return Err(BenchError::Invalid("connections and depth must be at least 1".into()));
+    }
+    if config.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+        return Err(BenchError::Invalid("the rate must be a positive number of questions per second".into()));
+    }
+    let live = Arc::new(Live::default());
+    let progress = config.progress.then(|| tokio::spawn(report_progress(live.clone())));
+    let result = match config.mode {
+        BenchMode::Pipelined | BenchMode::Churn => Ok(run_timed(config, &live).await),
+        BenchMode::Idle => Ok(run_idle(config, &live).await),
+    };
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    result
+}
+
+async fn report_progress(live: Arc<Live>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let (mut last, started) = (0, Instant::now());
+    loop {
+        ticker.tick().await;
+        let answers = live.answers.load(Relaxed);
+        eprintln!(
+            "[{:>4.0}s] {:>10} answers/s, {} errors",
+            started.elapsed().as_secs_f64(),
+            answers - last,
+            live.errors.load(Relaxed)
+        );
+        last = answers;
+    }
+}
+
+async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
+    let start = Instant::now() + config.warmup;
+    let window = Window { start, end: start + config.duration };
+    let mut tasks = JoinSet::new();
+    for index in 0..config.conns {
+        let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
+        match (config.mode, config.rate) {
+            (BenchMode::Churn, _) => tasks.spawn(churn(addr, index, window, live)),
+            (_, Some(rate)) => {
+                let interval = Duration::from_secs_f64(config.conns as f64 / rate);
+                // Spread the connections' schedules over one interval.
+                let offset = interval.mul_f64(index as f64 / config.conns as f64);
+                tasks.spawn(paced(addr, source, interval, offset, window, live))
+            }
+            (_, None) => tasks.spawn(closed_loop(addr, source, config.depth, window, live)),
+        };
+    }
+    let mut total = Tally::new();
+    while let Some(tally) = tasks.join_next().await {
+        match tally {
+            Ok(tally) => total.merge(&tally),
+            Err(_) => total.errors += 1,
+        }
+    }
+    report(config, &total, None, None)
+}
+
+fn report(config: &BenchConfig, total: &Tally, rss_before: Option<u64>, rss_held: Option<u64>) -> BenchReport {
+    let seconds = config.duration.as_secs_f64();
+    let histogram = &total.latency;
+    let latency = if histogram.is_empty() {
+        Latency::default()
+    } else {
+        Latency {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        }
+    };
+    let per_conn = rss_before
+        .zip(rss_held)
+        .map(|(before, held)| (held.saturating_sub(before)) as f64 / total.connections.max(1) as f64);
+    BenchReport {
+        mode: config.mode,
+        conns: config.conns,
+        depth: config.depth,
+        rate: config.rate,
+        seconds,
+        answers: total.answers,
+        answers_per_sec: total.answers as f64 / seconds,
+        connections: total.connections,
+        connections_per_sec: total.connections as f64 / seconds,
+        errors: total.errors,
+        latency_us: latency,
+        server_rss_kib_before: rss_before,
+        server_rss_kib_held: rss_held,
+        server_kib_per_conn: per_conn,
+    }
+}
+
+/// Source address for connection `index`: spread over 127.0.0.1-254 for loopback targets.
+fn source_for(target: SocketAddr, index: usize) -> Option<IpAddr> {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % 254) as u8))),
+        _ => None,
+    }
+}
+
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let attempt = async {
+        let stream = match source {
+            Some(source) => {
+                let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(source, 0))?;
+                socket.connect(addr).await?
+            }
+            None => TcpStream::connect(addr).await?,
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Reads from a connection and hands out the answers in it, one at a time.
+struct AnswerReader {
+    reader: OwnedReadHalf,
+    pending: BytesMut,
+}
+
+impl AnswerReader {
+    fn new(reader: OwnedReadHalf) -> Self {
+        Self { reader, pending: BytesMut::with_capacity(READ_BUFFER_BYTES) }
+    }
+
+    /// Whether the next answer already received is `expected` (consuming it); `None` if no
+    /// complete answer has arrived yet.
+    fn check_buffered(&mut self, expected: &[u8]) -> Option<bool> {
+        let end = memchr::memchr(b'.', &self.pending)?;
+        let matches = self.pending[..=end] == *expected;
+        self.pending.advance(end + 1);
+        Some(matches)
+    }
+
+    /// Waits for more bytes; `Ok(false)` at end of file.
+    async fn fill(&mut self) -> io::Result<bool> {
+        self.pending.reserve(READ_BUFFER_BYTES);
+        Ok(self.reader.read_buf(&mut self.pending).await? > 0)
+    }
+
+    /// Waits up to [`EXCHANGE_TIMEOUT`] for the next answer and says whether it is `expected`;
+    /// `None` at end of file, on an error or on timeout.
+    async fn check_next(&mut self, expected: &[u8]) -> Option<bool> {
+        let wait = async {
+            loop {
+                if let Some(matches) = self.check_buffered(expected) {
+                    return Some(matches);
+                }
+                if !self.fill().await.ok()? {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, wait).await.ok().flatten()
+    }
+}
+
+/// Closed loop: `depth` questions in flight; each answer lets the next question go. A server
+/// that stops answering fails the connection [`EXCHANGE_TIMEOUT`] after the window.
+async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, window: Window, live: Arc<Live>) -> Tally {
+    let mut tally = Tally::new();
+    let stream = match connect(addr, source).await {
+        Ok(stream) => stream,
+        Err(_) => {
+            tally.errors += 1;
+            live.errors.fetch_add(1, Relaxed);
+            return tally;
+        }
+    };
+    let (reader, mut writer) = stream.into_split();
+    let mut answers = AnswerReader::new(reader);
+    let mut in_flight: VecDeque<(Instant, usize)> = VecDeque::with_capacity(depth);
+    let mut next_question = 0;
+    let mut request = Vec::with_capacity(depth * 32);
+    let mut ask = |request: &mut Vec<u8>, in_flight: &mut VecDeque<(Instant, usize)>, at: Instant| {
+        request.extend_from_slice(EXCHANGES[next_question].0);
+        in_flight.push_back((at, next_question));
+        next_question = (next_question + 1) % EXCHANGES.len();
+    };
+    let now = Instant::now();
+    for _ in 0..depth {
+        ask(&mut request, &mut in_flight, now);
+    }
+    // One timer for the whole connection, not one per read.
+    let deadline = tokio::time::Instant::from_std(window.end + EXCHANGE_TIMEOUT);
+    let exchange = async {
+        loop {
+            if !request.is_empty() {
+                writer.write_all(&request).await.ok()?;
+                request.clear();
+            }
+            if in_flight.is_empty() || !answers.fill().await.ok()? {
+                return Some(());
+            }
+            let now = Instant::now();
+            let (mut correct, mut wrong) = (0, 0);
+            while let Some(&(sent, index)) = in_flight.front() {
+                match answers.check_buffered(EXCHANGES[index].1) {
+                    None => break,
+                    Some(true) => {
+                        if window.contains(now) {
+                            tally.answers += 1;
+                            tally.record(now - sent);
+                        }
+                        correct += 1;
+                    }
+                    Some(false) => wrong += 1,
+                }
+                in_flight.pop_front();
+                if now < window.end {
+                    ask(&mut request, &mut in_flight, now);
+                }
+            }
+            tally.errors += wrong;
+            live.answers.fetch_add(correct, Relaxed);
+            live.errors.fetch_add(wrong, Relaxed);
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, exchange).await;
+    // Questions still in flight were never answered.
+    let missing = in_flight.len() as u64;
+    tally.errors += missing;
+    live.errors.fetch_add(missing, Relaxed);
+    tally
+}
+
+/// Open loop: one question every `interval` from `window.start - warmup + offset`, whatever
+/// the server does; latency counts from when each question should have been sent.
+async fn paced(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    interval: Duration,
+    offset: Duration,
+    window: Window,
+    live: Arc<Live>,
+) -> Tally {
+    let mut tally = Tally::new();
+    let stream = match connect(addr, source).await {
+        Ok(stream) => stream,
+        Err(_) => {
+            tally.errors += 1;
+            live.errors.fetch_add(1, Relaxed);
+            return tally;
+        }
+    };
+    let (reader, mut writer) = stream.into_split();
+    let (intended_tx, mut intended_rx) = mpsc::unbounded_channel::<(Instant, usize)>();
+    let sender = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut next = 0;
+        loop {
+            let intended = ticker.tick().await.into_std();
+            if intended >= window.end {
+                return;
+            }
+            // Queued before writing, so the reader never sees an answer it cannot match.
+            if intended_tx.send((intended, next)).is_err() || writer.write_all(EXCHANGES[next].0).await.is_err() {
+                return;
+            }
+            next = (next + 1) % EXCHANGES.len();
+        }
+    });
+    let mut answers = AnswerReader::new(reader);
+    while let Some((intended, index)) = intended_rx.recv().await {
+        match answers.check_next(EXCHANGES[index].1).await {
+            Some(true) => {
+                let now = Instant::now();
+                if window.contains(now) {
+                    tally.answers += 1;
+                    tally.record(now - intended);
+                }
+                live.answers.fetch_add(1, Relaxed);
+            }
+            Some(false) => {
+                tally.errors += 1;
+                live.errors.fetch_add(1, Relaxed);
+            }
+            None => {
+                let missing = 1 + intended_rx.len() as u64;
+                tally.errors += missing;
+                live.errors.fetch_add(missing, Relaxed);
+                break;
+            }
+        }
+    }
+    sender.abort();
+    tally
+}
+
+/// Connect, ask, read the answer, close; again until the window ends.
+async fn churn(addr: SocketAddr, index: usize, window: Window, live: Arc<Live>) -> Tally {
+    let mut tally = Tally::new();
+    let mut round = index;
+    while Instant::now() < window.end {
+        let started = Instant::now();
+        let (question, expected) = EXCHANGES[round % EXCHANGES.len()];
+        let source = source_for(addr, round);
+        let exchange = async {
+            let stream = connect(addr, source).await.ok()?;
+            let (reader, mut writer) = stream.into_split();
+            writer.write_all(question).await.ok()?;
+            AnswerReader::new(reader).check_next(expected).await
+        };
+        round = round.wrapping_add(7919); // a prime stride walks every source address
+        match exchange.await {
+            Some(true) => {
+                let now = Instant::now();
+                if window.contains(now) {
+                    tally.answers += 1;
+                    tally.connections += 1;
+                    tally.record(now - started);
+                }
+                live.answers.fetch_add(1, Relaxed);
+            }
+            _ => {
+                tally.errors += 1;
+                live.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    tally
+}
+
+/// Opens `conns` connections, asks once on each, holds them for `hold`.
+async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
+    let rss = || config.server_pid.and_then(rss_kib);
+    let rss_before = rss();
+    let mut total = Tally::new();
+    let mut held = Vec::with_capacity(config.conns);
+    let opened_at = Instant::now();
+    for first in (0..config.conns).step_by(IDLE_OPEN_CONCURRENCY) {
+        let mut batch = JoinSet::new();
+        for index in first..(first + IDLE_OPEN_CONCURRENCY).min(config.conns) {
+            let (addr, source) = (config.addr, source_for(config.addr, index));
+            batch.spawn(async move {
+                let started = Instant::now();
+                let (question, expected) = EXCHANGES[index % EXCHANGES.len()];
+                let mut stream = connect(addr, source).await.ok()?;
+                stream.write_all(question).await.ok()?;
+                let mut answer = vec![0; expected.len()];
+                tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read_exact(&mut answer)).await.ok()?.ok()?;
+                (answer == expected).then(|| (stream, started.elapsed()))
+            });
+        }
+        while let Some(result) = batch.join_next().await {
+            match result {
+                Ok(Some((stream, latency))) => {
+                    total.answers += 1;
+                    total.connections += 1;
+                    total.record(latency);
+                    live.answers.fetch_add(1, Relaxed);
+                    held.push(stream);
+                }
+                _ => {
+                    total.errors += 1;
+                    live.errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+    eprintln!("holding {} connections (opened in {:.1?}) for {:?}", held.len(), opened_at.elapsed(), config.hold);
+    // Let the server settle (its buffers, its allocator) before reading its memory.
+    tokio::time::sleep(config.hold / 2).await;
+    let rss_held = rss();
+    tokio::time::sleep(config.hold - config.hold / 2).await;
+    drop(held);
+    let timed = BenchConfig { duration: config.hold, ..config.clone() };
+    report(&timed, &total, rss_before, rss_held)
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+impl BenchReport {
+    /// The report as a few lines of text.
+    pub fn to_text(&self) -> String {
+        let mut text = match (self.mode, self.rate) {
+            (BenchMode::Pipelined, Some(rate)) => {
+                format!("pipelined: {} connections at {rate:.0} questions/s in all", self.conns)
+            }
+            (BenchMode::Pipelined, None) => format!("pipelined: {} connections x depth {}", self.conns, self.depth),
+            (BenchMode::Churn, _) => format!("churn: {} concurrent connect-ask-close loops", self.conns),
+            (BenchMode::Idle, _) => format!("idle: {} connections held", self.conns),
+        };
+        text.push_str(&format!(", {:.1} s measured\n", self.seconds));
+        text.push_str(&format!("answers: {} ({:.0}/s), errors: {}\n", self.answers, self.answers_per_sec, self.errors));
+        if self.mode != BenchMode::Pipelined {
+            text.push_str(&format!("connections: {} ({:.0}/s)\n", self.connections, self.connections_per_sec));
+        }
+        let l = &self.latency_us;
+        text.push_str(&format!(
+            "latency us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.1}\n",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+        ));
+        if let (Some(before), Some(held), Some(per_conn)) =
+            (self.server_rss_kib_before, self.server_rss_kib_held, self.server_kib_per_conn)
+        {
+            text.push_str(&format!(
+                "server rss: {before} KiB before, {held} KiB held: {per_conn:.2} KiB per connection\n"
+            ));
+        }
+        text
+    }
+}
