@@ -1,20 +1,21 @@
 //! Startup wiring: settings and bound listeners in, a running actor system out.
 //!
-//! [`run`] binds the configured addresses and calls [`serve`], which starts the oracle on an
-//! arbiter of its own, one worker arbiter per `server.workers`, the [`Server`] on the main
-//! thread and the signal handlers, then runs until a drain completes. Listeners are bound
+//! [`run`] binds the configured addresses and calls [`serve`], which starts one worker arbiter
+//! per `server.workers`, each with its own oracle, the [`Server`] on the main thread and the
+//! signal handlers, then runs until a drain completes. Listeners are bound
 //! before anything else starts, so a bad address fails fast, and `serve` accepts listeners
 //! bound elsewhere (tests, inherited sockets).
 
 use std::{io, sync::Arc};
 
 use actix::{Actor, Arbiter, System};
+use actix_rt::ArbiterHandle;
 
 use crate::{
     config::Settings,
     listener::{self, AcceptStream, ListenError},
     oracle::{AnswerTable, Oracle, TableError},
-    server::{Server, ServerConfig},
+    server::{Server, ServerConfig, Worker},
     shutdown,
 };
 
@@ -81,18 +82,19 @@ fn start(
         .map(AcceptStream::new)
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
-    let oracle_arbiter = Arbiter::new();
-    let oracle_config = settings.oracle.oracle_config();
-    let oracle = Oracle::start_in_arbiter(&oracle_arbiter.handle(), move |_| Oracle::new(table, oracle_config));
-    let workers: Vec<Arbiter> = (0..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
+    let arbiters: Vec<Arbiter> = (0..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
+    let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+    let oracles = Oracle::start_on(&handles, table, settings.oracle.oracle_config());
+    let workers =
+        handles.into_iter().zip(oracles).map(|(arbiter, oracle)| Worker { arbiter, oracle: oracle.recipient() });
     let config = ServerConfig {
         session: settings.limits.session(),
         max_connections: settings.limits.max_connections,
         keepalive: settings.limits.keepalive(),
         shutdown_timeout: settings.server.shutdown_timeout(),
     };
-    let server = Server::new(listeners, workers.iter().map(Arbiter::handle).collect(), oracle.recipient(), config);
+    let server = Server::new(listeners, workers.collect(), config);
     shutdown::handle_signals(server.start().recipient())
         .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
-    Ok(workers.into_iter().chain([oracle_arbiter]).collect())
+    Ok(arbiters)
 }

@@ -1,20 +1,21 @@
-//! The answers: [`AnswerTable`], validated on construction, and the [`Oracle`] actor that
-//! answers [`Ask`] messages from it.
+//! The answers: [`AnswerTable`], validated on construction, and the [`Oracle`] actors that
+//! answer [`Ask`] messages from it.
 //!
-//! The table is plain data behind an `Arc`, so the oracle can swap it whole
+//! The table is plain data behind an `Arc`, shared by every oracle, so it can be swapped whole
 //! ([`ReplaceTable`]) while sessions keep asking; answers are cheap clones of its entries.
 
 use std::{
     collections::HashMap,
     panic::{self, AssertUnwindSafe},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 
 use crate::protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace};
 
@@ -176,47 +177,88 @@ pub struct OracleConfig {
     pub panic_question: Option<Question>,
 }
 
-/// The one actor that knows the answers; every session asks it.
+/// An actor that knows the answers: every session asks the oracle on its own arbiter.
+///
+/// A server runs one oracle per worker arbiter ([`Oracle::start_on`]), all sharing one answer
+/// table, one panic count and one pool of workers for costly answers, so that asking never
+/// leaves the session's thread: a single oracle on a thread of its own cost two thread switches
+/// per question and halved throughput on one core.
 ///
 /// Lookups run inside `catch_unwind`: a panic answers that question with
 /// [`Answer::INTERNAL_ERROR`], is logged and counted, and the oracle keeps serving (actix would
-/// otherwise lose the actor, and every later question of every session with it). With a
-/// simulated cost, answers to known questions are computed by a pool of [`OracleWorker`]
+/// otherwise lose the actor, and every later question of its sessions with it). With a
+/// simulated cost, answers to known questions are computed by the pool of [`OracleWorker`]
 /// threads and remembered; unknown and remembered questions are answered at once.
 pub struct Oracle {
     table: Arc<AnswerTable>,
     faults: Arc<Faults>,
-    costly: Option<CostlyAnswers>,
+    costly: Option<Arc<CostlyAnswers>>,
 }
 
-/// Fault injection and the count of contained panics, shared with the workers.
+/// Fault injection and the count of contained panics, shared by every oracle and worker.
 #[derive(Debug, Default)]
 struct Faults {
     panic_question: Option<Question>,
     panics: AtomicU64,
 }
 
+/// The pool computing costly answers and what it computed, shared by every oracle.
 struct CostlyAnswers {
     workers: Addr<OracleWorker>,
-    /// Answers already computed from the current table.
-    remembered: HashMap<Question, Answer>,
+    remembered: Mutex<Remembered>,
+}
+
+/// Answers already computed, valid for one table only.
+#[derive(Default)]
+struct Remembered {
+    table: Option<Arc<AnswerTable>>,
+    answers: HashMap<Question, Answer>,
+}
+
+impl Remembered {
+    /// The answers computed from `table` (forgetting those of any other table).
+    fn for_table(&mut self, table: &Arc<AnswerTable>) -> &mut HashMap<Question, Answer> {
+        if !self.table.as_ref().is_some_and(|known| Arc::ptr_eq(known, table)) {
+            self.table = Some(table.clone());
+            self.answers.clear();
+        }
+        &mut self.answers
+    }
 }
 
 impl Oracle {
-    /// An oracle answering from `table`; starts its worker threads if answers have a cost,
-    /// so it must be created inside a running actix `System`.
+    /// A lone oracle answering from `table`, with its own worker pool if answers have a cost
+    /// (so it must be created inside a running actix `System`).
     pub fn new(table: impl Into<Arc<AnswerTable>>, config: OracleConfig) -> Self {
+        let (faults, costly) = Self::shared_parts(config);
+        Self { table: table.into(), faults, costly }
+    }
+
+    /// Starts one oracle on each of `arbiters`, all sharing `table`, the panic count and the
+    /// worker pool; must be called inside a running actix `System`.
+    pub fn start_on(arbiters: &[ArbiterHandle], table: Arc<AnswerTable>, config: OracleConfig) -> Vec<Addr<Oracle>> {
+        let (faults, costly) = Self::shared_parts(config);
+        arbiters
+            .iter()
+            .map(|arbiter| {
+                let oracle = Oracle { table: table.clone(), faults: faults.clone(), costly: costly.clone() };
+                Oracle::start_in_arbiter(arbiter, move |_| oracle)
+            })
+            .collect()
+    }
+
+    fn shared_parts(config: OracleConfig) -> (Arc<Faults>, Option<Arc<CostlyAnswers>>) {
         let faults = Arc::new(Faults { panic_question: config.panic_question, panics: AtomicU64::new(0) });
         let costly = (!config.simulated_cost.is_zero()).then(|| {
             let (cost, faults) = (config.simulated_cost, faults.clone());
             let workers =
                 SyncArbiter::start(config.workers.max(1), move || OracleWorker { cost, faults: faults.clone() });
-            CostlyAnswers { workers, remembered: HashMap::new() }
+            Arc::new(CostlyAnswers { workers, remembered: Mutex::default() })
         });
-        Self { table: table.into(), faults, costly }
+        (faults, costly)
     }
 
-    /// How many lookups have panicked so far.
+    /// How many lookups have panicked so far, in this oracle and those sharing its count.
     pub fn panics(&self) -> u64 {
         self.faults.panics.load(Ordering::Relaxed)
     }
@@ -251,32 +293,36 @@ impl Handler<Ask> for Oracle {
             return ActorResponse::reply(questions.iter().map(|q| self.faults.answer(&self.table, q)).collect());
         };
         // Unknown and remembered questions are answered now; the rest cost work.
-        let planned: Vec<Option<Answer>> = questions
-            .iter()
-            .map(|q| match costly.remembered.get(q) {
-                _ if self.faults.panic_question.as_ref() == Some(q) => None,
-                Some(answer) => Some(answer.clone()),
-                None if self.table.knows(q.as_bytes()) => None,
-                None => Some(Answer::UNKNOWN_APHORISM),
-            })
-            .collect();
+        let planned: Vec<Option<Answer>> = {
+            let mut remembered = costly.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+            let remembered = remembered.for_table(&self.table);
+            questions
+                .iter()
+                .map(|q| match remembered.get(q) {
+                    _ if self.faults.panic_question.as_ref() == Some(q) => None,
+                    Some(answer) => Some(answer.clone()),
+                    None if self.table.knows(q.as_bytes()) => None,
+                    None => Some(Answer::UNKNOWN_APHORISM),
+                })
+                .collect()
+        };
         let to_compute: Vec<Question> =
             questions.into_iter().zip(&planned).filter(|(_, planned)| planned.is_none()).map(|(q, _)| q).collect();
         if to_compute.is_empty() {
             return ActorResponse::reply(planned.into_iter().flatten().collect());
         }
-        let table = self.table.clone();
+        let (table, costly) = (self.table.clone(), costly.clone());
         let request = costly.workers.send(Compute { table: table.clone(), questions: to_compute.clone() });
-        ActorResponse::r#async(request.into_actor(self).map(move |computed, oracle, _| {
+        ActorResponse::r#async(request.into_actor(self).map(move |computed, _, _| {
             let computed = computed.unwrap_or_else(|error| {
                 tracing::error!(%error, "oracle workers are gone");
                 vec![Answer::INTERNAL_ERROR; to_compute.len()]
             });
-            if let Some(costly) = oracle.costly.as_mut().filter(|_| Arc::ptr_eq(&table, &oracle.table)) {
-                for (question, answer) in to_compute.into_iter().zip(&computed) {
-                    if *answer != Answer::INTERNAL_ERROR {
-                        costly.remembered.insert(question, answer.clone());
-                    }
+            let mut remembered = costly.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+            let remembered = remembered.for_table(&table);
+            for (question, answer) in to_compute.into_iter().zip(&computed) {
+                if *answer != Answer::INTERNAL_ERROR {
+                    remembered.insert(question, answer.clone());
                 }
             }
             let mut computed = computed.into_iter();
@@ -292,11 +338,8 @@ impl Handler<ReplaceTable> for Oracle {
     type Result = ();
 
     fn handle(&mut self, ReplaceTable(table): ReplaceTable, _ctx: &mut Self::Context) {
-        tracing::info!(questions = table.len(), "answer table replaced");
+        tracing::debug!(questions = table.len(), "answer table replaced");
         self.table = table;
-        if let Some(costly) = self.costly.as_mut() {
-            costly.remembered.clear();
-        }
     }
 }
 

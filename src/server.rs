@@ -51,6 +51,16 @@ pub struct Keepalive {
     pub retries: u32,
 }
 
+/// A worker arbiter that runs sessions, and the oracle its sessions ask (on the same arbiter,
+/// so asking never crosses threads).
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// Where sessions run.
+    pub arbiter: ArbiterHandle,
+    /// The oracle for those sessions.
+    pub oracle: Recipient<Ask>,
+}
+
 /// Stop accepting, let every session answer what it was asked, and reply when all are gone.
 #[derive(Debug, Message)]
 #[rtype(result = "DrainReport")]
@@ -70,9 +80,8 @@ pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
     accepting: Vec<SpawnHandle>,
-    workers: Vec<ArbiterHandle>,
+    workers: Vec<Worker>,
     next_worker: usize,
-    oracle: Recipient<Ask>,
     config: ServerConfig,
     drain_trigger: DrainTrigger,
     drain_listener: DrainListener,
@@ -89,21 +98,14 @@ struct DrainState {
 }
 
 impl Server {
-    /// A server accepting on `listeners` and running sessions on `workers` (on its own
-    /// arbiter when `workers` is empty), all asking `oracle`.
-    pub fn new(
-        listeners: Vec<AcceptStream>,
-        workers: Vec<ArbiterHandle>,
-        oracle: Recipient<Ask>,
-        config: ServerConfig,
-    ) -> Self {
+    /// A server accepting on `listeners` and running sessions on `workers`, round robin.
+    pub fn new(listeners: Vec<AcceptStream>, workers: Vec<Worker>, config: ServerConfig) -> Self {
         let (drain_trigger, drain_listener) = drain_channel();
         Self {
             listeners,
             accepting: Vec::new(),
             workers,
             next_worker: 0,
-            oracle,
             config,
             drain_trigger,
             drain_listener,
@@ -135,16 +137,19 @@ impl Server {
                 return;
             }
         };
+        let Some(worker) = self.workers.get(self.next_worker % self.workers.len().max(1)) else {
+            tracing::error!(%peer, "no worker to run sessions; connection dropped");
+            return;
+        };
+        self.next_worker = self.next_worker.wrapping_add(1);
         let deps = SessionDeps {
-            oracle: self.oracle.clone(),
+            oracle: worker.oracle.clone(),
             server: Some(ctx.address().recipient()),
             drain: self.drain_listener.clone(),
             config: self.config.session,
         };
-        let worker = &self.workers[self.next_worker % self.workers.len()];
-        self.next_worker = self.next_worker.wrapping_add(1);
         self.live_sessions += 1;
-        if !worker.spawn_fn(move || start_session(socket, info, deps)) {
+        if !worker.arbiter.spawn_fn(move || start_session(socket, info, deps)) {
             self.live_sessions -= 1;
             tracing::error!(%peer, "worker thread is gone; connection dropped");
         }
@@ -214,9 +219,6 @@ impl Actor for Server {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.workers.is_empty() {
-            self.workers.push(Arbiter::current());
-        }
         for listener in mem::take(&mut self.listeners) {
             tracing::info!(addr = %listener.local_addr(), workers = self.workers.len(), "listening");
             self.accepting.push(ctx.add_stream(listener));
@@ -297,7 +299,8 @@ mod tests {
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let accept = AcceptStream::new(socket).unwrap();
         let addr = accept.local_addr();
-        (Server::new(vec![accept], Vec::new(), oracle.recipient(), config()).start(), addr)
+        let worker = Worker { arbiter: Arbiter::current(), oracle: oracle.recipient() };
+        (Server::new(vec![accept], vec![worker], config()).start(), addr)
     }
 
     async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
