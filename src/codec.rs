@@ -20,6 +20,15 @@ use crate::protocol::{Answer, QUESTION_END, Question, is_leading_whitespace};
 /// The largest question accepted when the settings do not say otherwise, in bytes.
 pub const DEFAULT_MAX_QUESTION_BYTES: usize = 1024;
 
+/// Size of a connection's read buffer: a few questions (they are short), and enough for a
+/// pipelining client's burst in one or two reads. It grows only for a long unfinished question.
+pub const READ_BUFFER_BYTES: usize = 256;
+
+/// Free space the decoder keeps in the read buffer, so that every read can take at least this
+/// much (taking questions off the front of the buffer shrinks its free space; when too little is
+/// left, the buffer is moved back to the start of its allocation).
+pub const MIN_READ_SPACE: usize = 128;
+
 /// What the decoder found in the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
@@ -89,6 +98,25 @@ impl Default for ZenCodec {
     }
 }
 
+/// Takes the first `length` bytes of `src`, which hold complete questions and the whitespace
+/// around them, as one copy, and returns the questions as slices of it.
+fn cut_questions(src: &mut BytesMut, length: usize) -> Vec<Question> {
+    if length == 0 {
+        return Vec::new();
+    }
+    let questions = Bytes::copy_from_slice(&src[..length]);
+    src.advance(length);
+    let mut batch = Vec::new();
+    let mut start = 0;
+    while start < length {
+        start += questions[start..].iter().take_while(|&&b| is_leading_whitespace(b)).count();
+        let Some(offset) = memchr::memchr(QUESTION_END, &questions[start..]) else { break };
+        batch.push(Question::new(questions.slice(start..start + offset + 1)));
+        start += offset + 1;
+    }
+    batch
+}
+
 impl Decoder for ZenCodec {
     type Item = Incoming;
     type Error = CodecError;
@@ -106,30 +134,38 @@ impl Decoder for ZenCodec {
                 return Ok(None);
             }
         }
-        let mut batch = Vec::new();
-        loop {
+        // First find how far the complete questions go (and whether one is too long), then copy
+        // them out in one piece: the read buffer is never shared, so it is reused in place.
+        let mut position = 0;
+        let mut complete = 0;
+        let too_long = loop {
             if self.scanned == 0 {
-                let blanks = src.iter().take_while(|&&b| is_leading_whitespace(b)).count();
-                src.advance(blanks);
+                position += src[position..].iter().take_while(|&&b| is_leading_whitespace(b)).count();
             }
-            match memchr::memchr(QUESTION_END, &src[self.scanned..]) {
+            match memchr::memchr(QUESTION_END, &src[position + self.scanned..]) {
                 Some(offset) => {
-                    let length = self.scanned + offset + 1;
-                    if length > self.max_question_bytes {
-                        return Ok(self.reject(src, batch));
-                    }
+                    let end = position + self.scanned + offset + 1;
                     self.scanned = 0;
-                    batch.push(Question::new(src.split_to(length).freeze()));
-                }
-                None => {
-                    if src.len() >= self.max_question_bytes {
-                        // Even the `?` still to come would make it too long.
-                        return Ok(self.reject(src, batch));
+                    if end - position > self.max_question_bytes {
+                        break true;
                     }
-                    self.scanned = src.len();
-                    break;
+                    (position, complete) = (end, end);
+                }
+                // Even the `?` still to come would make it too long.
+                None if src.len() - position >= self.max_question_bytes => break true,
+                None => {
+                    self.scanned = src.len() - position;
+                    break false;
                 }
             }
+        };
+        let batch = cut_questions(src, complete);
+        if too_long {
+            return Ok(self.reject(src, batch));
+        }
+        src.advance(position - complete);
+        if src.capacity() - src.len() < MIN_READ_SPACE {
+            src.reserve(READ_BUFFER_BYTES);
         }
         Ok((!batch.is_empty()).then_some(Incoming::Questions(batch)))
     }

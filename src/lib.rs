@@ -16,6 +16,7 @@
 //! - [`backpressure`]: pausing a session's reading while its answers wait to be sent.
 //! - [`server`]: the `Server` actor: accepts, places sessions on workers, counts, drains.
 //! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
+//! - [`local_sessions`]: each worker thread's sessions: drained together, timeouts swept.
 //! - [`shutdown`]: signals to drain, and the drain broadcast to sessions.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: command lines of `zen-server` and `zen-client`.
@@ -35,6 +36,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod listener;
+pub mod local_sessions;
 pub mod oracle;
 pub mod protocol;
 pub mod server;

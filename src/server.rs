@@ -11,6 +11,7 @@ use std::{
     io::{self, Write},
     mem,
     net::{Shutdown, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,10 +22,10 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::{
     listener::{AcceptError, AcceptStream, Accepted},
+    local_sessions,
     oracle::Ask,
     protocol::Answer,
     session::{SessionClosed, SessionConfig, SessionDeps, SessionInfo, ZenSession},
-    shutdown::{DrainListener, DrainTrigger, drain_channel},
 };
 
 /// Settings of the server actor.
@@ -81,10 +82,10 @@ pub struct Server {
     listeners: Vec<AcceptStream>,
     accepting: Vec<SpawnHandle>,
     workers: Vec<Worker>,
+    /// What sessions on each worker need, built once the server's address is known.
+    session_deps: Vec<Arc<SessionDeps>>,
     next_worker: usize,
     config: ServerConfig,
-    drain_trigger: DrainTrigger,
-    drain_listener: DrainListener,
     live_sessions: usize,
     /// Clients refused since the server last had room, for one log line per episode.
     refused_while_full: u64,
@@ -100,15 +101,13 @@ struct DrainState {
 impl Server {
     /// A server accepting on `listeners` and running sessions on `workers`, round robin.
     pub fn new(listeners: Vec<AcceptStream>, workers: Vec<Worker>, config: ServerConfig) -> Self {
-        let (drain_trigger, drain_listener) = drain_channel();
         Self {
             listeners,
             accepting: Vec::new(),
             workers,
+            session_deps: Vec::new(),
             next_worker: 0,
             config,
-            drain_trigger,
-            drain_listener,
             live_sessions: 0,
             refused_while_full: 0,
             last_id: 0,
@@ -116,7 +115,7 @@ impl Server {
         }
     }
 
-    fn place(&mut self, Accepted { stream, peer }: Accepted, ctx: &mut Context<Self>) {
+    fn place(&mut self, Accepted { stream, peer }: Accepted) {
         if self.live_sessions >= self.config.max_connections {
             self.refuse(stream, peer);
             return;
@@ -137,17 +136,13 @@ impl Server {
                 return;
             }
         };
-        let Some(worker) = self.workers.get(self.next_worker % self.workers.len().max(1)) else {
+        let index = self.next_worker % self.workers.len().max(1);
+        let (Some(worker), Some(deps)) = (self.workers.get(index), self.session_deps.get(index)) else {
             tracing::error!(%peer, "no worker to run sessions; connection dropped");
             return;
         };
+        let deps = deps.clone();
         self.next_worker = self.next_worker.wrapping_add(1);
-        let deps = SessionDeps {
-            oracle: worker.oracle.clone(),
-            server: Some(ctx.address().recipient()),
-            drain: self.drain_listener.clone(),
-            config: self.config.session,
-        };
         self.live_sessions += 1;
         if !worker.arbiter.spawn_fn(move || start_session(socket, info, deps)) {
             self.live_sessions -= 1;
@@ -201,14 +196,14 @@ fn configure(stream: &TcpStream, keepalive: Option<Keepalive>) -> io::Result<()>
 }
 
 /// Runs on the worker arbiter: registers the socket with that arbiter's reactor.
-fn start_session(socket: std::net::TcpStream, info: SessionInfo, deps: SessionDeps) {
+fn start_session(socket: std::net::TcpStream, info: SessionInfo, deps: Arc<SessionDeps>) {
     match TcpStream::from_std(socket) {
         Ok(stream) => {
             ZenSession::start_tcp(stream, info, deps);
         }
         Err(error) => {
             tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
-            if let Some(server) = deps.server {
+            if let Some(server) = &deps.server {
                 server.do_send(SessionClosed { id: info.id, answers: 0 });
             }
         }
@@ -219,6 +214,15 @@ impl Actor for Server {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let server = ctx.address().recipient();
+        self.session_deps = self
+            .workers
+            .iter()
+            .map(|worker| {
+                let (oracle, server, config) = (worker.oracle.clone(), Some(server.clone()), self.config.session);
+                Arc::new(SessionDeps { oracle, server, config })
+            })
+            .collect();
         for listener in mem::take(&mut self.listeners) {
             tracing::info!(addr = %listener.local_addr(), workers = self.workers.len(), "listening");
             self.accepting.push(ctx.add_stream(listener));
@@ -227,9 +231,9 @@ impl Actor for Server {
 }
 
 impl StreamHandler<Result<Accepted, AcceptError>> for Server {
-    fn handle(&mut self, item: Result<Accepted, AcceptError>, ctx: &mut Self::Context) {
+    fn handle(&mut self, item: Result<Accepted, AcceptError>, _ctx: &mut Self::Context) {
         match item {
-            Ok(accepted) => self.place(accepted, ctx),
+            Ok(accepted) => self.place(accepted),
             Err(error @ AcceptError::Exhausted { .. }) => tracing::warn!(%error, "accept failed"),
             Err(error @ AcceptError::Connection(_)) => tracing::debug!(%error, "accept failed"),
         }
@@ -259,7 +263,9 @@ impl Handler<Drain> for Server {
             for handle in self.accepting.drain(..) {
                 ctx.cancel_future(handle);
             }
-            self.drain_trigger.trigger();
+            for worker in &self.workers {
+                worker.arbiter.spawn_fn(local_sessions::drain_this_thread);
+            }
             ctx.run_later(self.config.shutdown_timeout, |server, ctx| server.finish_drain(ctx));
         }
         let drain = self.drain.get_or_insert_with(|| DrainState { started: Instant::now(), waiters: Vec::new() });

@@ -8,9 +8,10 @@
 //!
 //! Memory per session is bounded: the codec caps a question's bytes, and reading pauses
 //! ([`Flow`]) while more than `max_pending_bytes` of answers wait to be sent or too many
-//! questions wait for the oracle. One timer per session, re-armed only when it fires, closes
-//! a connection that completes no question for `idle_timeout` and drops a client that reads
-//! nothing for `write_timeout` while answers wait.
+//! questions wait for the oracle. The worker thread's sweeper ([`local_sessions`]) tells the
+//! session when to check its timeouts: a connection that completes no question for
+//! `idle_timeout` is closed, a client that reads nothing for `write_timeout` while answers wait
+//! is dropped.
 //!
 //! The session ends when the client has sent end of file and every question received before
 //! it is answered, when a question is too long (after saying so), when the server drains
@@ -22,6 +23,7 @@ use std::{
     io,
     net::SocketAddr,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,18 +33,14 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_util::codec::FramedRead;
-use tracing::Span;
 
 use crate::{
     backpressure::{Flow, GatedStream, TrackedWriter},
-    codec::{CodecError, Incoming, ZenCodec},
+    codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
+    local_sessions::{self, Notice},
     oracle::Ask,
     protocol::{Answer, Question},
-    shutdown::DrainListener,
 };
-
-/// Bytes first reserved for reading; the buffer grows on demand up to the question limit.
-pub const INITIAL_READ_BUFFER_BYTES: usize = 512;
 
 /// Questions a session may have waiting for the oracle before it stops reading.
 pub const MAX_QUESTIONS_AT_ORACLE: usize = 256;
@@ -74,15 +72,14 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
 }
 
-/// What a session needs from the rest of the server; cheap to clone for every connection.
+/// What a session needs from the rest of the server; one per worker, shared by its sessions
+/// through an `Arc` (a copy in every session would cost each idle connection ~150 bytes).
 #[derive(Debug, Clone)]
 pub struct SessionDeps {
     /// Where questions are answered.
     pub oracle: Recipient<Ask>,
     /// Told when the session ends; `None` when no server keeps count.
     pub server: Option<Recipient<SessionClosed>>,
-    /// Resolves when the server starts draining.
-    pub drain: DrainListener,
     /// Limits.
     pub config: SessionConfig,
 }
@@ -108,11 +105,7 @@ enum Slot {
 /// The actor serving one client.
 pub struct ZenSession {
     info: SessionInfo,
-    span: Span,
-    config: SessionConfig,
-    oracle: Recipient<Ask>,
-    server: Option<Recipient<SessionClosed>>,
-    drain: Option<DrainListener>,
+    deps: Arc<SessionDeps>,
     writer: AnswerWriter,
     flow: Rc<Flow>,
     read_stream: SpawnHandle,
@@ -122,9 +115,6 @@ pub struct ZenSession {
     first_seq: u64,
     questions_at_oracle: usize,
     last_question: Instant,
-    /// The one timer checking the idle and write timeouts, and when it fires.
-    timeout_check: SpawnHandle,
-    timeout_check_at: Instant,
     /// Still taking new questions.
     accepting: bool,
     /// The read stream is still running.
@@ -136,7 +126,7 @@ pub struct ZenSession {
 
 impl ZenSession {
     /// Starts a session on the current arbiter over any byte stream split in two halves.
-    pub fn start<R, W>(read: R, write: W, info: SessionInfo, deps: SessionDeps) -> Addr<Self>
+    pub fn start<R, W>(read: R, write: W, info: SessionInfo, deps: Arc<SessionDeps>) -> Addr<Self>
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
@@ -145,16 +135,12 @@ impl ZenSession {
             let config = deps.config;
             let codec = ZenCodec::new(config.max_question_bytes);
             let flow = Flow::new(config.max_pending_bytes);
-            let reader = FramedRead::with_capacity(read, codec.clone(), INITIAL_READ_BUFFER_BYTES);
+            let reader = FramedRead::with_capacity(read, codec.clone(), READ_BUFFER_BYTES);
             let read_stream = ctx.add_stream(GatedStream::new(reader, flow.clone()));
             let writer = FramedWrite::new(TrackedWriter::new(Box::new(write), flow.clone()), codec, ctx);
             ZenSession {
                 info,
-                span: tracing::info_span!("session", id = info.id, peer = %info.peer),
-                config,
-                oracle: deps.oracle,
-                server: deps.server,
-                drain: Some(deps.drain),
+                deps,
                 writer,
                 flow,
                 read_stream,
@@ -162,8 +148,6 @@ impl ZenSession {
                 first_seq: 0,
                 questions_at_oracle: 0,
                 last_question: Instant::now(),
-                timeout_check: SpawnHandle::default(),
-                timeout_check_at: Instant::now(),
                 accepting: true,
                 reading: true,
                 close_requested: false,
@@ -173,8 +157,14 @@ impl ZenSession {
         })
     }
 
+    /// The span of this session's log events, created for each event rather than kept, which
+    /// would cost every idle connection a few hundred bytes.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("session", id = self.info.id, peer = %self.info.peer)
+    }
+
     /// Starts a session on the current arbiter for an accepted TCP connection.
-    pub fn start_tcp(stream: TcpStream, info: SessionInfo, deps: SessionDeps) -> Addr<Self> {
+    pub fn start_tcp(stream: TcpStream, info: SessionInfo, deps: Arc<SessionDeps>) -> Addr<Self> {
         let (read, write) = stream.into_split();
         Self::start(read, write, info, deps)
     }
@@ -188,10 +178,10 @@ impl ZenSession {
         if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
             self.flow.set_paused_for_oracle(true);
         }
-        let request = self.oracle.send(Ask(questions));
+        let request = self.deps.oracle.send(Ask(questions));
         ctx.spawn(request.into_actor(self).map(move |reply, session, ctx| {
             let answers = reply.unwrap_or_else(|error| {
-                tracing::error!(parent: &session.span, %error, "oracle did not answer");
+                tracing::error!(parent: &session.span(), %error, "oracle did not answer");
                 vec![Answer::INTERNAL_ERROR; count]
             });
             session.questions_at_oracle -= count;
@@ -229,7 +219,7 @@ impl ZenSession {
         }
         if bytes > 0 && self.flow.queued(bytes) {
             // Reading is paused until the client reads; make sure a stalled client is noticed.
-            self.check_timeouts_by(self.flow.last_progress() + self.config.write_timeout, ctx);
+            local_sessions::check_timeouts_by(self.info.id, self.flow.last_progress() + self.deps.config.write_timeout);
         }
         self.close_when_done(ctx);
     }
@@ -251,40 +241,29 @@ impl ZenSession {
         self.accepting = false;
     }
 
-    /// Makes sure the timeouts are checked no later than `at`.
-    fn check_timeouts_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
-        if at < self.timeout_check_at || self.timeout_check == SpawnHandle::default() {
-            ctx.cancel_future(self.timeout_check);
-            self.timeout_check_at = at;
-            let delay = at.saturating_duration_since(Instant::now());
-            self.timeout_check = ctx.run_later(delay, |session, ctx| session.check_timeouts(ctx));
-        }
-    }
-
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
-        self.timeout_check = SpawnHandle::default();
         let now = Instant::now();
         let next = if self.flow.backlog() > 0 {
-            let due = self.flow.last_progress() + self.config.write_timeout;
+            let due = self.flow.last_progress() + self.deps.config.write_timeout;
             if now >= due {
-                tracing::info!(parent: &self.span, unsent = self.flow.backlog(), "client stopped reading; disconnecting");
+                tracing::info!(parent: &self.span(), unsent = self.flow.backlog(), "client stopped reading; disconnecting");
                 ctx.stop();
                 return;
             }
             due
         } else if self.accepting && self.slots.is_empty() {
-            let due = self.last_question + self.config.idle_timeout;
+            let due = self.last_question + self.deps.config.idle_timeout;
             if now >= due {
-                tracing::info!(parent: &self.span, "idle timeout; closing");
+                tracing::info!(parent: &self.span(), "idle timeout; closing");
                 self.stop_reading(ctx);
                 self.close_when_done(ctx);
                 return;
             }
             due
         } else {
-            now + self.config.idle_timeout.min(self.config.write_timeout)
+            now + self.deps.config.idle_timeout.min(self.deps.config.write_timeout)
         };
-        self.check_timeouts_by(next, ctx);
+        local_sessions::check_timeouts_at(self.info.id, next);
     }
 }
 
@@ -292,22 +271,17 @@ impl Actor for ZenSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::info!(parent: &self.span, "connection accepted");
-        self.check_timeouts_by(Instant::now() + self.config.idle_timeout, ctx);
-        if let Some(drain) = self.drain.take() {
-            ctx.spawn(drain.wait().into_actor(self).map(|(), session, ctx| {
-                if session.accepting {
-                    tracing::debug!(parent: &session.span, "draining");
-                    session.stop_reading(ctx);
-                    session.finish_with(Answer::SHUTTING_DOWN, ctx);
-                }
-            }));
+        tracing::info!(parent: &self.span(), "connection accepted");
+        let check_at = Instant::now() + self.deps.config.idle_timeout;
+        if local_sessions::register(self.info.id, ctx.address().recipient(), check_at) {
+            ctx.notify(Notice::Drain);
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        tracing::info!(parent: &self.span, answers = self.answers_written, "connection closed");
-        if let Some(server) = &self.server {
+        local_sessions::unregister(self.info.id);
+        tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
+        if let Some(server) = &self.deps.server {
             server.do_send(SessionClosed { id: self.info.id, answers: self.answers_written });
         }
     }
@@ -319,14 +293,14 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
             Ok(Incoming::Questions(questions)) if self.accepting => self.ask(questions, ctx),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
-                tracing::info!(parent: &self.span, limit = self.config.max_question_bytes, "question too long");
+                tracing::info!(parent: &self.span(), limit = self.deps.config.max_question_bytes, "question too long");
                 self.finish_with(Answer::QUESTION_TOO_LONG, ctx);
             }
             Ok(Incoming::PartialAtEof(bytes)) => {
-                tracing::info!(parent: &self.span, partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
+                tracing::info!(parent: &self.span(), partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
             }
             Err(CodecError::Io(error)) => {
-                tracing::info!(parent: &self.span, %error, "read failed");
+                tracing::info!(parent: &self.span(), %error, "read failed");
             }
         }
     }
@@ -344,9 +318,26 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
     }
 }
 
+impl Handler<Notice> for ZenSession {
+    type Result = ();
+
+    fn handle(&mut self, notice: Notice, ctx: &mut Self::Context) {
+        match notice {
+            // Stop reading, answer what was already asked, say so, and close.
+            Notice::Drain if self.accepting => {
+                tracing::debug!(parent: &self.span(), "draining");
+                self.stop_reading(ctx);
+                self.finish_with(Answer::SHUTTING_DOWN, ctx);
+            }
+            Notice::Drain => {}
+            Notice::CheckTimeouts => self.check_timeouts(ctx),
+        }
+    }
+}
+
 impl WriteHandler<io::Error> for ZenSession {
     fn error(&mut self, error: io::Error, _ctx: &mut Self::Context) -> Running {
-        tracing::info!(parent: &self.span, %error, "write failed");
+        tracing::info!(parent: &self.span(), %error, "write failed");
         self.write_failed = true;
         Running::Stop
     }
@@ -368,7 +359,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::shutdown::{DrainTrigger, drain_channel};
 
     /// Answers `q?` with `q.`, after sleeping as many milliseconds as the question's digits
     /// say; reports each question it receives.
@@ -418,7 +408,6 @@ mod tests {
 
     struct Harness {
         client: DuplexStream,
-        drain: DrainTrigger,
         closed: mpsc::UnboundedReceiver<SessionClosed>,
         /// Questions as the oracle receives them.
         asked: mpsc::UnboundedReceiver<Question>,
@@ -440,21 +429,19 @@ mod tests {
     fn start_session(
         oracle: Recipient<Ask>,
         config: SessionConfig,
-    ) -> (DuplexStream, DrainTrigger, mpsc::UnboundedReceiver<SessionClosed>) {
+    ) -> (DuplexStream, mpsc::UnboundedReceiver<SessionClosed>) {
         let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
         let (read, write) = tokio::io::split(server_side);
-        let (drain, listener) = drain_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
-        let deps =
-            SessionDeps { oracle, server: Some(ClosedProbe(closed_tx).start().recipient()), drain: listener, config };
+        let deps = Arc::new(SessionDeps { oracle, server: Some(ClosedProbe(closed_tx).start().recipient()), config });
         ZenSession::start(read, write, SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() }, deps);
-        (client, drain, closed)
+        (client, closed)
     }
 
     fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, drain, closed) = start_session(EchoOracle(seen).start().recipient(), config);
-        Harness { client, drain, closed, asked }
+        let (client, closed) = start_session(EchoOracle(seen).start().recipient(), config);
+        Harness { client, closed, asked }
     }
 
     impl Harness {
@@ -524,7 +511,7 @@ mod tests {
         let mut session = echo_session(config(64));
         session.client.write_all(b"first300?").await.unwrap();
         session.oracle_received(b"first300?").await;
-        session.drain.trigger();
+        local_sessions::drain_this_thread();
         assert_eq!(read_to_end(&mut session.client).await, b"first300.Error: server shutting down.");
         assert_eq!(session.closed.recv().await.unwrap().answers, 2);
     }
@@ -534,7 +521,7 @@ mod tests {
         let mut session = echo_session(config(64));
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
-        session.drain.trigger();
+        local_sessions::drain_this_thread();
         assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
     }
 
@@ -559,7 +546,7 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
             tokio::task::yield_now().await;
         }
-        let (mut client, _drain, _closed) = start_session(oracle, config(64));
+        let (mut client, _closed) = start_session(oracle, config(64));
         client.write_all(b"a?b?").await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
@@ -667,7 +654,7 @@ mod tests {
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
                 let oracle = Oracle::new(table, OracleConfig::default()).start();
-                let (client, _drain, _closed) = start_session(oracle.recipient(), config(max));
+                let (client, _closed) = start_session(oracle.recipient(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {
                     for chunk in chunks {

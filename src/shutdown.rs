@@ -1,6 +1,6 @@
 //! Graceful shutdown: SIGTERM and SIGINT become a [`Drain`](crate::server::Drain) of the
-//! [`Server`](crate::server::Server), and the drain reaches every session through a
-//! [`DrainListener`].
+//! [`Server`](crate::server::Server), which reaches every session through the sessions each
+//! worker thread keeps ([`crate::local_sessions`]).
 //!
 //! A second signal while draining ends the process at once, with the shell's exit code for
 //! that signal (143 for SIGTERM, 130 for SIGINT).
@@ -8,41 +8,9 @@
 use std::io;
 
 use actix::{Recipient, System};
-use tokio::{
-    signal::unix::{Signal, SignalKind, signal},
-    sync::watch,
-};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::server::Drain;
-
-/// Starts a drain of every session holding a matching [`DrainListener`].
-#[derive(Debug)]
-pub struct DrainTrigger(watch::Sender<bool>);
-
-/// Resolves when the server starts draining (or its trigger is gone).
-#[derive(Debug, Clone)]
-pub struct DrainListener(watch::Receiver<bool>);
-
-/// A connected trigger and listener; clone the listener for each session.
-pub fn drain_channel() -> (DrainTrigger, DrainListener) {
-    let (sender, receiver) = watch::channel(false);
-    (DrainTrigger(sender), DrainListener(receiver))
-}
-
-impl DrainTrigger {
-    /// Tells every listener, present and future, that draining has started.
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-}
-
-impl DrainListener {
-    /// Waits until draining starts; returns at once if it already has.
-    pub async fn wait(mut self) {
-        // An error means the trigger was dropped: nobody can serve this session any more.
-        let _ = self.0.wait_for(|&draining| draining).await;
-    }
-}
 
 /// Listens for SIGTERM and SIGINT on the current arbiter: the first drains `server` and then
 /// stops the actix `System`; a second one exits the process immediately.
@@ -86,20 +54,5 @@ async fn next_signal(terminate: &mut Signal, interrupt: &mut Signal) -> Received
     tokio::select! {
         _ = terminate.recv() => Received { name: "SIGTERM", exit_code: 128 + 15 },
         _ = interrupt.recv() => Received { name: "SIGINT", exit_code: 128 + 2 },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[actix::test]
-    async fn listeners_created_before_and_after_the_trigger_both_resolve() {
-        let (trigger, listener) = drain_channel();
-        let early = listener.clone();
-        let waiting = actix_rt::spawn(early.wait());
-        trigger.trigger();
-        waiting.await.unwrap();
-        listener.clone().wait().await;
     }
 }
