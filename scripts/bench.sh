@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Benchmarks zen-server against the plain-tokio reference (examples/plain_tokio.rs), in the same
+# run, alternating which goes first, with the server pinned to CPU 0 and the load to CPU 1, then
+# unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians.
+#
+#   scripts/bench.sh              full run (about 20 minutes on 2 cores), writes bench/
+#   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
+#   scripts/bench.sh --smoke      a few seconds per scenario, 1 repetition, into a temporary
+#                                 directory: checks that every tool works and no answer is wrong
+#
+# Needs: a Rust toolchain, python3, taskset (util-linux), a hard limit of open files of at least
+# 16,000 (`ulimit -Hn`) for the 15,000-connection scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+reps=3
+smoke=0
+out=bench
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) reps="$2"; shift 2 ;;
+    --smoke) smoke=1; reps=1; out="$(mktemp -d)"; shift ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "usage: $0 [--reps N] [--smoke] [--out DIR]" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$smoke" = 1 ]; then
+  duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=2 many_conns=1000 sweep="1 50"
+else
+  duration=5 warmup=1 churn_duration=3 idle_conns=10000 idle_hold=6 many_conns=15000 sweep="1 10 50 200 1000"
+fi
+
+cargo build --release --bins --examples
+zen=target/release/zen-server
+reference=target/release/examples/plain_tokio
+client=target/release/zen-client
+
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $((many_conns + 1000)) ]; then
+  echo "bench: need 'ulimit -n' of at least $((many_conns + 1000)); have $(ulimit -n)" >&2
+  exit 1
+fi
+
+mkdir -p "$out"
+raw="$out/raw.jsonl"
+: > "$raw"
+server_pid=""
+server_addr=""
+
+# Starts server $1 (zen or reference) with CPU prefix $2; sets server_pid and server_addr.
+start_server() {
+  local log
+  log="$(mktemp)"
+  case "$1" in
+    zen) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
+           $2 "$zen" --listen 127.0.0.1:0 2>"$log" & ;;
+    reference) $2 "$reference" --listen 127.0.0.1:0 2>"$log" & ;;
+  esac
+  server_pid=$!
+  for _ in $(seq 100); do
+    server_addr="$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)"
+    [ -n "$server_addr" ] && break
+    sleep 0.1
+  done
+  rm -f "$log"
+  if [ -z "$server_addr" ]; then echo "bench: $1 did not start" >&2; exit 1; fi
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+
+# Waits while the kernel's connection-tracking table is more than a third full: a full table
+# silently drops new connections, and a closed connection stays in it for 120 s.
+wait_for_conntrack() {
+  local count=/proc/sys/net/netfilter/nf_conntrack_count max=/proc/sys/net/netfilter/nf_conntrack_max
+  [ -r "$count" ] || return 0
+  while [ "$(cat "$count")" -gt $(( $(cat "$max") / 3 )) ]; do
+    echo "bench: waiting for the connection-tracking table to empty ($(cat "$count") entries)" >&2
+    sleep 10
+  done
+}
+
+# Records one result: $1 server, $2 placement, $3 scenario, $4 repetition, $5 JSON report.
+record() {
+  python3 -c 'import json,sys; r=json.loads(sys.argv[5]); r.update(server=sys.argv[1], placement=sys.argv[2], scenario=sys.argv[3], rep=int(sys.argv[4])); print(json.dumps(r))' \
+    "$1" "$2" "$3" "$4" "$5" >> "$raw"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("  {server:>9} {placement:>8} {scenario:<8} answers/s {answers_per_sec:>10.0f} conn/s {connections_per_sec:>7.0f} p99 {p99:>7} us errors {errors}".format(p99=r["latency_us"]["p99"], **r))' "$(tail -1 "$raw")"
+}
+
+# Runs scenario $3 against server $1 in placement $2, repetition $4.
+run_scenario() {
+  local server=$1 placement=$2 scenario=$3 rep=$4 server_cpu="" client_cpu="" json
+  if [ "$placement" = pinned ]; then server_cpu="taskset -c 0"; client_cpu="taskset -c 1"; fi
+  [ "$scenario" = churn ] && wait_for_conntrack
+  start_server "$server" "$server_cpu"
+  case "$scenario" in
+    c*x*)
+      local conns=${scenario#c}; conns=${conns%x*}; local depth=${scenario#*x}
+      json="$($client_cpu "$client" bench --addr "$server_addr" --conns "$conns" --depth "$depth" \
+               --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
+    churn)
+      json="$($client_cpu "$client" bench --addr "$server_addr" --mode churn --conns 50 \
+               --duration "$churn_duration" --warmup 0.5 --json 2>/dev/null)" ;;
+    idle)
+      json="$($client_cpu "$client" bench --addr "$server_addr" --mode idle --conns "$idle_conns" \
+               --hold "$idle_hold" --server-pid "$server_pid" --json 2>/dev/null)" ;;
+    many)
+      # Hold many connections; meanwhile, measure how fast the server answers 10 other clients.
+      local hold_log held_json
+      hold_log="$(mktemp)"
+      $client_cpu "$client" bench --addr "$server_addr" --mode idle --conns "$many_conns" \
+        --hold "$(python3 -c "print($warmup + $duration + 3)")" --server-pid "$server_pid" --json \
+        >"$hold_log.json" 2>"$hold_log" &
+      local holder=$!
+      for _ in $(seq 600); do grep -q "^holding" "$hold_log" && break; sleep 0.1; done
+      json="$($client_cpu "$client" bench --addr "$server_addr" --conns 10 --depth 1 \
+               --duration "$duration" --warmup "$warmup" --json 2>/dev/null || true)"
+      wait "$holder" || true
+      held_json="$(cat "$hold_log.json")"
+      rm -f "$hold_log" "$hold_log.json"
+      json="$(python3 -c 'import json,sys; p=json.loads(sys.argv[1]); h=json.loads(sys.argv[2]); p["held"]=h; p["errors"]+=h["errors"]; print(json.dumps(p))' "$json" "$held_json")" ;;
+  esac
+  stop_server
+  record "$server" "$placement" "$scenario" "$rep" "$json"
+}
+
+scenarios=""
+for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
+scenarios="$scenarios c50x16 churn idle many"
+
+for placement in pinned unpinned; do
+  for scenario in $scenarios; do
+    for rep in $(seq "$reps"); do
+      if [ $((rep % 2)) = 1 ]; then order="zen reference"; else order="reference zen"; fi
+      for server in $order; do
+        run_scenario "$server" "$placement" "$scenario" "$rep"
+      done
+    done
+  done
+done
+
+python3 scripts/bench_report.py "$raw" "$out"
+errors=$(python3 -c 'import json,sys; print(sum(json.loads(l)["errors"] for l in open(sys.argv[1])))' "$raw")
+echo "bench: results in $out/RESULTS.md; errors: $errors"
+[ "$errors" = 0 ]

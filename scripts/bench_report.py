@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Turns the raw results of scripts/bench.sh into bench/RESULTS.md and bench/chart.svg.
+
+Usage: bench_report.py RAW.jsonl OUT_DIR
+
+Every figure is a median over repetitions, with the range (min-max) beside it; every ratio is
+zen-server's median over the reference's median from the same run.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+# (scenario, title, metric, target ratio, higher is better) - the targets the project set itself.
+TARGETS = [
+    ("c50x1", "50 connections, depth 1", "answers_per_sec", 0.85, True),
+    ("c50x1", "50 connections, depth 1", "p99", 1.3, False),
+    ("c50x16", "50 connections, depth 16", "answers_per_sec", 0.85, True),
+    ("c1000x1", "1000 connections, depth 1", "answers_per_sec", 0.85, True),
+    ("c1000x1", "1000 connections, depth 1", "p99", 1.3, False),
+    ("churn", "churn, 50 concurrent", "connections_per_sec", 0.8, True),
+]
+METRIC_NAMES = {"answers_per_sec": "answers/s", "connections_per_sec": "connections/s", "p99": "p99 latency (us)"}
+
+
+def metric(result, name):
+    return result["latency_us"]["p99"] if name == "p99" else result[name]
+
+
+def summary(values):
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(stats, digits=0):
+    if stats is None:
+        return "-"
+    median, low, high = stats
+    return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
+def environment():
+    def run(*command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return "?"
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return [
+        f"- date: {run('date', '-u', '+%Y-%m-%d %H:%M UTC')}",
+        f"- commit: {run('git', 'rev-parse', '--short', 'HEAD')}",
+        f"- machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
+        f"- {run('rustc', '--version')}",
+    ]
+
+
+def main(raw_path, out_dir):
+    results = [json.loads(line) for line in open(raw_path)]
+    by_key = defaultdict(list)
+    for result in results:
+        by_key[(result["scenario"], result["placement"], result["server"])].append(result)
+    placements = [p for p in ("pinned", "unpinned") if any(k[1] == p for k in by_key)]
+    reps = max(r["rep"] for r in results)
+
+    def stats(scenario, placement, server, name):
+        return summary([metric(r, name) for r in by_key[(scenario, placement, server)]])
+
+    lines = [
+        "# Benchmark results",
+        "",
+        "zen-server against the reference (`examples/plain_tokio.rs`: the same protocol and answer",
+        "table in plain tokio, one task per connection, no actors), measured in one run by",
+        "`scripts/bench.sh`, alternating which server goes first. *pinned*: server on CPU 0, load",
+        "generator on CPU 1 (`taskset`), so each server runs on one core; *unpinned*: both free.",
+        f"Each figure is the median of {reps} runs, with the range in brackets; ratios are",
+        "zen-server's median over the reference's. zen-server runs with its defaults except",
+        "`log.level = \"warn\"` and `limits.max_connections = 20000`.",
+        "",
+        *environment(),
+        "",
+        "Reproduce: `scripts/bench.sh` (about 20 minutes; `--reps N` for more repetitions).",
+        "",
+        "## Targets",
+        "",
+        "| scenario | metric | placement | zen-server | reference | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario, title, name, target, higher in TARGETS:
+        for placement in placements:
+            zen = stats(scenario, placement, "zen", name)
+            ref = stats(scenario, placement, "reference", name)
+            if zen is None or ref is None:
+                continue
+            ratio = zen[0] / ref[0] if ref[0] else float("nan")
+            met = ratio >= target if higher else ratio <= target
+            bound = f"{'>=' if higher else '<='} {target}"
+            lines.append(
+                f"| {title} | {METRIC_NAMES[name]} | {placement} | {fmt(zen)} | {fmt(ref)} | {ratio:.2f} | {bound} | {'yes' if met else 'no'} |"
+            )
+
+    lines += ["", "## Idle connections", ""]
+    lines += ["| placement | server | connections | KiB per connection | errors |", "| --- | --- | --- | --- | --- |"]
+    for placement in placements:
+        for server in ("zen", "reference"):
+            runs = by_key[("idle", placement, server)]
+            if runs:
+                per_conn = summary([r["server_kib_per_conn"] for r in runs if r.get("server_kib_per_conn") is not None])
+                errors = sum(r["errors"] for r in runs)
+                lines.append(f"| {placement} | {server} | {runs[0]['conns']:,} | {fmt(per_conn, 2)} | {errors} |")
+    lines += ["", "Target: zen-server at most 2.5 KiB per idle connection, and below the reference.", ""]
+
+    lines += ["## Many connections at once", ""]
+    lines += [
+        "Connections opened and held (each asked once), while 10 other clients ask one question at",
+        "a time; their latency shows whether the server still answers promptly.",
+        "",
+        "| placement | server | held | errors | KiB per held connection | others' answers/s | others' p99 (us) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for placement in placements:
+        for server in ("zen", "reference"):
+            runs = by_key[("many", placement, server)]
+            if runs:
+                held = min(r["held"]["connections"] for r in runs)
+                errors = sum(r["errors"] for r in runs)
+                per_conn = summary([r["held"]["server_kib_per_conn"] for r in runs if r["held"].get("server_kib_per_conn") is not None])
+                lines.append(
+                    f"| {placement} | {server} | {held:,} | {errors} | {fmt(per_conn, 2)} | "
+                    f"{fmt(summary([r['answers_per_sec'] for r in runs]))} | {fmt(summary([r['latency_us']['p99'] for r in runs]))} |"
+                )
+    lines += ["", "Target: every connection answered, no errors, others' p99 within 10 ms (10,000 us).", ""]
+
+    lines += ["## Every scenario", ""]
+    lines += [
+        "| scenario | placement | server | answers/s | connections/s | p50 (us) | p99 (us) | p99.9 (us) | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario in dict.fromkeys(r["scenario"] for r in results):
+        for placement in placements:
+            for server in ("zen", "reference"):
+                runs = by_key[(scenario, placement, server)]
+                if not runs:
+                    continue
+                pick = lambda f: fmt(summary([f(r) for r in runs]))
+                lines.append(
+                    f"| {scenario} | {placement} | {server} | {pick(lambda r: r['answers_per_sec'])} | "
+                    f"{pick(lambda r: r['connections_per_sec'])} | {pick(lambda r: r['latency_us']['p50'])} | "
+                    f"{pick(lambda r: r['latency_us']['p99'])} | {pick(lambda r: r['latency_us']['p999'])} | "
+                    f"{sum(r['errors'] for r in runs)} |"
+                )
+    lines += [
+        "",
+        "Scenario names: `cNxD` is N connections each keeping D questions in flight; `churn` is 50",
+        "loops of connect, ask, close; `idle` and `many` hold connections open.",
+        "",
+        "![throughput and p99 against connections](chart.svg)",
+        "",
+    ]
+    with open(os.path.join(out_dir, "RESULTS.md"), "w") as out:
+        out.write("\n".join(lines))
+    write_chart(by_key, placements, os.path.join(out_dir, "chart.svg"))
+
+
+def write_chart(by_key, placements, path):
+    """Throughput and p99 against connection count (depth 1), both servers, median per point."""
+    sweep = sorted({int(k[0][1:].split("x")[0]) for k in by_key if k[0].startswith("c") and k[0].endswith("x1")})
+    placement = "pinned" if "pinned" in placements else placements[0]
+    series = {}
+    for server in ("zen", "reference"):
+        points = []
+        for conns in sweep:
+            runs = by_key[(f"c{conns}x1", placement, server)]
+            if runs:
+                points.append((conns, statistics.median(r["answers_per_sec"] for r in runs),
+                               statistics.median(r["latency_us"]["p99"] for r in runs)))
+        series[server] = points
+    colors = {"zen": "#1f6feb", "reference": "#d1242f"}
+    width, height, margin = 900, 360, 60
+    panel = (width - 3 * margin) / 2
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    import math
+
+    xs = [math.log10(c) for c in sweep] or [0]
+    x_low, x_high = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    for index, (key, title) in enumerate([(1, "answers/s"), (2, "p99 latency (ms)")]):
+        left = margin + index * (panel + margin)
+        top, bottom = 30, height - margin
+        values = [p[key] / (1000 if key == 2 else 1) for s in series.values() for p in s] or [1]
+        y_high = max(values) * 1.1
+        svg.append(f'<text x="{left + panel / 2}" y="18" text-anchor="middle" font-size="14">{title} against connections ({placement}, depth 1)</text>')
+        svg.append(f'<line x1="{left}" y1="{bottom}" x2="{left + panel}" y2="{bottom}" stroke="black"/>')
+        svg.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>')
+        for tick in range(5):
+            value = y_high * tick / 4
+            y = bottom - (bottom - top) * tick / 4
+            label = f"{value:,.0f}" if key == 1 else f"{value:.1f}"
+            svg.append(f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{label}</text>')
+            svg.append(f'<line x1="{left}" y1="{y}" x2="{left + panel}" y2="{y}" stroke="#ddd"/>')
+        for conns in sweep:
+            x = left + panel * (math.log10(conns) - x_low) / (x_high - x_low)
+            svg.append(f'<text x="{x}" y="{bottom + 16}" text-anchor="middle">{conns}</text>')
+        svg.append(f'<text x="{left + panel / 2}" y="{bottom + 34}" text-anchor="middle">connections (log scale)</text>')
+        for server, points in series.items():
+            coords = []
+            for conns, answers, p99 in points:
+                value = answers if key == 1 else p99 / 1000
+                x = left + panel * (math.log10(conns) - x_low) / (x_high - x_low)
+                y = bottom - (bottom - top) * value / y_high
+                coords.append(f"{x:.1f},{y:.1f}")
+                svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colors[server]}"/>')
+            if coords:
+                svg.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{colors[server]}" stroke-width="2"/>')
+    for index, server in enumerate(("zen", "reference")):
+        name = "zen-server" if server == "zen" else "reference (plain tokio)"
+        svg.append(f'<rect x="{margin + index * 220}" y="{height - 16}" width="12" height="12" fill="{colors[server]}"/>')
+        svg.append(f'<text x="{margin + index * 220 + 18}" y="{height - 6}">{name}</text>')
+    svg.append("</svg>")
+    with open(path, "w") as out:
+        out.write("\n".join(svg) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
