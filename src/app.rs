@@ -1,8 +1,9 @@
 //! Startup wiring: settings and bound listeners in, a running actor system out.
 //!
-//! [`run`] binds the configured addresses and calls [`serve`], which starts one worker arbiter
-//! per `server.workers`, each with its own oracle, the [`Server`] on the main thread and the
-//! signal handlers, then runs until a drain completes. Listeners are bound
+//! [`run`] binds the configured addresses and calls [`serve`], which runs sessions on
+//! `server.workers` arbiters (the main thread, which also accepts, and one more thread per
+//! further worker), each with its own oracle, starts the [`Server`] and the signal handlers
+//! on the main thread, then runs until a drain completes. Listeners are bound
 //! before anything else starts, so a bad address fails fast, and `serve` accepts listeners
 //! bound elsewhere (tests, inherited sockets).
 
@@ -79,18 +80,21 @@ fn start(
 ) -> Result<Vec<Arbiter>, RunError> {
     let listeners = listeners
         .into_iter()
-        .map(AcceptStream::new)
+        .map(|listener| AcceptStream::new(listener, settings.limits.connection_options()))
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
-    let arbiters: Vec<Arbiter> = (0..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
-    let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+    // The main thread, which accepts, runs sessions too: one thread per CPU in all.
+    let arbiters: Vec<Arbiter> = (1..settings.server.worker_count()).map(|_| Arbiter::new()).collect();
+    let handles: Vec<ArbiterHandle> =
+        [Arbiter::current()].into_iter().chain(arbiters.iter().map(Arbiter::handle)).collect();
     let oracles = Oracle::start_on(&handles, table, settings.oracle.oracle_config());
-    let workers =
-        handles.into_iter().zip(oracles).map(|(arbiter, oracle)| Worker { arbiter, oracle: oracle.recipient() });
+    let workers = handles.iter().zip(oracles).enumerate().map(|(index, (arbiter, oracle))| Worker {
+        arbiter: (index > 0).then(|| arbiter.clone()),
+        oracle: oracle.recipient(),
+    });
     let config = ServerConfig {
         session: settings.limits.session(),
         max_connections: settings.limits.max_connections,
-        keepalive: settings.limits.keepalive(),
         shutdown_timeout: settings.server.shutdown_timeout(),
     };
     let server = Server::new(listeners, workers.collect(), config);

@@ -15,7 +15,7 @@ use std::io;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::protocol::{Answer, QUESTION_END, Question, is_leading_whitespace};
+use crate::protocol::{Answers, QUESTION_END, Questions, is_leading_whitespace};
 
 /// The largest question accepted when the settings do not say otherwise, in bytes.
 pub const DEFAULT_MAX_QUESTION_BYTES: usize = 1024;
@@ -33,7 +33,7 @@ pub const MIN_READ_SPACE: usize = 128;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     /// One or more complete questions, in the order they arrived.
-    Questions(Vec<Question>),
+    Questions(Questions),
     /// The question being received is longer than the limit; nothing more will be decoded.
     TooLong,
     /// The stream ended in the middle of a question; these are its bytes.
@@ -79,7 +79,7 @@ impl ZenCodec {
         self.max_question_bytes
     }
 
-    fn reject(&mut self, src: &mut BytesMut, batch: Vec<Question>) -> Option<Incoming> {
+    fn reject(&mut self, src: &mut BytesMut, batch: Questions) -> Option<Incoming> {
         src.clear();
         self.scanned = 0;
         if batch.is_empty() {
@@ -98,23 +98,12 @@ impl Default for ZenCodec {
     }
 }
 
-/// Takes the first `length` bytes of `src`, which hold complete questions and the whitespace
-/// around them, as one copy, and returns the questions as slices of it.
-fn cut_questions(src: &mut BytesMut, length: usize) -> Vec<Question> {
-    if length == 0 {
-        return Vec::new();
-    }
-    let questions = Bytes::copy_from_slice(&src[..length]);
+/// Takes the first `length` bytes of `src`, which hold `count` complete questions and the
+/// whitespace around them, as one copy.
+fn cut_questions(src: &mut BytesMut, length: usize, count: usize) -> Questions {
+    let questions = Questions::from_framed(Bytes::copy_from_slice(&src[..length]), count);
     src.advance(length);
-    let mut batch = Vec::new();
-    let mut start = 0;
-    while start < length {
-        start += questions[start..].iter().take_while(|&&b| is_leading_whitespace(b)).count();
-        let Some(offset) = memchr::memchr(QUESTION_END, &questions[start..]) else { break };
-        batch.push(Question::new(questions.slice(start..start + offset + 1)));
-        start += offset + 1;
-    }
-    batch
+    questions
 }
 
 impl Decoder for ZenCodec {
@@ -136,8 +125,7 @@ impl Decoder for ZenCodec {
         }
         // First find how far the complete questions go (and whether one is too long), then copy
         // them out in one piece: the read buffer is never shared, so it is reused in place.
-        let mut position = 0;
-        let mut complete = 0;
+        let (mut position, mut complete, mut count) = (0, 0, 0);
         let too_long = loop {
             if self.scanned == 0 {
                 position += src[position..].iter().take_while(|&&b| is_leading_whitespace(b)).count();
@@ -149,7 +137,7 @@ impl Decoder for ZenCodec {
                     if end - position > self.max_question_bytes {
                         break true;
                     }
-                    (position, complete) = (end, end);
+                    (position, complete, count) = (end, end, count + 1);
                 }
                 // Even the `?` still to come would make it too long.
                 None if src.len() - position >= self.max_question_bytes => break true,
@@ -159,7 +147,7 @@ impl Decoder for ZenCodec {
                 }
             }
         };
-        let batch = cut_questions(src, complete);
+        let batch = cut_questions(src, complete, count);
         if too_long {
             return Ok(self.reject(src, batch));
         }
@@ -182,11 +170,11 @@ impl Decoder for ZenCodec {
     }
 }
 
-impl Encoder<Answer> for ZenCodec {
+impl Encoder<Answers> for ZenCodec {
     type Error = io::Error;
 
-    fn encode(&mut self, answer: Answer, dst: &mut BytesMut) -> io::Result<()> {
-        dst.extend_from_slice(answer.as_bytes());
+    fn encode(&mut self, answers: Answers, dst: &mut BytesMut) -> io::Result<()> {
+        dst.extend_from_slice(answers.as_bytes());
         Ok(())
     }
 }
@@ -251,26 +239,48 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{reference::Ending, *};
+    use crate::protocol::Answer;
+
+    /// What the decoder said, with each batch of questions as a list.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Event {
+        Questions(Vec<Vec<u8>>),
+        TooLong,
+        PartialAtEof(Vec<u8>),
+    }
+
+    impl From<Incoming> for Event {
+        fn from(incoming: Incoming) -> Self {
+            match incoming {
+                Incoming::Questions(batch) => {
+                    assert_eq!(batch.iter().count(), batch.len());
+                    Event::Questions(batch.iter().map(<[u8]>::to_vec).collect())
+                }
+                Incoming::TooLong => Event::TooLong,
+                Incoming::PartialAtEof(bytes) => Event::PartialAtEof(bytes.to_vec()),
+            }
+        }
+    }
 
     /// Feeds `chunks` one at a time, as separate reads, then signals end of file.
-    fn decode_all(codec: &mut ZenCodec, chunks: &[&[u8]]) -> Vec<Incoming> {
+    fn decode_all(codec: &mut ZenCodec, chunks: &[&[u8]]) -> Vec<Event> {
         let mut buffer = BytesMut::new();
         let mut events = Vec::new();
         for chunk in chunks {
             buffer.extend_from_slice(chunk);
             while let Some(event) = codec.decode(&mut buffer).unwrap() {
-                events.push(event);
+                events.push(event.into());
             }
             assert!(buffer.len() < codec.max_question_bytes(), "buffered {}", buffer.len());
         }
         while let Some(event) = codec.decode_eof(&mut buffer).unwrap() {
-            events.push(event);
+            events.push(event.into());
         }
         events
     }
 
-    fn questions(list: &[&'static [u8]]) -> Incoming {
-        Incoming::Questions(list.iter().map(|q| Question::from_static(q)).collect())
+    fn questions(list: &[&'static [u8]]) -> Event {
+        Event::Questions(list.iter().map(|q| q.to_vec()).collect())
     }
 
     #[test]
@@ -313,26 +323,26 @@ mod tests {
     fn a_question_reaching_the_limit_without_its_end_is_too_long_at_once() {
         let mut codec = ZenCodec::new(4);
         let mut buffer = BytesMut::from(&b"abcd"[..]);
-        assert_eq!(codec.decode(&mut buffer).unwrap(), Some(Incoming::TooLong));
+        assert_eq!(codec.decode(&mut buffer).unwrap().map(Event::from), Some(Event::TooLong));
         assert!(buffer.is_empty());
     }
 
     #[test]
     fn a_terminated_question_over_the_limit_is_too_long() {
         let events = decode_all(&mut ZenCodec::new(4), &[b"abcd?"]);
-        assert_eq!(events, [Incoming::TooLong]);
+        assert_eq!(events, [Event::TooLong]);
     }
 
     #[test]
     fn questions_before_a_too_long_one_are_delivered_first() {
         let events = decode_all(&mut ZenCodec::new(4), &[b"ab?cdefgh?ij?"]);
-        assert_eq!(events, [questions(&[b"ab?"]), Incoming::TooLong]);
+        assert_eq!(events, [questions(&[b"ab?"]), Event::TooLong]);
     }
 
     #[test]
     fn nothing_is_decoded_after_too_long() {
         let events = decode_all(&mut ZenCodec::new(4), &[b"abcdef", b"x?", b"y"]);
-        assert_eq!(events, [Incoming::TooLong]);
+        assert_eq!(events, [Event::TooLong]);
     }
 
     #[test]
@@ -343,20 +353,17 @@ mod tests {
         for _ in 0..100 {
             buffer.extend_from_slice(b"z");
             if let Some(event) = codec.decode(&mut buffer).unwrap() {
-                events.push(event);
+                events.push(Event::from(event));
             }
             assert!(buffer.len() < 8);
         }
-        assert_eq!(events, [Incoming::TooLong]);
+        assert_eq!(events, [Event::TooLong]);
     }
 
     #[test]
     fn partial_question_at_end_of_file_is_reported_with_its_bytes() {
         let events = decode_all(&mut ZenCodec::default(), &[b"Why?Beautiful is better than"]);
-        assert_eq!(
-            events,
-            [questions(&[b"Why?"]), Incoming::PartialAtEof(Bytes::from_static(b"Beautiful is better than")),]
-        );
+        assert_eq!(events, [questions(&[b"Why?"]), Event::PartialAtEof(b"Beautiful is better than".to_vec())]);
     }
 
     #[test]
@@ -369,8 +376,8 @@ mod tests {
     fn answers_are_encoded_exactly() {
         let mut buffer = BytesMut::new();
         let mut codec = ZenCodec::default();
-        codec.encode(Answer::from_static(b"Ugly."), &mut buffer).unwrap();
-        codec.encode(Answer::UNKNOWN_APHORISM, &mut buffer).unwrap();
+        codec.encode(Answers::single(&Answer::from_static(b"Ugly.")), &mut buffer).unwrap();
+        codec.encode(Answers::single(&Answer::UNKNOWN_APHORISM), &mut buffer).unwrap();
         assert_eq!(&buffer[..], b"Ugly.Error: unknown aphorism.");
     }
 
@@ -396,14 +403,14 @@ mod tests {
             for (index, event) in events.iter().enumerate() {
                 prop_assert_eq!(&ending, &Ending::Clean, "event after the end: {:?}", events);
                 match event {
-                    Incoming::Questions(batch) => {
+                    Event::Questions(batch) => {
                         prop_assert!(!batch.is_empty());
-                        questions.extend(batch.iter().map(|q| q.as_bytes().to_vec()));
+                        questions.extend(batch.iter().cloned());
                     }
-                    Incoming::TooLong => ending = Ending::TooLong,
-                    Incoming::PartialAtEof(bytes) => {
+                    Event::TooLong => ending = Ending::TooLong,
+                    Event::PartialAtEof(bytes) => {
                         prop_assert_eq!(index, events.len() - 1);
-                        ending = Ending::Partial(bytes.to_vec());
+                        ending = Ending::Partial(bytes.clone());
                     }
                 }
             }

@@ -12,9 +12,9 @@ use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    listener::{ConnectionOptions, Keepalive},
     oracle::{AnswerTable, OracleConfig, TableError},
     protocol::Question,
-    server::Keepalive,
     session::SessionConfig,
 };
 
@@ -128,13 +128,14 @@ impl LimitSettings {
         }
     }
 
-    /// The keepalive to set on accepted connections, if any.
-    pub fn keepalive(&self) -> Option<Keepalive> {
-        (self.keepalive_idle_secs > 0).then(|| Keepalive {
+    /// The options accepted connections get.
+    pub fn connection_options(&self) -> ConnectionOptions {
+        let keepalive = (self.keepalive_idle_secs > 0).then(|| Keepalive {
             idle: Duration::from_secs(self.keepalive_idle_secs),
             interval: Duration::from_secs(self.keepalive_interval_secs),
             retries: self.keepalive_retries,
-        })
+        });
+        ConnectionOptions { keepalive }
     }
 }
 
@@ -510,8 +511,8 @@ mod tests {
     #[test]
     fn keepalive_zero_turns_it_off() {
         let sources = Sources { env: env(&[("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "0")]), ..Sources::default() };
-        assert!(Settings::load(&sources).unwrap().limits.keepalive().is_none());
-        assert!(Settings::builtin().unwrap().limits.keepalive().is_some());
+        assert!(Settings::load(&sources).unwrap().limits.connection_options().keepalive.is_none());
+        assert!(Settings::builtin().unwrap().limits.connection_options().keepalive.is_some());
     }
 
     #[test]

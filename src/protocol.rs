@@ -1,11 +1,13 @@
-//! The units of the Zen protocol: a [`Question`] ends with `?`, an [`Answer`] ends with `.`.
+//! The units of the Zen protocol: a [`Question`] ends with `?`, an [`Answer`] ends with `.`;
+//! [`Questions`] and [`Answers`] carry the ones received or given together as one piece of
+//! bytes each, so that a batch costs one allocation however many questions it holds.
 //!
 //! This module owns the protocol's constants and the answers the server gives on its own
 //! (errors); framing lives in [`crate::codec`], the question-to-answer table in [`crate::oracle`].
 
 use std::{borrow::Borrow, fmt};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The port the book's servers and client use when none is given.
 pub const DEFAULT_PORT: u16 = 1060;
@@ -118,6 +120,136 @@ impl fmt::Display for Answer {
     }
 }
 
+/// Complete questions received together, in order, kept as the bytes they arrived in (with
+/// any whitespace between them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Questions {
+    bytes: Bytes,
+    count: usize,
+}
+
+impl Questions {
+    /// Wraps bytes holding `count` complete questions and whitespace only; the codec makes sure.
+    pub(crate) fn from_framed(bytes: Bytes, count: usize) -> Self {
+        Self { bytes, count }
+    }
+
+    /// Questions given one by one (each must end with its only `?`), for tests and clients.
+    pub fn from_list<'q>(questions: impl IntoIterator<Item = &'q [u8]>) -> Self {
+        let mut bytes = Vec::new();
+        let mut count = 0;
+        for question in questions {
+            bytes.extend_from_slice(question);
+            count += 1;
+        }
+        Self { bytes: bytes.into(), count }
+    }
+
+    /// Each question, `?` included, without the whitespace around it.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.bytes[..];
+        std::iter::from_fn(move || {
+            rest = &rest[rest.iter().take_while(|&&b| is_leading_whitespace(b)).count()..];
+            let end = memchr::memchr(QUESTION_END, rest)?;
+            let (question, tail) = rest.split_at(end + 1);
+            rest = tail;
+            Some(question)
+        })
+    }
+
+    /// One of these questions (a slice [`Questions::iter`] gave) as its own value, sharing
+    /// these bytes.
+    pub fn question(&self, question: &[u8]) -> Question {
+        Question(self.bytes.slice_ref(question))
+    }
+
+    /// How many questions there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl fmt::Debug for Questions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(|q| q.escape_ascii().to_string())).finish()
+    }
+}
+
+/// The answers to one batch of questions, in order, as the bytes to send.
+#[derive(Clone, PartialEq, Eq, actix::MessageResponse)]
+pub struct Answers {
+    bytes: Bytes,
+    count: usize,
+}
+
+impl Answers {
+    /// One answer on its own.
+    pub fn single(answer: &Answer) -> Self {
+        Self { bytes: answer.0.clone(), count: 1 }
+    }
+
+    /// The same answer `count` times.
+    pub fn repeated(answer: &Answer, count: usize) -> Self {
+        Self { bytes: answer.as_bytes().repeat(count).into(), count }
+    }
+
+    /// All the answers' bytes, as they go on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Each answer, `.` included (every answer holds exactly one `.`, its last byte).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.bytes.split_inclusive(|&b| b == ANSWER_END)
+    }
+
+    /// How many answers there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl fmt::Debug for Answers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(|a| a.escape_ascii().to_string())).finish()
+    }
+}
+
+/// Builds [`Answers`] one answer at a time.
+#[derive(Debug, Default)]
+pub struct AnswersBuilder {
+    bytes: BytesMut,
+    count: usize,
+}
+
+impl AnswersBuilder {
+    /// A builder with room for about `count` answers.
+    pub fn with_capacity(count: usize) -> Self {
+        Self { bytes: BytesMut::with_capacity(count * 16), count: 0 }
+    }
+
+    /// Appends `answer`.
+    pub fn push(&mut self, answer: &[u8]) {
+        self.bytes.put_slice(answer);
+        self.count += 1;
+    }
+
+    /// The answers so far.
+    pub fn finish(self) -> Answers {
+        Answers { bytes: self.bytes.freeze(), count: self.count }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +267,28 @@ mod tests {
             assert_eq!(bytes.last(), Some(&ANSWER_END), "{answer:?}");
             assert_eq!(bytes.iter().filter(|&&b| b == ANSWER_END).count(), 1, "{answer:?}");
         }
+    }
+
+    #[test]
+    fn questions_iterate_without_the_whitespace_between_them() {
+        let questions = Questions::from_framed(Bytes::from_static(b"a? \r\nb c?\tz?"), 3);
+        let list: Vec<&[u8]> = questions.iter().collect();
+        assert_eq!(list, [&b"a?"[..], b"b c?", b"z?"]);
+        assert_eq!(questions.question(list[1]).as_bytes(), b"b c?");
+    }
+
+    #[test]
+    fn answers_iterate_one_by_one() {
+        let mut builder = AnswersBuilder::with_capacity(2);
+        builder.push(b"Ugly.");
+        builder.push(Answer::UNKNOWN_APHORISM.as_bytes());
+        let answers = builder.finish();
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers.iter().collect::<Vec<_>>(), [&b"Ugly."[..], b"Error: unknown aphorism."]);
+        assert_eq!(
+            Answers::repeated(&Answer::INTERNAL_ERROR, 2).as_bytes(),
+            b"Error: internal error.Error: internal error."
+        );
     }
 
     #[test]

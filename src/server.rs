@@ -1,23 +1,26 @@
 //! [`Server`]: the actor that owns the listeners, accepts connections and places one
 //! [`ZenSession`] per client on the worker arbiters, round robin.
 //!
-//! An accepted socket is taken off this arbiter's reactor (`into_std`) and registered again on
-//! the worker that runs its session (`from_std`), so each connection's I/O happens on one
-//! thread. The server counts live sessions (up on accept, down on [`SessionClosed`]) and, on
-//! [`Drain`], stops accepting, tells every session to finish, and replies once the count is
-//! zero or the shutdown timeout has passed.
+//! A session placed on another arbiter gets its socket taken off this arbiter's reactor
+//! (`into_std`) and registered again on that arbiter's (`from_std`), so each connection's I/O
+//! happens on one thread; sessions placed on the server's own arbiter need neither. Every session holds a [`ConnectionPermit`] from the server's [`ConnectionCount`],
+//! released when the session is dropped however it ends, so the count needs no message per
+//! connection. On [`Drain`] the server stops accepting, tells every session to finish, and
+//! replies once the count is zero or the shutdown timeout has passed.
 
 use std::{
-    io::{self, Write},
+    io::Write,
     mem,
     net::{Shutdown, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
-use socket2::{SockRef, TcpKeepalive};
 use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::{
@@ -25,8 +28,11 @@ use crate::{
     local_sessions,
     oracle::Ask,
     protocol::Answer,
-    session::{SessionClosed, SessionConfig, SessionDeps, SessionInfo, ZenSession},
+    session::{SessionConfig, SessionDeps, SessionInfo, ZenSession},
 };
+
+/// How often a drain checks whether every session is gone.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Settings of the server actor.
 #[derive(Debug, Clone, Copy)]
@@ -35,31 +41,46 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Sessions served at once; clients beyond it are told the server is busy.
     pub max_connections: usize,
-    /// TCP keepalive for accepted connections, if any.
-    pub keepalive: Option<Keepalive>,
     /// How long a drain waits for sessions before giving up on them.
     pub shutdown_timeout: Duration,
 }
 
-/// TCP keepalive probing, so that sessions of vanished peers end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Silence before the first probe.
-    pub idle: Duration,
-    /// Time between probes.
-    pub interval: Duration,
-    /// Unanswered probes before the connection is dropped.
-    pub retries: u32,
-}
-
-/// A worker arbiter that runs sessions, and the oracle its sessions ask (on the same arbiter,
-/// so asking never crosses threads).
+/// An arbiter that runs sessions, and the oracle its sessions ask (on the same arbiter, so
+/// asking never crosses threads).
 #[derive(Debug, Clone)]
 pub struct Worker {
-    /// Where sessions run.
-    pub arbiter: ArbiterHandle,
+    /// Where sessions run: another arbiter, or `None` for the server's own, whose sessions
+    /// need no hand-over between threads at all.
+    pub arbiter: Option<ArbiterHandle>,
     /// The oracle for those sessions.
     pub oracle: Recipient<Ask>,
+}
+
+/// The number of connections being served.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCount(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    /// Connections admitted whose permit has not been released yet.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Counts one more connection until the returned permit is dropped.
+    pub fn admit(&self) -> ConnectionPermit {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ConnectionPermit(self.0.clone())
+    }
+}
+
+/// One connection's place in a [`ConnectionCount`], given back when dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit(Arc<AtomicUsize>);
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Stop accepting, let every session answer what it was asked, and reply when all are gone.
@@ -82,11 +103,11 @@ pub struct Server {
     listeners: Vec<AcceptStream>,
     accepting: Vec<SpawnHandle>,
     workers: Vec<Worker>,
-    /// What sessions on each worker need, built once the server's address is known.
+    /// What sessions on each worker need, one shared copy per worker.
     session_deps: Vec<Arc<SessionDeps>>,
     next_worker: usize,
     config: ServerConfig,
-    live_sessions: usize,
+    live: ConnectionCount,
     /// Clients refused since the server last had room, for one log line per episode.
     refused_while_full: u64,
     last_id: u64,
@@ -101,22 +122,31 @@ struct DrainState {
 impl Server {
     /// A server accepting on `listeners` and running sessions on `workers`, round robin.
     pub fn new(listeners: Vec<AcceptStream>, workers: Vec<Worker>, config: ServerConfig) -> Self {
+        let session_deps = workers
+            .iter()
+            .map(|worker| Arc::new(SessionDeps { oracle: worker.oracle.clone(), config: config.session }))
+            .collect();
         Self {
             listeners,
             accepting: Vec::new(),
             workers,
-            session_deps: Vec::new(),
+            session_deps,
             next_worker: 0,
             config,
-            live_sessions: 0,
+            live: ConnectionCount::default(),
             refused_while_full: 0,
             last_id: 0,
             drain: None,
         }
     }
 
+    /// The count of connections being served.
+    pub fn connections(&self) -> ConnectionCount {
+        self.live.clone()
+    }
+
     fn place(&mut self, Accepted { stream, peer }: Accepted) {
-        if self.live_sessions >= self.config.max_connections {
+        if self.live.get() >= self.config.max_connections {
             self.refuse(stream, peer);
             return;
         }
@@ -124,29 +154,25 @@ impl Server {
             tracing::info!(refused = self.refused_while_full, "accepting again");
             self.refused_while_full = 0;
         }
-        self.last_id += 1;
-        let info = SessionInfo { id: self.last_id, peer };
-        if let Err(error) = configure(&stream, self.config.keepalive) {
-            tracing::debug!(%peer, %error, "could not set socket options");
-        }
-        let socket = match stream.into_std() {
-            Ok(socket) => socket,
-            Err(error) => {
-                tracing::warn!(%peer, %error, "could not hand over accepted connection");
-                return;
-            }
-        };
         let index = self.next_worker % self.workers.len().max(1);
         let (Some(worker), Some(deps)) = (self.workers.get(index), self.session_deps.get(index)) else {
             tracing::error!(%peer, "no worker to run sessions; connection dropped");
             return;
         };
-        let deps = deps.clone();
         self.next_worker = self.next_worker.wrapping_add(1);
-        self.live_sessions += 1;
-        if !worker.arbiter.spawn_fn(move || start_session(socket, info, deps)) {
-            self.live_sessions -= 1;
-            tracing::error!(%peer, "worker thread is gone; connection dropped");
+        self.last_id += 1;
+        let (info, deps, permit) = (SessionInfo { id: self.last_id, peer }, deps.clone(), self.live.admit());
+        let Some(arbiter) = &worker.arbiter else {
+            ZenSession::start_tcp(stream, info, deps, permit);
+            return;
+        };
+        match stream.into_std() {
+            Ok(socket) => {
+                if !arbiter.spawn_fn(move || start_session(socket, info, deps, permit)) {
+                    tracing::error!(%peer, "worker thread is gone; connection dropped");
+                }
+            }
+            Err(error) => tracing::warn!(%peer, %error, "could not hand over accepted connection"),
         }
     }
 
@@ -166,14 +192,14 @@ impl Server {
     }
 
     fn finish_drain_when_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.live_sessions == 0 {
+        if self.live.get() == 0 {
             self.finish_drain(ctx);
         }
     }
 
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {
         let Some(drain) = self.drain.as_mut() else { return };
-        let report = DrainReport { unfinished: self.live_sessions, elapsed: drain.started.elapsed() };
+        let report = DrainReport { unfinished: self.live.get(), elapsed: drain.started.elapsed() };
         for waiter in mem::take(&mut drain.waiters) {
             let _ = waiter.send(report);
         }
@@ -181,32 +207,13 @@ impl Server {
     }
 }
 
-/// Sets the options every accepted connection gets: no Nagle delay (one answer per write
-/// must not wait for the previous one's ACK) and keepalive.
-fn configure(stream: &TcpStream, keepalive: Option<Keepalive>) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    if let Some(keepalive) = keepalive {
-        let probes = TcpKeepalive::new()
-            .with_time(keepalive.idle)
-            .with_interval(keepalive.interval)
-            .with_retries(keepalive.retries);
-        SockRef::from(stream).set_tcp_keepalive(&probes)?;
-    }
-    Ok(())
-}
-
 /// Runs on the worker arbiter: registers the socket with that arbiter's reactor.
-fn start_session(socket: std::net::TcpStream, info: SessionInfo, deps: Arc<SessionDeps>) {
+fn start_session(socket: std::net::TcpStream, info: SessionInfo, deps: Arc<SessionDeps>, permit: ConnectionPermit) {
     match TcpStream::from_std(socket) {
         Ok(stream) => {
-            ZenSession::start_tcp(stream, info, deps);
+            ZenSession::start_tcp(stream, info, deps, permit);
         }
-        Err(error) => {
-            tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
-            if let Some(server) = &deps.server {
-                server.do_send(SessionClosed { id: info.id, answers: 0 });
-            }
-        }
+        Err(error) => tracing::warn!(peer = %info.peer, %error, "could not register accepted connection"),
     }
 }
 
@@ -214,15 +221,6 @@ impl Actor for Server {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let server = ctx.address().recipient();
-        self.session_deps = self
-            .workers
-            .iter()
-            .map(|worker| {
-                let (oracle, server, config) = (worker.oracle.clone(), Some(server.clone()), self.config.session);
-                Arc::new(SessionDeps { oracle, server, config })
-            })
-            .collect();
         for listener in mem::take(&mut self.listeners) {
             tracing::info!(addr = %listener.local_addr(), workers = self.workers.len(), "listening");
             self.accepting.push(ctx.add_stream(listener));
@@ -243,17 +241,6 @@ impl StreamHandler<Result<Accepted, AcceptError>> for Server {
     fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
-impl Handler<SessionClosed> for Server {
-    type Result = ();
-
-    fn handle(&mut self, _closed: SessionClosed, ctx: &mut Self::Context) {
-        self.live_sessions = self.live_sessions.saturating_sub(1);
-        if self.drain.is_some() {
-            self.finish_drain_when_idle(ctx);
-        }
-    }
-}
-
 impl Handler<Drain> for Server {
     type Result = ResponseFuture<DrainReport>;
 
@@ -264,8 +251,14 @@ impl Handler<Drain> for Server {
                 ctx.cancel_future(handle);
             }
             for worker in &self.workers {
-                worker.arbiter.spawn_fn(local_sessions::drain_this_thread);
+                match &worker.arbiter {
+                    Some(arbiter) => {
+                        arbiter.spawn_fn(local_sessions::drain_this_thread);
+                    }
+                    None => local_sessions::drain_this_thread(),
+                }
             }
+            ctx.run_interval(DRAIN_POLL_INTERVAL, |server, ctx| server.finish_drain_when_idle(ctx));
             ctx.run_later(self.config.shutdown_timeout, |server, ctx| server.finish_drain(ctx));
         }
         let drain = self.drain.get_or_insert_with(|| DrainState { started: Instant::now(), waiters: Vec::new() });
@@ -281,7 +274,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        listener,
+        listener::{self, ConnectionOptions},
         oracle::{AnswerTable, Oracle, OracleConfig},
     };
 
@@ -294,7 +287,6 @@ mod tests {
                 write_timeout: Duration::from_secs(60),
             },
             max_connections: 2,
-            keepalive: Some(Keepalive { idle: Duration::from_secs(60), interval: Duration::from_secs(5), retries: 3 }),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -303,9 +295,9 @@ mod tests {
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
         let oracle = Oracle::new(table, OracleConfig::default()).start();
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        let accept = AcceptStream::new(socket).unwrap();
+        let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();
-        let worker = Worker { arbiter: Arbiter::current(), oracle: oracle.recipient() };
+        let worker = Worker { arbiter: None, oracle: oracle.recipient() };
         (Server::new(vec![accept], vec![worker], config()).start(), addr)
     }
 

@@ -16,7 +16,7 @@
 //! The session ends when the client has sent end of file and every question received before
 //! it is answered, when a question is too long (after saying so), when the server drains
 //! (after answering what was already asked and saying so), on a timeout, or on any I/O error.
-//! It tells the [`Server`](crate::server::Server) with [`SessionClosed`] when it stops.
+//! The [`ConnectionPermit`] it holds is given back to the server's count when it is dropped.
 
 use std::{
     collections::VecDeque,
@@ -39,7 +39,8 @@ use crate::{
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
     local_sessions::{self, Notice},
     oracle::Ask,
-    protocol::{Answer, Question},
+    protocol::{Answer, Answers, Questions},
+    server::ConnectionPermit,
 };
 
 /// Questions a session may have waiting for the oracle before it stops reading.
@@ -78,34 +79,24 @@ pub struct SessionInfo {
 pub struct SessionDeps {
     /// Where questions are answered.
     pub oracle: Recipient<Ask>,
-    /// Told when the session ends; `None` when no server keeps count.
-    pub server: Option<Recipient<SessionClosed>>,
     /// Limits.
     pub config: SessionConfig,
 }
 
-/// Sent to the server when a session has ended.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct SessionClosed {
-    /// The session's id.
-    pub id: u64,
-    /// Answers written to the client, including error answers.
-    pub answers: u64,
-}
-
-type AnswerWriter = FramedWrite<Answer, TrackedWriter, ZenCodec>;
+type AnswerWriter = FramedWrite<Answers, TrackedWriter, ZenCodec>;
 
 /// One batch of answers, waiting for the oracle or ready to be written.
 enum Slot {
     Waiting,
-    Ready(Vec<Answer>),
+    Ready(Answers),
 }
 
 /// The actor serving one client.
 pub struct ZenSession {
     info: SessionInfo,
     deps: Arc<SessionDeps>,
+    /// Counts this connection as live until the session is dropped.
+    _permit: ConnectionPermit,
     writer: AnswerWriter,
     flow: Rc<Flow>,
     read_stream: SpawnHandle,
@@ -126,7 +117,13 @@ pub struct ZenSession {
 
 impl ZenSession {
     /// Starts a session on the current arbiter over any byte stream split in two halves.
-    pub fn start<R, W>(read: R, write: W, info: SessionInfo, deps: Arc<SessionDeps>) -> Addr<Self>
+    pub fn start<R, W>(
+        read: R,
+        write: W,
+        info: SessionInfo,
+        deps: Arc<SessionDeps>,
+        permit: ConnectionPermit,
+    ) -> Addr<Self>
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
@@ -141,6 +138,7 @@ impl ZenSession {
             ZenSession {
                 info,
                 deps,
+                _permit: permit,
                 writer,
                 flow,
                 read_stream,
@@ -164,12 +162,17 @@ impl ZenSession {
     }
 
     /// Starts a session on the current arbiter for an accepted TCP connection.
-    pub fn start_tcp(stream: TcpStream, info: SessionInfo, deps: Arc<SessionDeps>) -> Addr<Self> {
+    pub fn start_tcp(
+        stream: TcpStream,
+        info: SessionInfo,
+        deps: Arc<SessionDeps>,
+        permit: ConnectionPermit,
+    ) -> Addr<Self> {
         let (read, write) = stream.into_split();
-        Self::start(read, write, info, deps)
+        Self::start(read, write, info, deps, permit)
     }
 
-    fn ask(&mut self, questions: Vec<Question>, ctx: &mut Context<Self>) {
+    fn ask(&mut self, questions: Questions, ctx: &mut Context<Self>) {
         let seq = self.first_seq + self.slots.len() as u64;
         let count = questions.len();
         self.last_question = Instant::now();
@@ -182,7 +185,7 @@ impl ZenSession {
         ctx.spawn(request.into_actor(self).map(move |reply, session, ctx| {
             let answers = reply.unwrap_or_else(|error| {
                 tracing::error!(parent: &session.span(), %error, "oracle did not answer");
-                vec![Answer::INTERNAL_ERROR; count]
+                Answers::repeated(&Answer::INTERNAL_ERROR, count)
             });
             session.questions_at_oracle -= count;
             if session.questions_at_oracle < MAX_QUESTIONS_AT_ORACLE {
@@ -192,7 +195,7 @@ impl ZenSession {
         }));
     }
 
-    fn fill(&mut self, seq: u64, answers: Vec<Answer>, ctx: &mut Context<Self>) {
+    fn fill(&mut self, seq: u64, answers: Answers, ctx: &mut Context<Self>) {
         if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize)) {
             *slot = Slot::Ready(answers);
         }
@@ -202,7 +205,7 @@ impl ZenSession {
     /// Queues a last answer from the server itself and takes no more questions.
     fn finish_with(&mut self, answer: Answer, ctx: &mut Context<Self>) {
         self.accepting = false;
-        self.slots.push_back(Slot::Ready(vec![answer]));
+        self.slots.push_back(Slot::Ready(Answers::single(&answer)));
         self.write_ready(ctx);
     }
 
@@ -212,10 +215,8 @@ impl ZenSession {
             let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
-            for answer in answers {
-                bytes += answer.len();
-                self.writer.write(answer);
-            }
+            bytes += answers.as_bytes().len();
+            self.writer.write(answers);
         }
         if bytes > 0 && self.flow.queued(bytes) {
             // Reading is paused until the client reads; make sure a stalled client is noticed.
@@ -281,9 +282,6 @@ impl Actor for ZenSession {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         local_sessions::unregister(self.info.id);
         tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
-        if let Some(server) = &self.deps.server {
-            server.do_send(SessionClosed { id: self.info.id, answers: self.answers_written });
-        }
     }
 }
 
@@ -359,6 +357,10 @@ mod tests {
     };
 
     use super::*;
+    use crate::{
+        protocol::{AnswersBuilder, Question},
+        server::ConnectionCount,
+    };
 
     /// Answers `q?` with `q.`, after sleeping as many milliseconds as the question's digits
     /// say; reports each question it receives.
@@ -369,46 +371,32 @@ mod tests {
     }
 
     impl Handler<Ask> for EchoOracle {
-        type Result = ResponseFuture<Vec<Answer>>;
+        type Result = ResponseFuture<Answers>;
 
         fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
-            for question in &questions {
-                let _ = self.0.send(question.clone());
+            for question in questions.iter() {
+                let _ = self.0.send(questions.question(question));
             }
             Box::pin(async move {
-                let mut answers = Vec::new();
-                for question in questions {
-                    let text = &question.as_bytes()[..question.as_bytes().len() - 1];
+                let mut answers = AnswersBuilder::default();
+                for question in questions.iter() {
+                    let text = &question[..question.len() - 1];
                     let delay: u64 =
                         text.iter().filter(|b| b.is_ascii_digit()).fold(0, |n, &b| n * 10 + u64::from(b - b'0'));
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
-                    answers.push(Answer::new([text, b"."].concat()));
+                    answers.push(&[text, b"."].concat());
                 }
-                answers
+                answers.finish()
             })
-        }
-    }
-
-    /// Forwards every `SessionClosed` to a channel.
-    struct ClosedProbe(mpsc::UnboundedSender<SessionClosed>);
-
-    impl Actor for ClosedProbe {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<SessionClosed> for ClosedProbe {
-        type Result = ();
-
-        fn handle(&mut self, closed: SessionClosed, _ctx: &mut Self::Context) {
-            let _ = self.0.send(closed);
         }
     }
 
     struct Harness {
         client: DuplexStream,
-        closed: mpsc::UnboundedReceiver<SessionClosed>,
+        /// Counts the session until it has ended.
+        live: ConnectionCount,
         /// Questions as the oracle receives them.
         asked: mpsc::UnboundedReceiver<Question>,
     }
@@ -426,22 +414,19 @@ mod tests {
     /// The duplex pipe's buffer, in each direction: what a socket's kernel buffers would hold.
     const PIPE_BYTES: usize = 4096;
 
-    fn start_session(
-        oracle: Recipient<Ask>,
-        config: SessionConfig,
-    ) -> (DuplexStream, mpsc::UnboundedReceiver<SessionClosed>) {
+    fn start_session(oracle: Recipient<Ask>, config: SessionConfig) -> (DuplexStream, ConnectionCount) {
         let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
         let (read, write) = tokio::io::split(server_side);
-        let (closed_tx, closed) = mpsc::unbounded_channel();
-        let deps = Arc::new(SessionDeps { oracle, server: Some(ClosedProbe(closed_tx).start().recipient()), config });
-        ZenSession::start(read, write, SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() }, deps);
-        (client, closed)
+        let live = ConnectionCount::default();
+        let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
+        ZenSession::start(read, write, info, Arc::new(SessionDeps { oracle, config }), live.admit());
+        (client, live)
     }
 
     fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, closed) = start_session(EchoOracle(seen).start().recipient(), config);
-        Harness { client, closed, asked }
+        let (client, live) = start_session(EchoOracle(seen).start().recipient(), config);
+        Harness { client, live, asked }
     }
 
     impl Harness {
@@ -479,8 +464,7 @@ mod tests {
         session.client.write_all(b"a? b?\nc10?").await.unwrap();
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"a.b.c10.");
-        let closed = session.closed.recv().await.unwrap();
-        assert_eq!((closed.id, closed.answers), (1, 3));
+        ended(&session.live).await;
     }
 
     #[actix::test]
@@ -488,7 +472,7 @@ mod tests {
         let mut session = echo_session(config(64));
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"");
-        assert_eq!(next_closed(&mut session.closed).await.answers, 0);
+        ended(&session.live).await;
     }
 
     #[actix::test]
@@ -513,7 +497,7 @@ mod tests {
         session.oracle_received(b"first300?").await;
         local_sessions::drain_this_thread();
         assert_eq!(read_to_end(&mut session.client).await, b"first300.Error: server shutting down.");
-        assert_eq!(session.closed.recv().await.unwrap().answers, 2);
+        ended(&session.live).await;
     }
 
     #[actix::test]
@@ -535,8 +519,8 @@ mod tests {
             }
         }
         impl Handler<Ask> for Gone {
-            type Result = Vec<Answer>;
-            fn handle(&mut self, _: Ask, _: &mut Self::Context) -> Vec<Answer> {
+            type Result = Answers;
+            fn handle(&mut self, _: Ask, _: &mut Self::Context) -> Answers {
                 unreachable!("stopped before any question")
             }
         }
@@ -546,14 +530,19 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
             tokio::task::yield_now().await;
         }
-        let (mut client, _closed) = start_session(oracle, config(64));
+        let (mut client, _live) = start_session(oracle, config(64));
         client.write_all(b"a?b?").await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
     }
 
-    async fn next_closed(closed: &mut mpsc::UnboundedReceiver<SessionClosed>) -> SessionClosed {
-        tokio::time::timeout(Duration::from_secs(5), closed.recv()).await.unwrap().unwrap()
+    /// Waits until the session has ended and given its permit back.
+    async fn ended(live: &ConnectionCount) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while live.get() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the session did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[actix::test]
@@ -589,11 +578,10 @@ mod tests {
     async fn a_client_that_reads_nothing_for_the_write_timeout_is_dropped() {
         let timeouts =
             SessionConfig { max_pending_bytes: 1024, write_timeout: Duration::from_millis(200), ..config(64) };
-        let mut session = echo_session(timeouts);
+        let session = echo_session(timeouts);
         let (_reader, mut writer) = tokio::io::split(session.client);
         tokio::spawn(async move { writer.write_all(&b"q?".repeat(50_000)).await });
-        let closed = next_closed(&mut session.closed).await;
-        assert!(closed.answers > 0);
+        ended(&session.live).await;
     }
 
     #[actix::test]
@@ -623,7 +611,7 @@ mod tests {
             assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        assert!(session.closed.try_recv().is_err(), "closed while active");
+        assert_eq!(session.live.get(), 1, "closed while active");
     }
 
     proptest::proptest! {
@@ -654,7 +642,7 @@ mod tests {
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
                 let oracle = Oracle::new(table, OracleConfig::default()).start();
-                let (client, _closed) = start_session(oracle.recipient(), config(max));
+                let (client, _live) = start_session(oracle.recipient(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {
                     for chunk in chunks {

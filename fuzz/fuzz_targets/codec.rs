@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     for event in events {
         assert_eq!(ending, Ending::Clean, "an event after the end");
         match event {
-            Incoming::Questions(batch) => questions.extend(batch.iter().map(|q| q.as_bytes().to_vec())),
+            Incoming::Questions(batch) => questions.extend(batch.iter().map(<[u8]>::to_vec)),
             Incoming::TooLong => ending = Ending::TooLong,
             Incoming::PartialAtEof(bytes) => ending = Ending::Partial(bytes.to_vec()),
         }
