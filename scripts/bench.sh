@@ -5,8 +5,9 @@
 #
 #   scripts/bench.sh              full run (about 20 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
-#   scripts/bench.sh --smoke      a few seconds per scenario, 1 repetition, into a temporary
-#                                 directory: checks that every tool works and no answer is wrong
+#   scripts/bench.sh --smoke      about half a minute: each scenario once, briefly, unpinned, into
+#                                 a temporary directory; checks that the tools work and that no
+#                                 answer is wrong (figures from it mean nothing)
 #
 # Needs: a Rust toolchain, python3, taskset (util-linux), a hard limit of open files of at least
 # 16,000 (`ulimit -Hn`) for the 15,000-connection scenario.
@@ -26,9 +27,11 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$smoke" = 1 ]; then
-  duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=2 many_conns=1000 sweep="1 50"
+  duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=1 many_conns=1000 sweep="50"
+  placements="unpinned"
 else
   duration=5 warmup=1 churn_duration=3 idle_conns=10000 idle_hold=6 many_conns=15000 sweep="1 10 50 200 1000"
+  placements="pinned unpinned"
 fi
 
 cargo build --release --bins --examples
@@ -131,7 +134,7 @@ scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
 scenarios="$scenarios c50x16 churn idle many"
 
-for placement in pinned unpinned; do
+for placement in $placements; do
   for scenario in $scenarios; do
     for rep in $(seq "$reps"); do
       if [ $((rep % 2)) = 1 ]; then order="zen reference"; else order="reference zen"; fi

@@ -186,3 +186,17 @@ fn a_client_that_pipelines_without_reading_is_bounded_and_dropped_while_others_a
     assert!(server.wait_for_log(&["client stopped reading; disconnecting"], DEADLINE).is_some());
     drop(stuck);
 }
+
+#[test]
+#[ignore = "needs ss: apt-get install iproute2"]
+fn accepted_connections_get_the_configured_keepalive() {
+    let server = ZenServer::launch(Launch::with_env(&[("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "77")]));
+    let mut stream = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut stream, b"Simple is better than?"), b"Complex.");
+    // The server's end of the connection, as the kernel reports it: its keepalive timer runs.
+    let port = server.addr().port().to_string();
+    let filter = format!("( sport = :{port} )");
+    let output = std::process::Command::new("ss").args(["-tnoH", "state", "established", &filter]).output().unwrap();
+    let sockets = String::from_utf8_lossy(&output.stdout);
+    assert!(sockets.contains("timer:(keepalive,1min"), "no 77 s keepalive timer in:\n{sockets}");
+}

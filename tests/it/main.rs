@@ -1,5 +1,6 @@
 //! Integration tests: the real `zen-server` binary on ephemeral ports, driven over raw sockets.
 
+mod bench;
 mod configuration;
 mod faults;
 mod helpers;
