@@ -216,14 +216,14 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     }
     let live = Arc::new(Live::default());
     let progress = config.progress.then(|| tokio::spawn(report_progress(live.clone())));
-    let result = match config.mode {
-        BenchMode::Pipelined | BenchMode::Churn => Ok(run_timed(config, &live).await),
-        BenchMode::Idle => Ok(run_idle(config, &live).await),
+    let report = match config.mode {
+        BenchMode::Pipelined | BenchMode::Churn => run_timed(config, &live).await,
+        BenchMode::Idle => run_idle(config, &live).await,
     };
     if let Some(progress) = progress {
         progress.abort();
     }
-    result
+    Ok(report)
 }
 
 async fn report_progress(live: Arc<Live>) {

@@ -32,6 +32,7 @@ pub struct ServerCli {
     pub config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:1060 or [::]:1060; repeat for several. Replaces
     /// server.listen.
+    #[allow(rustdoc::broken_intra_doc_links)] // `[::]` is an address, not a link
     #[arg(long = "listen", value_name = "ADDR", global = true)]
     pub listen: Vec<String>,
 }

@@ -4,14 +4,14 @@
 //! A client sends questions ending with `?`; the server answers each with a line of the Zen
 //! of Python ending with `.`, in order, over one TCP connection. A [`Server`](server::Server)
 //! actor accepts connections and starts one [`ZenSession`](session::ZenSession) actor per
-//! client on a pool of worker threads; sessions ask the one shared
-//! [`Oracle`](oracle::Oracle) actor for answers.
+//! client on one of its worker threads; each session asks the [`Oracle`](oracle::Oracle) actor
+//! of its thread for answers, and the oracles share one answer table.
 //!
 //! # Layout
 //!
-//! - [`protocol`]: `Question`, `Answer`, the protocol's constants and error answers.
+//! - [`protocol`]: `Question`, `Answer`, their batches, the protocol's constants and errors.
 //! - [`codec`]: `ZenCodec`, framing questions (with a byte cap) and encoding answers.
-//! - [`oracle`]: `AnswerTable` (validated) and the `Oracle` actor.
+//! - [`oracle`]: `AnswerTable` (validated) and the `Oracle` actors, one per worker thread.
 //! - [`session`]: the `ZenSession` actor, one per client.
 //! - [`backpressure`]: pausing a session's reading while its answers wait to be sent.
 //! - [`server`]: the `Server` actor: accepts, places sessions on workers, counts, drains.
@@ -23,7 +23,7 @@
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
 //! - [`app`]: wiring settings and listeners into a running system.
 //! - [`client`]: a small client for `zen-client` and tests.
-//! - [`bench`]: the load generator behind `zen-client bench`.
+//! - [`bench`](mod@bench): the load generator behind `zen-client bench`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]

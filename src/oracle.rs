@@ -2,7 +2,8 @@
 //! answer [`Ask`] messages from it.
 //!
 //! The table is plain data behind an `Arc`, shared by every oracle, so it can be swapped whole
-//! ([`ReplaceTable`]) while sessions keep asking; answers are cheap clones of its entries.
+//! ([`ReplaceTable`]) while sessions keep asking; each reply copies its answers out of it into
+//! one piece of bytes ([`Answers`]).
 
 use std::{
     collections::HashMap,
@@ -160,30 +161,6 @@ fn ends_with_its_only(bytes: &[u8], end: u8) -> bool {
     bytes.last() == Some(&end) && memchr::memchr(end, bytes) == Some(bytes.len() - 1)
 }
 
-impl From<&'static str> for Question {
-    fn from(text: &'static str) -> Self {
-        Question::from_static(text.as_bytes())
-    }
-}
-
-impl From<String> for Question {
-    fn from(text: String) -> Self {
-        Question::new(text)
-    }
-}
-
-impl From<&'static str> for Answer {
-    fn from(text: &'static str) -> Self {
-        Answer::from_static(text.as_bytes())
-    }
-}
-
-impl From<String> for Answer {
-    fn from(text: String) -> Self {
-        Answer::new(text)
-    }
-}
-
 /// Asks for the answers to a batch of questions; the reply holds one answer per question,
 /// in the same order.
 #[derive(Debug, Message)]
@@ -285,11 +262,6 @@ impl Oracle {
             Arc::new(CostlyAnswers { workers, remembered: Mutex::default() })
         });
         (faults, costly)
-    }
-
-    /// How many lookups have panicked so far, in this oracle and those sharing its count.
-    pub fn panics(&self) -> u64 {
-        self.faults.panics.load(Ordering::Relaxed)
     }
 }
 

@@ -96,16 +96,6 @@ impl Answer {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
-
-    /// The number of bytes the answer takes on the wire.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the answer has no bytes (never true of a valid answer).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl fmt::Debug for Answer {
@@ -117,6 +107,30 @@ impl fmt::Debug for Answer {
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0.escape_ascii())
+    }
+}
+
+impl From<&'static str> for Question {
+    fn from(text: &'static str) -> Self {
+        Question::from_static(text.as_bytes())
+    }
+}
+
+impl From<String> for Question {
+    fn from(text: String) -> Self {
+        Question::new(text)
+    }
+}
+
+impl From<&'static str> for Answer {
+    fn from(text: &'static str) -> Self {
+        Answer::from_static(text.as_bytes())
+    }
+}
+
+impl From<String> for Answer {
+    fn from(text: String) -> Self {
+        Answer::new(text)
     }
 }
 

@@ -140,11 +140,6 @@ impl Server {
         }
     }
 
-    /// The count of connections being served.
-    pub fn connections(&self) -> ConnectionCount {
-        self.live.clone()
-    }
-
     fn place(&mut self, Accepted { stream, peer }: Accepted) {
         if self.live.get() >= self.config.max_connections {
             self.refuse(stream, peer);

@@ -1,4 +1,4 @@
-//! Graceful shutdown: SIGTERM and SIGINT become a [`Drain`](crate::server::Drain) of the
+//! Graceful shutdown: SIGTERM and SIGINT become a [`Drain`] of the
 //! [`Server`](crate::server::Server), which reaches every session through the sessions each
 //! worker thread keeps ([`crate::local_sessions`]).
 //!
