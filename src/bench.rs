@@ -186,6 +186,12 @@ impl Tally {
         self.latency.saturating_record(micros);
     }
 
+    /// Counts `count` errors, here and in the live progress.
+    fn fail(&mut self, live: &Live, count: u64) {
+        self.errors += count;
+        live.errors.fetch_add(count, Relaxed);
+    }
+
     fn merge(&mut self, other: &Tally) {
         self.answers += other.answers;
         self.connections += other.connections;
@@ -377,13 +383,9 @@ impl AnswerReader {
 /// that stops answering fails the connection [`EXCHANGE_TIMEOUT`] after the window.
 async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, window: Window, live: Arc<Live>) -> Tally {
     let mut tally = Tally::new();
-    let stream = match connect(addr, source).await {
-        Ok(stream) => stream,
-        Err(_) => {
-            tally.errors += 1;
-            live.errors.fetch_add(1, Relaxed);
-            return tally;
-        }
+    let Ok(stream) = connect(addr, source).await else {
+        tally.fail(&live, 1);
+        return tally;
     };
     let (reader, mut writer) = stream.into_split();
     let mut answers = AnswerReader::new(reader);
@@ -429,16 +431,13 @@ async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, win
                     ask(&mut request, &mut in_flight, now);
                 }
             }
-            tally.errors += wrong;
+            tally.fail(&live, wrong);
             live.answers.fetch_add(correct, Relaxed);
-            live.errors.fetch_add(wrong, Relaxed);
         }
     };
     let _ = tokio::time::timeout_at(deadline, exchange).await;
     // Questions still in flight were never answered.
-    let missing = in_flight.len() as u64;
-    tally.errors += missing;
-    live.errors.fetch_add(missing, Relaxed);
+    tally.fail(&live, in_flight.len() as u64);
     tally
 }
 
@@ -453,13 +452,9 @@ async fn paced(
     live: Arc<Live>,
 ) -> Tally {
     let mut tally = Tally::new();
-    let stream = match connect(addr, source).await {
-        Ok(stream) => stream,
-        Err(_) => {
-            tally.errors += 1;
-            live.errors.fetch_add(1, Relaxed);
-            return tally;
-        }
+    let Ok(stream) = connect(addr, source).await else {
+        tally.fail(&live, 1);
+        return tally;
     };
     let (reader, mut writer) = stream.into_split();
     let (intended_tx, mut intended_rx) = mpsc::unbounded_channel::<(Instant, usize)>();
@@ -490,14 +485,9 @@ async fn paced(
                 }
                 live.answers.fetch_add(1, Relaxed);
             }
-            Some(false) => {
-                tally.errors += 1;
-                live.errors.fetch_add(1, Relaxed);
-            }
+            Some(false) => tally.fail(&live, 1),
             None => {
-                let missing = 1 + intended_rx.len() as u64;
-                tally.errors += missing;
-                live.errors.fetch_add(missing, Relaxed);
+                tally.fail(&live, 1 + intended_rx.len() as u64);
                 break;
             }
         }
@@ -531,10 +521,7 @@ async fn churn(addr: SocketAddr, index: usize, window: Window, live: Arc<Live>) 
                 }
                 live.answers.fetch_add(1, Relaxed);
             }
-            _ => {
-                tally.errors += 1;
-                live.errors.fetch_add(1, Relaxed);
-            }
+            _ => tally.fail(&live, 1),
         }
     }
     tally
@@ -570,10 +557,7 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
                     live.answers.fetch_add(1, Relaxed);
                     held.push(stream);
                 }
-                _ => {
-                    total.errors += 1;
-                    live.errors.fetch_add(1, Relaxed);
-                }
+                _ => total.fail(live, 1),
             }
         }
     }
