@@ -104,7 +104,10 @@ impl Flow {
 
     fn record_written(&self, bytes: usize) {
         self.written.set(self.written.get() + bytes as u64);
-        self.last_progress.set(Instant::now());
+        if self.backlog() > 0 {
+            // Only a wait still going on needs its start; `queued` restarts it from empty.
+            self.last_progress.set(Instant::now());
+        }
         if self.paused_for_backlog.get() && self.backlog() <= self.high_water / 2 {
             self.paused_for_backlog.set(false);
             self.wake_reader_if_free();
