@@ -6,7 +6,7 @@
 //! one piece of bytes ([`Answers`]).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
     panic::{self, AssertUnwindSafe},
     sync::{
@@ -194,7 +194,8 @@ pub struct OracleConfig {
 /// [`Answer::INTERNAL_ERROR`], is logged and counted, and the oracle keeps serving (actix would
 /// otherwise lose the actor, and every later question of its sessions with it). With a
 /// simulated cost, answers to known questions are computed by the pool of [`OracleWorker`]
-/// threads and remembered; unknown and remembered questions are answered at once.
+/// threads and remembered; unknown and remembered questions are answered at once (from the
+/// table: the work models finding the answer, which is then cheap).
 pub struct Oracle {
     table: Arc<AnswerTable>,
     faults: Arc<Faults>,
@@ -211,24 +212,24 @@ struct Faults {
 /// The pool computing costly answers and what it computed, shared by every oracle.
 struct CostlyAnswers {
     workers: Addr<OracleWorker>,
-    remembered: Mutex<Remembered>,
+    computed: Mutex<Computed>,
 }
 
-/// Answers already computed, valid for one table only.
+/// The questions whose answers have been computed already (their cost paid), for one table.
 #[derive(Default)]
-struct Remembered {
+struct Computed {
     table: Option<Arc<AnswerTable>>,
-    answers: HashMap<Question, Answer>,
+    questions: HashSet<Question>,
 }
 
-impl Remembered {
-    /// The answers computed from `table` (forgetting those of any other table).
-    fn for_table(&mut self, table: &Arc<AnswerTable>) -> &mut HashMap<Question, Answer> {
+impl Computed {
+    /// The questions computed from `table` (forgetting those of any other table).
+    fn for_table(&mut self, table: &Arc<AnswerTable>) -> &mut HashSet<Question> {
         if !self.table.as_ref().is_some_and(|known| Arc::ptr_eq(known, table)) {
             self.table = Some(table.clone());
-            self.answers.clear();
+            self.questions.clear();
         }
-        &mut self.answers
+        &mut self.questions
     }
 }
 
@@ -259,18 +260,23 @@ impl Oracle {
             let (cost, faults) = (config.simulated_cost, faults.clone());
             let workers =
                 SyncArbiter::start(config.workers.max(1), move || OracleWorker { cost, faults: faults.clone() });
-            Arc::new(CostlyAnswers { workers, remembered: Mutex::default() })
+            Arc::new(CostlyAnswers { workers, computed: Mutex::default() })
         });
         (faults, costly)
     }
 }
 
 impl Faults {
+    /// Whether `question` is the one that makes lookups panic.
+    fn is_poison(&self, question: &[u8]) -> bool {
+        self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question)
+    }
+
     /// Appends the table's answer to `question` to `answers`, or an internal error if looking
     /// it up panicked.
     fn answer_into(&self, table: &AnswerTable, question: &[u8], answers: &mut AnswersBuilder) {
         let lookup = || {
-            if self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question) {
+            if self.is_poison(question) {
                 panic!("oracle.panic_question was asked");
             }
             table.get(question)
@@ -285,13 +291,6 @@ impl Faults {
             }
         }
     }
-
-    /// The table's answer to `question`, or an internal error if looking it up panicked.
-    fn answer(&self, table: &AnswerTable, question: &[u8]) -> Answers {
-        let mut answers = AnswersBuilder::with_capacity(1);
-        self.answer_into(table, question, &mut answers);
-        answers.finish()
-    }
 }
 
 impl Actor for Oracle {
@@ -303,66 +302,57 @@ impl Handler<Ask> for Oracle {
 
     fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
         let Some(costly) = &self.costly else {
-            let mut answers = AnswersBuilder::with_capacity(questions.len());
-            for question in questions.iter() {
-                self.faults.answer_into(&self.table, question, &mut answers);
-            }
-            return ActorResponse::reply(answers.finish());
+            return ActorResponse::reply(answer_all(&self.faults, &self.table, &questions));
         };
-        // Unknown and remembered questions are answered now; the rest cost work.
-        let planned: Vec<Option<Answers>> = {
-            let mut remembered = costly.remembered.lock().unwrap_or_else(PoisonError::into_inner);
-            let remembered = remembered.for_table(&self.table);
+        // Unknown questions and those computed before are answered now; the rest cost work.
+        let costs_work: Vec<bool> = {
+            let mut computed = costly.computed.lock().unwrap_or_else(PoisonError::into_inner);
+            let computed = computed.for_table(&self.table);
             questions
                 .iter()
-                .map(|q| match remembered.get(q) {
-                    _ if self.faults.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == q) => None,
-                    Some(answer) => Some(Answers::single(answer)),
-                    None if self.table.knows(q) => None,
-                    None => Some(Answers::single(&Answer::UNKNOWN_APHORISM)),
-                })
+                .map(|q| self.faults.is_poison(q) || (self.table.knows(q) && !computed.contains(q)))
                 .collect()
         };
-        let to_compute: Vec<Question> = questions
-            .iter()
-            .zip(&planned)
-            .filter(|(_, planned)| planned.is_none())
-            .map(|(q, _)| questions.question(q))
-            .collect();
+        let to_compute = Questions::from_list(questions.iter().zip(&costs_work).filter(|(_, c)| **c).map(|(q, _)| q));
+        let (table, faults, costly) = (self.table.clone(), self.faults.clone(), costly.clone());
         if to_compute.is_empty() {
-            return ActorResponse::reply(join(planned.into_iter().flatten()));
+            return ActorResponse::reply(answer_all(&faults, &table, &questions));
         }
-        let (table, costly) = (self.table.clone(), costly.clone());
         let request = costly.workers.send(Compute { table: table.clone(), questions: to_compute.clone() });
-        ActorResponse::r#async(request.into_actor(self).map(move |computed, _, _| {
-            let computed = computed.unwrap_or_else(|error| {
+        ActorResponse::r#async(request.into_actor(self).map(move |computed_answers, _, _| {
+            let computed_answers = computed_answers.unwrap_or_else(|error| {
                 tracing::error!(%error, "oracle workers are gone");
-                vec![Answers::single(&Answer::INTERNAL_ERROR); to_compute.len()]
+                Answers::repeated(&Answer::INTERNAL_ERROR, to_compute.len())
             });
-            let mut remembered = costly.remembered.lock().unwrap_or_else(PoisonError::into_inner);
-            let remembered = remembered.for_table(&table);
-            for (question, answer) in to_compute.into_iter().zip(&computed) {
-                if answer.as_bytes() != Answer::INTERNAL_ERROR.as_bytes() {
-                    remembered.insert(question, Answer::new(answer.as_bytes().to_vec()));
+            let mut computed = costly.computed.lock().unwrap_or_else(PoisonError::into_inner);
+            let computed = computed.for_table(&table);
+            // Remember what was computed, unless computing it failed.
+            for (question, answer) in to_compute.iter().zip(computed_answers.iter()) {
+                if table.get(question).is_some_and(|known| known.as_bytes() == answer) {
+                    computed.insert(to_compute.question(question));
                 }
             }
-            let mut computed = computed.into_iter();
-            join(planned.into_iter().map(|planned| {
-                planned.or_else(|| computed.next()).unwrap_or_else(|| Answers::single(&Answer::INTERNAL_ERROR))
-            }))
+            let mut computed_answers = computed_answers.iter();
+            let mut answers = AnswersBuilder::with_capacity(questions.len());
+            for (question, costs_work) in questions.iter().zip(costs_work) {
+                if !costs_work {
+                    faults.answer_into(&table, question, &mut answers);
+                } else {
+                    answers.push(computed_answers.next().unwrap_or(Answer::INTERNAL_ERROR.as_bytes()));
+                }
+            }
+            answers.finish()
         }))
     }
 }
 
-/// One piece of answers from several, in order.
-fn join(parts: impl IntoIterator<Item = Answers>) -> Answers {
-    let mut joined = AnswersBuilder::default();
-    for part in parts {
-        for answer in part.iter() {
-            joined.push(answer);
-        }
+/// The answers to every one of `questions`, looked up now.
+fn answer_all(faults: &Faults, table: &AnswerTable, questions: &Questions) -> Answers {
+    let mut answers = AnswersBuilder::with_capacity(questions.len());
+    for question in questions.iter() {
+        faults.answer_into(table, question, &mut answers);
     }
-    joined.finish()
+    answers.finish()
 }
 
 impl Handler<ReplaceTable> for Oracle {
@@ -384,26 +374,24 @@ impl Actor for OracleWorker {
     type Context = SyncContext<Self>;
 }
 
-/// Computes the answers to `questions` from `table`, at the simulated cost each (one
-/// [`Answers`] of one answer per question).
+/// Computes the answers to `questions` from `table`, at the simulated cost each.
 #[derive(Message)]
-#[rtype(result = "Vec<Answers>")]
+#[rtype(result = "Answers")]
 struct Compute {
     table: Arc<AnswerTable>,
-    questions: Vec<Question>,
+    questions: Questions,
 }
 
 impl Handler<Compute> for OracleWorker {
-    type Result = Vec<Answers>;
+    type Result = Answers;
 
-    fn handle(&mut self, Compute { table, questions }: Compute, _ctx: &mut Self::Context) -> Vec<Answers> {
-        questions
-            .iter()
-            .map(|question| {
-                std::thread::sleep(self.cost);
-                self.faults.answer(&table, question.as_bytes())
-            })
-            .collect()
+    fn handle(&mut self, Compute { table, questions }: Compute, _ctx: &mut Self::Context) -> Answers {
+        let mut answers = AnswersBuilder::with_capacity(questions.len());
+        for question in questions.iter() {
+            std::thread::sleep(self.cost);
+            self.faults.answer_into(&table, question, &mut answers);
+        }
+        answers.finish()
     }
 }
 
@@ -482,5 +470,24 @@ mod tests {
         let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
         let answers = oracle.send(Ask(Questions::from_list(questions))).await.unwrap();
         assert_eq!(answers.as_bytes(), b"Nested.Error: unknown aphorism.");
+    }
+
+    #[actix::test]
+    async fn a_costly_oracle_keeps_answers_in_order_across_cheap_costly_and_failing_questions() {
+        let config = OracleConfig {
+            simulated_cost: Duration::from_millis(1),
+            workers: 2,
+            panic_question: Some(Question::from_static(b"Poison?")),
+        };
+        let oracle = Oracle::new(book_table(), config).start();
+        let questions: [&[u8]; 5] =
+            [b"Why?", b"Simple is better than?", b"Poison?", b"Beautiful is better than?", b"How?"];
+        let expected = "Error: unknown aphorism.Complex.Error: internal error.Ugly.Error: unknown aphorism.";
+        for round in 0..2 {
+            // The second round answers the two known questions from what was computed.
+            let answers = oracle.send(Ask(Questions::from_list(questions))).await.unwrap();
+            assert_eq!(answers.len(), 5, "round {round}");
+            assert_eq!(String::from_utf8_lossy(answers.as_bytes()), expected, "round {round}");
+        }
     }
 }
