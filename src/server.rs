@@ -102,9 +102,7 @@ pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
     accepting: Vec<SpawnHandle>,
-    workers: Vec<Worker>,
-    /// What sessions on each worker need, one shared copy per worker.
-    session_deps: Vec<Arc<SessionDeps>>,
+    workers: Vec<Placement>,
     next_worker: usize,
     config: ServerConfig,
     live: ConnectionCount,
@@ -112,6 +110,13 @@ pub struct Server {
     refused_while_full: u64,
     last_id: u64,
     drain: Option<DrainState>,
+}
+
+/// Where sessions go: an arbiter (`None` for the server's own) and what its sessions need, one
+/// shared copy per worker.
+struct Placement {
+    arbiter: Option<ArbiterHandle>,
+    deps: Arc<SessionDeps>,
 }
 
 struct DrainState {
@@ -122,15 +127,17 @@ struct DrainState {
 impl Server {
     /// A server accepting on `listeners` and running sessions on `workers`, round robin.
     pub fn new(listeners: Vec<AcceptStream>, workers: Vec<Worker>, config: ServerConfig) -> Self {
-        let session_deps = workers
-            .iter()
-            .map(|worker| Arc::new(SessionDeps { oracle: worker.oracle.clone(), config: config.session }))
+        let workers = workers
+            .into_iter()
+            .map(|Worker { arbiter, oracle }| Placement {
+                arbiter,
+                deps: Arc::new(SessionDeps { oracle, config: config.session }),
+            })
             .collect();
         Self {
             listeners,
             accepting: Vec::new(),
             workers,
-            session_deps,
             next_worker: 0,
             config,
             live: ConnectionCount::default(),
@@ -149,14 +156,13 @@ impl Server {
             tracing::info!(refused = self.refused_while_full, "accepting again");
             self.refused_while_full = 0;
         }
-        let index = self.next_worker % self.workers.len().max(1);
-        let (Some(worker), Some(deps)) = (self.workers.get(index), self.session_deps.get(index)) else {
+        let Some(worker) = self.workers.get(self.next_worker % self.workers.len().max(1)) else {
             tracing::error!(%peer, "no worker to run sessions; connection dropped");
             return;
         };
         self.next_worker = self.next_worker.wrapping_add(1);
         self.last_id += 1;
-        let (info, deps, permit) = (SessionInfo { id: self.last_id, peer }, deps.clone(), self.live.admit());
+        let (info, deps, permit) = (SessionInfo { id: self.last_id, peer }, worker.deps.clone(), self.live.admit());
         let Some(arbiter) = &worker.arbiter else {
             ZenSession::start_tcp(stream, info, deps, permit);
             return;
