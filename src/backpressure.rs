@@ -34,7 +34,9 @@ pub struct Flow {
     high_water: u64,
     queued: Cell<u64>,
     written: Cell<u64>,
-    last_progress: Cell<Instant>,
+    /// Since when answers have waited on the client: set when the socket refuses bytes or takes
+    /// only some, cleared when the backlog is empty.
+    waiting_since: Cell<Option<Instant>>,
     paused_for_backlog: Cell<bool>,
     paused_for_oracle: Cell<bool>,
     reader: Cell<Option<Waker>>,
@@ -48,7 +50,7 @@ impl Flow {
             high_water,
             queued: Cell::new(0),
             written: Cell::new(0),
-            last_progress: Cell::new(Instant::now()),
+            waiting_since: Cell::new(None),
             paused_for_backlog: Cell::new(false),
             paused_for_oracle: Cell::new(false),
             reader: Cell::new(None),
@@ -59,10 +61,6 @@ impl Flow {
     /// Records `bytes` handed to the writer; pauses reading if the backlog passes the mark.
     /// Returns whether reading is now paused for the backlog.
     pub fn queued(&self, bytes: usize) -> bool {
-        if self.backlog() == 0 {
-            // The wait for the client starts now, not at its last read long ago.
-            self.last_progress.set(Instant::now());
-        }
         self.queued.set(self.queued.get() + bytes as u64);
         if self.backlog() > self.high_water {
             self.paused_for_backlog.set(true);
@@ -75,9 +73,10 @@ impl Flow {
         self.queued.get() - self.written.get()
     }
 
-    /// When the socket last accepted bytes, or when answers last started to wait.
-    pub fn last_progress(&self) -> Instant {
-        self.last_progress.get()
+    /// Since when answers have waited for the client without the socket taking any; `None`
+    /// while the socket takes everything it is given.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since.get()
     }
 
     /// Pauses or resumes reading for the oracle.
@@ -104,13 +103,17 @@ impl Flow {
 
     fn record_written(&self, bytes: usize) {
         self.written.set(self.written.get() + bytes as u64);
-        if self.backlog() > 0 {
-            // Only a wait still going on needs its start; `queued` restarts it from empty.
-            self.last_progress.set(Instant::now());
-        }
+        // Progress: any wait starts again from now, or is over.
+        self.waiting_since.set((self.backlog() > 0).then(Instant::now));
         if self.paused_for_backlog.get() && self.backlog() <= self.high_water / 2 {
             self.paused_for_backlog.set(false);
             self.wake_reader_if_free();
+        }
+    }
+
+    fn record_refused(&self) {
+        if self.waiting_since.get().is_none() {
+            self.waiting_since.set(Some(Instant::now()));
         }
     }
 
@@ -165,7 +168,11 @@ impl TrackedWriter {
 
 impl AsyncWrite for TrackedWriter {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        let Poll::Ready(result) = Pin::new(&mut self.inner).poll_write(cx, buf) else {
+            self.flow.record_refused();
+            return Poll::Pending;
+        };
+        let written = result?;
         self.flow.record_written(written);
         Poll::Ready(Ok(written))
     }
@@ -214,6 +221,21 @@ mod tests {
         flow.record_written(1);
         assert_eq!(flow.pause_reason(), None);
         assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_wait_starts_when_the_socket_refuses_and_ends_when_all_is_written() {
+        let flow = Flow::new(100);
+        flow.queued(10);
+        assert_eq!(flow.waiting_since(), None, "nothing refused yet");
+        flow.record_refused();
+        let since = flow.waiting_since().unwrap();
+        flow.record_refused();
+        assert_eq!(flow.waiting_since(), Some(since), "a longer wait keeps its start");
+        flow.record_written(4);
+        assert!(flow.waiting_since().unwrap() >= since, "progress restarts the wait");
+        flow.record_written(6);
+        assert_eq!(flow.waiting_since(), None);
     }
 
     #[test]

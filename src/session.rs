@@ -220,7 +220,8 @@ impl ZenSession {
         }
         if bytes > 0 && self.flow.queued(bytes) {
             // Reading is paused until the client reads; make sure a stalled client is noticed.
-            local_sessions::check_timeouts_by(self.info.id, self.flow.last_progress() + self.deps.config.write_timeout);
+            let waiting_since = self.flow.waiting_since().unwrap_or_else(Instant::now);
+            local_sessions::check_timeouts_by(self.info.id, waiting_since + self.deps.config.write_timeout);
         }
         self.close_when_done(ctx);
     }
@@ -245,7 +246,7 @@ impl ZenSession {
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let next = if self.flow.backlog() > 0 {
-            let due = self.flow.last_progress() + self.deps.config.write_timeout;
+            let due = self.flow.waiting_since().unwrap_or(now) + self.deps.config.write_timeout;
             if now >= due {
                 tracing::info!(parent: &self.span(), unsent = self.flow.backlog(), "client stopped reading; disconnecting");
                 ctx.stop();
