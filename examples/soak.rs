@@ -139,17 +139,8 @@ fn start_server(bin: &str) -> (Child, SocketAddr) {
     (server, addr)
 }
 
-fn proc_field(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    proc_field(pid, "VmRSS:")
+    zen_server::bench::rss_kib(pid).unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {

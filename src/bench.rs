@@ -571,8 +571,9 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     report(&timed, &total, rss_before, rss_held)
 }
 
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// Resident memory of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`); `None` if the
+/// process is gone or the system does not say.
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let value = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
     value.trim().trim_end_matches("kB").trim().parse().ok()

@@ -182,11 +182,9 @@ impl ZenServer {
         self.child.id()
     }
 
-    /// Resident memory of the server process, in KiB (`VmRSS` of `/proc/PID/status`).
+    /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).unwrap();
-        line.trim().trim_end_matches("kB").trim().parse().unwrap()
+        zen_server::bench::rss_kib(self.pid()).expect("the server's memory")
     }
 
     /// CPU time the server process has used so far (user + system).
