@@ -173,6 +173,10 @@ impl Questions {
 
     /// One of these questions (a slice [`Questions::iter`] gave) as its own value, sharing
     /// these bytes.
+    ///
+    /// # Panics
+    ///
+    /// If `question` is not a slice of these questions' bytes.
     pub fn question(&self, question: &[u8]) -> Question {
         Question(self.bytes.slice_ref(question))
     }
