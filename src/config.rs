@@ -12,9 +12,9 @@ use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    listener::{ConnectionOptions, Keepalive},
     oracle::{AnswerTable, OracleConfig, TableError},
     protocol::Question,
+    server::listener::{ConnectionOptions, Keepalive},
     session::SessionConfig,
 };
 
@@ -104,9 +104,9 @@ pub struct LimitSettings {
     /// A connection completing no question for this long is closed.
     pub idle_timeout_secs: u64,
     /// Connections served at once.
-    pub max_connections: usize,
+    pub max_connections: u32,
     /// Unsent answer bytes above which a client's questions are no longer read.
-    pub max_pending_bytes: u64,
+    pub max_pending_bytes: usize,
     /// A client reading nothing for this long while answers wait is disconnected.
     pub write_timeout_secs: u64,
     /// Seconds of silence before the first keepalive probe; 0 turns keepalive off.
@@ -303,8 +303,8 @@ impl Settings {
         for (key, value) in [
             ("limits.max_question_bytes", limits.max_question_bytes as u64),
             ("limits.idle_timeout_secs", limits.idle_timeout_secs),
-            ("limits.max_connections", limits.max_connections as u64),
-            ("limits.max_pending_bytes", limits.max_pending_bytes),
+            ("limits.max_connections", u64::from(limits.max_connections)),
+            ("limits.max_pending_bytes", limits.max_pending_bytes as u64),
             ("limits.write_timeout_secs", limits.write_timeout_secs),
         ] {
             if value == 0 {

@@ -3,45 +3,48 @@
 //!
 //! A client sends questions ending with `?`; the server answers each with a line of the Zen
 //! of Python ending with `.`, in order, over one TCP connection. A [`Server`](server::Server)
-//! actor accepts connections and starts one [`ZenSession`](session::ZenSession) actor per
-//! client on one of its worker threads; each session asks the [`Oracle`](oracle::Oracle) actor
-//! of its thread for answers, and the oracles share one answer table.
+//! actor accepts connections and hands each to the [`Worker`](server::worker::Worker) of one
+//! of its threads, which starts a [`ZenSession`](session::ZenSession) actor for it; each session
+//! asks the [`Oracle`](oracle::Oracle) for answers, through the oracle's shard on its thread,
+//! and writes them back in order. The arrows point one way: `app` -> `server` -> `session` ->
+//! `oracle` -> `protocol`; nothing imports a module that imports it back.
 //!
 //! # Layout
 //!
 //! - [`protocol`]: `Question`, `Answer`, their batches, the protocol's constants and errors.
 //! - [`codec`]: `ZenCodec`, framing questions (with a byte cap) and encoding answers.
-//! - [`oracle`]: `AnswerTable` (validated) and the `Oracle` actors, one per worker thread.
-//! - [`session`]: the `ZenSession` actor, one per client.
-//! - [`backpressure`]: pausing a session's reading while its answers wait to be sent.
-//! - [`server`]: the `Server` actor: accepts, places sessions on workers, counts, drains.
-//! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
-//! - [`local_sessions`]: each worker thread's sessions: drained together, timeouts swept.
-//! - [`shutdown`]: signals to drain, and the drain broadcast to sessions.
+//! - [`oracle`]: the one `Oracle` owning the answer table, and its shard on each worker thread;
+//!   the validated `AnswerTable`, lookups with panic containment, the costly-answer pool.
+//! - [`session`]: the `ZenSession` actor, one per client: its flow control, its answer sink,
+//!   and the registry of one worker's sessions (drain, exact timeouts).
+//! - [`admission`]: the connection limit; sessions hold permits, a drain waits for them.
+//! - [`server`]: the `Server` actor (accepts, admits, drains), its listeners, and the
+//!   `Worker` actor on each thread that starts sessions.
+//! - [`threads`]: the worker threads, the accepting one first.
+//! - [`shutdown`]: signals to drain.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: command lines of `zen-server` and `zen-client`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
-//! - [`app`]: wiring settings and listeners into a running system.
+//! - [`app`]: starting every actor from settings; running until drained.
 //! - [`client`]: a small client for `zen-client` and tests.
 //! - [`bench`](mod@bench): the load generator behind `zen-client bench`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod app;
-pub mod backpressure;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
-pub mod listener;
-pub mod local_sessions;
 pub mod oracle;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod threads;
 
 pub use protocol::{Answer, Question};

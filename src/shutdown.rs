@@ -1,6 +1,6 @@
 //! Graceful shutdown: SIGTERM and SIGINT become a [`Drain`] of the
-//! [`Server`](crate::server::Server), which reaches every session through the sessions each
-//! worker thread keeps ([`crate::local_sessions`]).
+//! [`Server`](crate::server::Server), which reaches every session through the registry of
+//! each worker thread's sessions ([`crate::session::registry`]).
 //!
 //! A second signal while draining ends the process at once, with the shell's exit code for
 //! that signal (143 for SIGTERM, 130 for SIGINT).

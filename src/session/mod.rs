@@ -1,46 +1,54 @@
 //! [`ZenSession`]: one actor per client connection.
 //!
-//! Questions arrive as batches from [`ZenCodec`] over the read half (registered as a stream),
-//! go to the [`Oracle`](crate::oracle::Oracle) as one [`Ask`] per batch, and the answers are
-//! written through an `actix::io::FramedWrite` in the order the questions arrived, whatever
-//! order the oracle's replies come back in: each batch takes a slot in a queue and the queue
-//! is written out from the front as slots fill.
+//! The question's path: the socket's read half is a stream of [`Incoming`] batches decoded by
+//! [`ZenCodec`] (registered with `add_stream`, behind the [`GatedStream`] of flow control); each
+//! batch goes to the worker's oracle shard as one [`Ask`]; each reply fills the batch's slot in
+//! a queue kept in question order, and the queue is written from the front to the
+//! [`AnswerSink`] as slots fill, whatever order the replies come back in.
+//!
+//! A session moves through [`Phase`]s: serving; finishing (no new questions, answering those
+//! asked); closing (every answer with the sink, which writes them out and then shuts down the
+//! sending side); and, after refusing a question, lingering (reading and discarding until the
+//! client closes, so that closing with unread input does not reset the connection before the
+//! client has read the refusal). It ends when the client has closed and every question received
+//! before is answered, when a question is too long (after saying so), when the server drains
+//! (after answering what was asked and saying so), on a timeout, or on any I/O error.
 //!
 //! Memory per session is bounded: the codec caps a question's bytes, and reading pauses
-//! ([`Flow`]) while more than `max_pending_bytes` of answers wait to be sent or too many
-//! questions wait for the oracle. The worker thread's sweeper ([`local_sessions`]) tells the
-//! session when to check its timeouts: a connection that completes no question for
-//! `idle_timeout` is closed, a client that reads nothing for `write_timeout` while answers wait
-//! is dropped.
+//! ([`Flow`]) while more than `max_pending_bytes` of answers wait or too many questions wait
+//! for the oracle. The worker's [`SessionRegistry`] tells the session when its timeouts are
+//! due: a connection completing no question for `idle_timeout` is closed, a client reading
+//! nothing for `write_timeout` while answers wait is dropped. The connection's [`Permit`]
+//! goes back to the server's admission when the session is dropped, however it ends.
 //!
-//! The session ends when the client has sent end of file and every question received before
-//! it is answered, when a question is too long (after saying so), when the server drains
-//! (after answering what was already asked and saying so), on a timeout, or on any I/O error.
-//! The [`ConnectionPermit`] it holds is given back to the server's count when it is dropped.
+//! - [`flow`]: pausing and resuming reading.
+//! - [`sink`]: the write half, with its backlog and explicit half-close.
+//! - [`registry`]: one worker's sessions, their deadlines and drain.
 
-use std::{
-    collections::VecDeque,
-    io,
-    net::SocketAddr,
-    rc::Rc,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+pub mod flow;
+pub mod registry;
+pub mod sink;
 
-use actix::{io::FramedWrite, io::WriteHandler, prelude::*};
+use std::{collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
+
+use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    time::Instant,
 };
 use tokio_util::codec::FramedRead;
 
+use self::{
+    flow::{Flow, GatedStream},
+    registry::{Notice, RegistryKey, SessionRegistry},
+    sink::AnswerSink,
+};
 use crate::{
-    backpressure::{Flow, GatedStream, TrackedWriter},
+    admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
-    local_sessions::{self, Notice},
     oracle::Ask,
     protocol::{Answer, Answers, Questions},
-    server::ConnectionPermit,
 };
 
 /// Questions a session may have waiting for the oracle before it stops reading.
@@ -48,7 +56,7 @@ pub const MAX_QUESTIONS_AT_ORACLE: usize = 256;
 
 /// After refusing a too-long question, how long the session keeps reading (and discarding)
 /// so that closing with unread input does not reset the connection before the client has
-/// read the error.
+/// read the refusal.
 pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
 
 /// Per-session limits.
@@ -57,7 +65,7 @@ pub struct SessionConfig {
     /// Longest question accepted, `?` included.
     pub max_question_bytes: usize,
     /// Unsent answer bytes above which the session stops reading.
-    pub max_pending_bytes: u64,
+    pub max_pending_bytes: usize,
     /// A connection completing no question for this long is closed.
     pub idle_timeout: Duration,
     /// A client reading nothing for this long while answers wait is disconnected.
@@ -73,17 +81,39 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
 }
 
-/// What a session needs from the rest of the server; one per worker, shared by its sessions
-/// through an `Arc` (a copy in every session would cost each idle connection ~150 bytes).
-#[derive(Debug, Clone)]
+/// What a session needs from its worker; one per worker thread, shared by its sessions (a
+/// copy in every session would cost each idle connection ~150 bytes).
 pub struct SessionDeps {
-    /// Where questions are answered.
+    /// Where questions are answered: the oracle shard of this thread.
     pub oracle: Recipient<Ask>,
     /// Limits.
     pub config: SessionConfig,
+    /// The sessions of this thread, for drain and timeouts.
+    pub registry: Rc<SessionRegistry>,
 }
 
-type AnswerWriter = FramedWrite<Answers, TrackedWriter, ZenCodec>;
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking questions and answering them.
+    Serving,
+    /// Taking no more questions; answering those already asked.
+    Finishing(Input),
+    /// Every answer is with the sink, which writes them out, then shuts down sending.
+    Closing(Input),
+    /// Answered and shut down after a refusal; discarding input until the client closes or
+    /// [`LINGER_AFTER_REFUSAL`] has passed.
+    Lingering,
+}
+
+/// Whether the client's input is still read once the session takes no more questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Read and thrown away (after a refusal), until the client closes.
+    Discarding,
+    /// At end of file, failed, or no longer read.
+    Ended,
+}
 
 /// One batch of answers, waiting for the oracle or ready to be written.
 enum Slot {
@@ -94,82 +124,71 @@ enum Slot {
 /// The actor serving one client.
 pub struct ZenSession {
     info: SessionInfo,
-    deps: Arc<SessionDeps>,
-    /// Counts this connection as live until the session is dropped.
-    _permit: ConnectionPermit,
-    writer: AnswerWriter,
+    deps: Rc<SessionDeps>,
+    key: RegistryKey,
+    /// Counts this connection as admitted until the session is dropped.
+    _permit: Permit,
+    sink: AnswerSink,
     flow: Rc<Flow>,
-    read_stream: SpawnHandle,
+    reader: SpawnHandle,
+    phase: Phase,
     /// Batches in question order; the front is the next to be written.
     slots: VecDeque<Slot>,
     /// Sequence number of the front slot; a batch's slot is `seq - first_seq`.
     first_seq: u64,
     questions_at_oracle: usize,
     last_question: Instant,
-    /// Still taking new questions.
-    accepting: bool,
-    /// The read stream is still running.
-    reading: bool,
-    close_requested: bool,
-    write_failed: bool,
     answers_written: u64,
 }
 
 impl ZenSession {
     /// Starts a session on the current arbiter over any byte stream split in two halves.
-    pub fn start<R, W>(
-        read: R,
-        write: W,
-        info: SessionInfo,
-        deps: Arc<SessionDeps>,
-        permit: ConnectionPermit,
-    ) -> Addr<Self>
+    pub fn start<R, W>(read: R, write: W, info: SessionInfo, deps: Rc<SessionDeps>, permit: Permit) -> Addr<Self>
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
     {
         ZenSession::create(move |ctx| {
             let config = deps.config;
-            let codec = ZenCodec::new(config.max_question_bytes);
+            // The sink's item goes first, so it knows the session's task before any answer.
+            ctx.spawn(WriteOut);
             let flow = Flow::new(config.max_pending_bytes);
+            let codec = ZenCodec::new(config.max_question_bytes);
             let reader = FramedRead::with_capacity(read, codec.clone(), READ_BUFFER_BYTES);
-            let read_stream = ctx.add_stream(GatedStream::new(reader, flow.clone()));
-            let writer = FramedWrite::new(TrackedWriter::new(Box::new(write), flow.clone()), codec, ctx);
+            let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
+            let now = Instant::now();
+            let registered = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
+            if registered.draining {
+                ctx.notify(Notice::Drain);
+            }
             ZenSession {
                 info,
+                key: registered.key,
                 deps,
                 _permit: permit,
-                writer,
+                sink: AnswerSink::new(Box::new(write), codec),
                 flow,
-                read_stream,
+                reader,
+                phase: Phase::Serving,
                 slots: VecDeque::new(),
                 first_seq: 0,
                 questions_at_oracle: 0,
-                last_question: Instant::now(),
-                accepting: true,
-                reading: true,
-                close_requested: false,
-                write_failed: false,
+                last_question: now,
                 answers_written: 0,
             }
         })
+    }
+
+    /// Starts a session on the current arbiter for an accepted TCP connection.
+    pub fn start_tcp(stream: TcpStream, info: SessionInfo, deps: Rc<SessionDeps>, permit: Permit) -> Addr<Self> {
+        let (read, write) = stream.into_split();
+        Self::start(read, write, info, deps, permit)
     }
 
     /// The span of this session's log events, created for each event rather than kept, which
     /// would cost every idle connection a few hundred bytes.
     fn span(&self) -> tracing::Span {
         tracing::info_span!("session", id = self.info.id, peer = %self.info.peer)
-    }
-
-    /// Starts a session on the current arbiter for an accepted TCP connection.
-    pub fn start_tcp(
-        stream: TcpStream,
-        info: SessionInfo,
-        deps: Arc<SessionDeps>,
-        permit: ConnectionPermit,
-    ) -> Addr<Self> {
-        let (read, write) = stream.into_split();
-        Self::start(read, write, info, deps, permit)
     }
 
     fn ask(&mut self, questions: Questions, ctx: &mut Context<Self>) {
@@ -203,85 +222,152 @@ impl ZenSession {
     }
 
     /// Queues a last answer from the server itself and takes no more questions.
-    fn finish_with(&mut self, answer: Answer, ctx: &mut Context<Self>) {
-        self.accepting = false;
+    fn finish_with(&mut self, answer: Answer, input: Input, ctx: &mut Context<Self>) {
+        self.phase = Phase::Finishing(input);
         self.slots.push_back(Slot::Ready(Answers::single(&answer)));
         self.write_ready(ctx);
     }
 
+    /// Sends the answers at the front of the queue that are ready.
     fn write_ready(&mut self, ctx: &mut Context<Self>) {
-        let mut bytes = 0;
         while let Some(Slot::Ready(_)) = self.slots.front() {
             let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
-            bytes += answers.as_bytes().len();
-            self.writer.write(answers);
+            if let Err(error) = self.sink.send(answers) {
+                self.write_failed(&error, ctx);
+                return;
+            }
         }
-        if bytes > 0 && self.flow.queued(bytes) {
-            // Reading is paused until the client reads; make sure a stalled client is noticed.
-            let waiting_since = self.flow.waiting_since().unwrap_or_else(Instant::now);
-            local_sessions::check_timeouts_by(self.info.id, waiting_since + self.deps.config.write_timeout);
-        }
-        self.close_when_done(ctx);
+        self.backlog_changed();
+        self.close_when_answered();
     }
 
-    fn close_when_done(&mut self, ctx: &mut Context<Self>) {
-        if !self.accepting && self.slots.is_empty() && !self.close_requested {
-            self.close_requested = true;
-            self.flow.shut_down_after_flush();
-            self.writer.close();
-            // `close()` wakes nothing, and the writer may already have been polled in this
-            // pass of the context; a new item makes the context poll every item again.
-            ctx.spawn(fut::ready(()));
+    /// Tells flow control and the write timeout how many bytes wait for the client.
+    fn backlog_changed(&mut self) {
+        self.flow.set_backlog(self.sink.backlog());
+        if let Some(since) = self.sink.stalled_since() {
+            self.deps.registry.check_by(self.key, since + self.deps.config.write_timeout);
+        }
+    }
+
+    fn close_when_answered(&mut self) {
+        if let Phase::Finishing(input) = self.phase
+            && self.slots.is_empty()
+        {
+            self.phase = Phase::Closing(input);
+            self.sink.close();
         }
     }
 
     fn stop_reading(&mut self, ctx: &mut Context<Self>) {
-        ctx.cancel_future(self.read_stream);
-        self.reading = false;
-        self.accepting = false;
+        ctx.cancel_future(self.reader);
+    }
+
+    /// Polled as one of the context's items: writes out what waits in the sink, and closes it
+    /// once asked to.
+    fn poll_sink(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) -> task::Poll<()> {
+        let closing = self.sink.is_closing();
+        let result = if closing { self.sink.poll_close(task) } else { self.sink.poll_write_out(task) };
+        match result {
+            task::Poll::Ready(Ok(())) if closing => {
+                self.sending_shut_down(ctx);
+                task::Poll::Ready(())
+            }
+            task::Poll::Ready(Ok(())) | task::Poll::Pending => {
+                self.backlog_changed();
+                task::Poll::Pending
+            }
+            task::Poll::Ready(Err(error)) => {
+                self.write_failed(&error, ctx);
+                task::Poll::Ready(())
+            }
+        }
+    }
+
+    /// Every answer is written and the client told end of file.
+    fn sending_shut_down(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing(Input::Discarding) {
+            self.phase = Phase::Lingering;
+            ctx.run_later(LINGER_AFTER_REFUSAL, |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
+    }
+
+    fn write_failed(&mut self, error: &io::Error, ctx: &mut Context<Self>) {
+        tracing::info!(parent: &self.span(), %error, "write failed");
+        ctx.stop();
+    }
+
+    /// The client sent end of file, or reading failed.
+    fn input_ended(&mut self, ctx: &mut Context<Self>) {
+        self.phase = match self.phase {
+            Phase::Serving | Phase::Finishing(_) => Phase::Finishing(Input::Ended),
+            Phase::Closing(_) => Phase::Closing(Input::Ended),
+            Phase::Lingering => {
+                ctx.stop();
+                return;
+            }
+        };
+        self.close_when_answered();
     }
 
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        let next = if self.flow.backlog() > 0 {
-            let due = self.flow.waiting_since().unwrap_or(now) + self.deps.config.write_timeout;
+        let config = self.deps.config;
+        let next = if let Some(since) = self.sink.stalled_since() {
+            let due = since + config.write_timeout;
             if now >= due {
-                tracing::info!(parent: &self.span(), unsent = self.flow.backlog(), "client stopped reading; disconnecting");
+                tracing::info!(parent: &self.span(), unsent = self.sink.backlog(), "client stopped reading; disconnecting");
                 ctx.stop();
                 return;
             }
             due
-        } else if self.accepting && self.slots.is_empty() {
-            let due = self.last_question + self.deps.config.idle_timeout;
+        } else if self.phase == Phase::Serving && self.slots.is_empty() {
+            let due = self.last_question + config.idle_timeout;
             if now >= due {
                 tracing::info!(parent: &self.span(), "idle timeout; closing");
                 self.stop_reading(ctx);
-                self.close_when_done(ctx);
+                self.phase = Phase::Finishing(Input::Ended);
+                self.close_when_answered();
                 return;
             }
             due
         } else {
-            now + self.deps.config.idle_timeout.min(self.deps.config.write_timeout)
+            // Answers are on their way; look again later.
+            now + config.idle_timeout.min(config.write_timeout)
         };
-        local_sessions::check_timeouts_at(self.info.id, next);
+        self.deps.registry.check_at(self.key, next);
+    }
+}
+
+/// The [`AnswerSink`]'s item in the session's context: polled whenever the session is, it
+/// writes out what the socket did not take at once, and closes the sink when asked to.
+struct WriteOut;
+
+impl ActorFuture<ZenSession> for WriteOut {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        session: &mut ZenSession,
+        ctx: &mut Context<ZenSession>,
+        task: &mut task::Context<'_>,
+    ) -> task::Poll<()> {
+        session.poll_sink(ctx, task)
     }
 }
 
 impl Actor for ZenSession {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, _ctx: &mut Self::Context) {
         tracing::info!(parent: &self.span(), "connection accepted");
-        let check_at = Instant::now() + self.deps.config.idle_timeout;
-        if local_sessions::register(self.info.id, ctx.address().recipient(), check_at) {
-            ctx.notify(Notice::Drain);
-        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        local_sessions::unregister(self.info.id);
+        self.deps.registry.unregister(self.key);
         tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
     }
 }
@@ -289,11 +375,13 @@ impl Actor for ZenSession {
 impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
     fn handle(&mut self, item: Result<Incoming, CodecError>, ctx: &mut Self::Context) {
         match item {
-            Ok(Incoming::Questions(questions)) if self.accepting => self.ask(questions, ctx),
+            Ok(Incoming::Questions(questions)) if self.phase == Phase::Serving => self.ask(questions, ctx),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
                 tracing::info!(parent: &self.span(), limit = self.deps.config.max_question_bytes, "question too long");
-                self.finish_with(Answer::QUESTION_TOO_LONG, ctx);
+                if self.phase == Phase::Serving {
+                    self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding, ctx);
+                }
             }
             Ok(Incoming::PartialAtEof(bytes)) => {
                 tracing::info!(parent: &self.span(), partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
@@ -307,13 +395,7 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
     /// End of input: answer everything already asked, then close (the client may have only
     /// shut down its sending side).
     fn finished(&mut self, ctx: &mut Self::Context) {
-        self.reading = false;
-        self.accepting = false;
-        if self.writer.closed() {
-            ctx.stop();
-        } else {
-            self.close_when_done(ctx);
-        }
+        self.input_ended(ctx);
     }
 }
 
@@ -323,29 +405,13 @@ impl Handler<Notice> for ZenSession {
     fn handle(&mut self, notice: Notice, ctx: &mut Self::Context) {
         match notice {
             // Stop reading, answer what was already asked, say so, and close.
-            Notice::Drain if self.accepting => {
+            Notice::Drain if self.phase == Phase::Serving => {
                 tracing::debug!(parent: &self.span(), "draining");
                 self.stop_reading(ctx);
-                self.finish_with(Answer::SHUTTING_DOWN, ctx);
+                self.finish_with(Answer::SHUTTING_DOWN, Input::Ended, ctx);
             }
             Notice::Drain => {}
             Notice::CheckTimeouts => self.check_timeouts(ctx),
-        }
-    }
-}
-
-impl WriteHandler<io::Error> for ZenSession {
-    fn error(&mut self, error: io::Error, _ctx: &mut Self::Context) -> Running {
-        tracing::info!(parent: &self.span(), %error, "write failed");
-        self.write_failed = true;
-        Running::Stop
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        if self.reading && !self.write_failed {
-            ctx.run_later(LINGER_AFTER_REFUSAL, |_, ctx| ctx.stop());
-        } else {
-            ctx.stop();
         }
     }
 }
@@ -359,8 +425,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        admission::Admission,
         protocol::{AnswersBuilder, Question},
-        server::ConnectionCount,
     };
 
     /// Answers `q?` with `q.`, after sleeping as many milliseconds as the question's digits
@@ -397,7 +463,9 @@ mod tests {
     struct Harness {
         client: DuplexStream,
         /// Counts the session until it has ended.
-        live: ConnectionCount,
+        live: Admission,
+        /// The worker's sessions: this one.
+        registry: Rc<SessionRegistry>,
         /// Questions as the oracle receives them.
         asked: mpsc::UnboundedReceiver<Question>,
     }
@@ -415,19 +483,23 @@ mod tests {
     /// The duplex pipe's buffer, in each direction: what a socket's kernel buffers would hold.
     const PIPE_BYTES: usize = 4096;
 
-    fn start_session(oracle: Recipient<Ask>, config: SessionConfig) -> (DuplexStream, ConnectionCount) {
+    /// Starts a session over an in-memory pipe, with a registry of its own whose timers run.
+    fn start_session(oracle: Recipient<Ask>, config: SessionConfig) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
         let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
         let (read, write) = tokio::io::split(server_side);
-        let live = ConnectionCount::default();
+        let live = Admission::new(10);
+        let registry = SessionRegistry::new();
+        actix_rt::spawn(registry.clone().run_timers());
         let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
-        ZenSession::start(read, write, info, Arc::new(SessionDeps { oracle, config }), live.admit());
-        (client, live)
+        let deps = Rc::new(SessionDeps { oracle, config, registry: registry.clone() });
+        ZenSession::start(read, write, info, deps, live.try_admit().unwrap());
+        (client, live, registry)
     }
 
     fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, live) = start_session(EchoOracle(seen).start().recipient(), config);
-        Harness { client, live, asked }
+        let (client, live, registry) = start_session(EchoOracle(seen).start().recipient(), config);
+        Harness { client, live, registry, asked }
     }
 
     impl Harness {
@@ -496,7 +568,7 @@ mod tests {
         let mut session = echo_session(config(64));
         session.client.write_all(b"first300?").await.unwrap();
         session.oracle_received(b"first300?").await;
-        local_sessions::drain_this_thread();
+        session.registry.drain();
         assert_eq!(read_to_end(&mut session.client).await, b"first300.Error: server shutting down.");
         ended(&session.live).await;
     }
@@ -506,7 +578,7 @@ mod tests {
         let mut session = echo_session(config(64));
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
-        local_sessions::drain_this_thread();
+        session.registry.drain();
         assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
     }
 
@@ -531,16 +603,16 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
             tokio::task::yield_now().await;
         }
-        let (mut client, _live) = start_session(oracle, config(64));
+        let (mut client, _live, _registry) = start_session(oracle, config(64));
         client.write_all(b"a?b?").await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
     }
 
     /// Waits until the session has ended and given its permit back.
-    async fn ended(live: &ConnectionCount) {
+    async fn ended(live: &Admission) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while live.get() > 0 {
+        while live.admitted() > 0 {
             assert!(tokio::time::Instant::now() < deadline, "the session did not end");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -612,7 +684,7 @@ mod tests {
             assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        assert_eq!(session.live.get(), 1, "closed while active");
+        assert_eq!(session.live.admitted(), 1, "closed while active");
     }
 
     proptest::proptest! {
@@ -634,6 +706,7 @@ mod tests {
         ) {
             use crate::{codec::reference::{self, Ending}, oracle::{AnswerTable, Oracle, OracleConfig}};
 
+
             let table = AnswerTable::new([("a?", "A."), ("b a?", "B.")]).unwrap();
             let (questions, ending) = reference::frame(&input, max);
             let mut expected: Vec<u8> = questions.iter().flat_map(|q| table.answer(q).as_bytes().to_vec()).collect();
@@ -642,8 +715,9 @@ mod tests {
             }
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
-                let oracle = Oracle::new(table, OracleConfig::default()).start();
-                let (client, _live) = start_session(oracle.recipient(), config(max));
+                let threads = crate::threads::PerThread { here: Arbiter::current(), elsewhere: Vec::new() };
+                let oracle = Oracle::start(table, OracleConfig::default(), &threads);
+                let (client, _live, _registry) = start_session(oracle.shards.here.recipient(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {
                     for chunk in chunks {

@@ -1,0 +1,273 @@
+//! The oracle: the one owner of the answer table, and the shards that answer from it.
+//!
+//! [`Oracle`] is the single, shared oracle of the server: one actor with one address, which
+//! holds the current answer table and takes the control messages ([`ReplaceTable`],
+//! [`CheckAlive`]). Sessions do not ask it directly: asking an actor on another thread cost two
+//! thread switches per question and halved throughput on one core. Instead the oracle starts one
+//! [`OracleShard`] on each worker thread, and the sessions of that thread [`Ask`] their shard.
+//! Every shard reads the owner's one table (an [`ArcSwap`]), so one [`ReplaceTable`] changes
+//! the answers of every worker at once, and a batch of questions is always answered from one
+//! table, never a mix of two.
+//!
+//! - [`table`]: [`AnswerTable`], validated on construction.
+//! - [`lookup`]: answering one question, with fault injection and panic containment.
+//! - [`costly`]: the pool paying the simulated cost of answers, off the session threads.
+
+pub mod costly;
+pub mod lookup;
+pub mod table;
+
+use std::{sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use arc_swap::ArcSwap;
+
+pub use self::table::{AnswerTable, TableError};
+use self::{
+    costly::{Computed, CostlyAnswers},
+    lookup::Lookup,
+};
+use crate::{
+    protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
+    threads::PerThread,
+};
+
+/// Asks for the answers to a batch of questions; the reply holds one answer per question,
+/// in the same order.
+#[derive(Debug, Message)]
+#[rtype(result = "Answers")]
+pub struct Ask(pub Questions);
+
+/// Replaces the whole answer table; questions asked afterwards, on every worker, get the new
+/// answers.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReplaceTable(pub AnswerTable);
+
+/// Asks the oracle and every one of its shards to answer; the reply comes once all have
+/// (liveness: a wedged shard or worker thread never lets it come).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MailboxError>")]
+pub struct CheckAlive;
+
+/// How the oracle answers, beyond its table.
+#[derive(Debug, Clone, Default)]
+pub struct OracleConfig {
+    /// Blocking work each computed answer costs; zero answers every question at once.
+    pub simulated_cost: Duration,
+    /// Threads computing costly answers (when `simulated_cost` is not zero).
+    pub workers: usize,
+    /// Fault injection: asking this question makes the lookup panic.
+    pub panic_question: Option<Question>,
+}
+
+/// The table in use and, if answers are costly, which of its questions are already computed.
+#[derive(Debug)]
+struct Current {
+    table: AnswerTable,
+    computed: Computed,
+}
+
+impl Current {
+    fn new(table: AnswerTable) -> Arc<Self> {
+        Arc::new(Self { table, computed: Computed::default() })
+    }
+}
+
+/// What the owner and every shard share.
+#[derive(Debug)]
+struct Shared {
+    current: ArcSwap<Current>,
+    lookup: Lookup,
+    costly: Option<CostlyAnswers>,
+}
+
+/// The oracle's one owner: holds the answer table, replaces it, and checks its shards.
+pub struct Oracle {
+    shared: Arc<Shared>,
+    shards: Vec<Addr<OracleShard>>,
+}
+
+/// The oracle's actors once started: the owner, and one shard per worker thread, in the order
+/// the threads were given.
+#[derive(Debug, Clone)]
+pub struct StartedOracle {
+    /// The owner, for control messages.
+    pub oracle: Addr<Oracle>,
+    /// Where each worker thread's sessions ask.
+    pub shards: PerThread<Addr<OracleShard>>,
+}
+
+impl Oracle {
+    /// Starts the oracle on the current arbiter and one shard on each of `threads`; must be
+    /// called inside a running actix `System`.
+    pub fn start(table: AnswerTable, config: OracleConfig, threads: &PerThread<ArbiterHandle>) -> StartedOracle {
+        let costly =
+            (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
+        let shared = Arc::new(Shared {
+            current: ArcSwap::new(Current::new(table)),
+            lookup: Lookup::new(config.panic_question),
+            costly,
+        });
+        let shards = threads.map(|thread| {
+            let shared = shared.clone();
+            OracleShard::start_in_arbiter(thread, move |_| OracleShard { shared })
+        });
+        let oracle = Oracle { shared, shards: shards.iter().cloned().collect() }.start();
+        StartedOracle { oracle, shards }
+    }
+}
+
+impl Actor for Oracle {
+    type Context = Context<Self>;
+}
+
+impl Handler<ReplaceTable> for Oracle {
+    type Result = ();
+
+    fn handle(&mut self, ReplaceTable(table): ReplaceTable, _ctx: &mut Self::Context) {
+        tracing::debug!(questions = table.len(), "answer table replaced");
+        self.shared.current.store(Current::new(table));
+    }
+}
+
+impl Handler<CheckAlive> for Oracle {
+    type Result = ResponseFuture<Result<(), MailboxError>>;
+
+    fn handle(&mut self, _: CheckAlive, _ctx: &mut Self::Context) -> Self::Result {
+        let checks: Vec<_> = self.shards.iter().map(|shard| shard.send(ShardAlive)).collect();
+        Box::pin(async move {
+            for check in checks {
+                check.await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Answers the questions of one worker thread's sessions from the oracle's table.
+///
+/// Lookups run inside `catch_unwind` ([`Lookup`]): a panic answers that question with
+/// [`Answer::INTERNAL_ERROR`], is logged and counted, and the shard keeps serving (actix would
+/// otherwise lose the actor, and every later question of its sessions with it). With a
+/// simulated cost, known questions not computed yet are paid for by the [`CostlyAnswers`]
+/// pool and remembered; unknown and remembered questions are answered at once.
+pub struct OracleShard {
+    shared: Arc<Shared>,
+}
+
+impl Actor for OracleShard {
+    type Context = Context<Self>;
+}
+
+/// A shard's part of [`CheckAlive`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ShardAlive;
+
+impl Handler<ShardAlive> for OracleShard {
+    type Result = ();
+
+    fn handle(&mut self, _: ShardAlive, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Ask> for OracleShard {
+    type Result = ResponseFuture<Answers>;
+
+    fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
+        let shared = &self.shared;
+        let Some(costly) = &shared.costly else {
+            let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions);
+            return Box::pin(std::future::ready(answers));
+        };
+        let current = shared.current.load_full();
+        let costs_work = |question: &[u8]| shared.lookup.is_poison(question) || current.table.knows(question);
+        let still_costly = current.computed.still_costly(questions.iter(), costs_work);
+        let to_compute =
+            Questions::from_list(questions.iter().zip(&still_costly).filter(|(_, costly)| **costly).map(|(q, _)| q));
+        if to_compute.is_empty() {
+            return Box::pin(std::future::ready(answer_all(&shared.lookup, &current.table, &questions)));
+        }
+        let (shared, costly) = (shared.clone(), costly.clone());
+        Box::pin(async move {
+            let paid = costly.pay_for(to_compute.clone()).await;
+            if let Err(error) = &paid {
+                tracing::error!(%error, "oracle workers are gone");
+            } else {
+                current.computed.remember(&to_compute);
+            }
+            let mut answers = AnswersBuilder::with_capacity(questions.len());
+            for (question, costly) in questions.iter().zip(still_costly) {
+                if costly && paid.is_err() {
+                    answers.push(Answer::INTERNAL_ERROR.as_bytes());
+                } else {
+                    shared.lookup.answer_into(&current.table, question, &mut answers);
+                }
+            }
+            answers.finish()
+        })
+    }
+}
+
+/// The answers to every one of `questions`, looked up now.
+fn answer_all(lookup: &Lookup, table: &AnswerTable, questions: &Questions) -> Answers {
+    let mut answers = AnswersBuilder::with_capacity(questions.len());
+    for question in questions.iter() {
+        lookup.answer_into(table, question, &mut answers);
+    }
+    answers.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{oracle::table::book_table, threads::WorkerThreads};
+
+    fn start(table: AnswerTable, config: OracleConfig) -> StartedOracle {
+        Oracle::start(table, config, &PerThread { here: Arbiter::current(), elsewhere: Vec::new() })
+    }
+
+    #[actix::test]
+    async fn a_shard_answers_a_batch_in_order_through_its_address() {
+        let oracle = start(book_table(), OracleConfig::default());
+        let questions = [&b"Explicit is better than?"[..], b"Why?", b"Beautiful is better than?"];
+        let answers = oracle.shards.here.send(Ask(Questions::from_list(questions))).await.unwrap();
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers.iter().collect::<Vec<_>>(), [&b"Implicit."[..], b"Error: unknown aphorism.", b"Ugly."]);
+    }
+
+    #[actix::test]
+    async fn one_replacement_changes_the_answers_of_every_shard() {
+        let threads = WorkerThreads::spawn(4.try_into().unwrap());
+        let started = Oracle::start(book_table(), OracleConfig::default(), &threads.arbiters());
+        let new_table = AnswerTable::new([("Flat is better than?", "Nested.")]).unwrap();
+        started.oracle.send(ReplaceTable(new_table)).await.unwrap();
+        for shard in started.shards.iter() {
+            let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
+            let answers = shard.send(Ask(Questions::from_list(questions))).await.unwrap();
+            assert_eq!(answers.as_bytes(), b"Nested.Error: unknown aphorism.");
+        }
+        started.oracle.send(CheckAlive).await.unwrap().unwrap();
+        threads.stop_and_join();
+    }
+
+    #[actix::test]
+    async fn a_costly_oracle_keeps_answers_in_order_across_cheap_costly_and_failing_questions() {
+        let config = OracleConfig {
+            simulated_cost: Duration::from_millis(1),
+            workers: 2,
+            panic_question: Some(Question::from_static(b"Poison?")),
+        };
+        let oracle = start(book_table(), config);
+        let questions: [&[u8]; 5] =
+            [b"Why?", b"Simple is better than?", b"Poison?", b"Beautiful is better than?", b"How?"];
+        let expected = "Error: unknown aphorism.Complex.Error: internal error.Ugly.Error: unknown aphorism.";
+        for round in 0..2 {
+            // The second round answers the two known questions from what was computed.
+            let answers = oracle.shards.here.send(Ask(Questions::from_list(questions))).await.unwrap();
+            assert_eq!(answers.len(), 5, "round {round}");
+            assert_eq!(String::from_utf8_lossy(answers.as_bytes()), expected, "round {round}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! [`Server`]: the actor that owns the listeners, accepts connections, admits them within the
+//! connection limit and hands each to a [`Worker`](worker::Worker) in turn, which runs its
+//! [`ZenSession`](crate::session::ZenSession).
+//!
+//! A client over the limit is told `Error: server busy.` and closed at once, with no session.
+//! On [`Drain`] the server stops accepting, tells every worker to drain its sessions, and
+//! replies once every admitted connection's permit has come back or the shutdown timeout has
+//! passed.
+//!
+//! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
+//! - [`worker`]: the workers that run sessions, one per thread.
+
+pub mod listener;
+pub mod worker;
+
+use std::{
+    io::Write,
+    mem,
+    net::{Shutdown, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use tokio::net::TcpStream;
+
+use self::{
+    listener::{AcceptError, AcceptStream, Accepted},
+    worker::Workers,
+};
+use crate::{admission::Admission, protocol::Answer, session::SessionInfo};
+
+/// Stop accepting, let every session answer what it was asked, and reply when all are gone
+/// (or the shutdown timeout has passed).
+#[derive(Debug, Message)]
+#[rtype(result = "DrainReport")]
+pub struct Drain;
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions still open when the shutdown timeout ran out (0 on a clean drain).
+    pub unfinished: usize,
+    /// Time from the start of the drain to its end.
+    pub elapsed: Duration,
+}
+
+/// The accepting actor.
+pub struct Server {
+    /// Moved into the actor's context when it starts.
+    listeners: Vec<AcceptStream>,
+    accepting: Vec<SpawnHandle>,
+    workers: Workers,
+    admission: Admission,
+    shutdown_timeout: Duration,
+    /// Clients refused since the server last had room, for one log line per episode.
+    refused_while_full: u64,
+    last_id: u64,
+    /// When the drain started, once it has.
+    draining_since: Option<Instant>,
+}
+
+impl Server {
+    /// A server accepting on `listeners`, admitting as `admission` allows, and running
+    /// sessions on `workers`; a drain waits up to `shutdown_timeout` for them.
+    pub fn new(
+        listeners: Vec<AcceptStream>,
+        workers: Workers,
+        admission: Admission,
+        shutdown_timeout: Duration,
+    ) -> Self {
+        Self {
+            listeners,
+            accepting: Vec::new(),
+            workers,
+            admission,
+            shutdown_timeout,
+            refused_while_full: 0,
+            last_id: 0,
+            draining_since: None,
+        }
+    }
+
+    fn admit(&mut self, Accepted { stream, peer }: Accepted) {
+        let Some(permit) = self.admission.try_admit() else {
+            self.refuse(stream, peer);
+            return;
+        };
+        if self.refused_while_full > 0 {
+            tracing::info!(refused = self.refused_while_full, "accepting again");
+            self.refused_while_full = 0;
+        }
+        self.last_id += 1;
+        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit);
+    }
+
+    /// Tells a client over the limit that the server is busy, and closes. The socket is new,
+    /// so its send buffer has room: one non-blocking write, no session, no waiting.
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.refused_while_full == 0 {
+            tracing::warn!(%peer, max_connections = self.admission.limit(), "server full; refusing clients");
+        } else {
+            tracing::debug!(%peer, "server full; client refused");
+        }
+        self.refused_while_full += 1;
+        if let Ok(mut socket) = stream.into_std() {
+            let _ = socket.write(Answer::SERVER_BUSY.as_bytes());
+            let _ = socket.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+impl Actor for Server {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        for listener in mem::take(&mut self.listeners) {
+            tracing::info!(addr = %listener.local_addr(), workers = self.workers.len(), "listening");
+            self.accepting.push(ctx.add_stream(listener));
+        }
+    }
+}
+
+impl StreamHandler<Result<Accepted, AcceptError>> for Server {
+    fn handle(&mut self, item: Result<Accepted, AcceptError>, _ctx: &mut Self::Context) {
+        match item {
+            Ok(accepted) => self.admit(accepted),
+            Err(error @ AcceptError::Exhausted { .. }) => tracing::warn!(%error, "accept failed"),
+            Err(error @ AcceptError::Connection(_)) => tracing::debug!(%error, "accept failed"),
+        }
+    }
+
+    /// A listener's stream never ends on its own; only a drain cancels it.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Drain> for Server {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let started = *self.draining_since.get_or_insert_with(|| {
+            for handle in self.accepting.drain(..) {
+                ctx.cancel_future(handle);
+            }
+            self.workers.drain();
+            Instant::now()
+        });
+        let deadline = started + self.shutdown_timeout;
+        let admission = self.admission.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout_at(deadline.into(), admission.all_released()).await;
+            DrainReport { unfinished: admission.admitted(), elapsed: started.elapsed() }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        oracle::{AnswerTable, Oracle, OracleConfig},
+        server::listener::{self, ConnectionOptions},
+        session::SessionConfig,
+        threads::WorkerThreads,
+    };
+
+    fn session_config(idle_timeout: Duration) -> SessionConfig {
+        SessionConfig {
+            max_question_bytes: 64,
+            max_pending_bytes: 64 * 1024,
+            idle_timeout,
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A server on an ephemeral port with `threads` worker threads; the threads are for the
+    /// caller to stop.
+    fn start_server(threads: usize, idle_timeout: Duration) -> (Addr<Server>, SocketAddr, WorkerThreads) {
+        let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
+        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
+        let oracle = Oracle::start(table, OracleConfig::default(), &threads.arbiters());
+        let workers = Workers::start(&threads.arbiters(), &oracle.shards, session_config(idle_timeout));
+        let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
+        let addr = accept.local_addr();
+        let server = Server::new(vec![accept], workers, Admission::new(2), Duration::from_secs(5)).start();
+        (server, addr, threads)
+    }
+
+    async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await.unwrap().unwrap();
+        received
+    }
+
+    #[actix::test]
+    async fn server_on_an_ephemeral_port_answers_each_client() {
+        let (_server, addr, threads) = start_server(2, Duration::from_secs(60));
+        for _ in 0..3 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"Beautiful is better than?Why?").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut client).await, b"Ugly.Error: unknown aphorism.");
+        }
+        threads.stop_and_join();
+    }
+
+    #[actix::test]
+    async fn drain_closes_idle_clients_refuses_new_ones_and_reports_when_done() {
+        let (server, addr, threads) = start_server(2, Duration::from_secs(60));
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"Beautiful is better than?").await.unwrap();
+            let mut first = [0; 5];
+            client.read_exact(&mut first).await.unwrap();
+            idle.push(client);
+        }
+        let report = tokio::time::timeout(Duration::from_secs(5), server.send(Drain)).await.unwrap().unwrap();
+        assert_eq!(report.unfinished, 0);
+        for client in &mut idle {
+            assert_eq!(read_all(client).await, b"Error: server shutting down.");
+        }
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting after the drain");
+        threads.stop_and_join();
+    }
+
+    #[actix::test]
+    async fn a_client_over_the_limit_is_told_the_server_is_busy() {
+        let (_server, addr, threads) = start_server(1, Duration::from_secs(60));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"Beautiful is better than?").await.unwrap();
+            let mut first = [0; 5];
+            client.read_exact(&mut first).await.unwrap();
+            held.push(client);
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_all(&mut extra).await, b"Error: server busy.");
+        threads.stop_and_join();
+    }
+
+    /// Sessions started under a second actix `System` on the same thread get their timeouts
+    /// too: each System's workers own their registries.
+    #[test]
+    fn idle_timeouts_fire_under_each_of_two_systems_run_one_after_the_other_on_one_thread() {
+        for round in 0..2 {
+            let system = System::new();
+            let closed_after = system.block_on(async {
+                let (_server, addr, threads) = start_server(1, Duration::from_millis(200));
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                let connected = Instant::now();
+                assert_eq!(read_all(&mut client).await, b"", "round {round}: nothing is said on an idle close");
+                threads.stop_and_join();
+                connected.elapsed()
+            });
+            assert!(closed_after >= Duration::from_millis(150), "round {round}: closed after {closed_after:?}");
+            System::current().stop();
+            system.run().unwrap();
+        }
+    }
+}

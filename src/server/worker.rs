@@ -1,0 +1,141 @@
+//! [`Workers`]: where sessions run. One [`Worker`] actor on each worker thread starts the
+//! sessions handed to it and owns their [`SessionRegistry`]; the server hands connections to
+//! the workers in turn.
+//!
+//! A connection accepted on the server's own thread goes to that thread's worker as it is; one
+//! for another thread is taken off the accepting thread's reactor (`into_std`) and registered
+//! again on the worker's (`from_std`), so that each connection's I/O happens on one thread.
+
+use std::rc::Rc;
+
+use actix::{fut::wrap_future, prelude::*};
+use actix_rt::ArbiterHandle;
+use tokio::net::TcpStream;
+
+use crate::{
+    admission::Permit,
+    oracle::{Ask, OracleShard},
+    session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
+    threads::PerThread,
+};
+
+/// The worker of each worker thread, and whose turn it is.
+pub struct Workers {
+    workers: PerThread<Addr<Worker>>,
+    next: usize,
+}
+
+impl Workers {
+    /// Starts a worker on each of `arbiters`, whose sessions ask that thread's oracle shard
+    /// and follow `config`.
+    pub fn start(
+        arbiters: &PerThread<ArbiterHandle>,
+        shards: &PerThread<Addr<OracleShard>>,
+        config: SessionConfig,
+    ) -> Self {
+        let workers = arbiters.zip(shards).map(|(arbiter, shard)| {
+            let oracle = Addr::clone(shard).recipient();
+            Worker::start_in_arbiter(arbiter, move |_| Worker::new(oracle, config))
+        });
+        Self { workers, next: 0 }
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.workers.len().get()
+    }
+
+    /// Starts a session for `stream` on the next worker in turn.
+    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit) {
+        let index = self.next % self.len();
+        self.next = self.next.wrapping_add(1);
+        let Some(worker) = self.workers.get(index) else { return };
+        let connection = if index == 0 {
+            Connection::OnThisThread(stream)
+        } else {
+            match stream.into_std() {
+                Ok(socket) => Connection::HandedOver(socket),
+                Err(error) => {
+                    tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
+                    return;
+                }
+            }
+        };
+        worker.do_send(Adopt { connection, info, permit });
+    }
+
+    /// Tells every worker to drain its sessions.
+    pub fn drain(&self) {
+        for worker in self.workers.iter() {
+            worker.do_send(DrainSessions);
+        }
+    }
+}
+
+/// An accepted connection on its way to a worker.
+enum Connection {
+    /// Registered with the reactor of the worker's own thread already.
+    OnThisThread(TcpStream),
+    /// Taken off another thread's reactor, to be registered on the worker's.
+    HandedOver(std::net::TcpStream),
+}
+
+/// Starts a session for a connection on the worker's thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Adopt {
+    connection: Connection,
+    info: SessionInfo,
+    permit: Permit,
+}
+
+/// Tells the worker's sessions to drain, and the ones it starts later too.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DrainSessions;
+
+/// The sessions of one worker thread.
+pub struct Worker {
+    /// Shared by every session of this worker.
+    deps: Rc<SessionDeps>,
+}
+
+impl Worker {
+    fn new(oracle: Recipient<Ask>, config: SessionConfig) -> Self {
+        Self { deps: Rc::new(SessionDeps { oracle, config, registry: SessionRegistry::new() }) }
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(wrap_future(self.deps.registry.clone().run_timers()));
+    }
+}
+
+impl Handler<Adopt> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, Adopt { connection, info, permit }: Adopt, _ctx: &mut Self::Context) {
+        let stream = match connection {
+            Connection::OnThisThread(stream) => stream,
+            Connection::HandedOver(socket) => match TcpStream::from_std(socket) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
+                    return;
+                }
+            },
+        };
+        ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
+    }
+}
+
+impl Handler<DrainSessions> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: DrainSessions, _ctx: &mut Self::Context) {
+        self.deps.registry.drain();
+    }
+}

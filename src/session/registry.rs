@@ -1,0 +1,227 @@
+//! [`SessionRegistry`]: the sessions of one worker thread, so that they can be drained
+//! together and told exactly when their timeouts are due.
+//!
+//! The worker that owns the registry creates it on its thread and hands it to its sessions
+//! through their dependencies; it lives as long as the worker and its sessions. A session
+//! registers when it starts and says when it next wants its timeouts checked; one
+//! [`DelayQueue`] per worker holds those deadlines, and [`SessionRegistry::run_timers`] (driven
+//! by the owner) sends [`Notice::CheckTimeouts`] to each session when its deadline comes. No
+//! session costs a timer or a future of its own (each would be polled on every one of its
+//! wake-ups, and would cost every idle connection a few hundred bytes), and nothing is scanned
+//! periodically.
+
+use std::{
+    cell::RefCell,
+    future::poll_fn,
+    rc::Rc,
+    task::{Context, Poll},
+};
+
+use actix::{Message, Recipient};
+use slab::Slab;
+use tokio::time::Instant;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+/// What a worker tells one of its sessions.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum Notice {
+    /// Answer what was asked, say the server is shutting down, and close.
+    Drain,
+    /// The deadline the session asked for has come.
+    CheckTimeouts,
+}
+
+/// A session's place in its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryKey(usize);
+
+/// The sessions of one worker thread.
+#[derive(Default)]
+pub struct SessionRegistry {
+    inner: RefCell<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: Slab<Entry>,
+    deadlines: DelayQueue<usize>,
+    /// Set once by [`SessionRegistry::drain`]: sessions registering later drain at once.
+    draining: bool,
+}
+
+struct Entry {
+    session: Recipient<Notice>,
+    /// `None` once the deadline has passed and until the session asks for another.
+    deadline: Option<delay_queue::Key>,
+}
+
+/// What [`SessionRegistry::register`] tells a new session.
+#[derive(Debug, Clone, Copy)]
+pub struct Registered {
+    /// The session's place, for later calls.
+    pub key: RegistryKey,
+    /// The worker is draining: the session should drain at once.
+    pub draining: bool,
+}
+
+impl SessionRegistry {
+    /// An empty registry, shared by its owner and its sessions.
+    pub fn new() -> Rc<Self> {
+        Rc::default()
+    }
+
+    /// Records a session that wants its timeouts checked at `check_at`.
+    pub fn register(&self, session: Recipient<Notice>, check_at: Instant) -> Registered {
+        let mut inner = self.inner.borrow_mut();
+        let Inner { sessions, deadlines, draining } = &mut *inner;
+        let entry = sessions.vacant_entry();
+        let key = RegistryKey(entry.key());
+        let deadline = deadlines.insert_at(key.0, check_at);
+        entry.insert(Entry { session, deadline: Some(deadline) });
+        Registered { key, draining: *draining }
+    }
+
+    /// Forgets a session that has ended.
+    pub fn unregister(&self, key: RegistryKey) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(entry) = inner.sessions.try_remove(key.0)
+            && let Some(deadline) = entry.deadline
+        {
+            inner.deadlines.remove(&deadline);
+        }
+    }
+
+    /// Has the session's timeouts checked at `at`, instead of whenever was asked before.
+    pub fn check_at(&self, key: RegistryKey, at: Instant) {
+        self.reschedule(key, |_| at);
+    }
+
+    /// Has the session's timeouts checked no later than `at`.
+    pub fn check_by(&self, key: RegistryKey, at: Instant) {
+        self.reschedule(key, |current| current.map_or(at, |current| current.min(at)));
+    }
+
+    fn reschedule(&self, key: RegistryKey, when: impl FnOnce(Option<Instant>) -> Instant) {
+        let mut inner = self.inner.borrow_mut();
+        let Inner { sessions, deadlines, .. } = &mut *inner;
+        let Some(entry) = sessions.get_mut(key.0) else { return };
+        match entry.deadline {
+            Some(deadline) => {
+                let at = when(Some(deadlines.deadline(&deadline)));
+                deadlines.reset_at(&deadline, at);
+            }
+            None => entry.deadline = Some(deadlines.insert_at(key.0, when(None))),
+        }
+    }
+
+    /// Tells every session to drain, and has sessions that register later drain at once.
+    pub fn drain(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.draining = true;
+        for (_, entry) in &inner.sessions {
+            entry.session.do_send(Notice::Drain);
+        }
+    }
+
+    /// The number of sessions registered.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().sessions.len()
+    }
+
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tells sessions when their deadlines come, for as long as the registry exists; the
+    /// registry's owner runs this on the registry's thread.
+    pub fn run_timers(self: Rc<Self>) -> impl Future<Output = ()> {
+        poll_fn(move |cx| self.poll_deadlines(cx))
+    }
+
+    fn poll_deadlines(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.borrow_mut();
+        let Inner { sessions, deadlines, .. } = &mut *inner;
+        // An empty queue returns `Ready(None)` and still wakes this task when a deadline is
+        // added, so there is nothing to do but wait.
+        while let Poll::Ready(Some(expired)) = deadlines.poll_expired(cx) {
+            if let Some(entry) = sessions.get_mut(*expired.get_ref()) {
+                entry.deadline = None;
+                entry.session.do_send(Notice::CheckTimeouts);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix::prelude::*;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Forwards every notice it gets.
+    struct Listener(mpsc::UnboundedSender<&'static str>);
+
+    impl Actor for Listener {
+        type Context = actix::Context<Self>;
+    }
+
+    impl Handler<Notice> for Listener {
+        type Result = ();
+        fn handle(&mut self, notice: Notice, _: &mut Self::Context) {
+            let _ = self.0.send(match notice {
+                Notice::Drain => "drain",
+                Notice::CheckTimeouts => "check",
+            });
+        }
+    }
+
+    fn listener() -> (Recipient<Notice>, mpsc::UnboundedReceiver<&'static str>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Listener(sender).start().recipient(), receiver)
+    }
+
+    async fn next(notices: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+        tokio::time::timeout(Duration::from_secs(5), notices.recv()).await.unwrap().unwrap()
+    }
+
+    #[actix::test]
+    async fn deadlines_come_in_order_and_an_earlier_one_moves_a_session_forward() {
+        let registry = SessionRegistry::new();
+        actix_rt::spawn(registry.clone().run_timers());
+        let now = Instant::now();
+        let (late, mut late_notices) = listener();
+        let (early, mut early_notices) = listener();
+        let late_key = registry.register(late, now + Duration::from_secs(60)).key;
+        registry.register(early, now + Duration::from_millis(50));
+        assert_eq!(next(&mut early_notices).await, "check");
+        registry.check_by(late_key, now + Duration::from_millis(100));
+        registry.check_by(late_key, now + Duration::from_secs(30)); // later: no change
+        assert_eq!(next(&mut late_notices).await, "check");
+        assert!(now.elapsed() >= Duration::from_millis(100));
+        registry.check_at(late_key, Instant::now() + Duration::from_millis(20));
+        assert_eq!(next(&mut late_notices).await, "check");
+    }
+
+    #[actix::test]
+    async fn drain_reaches_every_session_and_marks_later_ones() {
+        let registry = SessionRegistry::new();
+        let (first, mut first_notices) = listener();
+        let (second, mut second_notices) = listener();
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(!registry.register(first, far).draining);
+        let second_key = registry.register(second, far).key;
+        registry.unregister(second_key);
+        registry.drain();
+        assert_eq!(next(&mut first_notices).await, "drain");
+        let (third, _) = listener();
+        assert!(registry.register(third, far).draining);
+        assert_eq!(registry.len(), 2);
+        assert!(second_notices.try_recv().is_err(), "an unregistered session was told");
+    }
+}

@@ -1,0 +1,202 @@
+//! [`AnswerSink`]: the write half of a session's connection, as a sink of [`Answers`].
+//!
+//! Answers go to the socket at once when nothing is waiting before them; what the socket does
+//! not take is kept, in order, and written out when the socket has room again (the session's
+//! context polls [`AnswerSink::poll_write_out`] as one of its items). The sink knows exactly
+//! how many bytes wait ([`AnswerSink::backlog`]) and since when the client has taken none
+//! ([`AnswerSink::stalled_since`]): the session's flow control and write timeout read them.
+//! Closing is explicit: [`AnswerSink::poll_close`] writes out what waits, flushes, and shuts
+//! down the sending side, so the client sees end of file right after the last answer.
+//!
+//! `actix::io::FramedWrite` does none of this on tokio sockets: its buffer has no bound that
+//! engages (its watermarks react only to `WouldBlock`, which tokio never returns), it cannot
+//! say how much it holds, it never shuts the socket down, its `close()` wakes nothing, and it
+//! defers every write to a later poll of the actor.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::BytesMut;
+use tokio::{io::AsyncWrite, time::Instant};
+use tokio_util::codec::Encoder;
+
+use crate::{codec::ZenCodec, protocol::Answers};
+
+/// A waiting buffer grown beyond this is given back once it is empty again, so that a burst
+/// does not cost an idle connection memory for the rest of its life.
+const KEEP_BUFFER_BYTES: usize = 4096;
+
+/// The sending side of one client's connection.
+pub struct AnswerSink {
+    io: Box<dyn AsyncWrite + Unpin>,
+    codec: ZenCodec,
+    /// Bytes handed to the sink that the socket has not taken yet, in order.
+    waiting: BytesMut,
+    /// Since when bytes have waited without the socket taking any.
+    stalled_since: Option<Instant>,
+    /// The session's task, to write through when the sink is called outside of a poll.
+    waker: Option<Waker>,
+    closing: bool,
+}
+
+impl AnswerSink {
+    /// A sink writing to `io`.
+    pub fn new(io: Box<dyn AsyncWrite + Unpin>, codec: ZenCodec) -> Self {
+        Self { io, codec, waiting: BytesMut::new(), stalled_since: None, waker: None, closing: false }
+    }
+
+    /// Sends `answers` after everything sent before: to the socket now if nothing is waiting,
+    /// otherwise (or for what the socket does not take) later.
+    ///
+    /// # Errors
+    ///
+    /// If the socket failed.
+    pub fn send(&mut self, answers: Answers) -> io::Result<()> {
+        if !self.waiting.is_empty() {
+            return self.codec.encode(answers, &mut self.waiting);
+        }
+        let Some(waker) = self.waker.clone() else {
+            return self.codec.encode(answers, &mut self.waiting);
+        };
+        let bytes = answers.as_bytes();
+        let mut written = 0;
+        let mut cx = Context::from_waker(&waker);
+        while written < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(&mut cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => {
+                    self.waiting.extend_from_slice(&bytes[written..]);
+                    self.stalled_since = Some(Instant::now());
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes sent to the sink that the socket has not taken yet.
+    pub fn backlog(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Since when answers have waited for the client without the socket taking any; `None`
+    /// while nothing waits.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
+    }
+
+    /// Whether [`AnswerSink::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Asks for the sink to be closed once everything sent has been written:
+    /// [`AnswerSink::poll_close`] then finishes the job.
+    pub fn close(&mut self) {
+        self.closing = true;
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Writes what waits, as far as the socket takes it; `Ready(Ok)` once nothing waits.
+    ///
+    /// # Errors
+    ///
+    /// If the socket failed.
+    pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        let mut progress = false;
+        while !self.waiting.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.waiting) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    let _ = self.waiting.split_to(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    // Taking some bytes is progress: a slow reader's wait starts again.
+                    if progress || self.stalled_since.is_none() {
+                        self.stalled_since = Some(Instant::now());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.stalled_since = None;
+        if self.waiting.capacity() > KEEP_BUFFER_BYTES {
+            self.waiting = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what waits, flushes, and shuts down the sending side (the half-close): the
+    /// client reads end of file after the last answer.
+    ///
+    /// # Errors
+    ///
+    /// If the socket failed.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_write_out(cx))?;
+        std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, task::Poll};
+
+    use tokio::io::{AsyncReadExt, duplex};
+
+    use super::*;
+    use crate::protocol::Answer;
+
+    fn answers(text: &'static [u8]) -> Answers {
+        Answers::single(&Answer::from_static(text))
+    }
+
+    #[tokio::test]
+    async fn answers_are_written_exactly_and_in_order_then_end_of_file() {
+        let (mut client, server) = duplex(64);
+        let mut sink = AnswerSink::new(Box::new(server), ZenCodec::default());
+        sink.send(answers(b"Ugly.")).unwrap(); // no waker yet: waits for the first poll
+        poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
+        sink.send(answers(b"Error: unknown aphorism.")).unwrap();
+        sink.close();
+        poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"Ugly.Error: unknown aphorism.");
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_waits_and_counts_as_backlog_since_the_refusal() {
+        let (mut client, server) = duplex(8);
+        let mut sink = AnswerSink::new(Box::new(server), ZenCodec::default());
+        assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_ready());
+        assert_eq!(sink.stalled_since(), None, "nothing waits");
+        sink.send(answers(b"0123456789abcdef.")).unwrap();
+        assert_eq!(sink.backlog(), 9, "the pipe took 8 bytes");
+        let since = sink.stalled_since().expect("the socket refused bytes");
+        assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_pending());
+        assert_eq!(sink.stalled_since(), Some(since), "a longer wait keeps its start");
+        let mut first = [0; 8];
+        client.read_exact(&mut first).await.unwrap();
+        assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_pending());
+        assert_eq!(sink.backlog(), 1);
+        assert!(sink.stalled_since().unwrap() >= since, "progress restarts the wait");
+        let mut second = [0; 1];
+        client.read_exact(&mut second).await.unwrap();
+        poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
+        assert_eq!((sink.backlog(), sink.stalled_since()), (0, None));
+    }
+}
