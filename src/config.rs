@@ -147,6 +147,18 @@ pub struct LogSettings {
     pub level: String,
     /// How each event is written.
     pub format: LogFormat,
+    /// Where events are written.
+    pub output: LogOutput,
+}
+
+/// Where log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutput {
+    /// Standard error, the default.
+    Stderr,
+    /// Standard output (what container engines collect).
+    Stdout,
 }
 
 /// How log events are written.

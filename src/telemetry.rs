@@ -14,7 +14,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogOutput, LogSettings};
 
 /// Logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +58,17 @@ where
     })
 }
 
-/// Installs the subscriber for `settings` on standard error, process-wide, and reports
+/// Installs the subscriber for `settings` on standard error or output, process-wide, and reports
 /// panics as one `error` event each instead of the default multi-line message.
 ///
 /// # Errors
 ///
 /// [`TelemetryError`] if `log.level` does not parse or logging was already set up.
 pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
-    let ansi = std::io::stderr().is_terminal();
-    subscriber(settings, std::io::stderr, ansi)?.try_init()?;
+    match settings.output {
+        LogOutput::Stderr => subscriber(settings, std::io::stderr, std::io::stderr().is_terminal())?.try_init()?,
+        LogOutput::Stdout => subscriber(settings, std::io::stdout, std::io::stdout().is_terminal())?.try_init()?,
+    }
     std::panic::set_hook(Box::new(|info| {
         let message = info
             .payload()
@@ -102,7 +104,7 @@ mod tests {
     fn log_with(format: LogFormat, level: &str) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
-        let settings = LogSettings { level: level.into(), format };
+        let settings = LogSettings { level: level.into(), format, output: LogOutput::Stderr };
         let subscriber = subscriber(&settings, move || writer.clone(), false).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("session", id = 7, peer = "127.0.0.1:5000");

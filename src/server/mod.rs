@@ -114,7 +114,7 @@ impl Actor for Server {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
-            tracing::info!(addr = %listener.local_addr(), workers = self.workers.len(), "listening");
+            tracing::info!(addr = %listener.local_addr(), workers = self.workers.count(), "listening");
             self.accepting.push(ctx.add_stream(listener));
         }
     }

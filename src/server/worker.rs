@@ -41,13 +41,13 @@ impl Workers {
     }
 
     /// How many workers there are.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.workers.len().get()
     }
 
     /// Starts a session for `stream` on the next worker in turn.
     pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit) {
-        let index = self.next % self.len();
+        let index = self.next % self.count();
         self.next = self.next.wrapping_add(1);
         let Some(worker) = self.workers.get(index) else { return };
         let connection = if index == 0 {
