@@ -25,6 +25,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "../src/bin/zen-client/procfs.rs"]
+mod procfs;
+
 const QUESTION: &[u8] = b"Beautiful is better than?";
 const ANSWER: &[u8] = b"Ugly.";
 /// New connections per second from the churn threads together.
@@ -140,7 +143,7 @@ fn start_server(bin: &str) -> (Child, SocketAddr) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    zen_server::bench::rss_kib(pid).unwrap_or(0)
+    procfs::rss_kib(pid).unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -19,18 +19,19 @@
 //! - [`local_sessions`]: each worker thread's sessions: drained together, timeouts swept.
 //! - [`shutdown`]: signals to drain, and the drain broadcast to sessions.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
-//! - [`cli`]: command lines of `zen-server` and `zen-client`.
+//! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
 //! - [`app`]: wiring settings and listeners into a running system.
 //! - [`client`]: a small client for `zen-client` and tests.
-//! - [`bench`](mod@bench): the load generator behind `zen-client bench`.
+//!
+//! The load generator behind `zen-client bench`, `zen-client`'s command line and its `/proc`
+//! readings are not part of the library: they live with the binary, in `src/bin/zen-client/`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod app;
 pub mod backpressure;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

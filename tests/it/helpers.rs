@@ -17,6 +17,9 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 
+#[path = "../../src/bin/zen-client/procfs.rs"]
+mod procfs;
+
 /// How long anything a test waits for may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -184,7 +187,7 @@ impl ZenServer {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        zen_server::bench::rss_kib(self.pid()).expect("the server's memory")
+        procfs::rss_kib(self.pid()).expect("the server's memory")
     }
 
     /// CPU time the server process has used so far (user + system).

@@ -35,6 +35,8 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
+use crate::procfs;
+
 /// The questions the benchmark asks, in turn, with the answers it expects.
 const EXCHANGES: [(&[u8], &[u8]); 3] = [
     (b"Beautiful is better than?", b"Ugly."),
@@ -54,15 +56,15 @@ const IDLE_OPEN_CONCURRENCY: usize = 256;
 /// Highest latency the histograms record, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-/// What kind of load to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What kind of load to generate (`--mode`, and `mode` in the JSON report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchMode {
-    /// Long-lived connections with questions in flight.
+    /// Connections with questions in flight (or paced, with --rate).
     Pipelined,
     /// Connect, ask one question, close, repeat.
     Churn,
-    /// Open connections, ask once, hold them.
+    /// Open connections, ask once on each, hold them.
     Idle,
 }
 
@@ -529,7 +531,7 @@ async fn churn(addr: SocketAddr, index: usize, window: Window, live: Arc<Live>) 
 
 /// Opens `conns` connections, asks once on each, holds them for `hold`.
 async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
-    let rss = || config.server_pid.and_then(rss_kib);
+    let rss = || config.server_pid.and_then(procfs::rss_kib);
     let rss_before = rss();
     let mut total = Tally::new();
     let mut held = Vec::with_capacity(config.conns);
@@ -569,14 +571,6 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     drop(held);
     let timed = BenchConfig { duration: config.hold, ..config.clone() };
     report(&timed, &total, rss_before, rss_held)
-}
-
-/// Resident memory of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`); `None` if the
-/// process is gone or the system does not say.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let value = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
-    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 impl BenchReport {
