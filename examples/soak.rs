@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[allow(dead_code, reason = "the file also reads CPU times, which the soak does not report")]
 #[path = "../src/bin/zen-client/procfs.rs"]
 mod procfs;
 

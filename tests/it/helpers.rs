@@ -25,9 +25,6 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
 
-/// `USER_HZ`, the unit of CPU times in `/proc/PID/stat`; 100 on every Linux architecture.
-const CLOCK_TICKS_PER_SECOND: u64 = 100;
-
 /// Lines the server has written to standard error so far.
 #[derive(Clone, Default)]
 struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
@@ -192,11 +189,7 @@ impl ZenServer {
 
     /// CPU time the server process has used so far (user + system).
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which may hold spaces) start at field 3 (`state`).
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND)
+        procfs::cpu_time(self.pid()).expect("the server's CPU time")
     }
 
     /// Waits up to `deadline` for the process to exit.

@@ -33,7 +33,7 @@ pub enum ClientCommand {
         #[arg(required = true, value_name = "QUESTION")]
         questions: Vec<String>,
     },
-    /// Generate load, check every answer, and report throughput and latency.
+    /// Generate load, check every answer, and report throughput, latency and CPU use.
     Bench {
         /// Server address, IP:PORT.
         #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
@@ -60,7 +60,8 @@ pub enum ClientCommand {
         /// Seconds to hold the connections open (idle).
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
         hold: Duration,
-        /// The server's process ID, to report its memory per held connection (idle).
+        /// The server's process ID, to report the CPU time it used while measured and per
+        /// answer (every mode) and its memory per held connection (idle).
         #[arg(long, value_name = "PID")]
         server_pid: Option<u32>,
         /// Print one JSON object instead of text.
