@@ -10,9 +10,11 @@
 //! cargo run --release --example plain_tokio -- --listen 127.0.0.1:1061 [--threads N]
 //! ```
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use bytes::{Buf, BytesMut};
+use clap::Parser;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -27,13 +29,23 @@ use zen_server::{
 /// Same limit as zen-server's default.
 const MAX_QUESTION_BYTES: usize = 1024;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let addr: SocketAddr = option("--listen").unwrap_or_else(|| "127.0.0.1:1061".into()).parse()?;
-    let threads = match option("--threads") {
-        Some(threads) => threads.parse()?,
-        None => std::thread::available_parallelism()?.get(),
+/// The Zen protocol in plain tokio: the benchmarks' reference server.
+#[derive(Debug, Parser)]
+#[command(name = "plain_tokio")]
+struct Args {
+    /// Address to listen on, IP:PORT.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1061")]
+    listen: SocketAddr,
+    /// Threads serving connections; by default, one per CPU this process may use.
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let threads = match args.threads {
+        Some(threads) => threads.get(),
+        None => std::thread::available_parallelism().context("cannot count CPUs")?.get(),
     };
     let table = Arc::new(Settings::builtin()?.oracle.table()?);
     let runtime = if threads == 1 {
@@ -41,8 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
+    let addr = args.listen;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("plain_tokio: listening addr={} threads={threads}", listener.local_addr()?);
         loop {
             match listener.accept().await {

@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! scripts/soak.sh --minutes 10          # builds release, then runs this
+//! cargo run --release --example soak -- --minutes 10 --server target/release/zen-server
 //! ```
 //!
 //! The load, all on loopback: connection churn (one question per connection, paced well below
@@ -16,6 +17,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
     sync::{
         Arc,
@@ -24,6 +26,33 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use clap::Parser;
+
+#[allow(dead_code, reason = "the file also reads CPU times, which the soak does not report")]
+#[path = "../src/bin/zen-client/procfs.rs"]
+mod procfs;
+
+/// Minutes of mixed load against a zen-server, reporting its memory and open descriptors.
+#[derive(Debug, Parser)]
+#[command(name = "soak")]
+struct Args {
+    /// How long to run the load.
+    #[arg(long, value_name = "MINUTES", default_value = "10", value_parser = parse_minutes)]
+    minutes: Duration,
+    /// The zen-server binary to start.
+    #[arg(long, value_name = "PATH", default_value = "target/release/zen-server")]
+    server: PathBuf,
+}
+
+/// Parses a positive number of minutes, fractions allowed.
+fn parse_minutes(text: &str) -> Result<Duration, String> {
+    let minutes: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of minutes"))?;
+    match Duration::try_from_secs_f64(minutes * 60.0) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("{text:?} is not a positive number of minutes")),
+    }
+}
 
 const QUESTION: &[u8] = b"Beautiful is better than?";
 const ANSWER: &[u8] = b"Ugly.";
@@ -51,11 +80,8 @@ impl Counters {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let minutes: f64 = option("--minutes").map_or(10.0, |m| m.parse().expect("--minutes takes a number"));
-    let server_bin = option("--server").unwrap_or_else(|| "target/release/zen-server".into());
-    let duration = Duration::from_secs_f64(minutes * 60.0);
+    let Args { minutes: duration, server: server_bin } = Args::parse();
+    let minutes = duration.as_secs_f64() / 60.0;
 
     let (mut server, addr) = start_server(&server_bin);
     let pid = server.id();
@@ -74,7 +100,7 @@ fn main() -> ExitCode {
     spawn(idle);
     spawn(hostile);
 
-    println!("soak: {minutes} min against {server_bin} (pid {pid}) on {addr}");
+    println!("soak: {minutes} min against {} (pid {pid}) on {addr}", server_bin.display());
     println!(
         "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6}",
         "time_s", "rss_kib", "fds", "churned", "pipelined", "idle", "hostile", "errors"
@@ -118,7 +144,7 @@ fn main() -> ExitCode {
     if errors == 0 && drained { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn start_server(bin: &str) -> (Child, SocketAddr) {
+fn start_server(bin: &Path) -> (Child, SocketAddr) {
     let mut server = Command::new(bin)
         .args(["--listen", "127.0.0.1:0"])
         .env("ZEN_LOG__LEVEL", "warn,zen_server::server=info")
@@ -126,7 +152,9 @@ fn start_server(bin: &str) -> (Child, SocketAddr) {
         .env("ZEN_LIMITS__WRITE_TIMEOUT_SECS", "2")
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {bin}: {error} (build it with cargo build --release)"));
+        .unwrap_or_else(|error| {
+            panic!("cannot start {}: {error} (build it with cargo build --release)", bin.display())
+        });
     let mut lines = BufReader::new(server.stderr.take().expect("piped stderr")).lines();
     let addr = loop {
         let line = lines.next().expect("server exited before listening").expect("readable stderr");
@@ -140,7 +168,7 @@ fn start_server(bin: &str) -> (Child, SocketAddr) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    zen_server::bench::rss_kib(pid).unwrap_or(0)
+    procfs::rss_kib(pid).unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -5,14 +5,25 @@
 #
 #   scripts/bench.sh              full run (about 20 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
-#   scripts/bench.sh --smoke      about half a minute: each scenario once, briefly, unpinned, into
+#   scripts/bench.sh --out DIR    write RESULTS.md, chart.svg and raw.jsonl to DIR (default bench)
+#   scripts/bench.sh --smoke      about a minute: each scenario once, briefly, unpinned, into
 #                                 a temporary directory; checks that the tools work and that no
 #                                 answer is wrong (figures from it mean nothing)
+#   scripts/bench.sh --help       this text
 #
+# Scenarios: cNxD (N connections, D questions in flight each), cpu50k (50 connections paced at
+# 50,000 questions/s in all, a rate both servers sustain: the server's CPU time per answer),
+# churn, idle and many. Every report also gives the load generator's own CPU share, and says
+# when it, not the server, was the bottleneck.
+#
+# Binaries are built into ${CARGO_TARGET_DIR:-target}/release/.
 # Needs: a Rust toolchain, python3, taskset (util-linux), a hard limit of open files of at least
 # 16,000 (`ulimit -Hn`) for the 15,000-connection scenario.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+
+usage() {
+  sed -n '2,/^set -euo pipefail/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
 
 reps=3
 smoke=0
@@ -22,9 +33,18 @@ while [ $# -gt 0 ]; do
     --reps) reps="$2"; shift 2 ;;
     --smoke) smoke=1; reps=1; out="$(mktemp -d)"; shift ;;
     --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--reps N] [--smoke] [--out DIR]" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "usage: $0 [--reps N] [--smoke] [--out DIR] [--help]" >&2; exit 2 ;;
   esac
 done
+
+# Cargo reads a relative CARGO_TARGET_DIR from where it runs: keep it meaning the directory the
+# caller named after the cd below.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+  CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
+  export CARGO_TARGET_DIR
+fi
+cd "$(dirname "$0")/.."
 
 if [ "$smoke" = 1 ]; then
   duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=1 many_conns=1000 sweep="50"
@@ -35,9 +55,10 @@ else
 fi
 
 cargo build --release --bins --examples
-zen=target/release/zen-server
-reference=target/release/examples/plain_tokio
-client=target/release/zen-client
+target="${CARGO_TARGET_DIR:-target}"
+zen="$target/release/zen-server"
+reference="$target/release/examples/plain_tokio"
+client="$target/release/zen-client"
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((many_conns + 1000)) ]; then
@@ -90,7 +111,17 @@ wait_for_conntrack() {
 record() {
   python3 -c 'import json,sys; r=json.loads(sys.argv[5]); r.update(server=sys.argv[1], placement=sys.argv[2], scenario=sys.argv[3], rep=int(sys.argv[4])); print(json.dumps(r))' \
     "$1" "$2" "$3" "$4" "$5" >> "$raw"
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("  {server:>9} {placement:>8} {scenario:<8} answers/s {answers_per_sec:>10.0f} conn/s {connections_per_sec:>7.0f} p99 {p99:>7} us errors {errors}".format(p99=r["latency_us"]["p99"], **r))' "$(tail -1 "$raw")"
+  python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+line = "  {server:>9} {placement:>8} {scenario:<8} answers/s {answers_per_sec:>10.0f} conn/s {connections_per_sec:>7.0f} p99 {p99:>7} us errors {errors}".format(p99=r["latency_us"]["p99"], **r)
+if r.get("server_cpu_us_per_answer") is not None:
+    line += " server cpu {:.2f} us/answer".format(r["server_cpu_us_per_answer"])
+if r.get("client_cpu_percent") is not None:
+    line += " client cpu {:.0f}%".format(r["client_cpu_percent"])
+if r.get("client_bound"):
+    line += " (client-bound)"
+print(line)' "$(tail -1 "$raw")"
 }
 
 # Runs scenario $3 against server $1 in placement $2, repetition $4.
@@ -100,6 +131,9 @@ run_scenario() {
   [ "$scenario" = churn ] && wait_for_conntrack
   start_server "$server" "$server_cpu"
   case "$scenario" in
+    cpu50k)
+      json="$($client_cpu "$client" bench --addr "$server_addr" --conns 50 --rate 50000 \
+               --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
     c*x*)
       local conns=${scenario#c}; conns=${conns%x*}; local depth=${scenario#*x}
       json="$($client_cpu "$client" bench --addr "$server_addr" --conns "$conns" --depth "$depth" \
@@ -132,7 +166,7 @@ run_scenario() {
 
 scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
-scenarios="$scenarios c50x16 churn idle many"
+scenarios="$scenarios c50x16 cpu50k churn idle many"
 
 for placement in $placements; do
   for scenario in $scenarios; do

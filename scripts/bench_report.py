@@ -4,7 +4,9 @@
 Usage: bench_report.py RAW.jsonl OUT_DIR
 
 Every figure is a median over repetitions, with the range (min-max) beside it; every ratio is
-zen-server's median over the reference's median from the same run.
+zen-server's median over the reference's median from the same run. Beside throughput figures
+stands the load generator's own CPU share, flagged when it was the bottleneck (client-bound).
+Results recorded before zen-client reported CPU use simply show "-" there.
 """
 
 import json
@@ -25,6 +27,8 @@ TARGETS = [
     ("churn", "churn, 50 concurrent", "connections_per_sec", 0.8, True),
 ]
 METRIC_NAMES = {"answers_per_sec": "answers/s", "connections_per_sec": "connections/s", "p99": "p99 latency (us)"}
+# The scenario measuring the server's CPU time per answer at a rate every server sustains.
+CPU_SCENARIO = "cpu50k"
 
 
 def metric(result, name):
@@ -42,6 +46,18 @@ def fmt(stats, digits=0):
         return "-"
     median, low, high = stats
     return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
+def client_cpu(runs):
+    """The load generator's median CPU share over `runs`, and in how many it was the bottleneck."""
+    values = [r["client_cpu_percent"] for r in runs if r.get("client_cpu_percent") is not None]
+    if not values:
+        return "-"
+    text = f"{statistics.median(values):.0f}%"
+    bound = sum(1 for r in runs if r.get("client_bound"))
+    if bound:
+        text += f", client-bound in {bound} of {len(runs)}"
+    return text
 
 
 def environment():
@@ -93,8 +109,12 @@ def main(raw_path, out_dir):
         "",
         "## Targets",
         "",
-        "| scenario | metric | placement | zen-server | reference | ratio | target | met |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Beside each throughput figure, the load generator's own CPU use in those runs, as a share of",
+        "the CPUs it could use; *client-bound* marks runs where it was above 95%: the load generator",
+        "was the bottleneck, and the figure is its limit rather than the server's.",
+        "",
+        "| scenario | metric | placement | zen-server | client CPU | reference | client CPU | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario, title, name, target, higher in TARGETS:
         for placement in placements:
@@ -105,8 +125,39 @@ def main(raw_path, out_dir):
             ratio = zen[0] / ref[0] if ref[0] else float("nan")
             met = ratio >= target if higher else ratio <= target
             bound = f"{'>=' if higher else '<='} {target}"
+            cpu = {
+                server: client_cpu(by_key[(scenario, placement, server)]) if name != "p99" else ""
+                for server in ("zen", "reference")
+            }
             lines.append(
-                f"| {title} | {METRIC_NAMES[name]} | {placement} | {fmt(zen)} | {fmt(ref)} | {ratio:.2f} | {bound} | {'yes' if met else 'no'} |"
+                f"| {title} | {METRIC_NAMES[name]} | {placement} | {fmt(zen)} | {cpu['zen']} | {fmt(ref)} | {cpu['reference']} | "
+                f"{ratio:.2f} | {bound} | {'yes' if met else 'no'} |"
+            )
+
+    if any(k[0] == CPU_SCENARIO for k in by_key):
+        lines += ["", "## Server CPU per answer", ""]
+        lines += [
+            "50 connections paced at 50,000 questions/s in all, a rate both servers sustain, so both do the",
+            "same work: the server's CPU time (user and system) in the measured window over the answers",
+            "in it. Lower is better; the ratio is zen-server's over the reference's.",
+            "",
+            "| placement | zen-server (us/answer) | reference (us/answer) | ratio | answers/s (zen / reference) | client CPU (zen run) | client CPU (reference run) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for placement in placements:
+            runs = {server: by_key[(CPU_SCENARIO, placement, server)] for server in ("zen", "reference")}
+            if not runs["zen"] or not runs["reference"]:
+                continue
+            per_answer = {
+                server: summary([r["server_cpu_us_per_answer"] for r in runs[server] if r.get("server_cpu_us_per_answer") is not None])
+                for server in runs
+            }
+            zen, ref = per_answer["zen"], per_answer["reference"]
+            ratio = f"{zen[0] / ref[0]:.2f}" if zen and ref and ref[0] else "-"
+            answers = " / ".join(fmt(summary([r["answers_per_sec"] for r in runs[server]])) for server in ("zen", "reference"))
+            lines.append(
+                f"| {placement} | {fmt(zen, 2)} | {fmt(ref, 2)} | {ratio} | {answers} | "
+                f"{client_cpu(runs['zen'])} | {client_cpu(runs['reference'])} |"
             )
 
     lines += ["", "## Idle connections", ""]
@@ -161,8 +212,9 @@ def main(raw_path, out_dir):
                 )
     lines += [
         "",
-        "Scenario names: `cNxD` is N connections each keeping D questions in flight; `churn` is 50",
-        "loops of connect, ask, close; `idle` and `many` hold connections open.",
+        "Scenario names: `cNxD` is N connections each keeping D questions in flight; `cpu50k` is 50",
+        "connections paced at 50,000 questions/s in all; `churn` is 50 loops of connect, ask, close;",
+        "`idle` and `many` hold connections open.",
         "",
         "![throughput and p99 against connections](chart.svg)",
         "",

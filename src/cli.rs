@@ -1,4 +1,4 @@
-//! Command lines of both binaries (clap), and their translation into settings overrides.
+//! The command line of `zen-server` (clap), and its translation into settings overrides.
 //!
 //! `zen-server [HOST] [-p PORT]` mirrors the book's servers: HOST `''` means every IPv4
 //! interface and the port defaults to 1060. `--listen ADDR` (repeatable) is the precise form.
@@ -6,12 +6,11 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, ToSocketAddrs},
     path::PathBuf,
-    time::Duration,
 };
 
 use clap::{Parser, Subcommand};
 
-use crate::{bench::BenchMode, config::Overrides, protocol::DEFAULT_PORT};
+use crate::{config::Overrides, protocol::DEFAULT_PORT};
 
 /// `zen-server`: serves the Zen of Python over TCP.
 #[derive(Debug, Parser)]
@@ -101,111 +100,6 @@ fn resolve_host(host: &str, port: u16) -> Result<Vec<SocketAddr>, CliError> {
     Ok(addrs)
 }
 
-/// `zen-client`: asks a Zen server questions.
-#[derive(Debug, Parser)]
-#[command(name = "zen-client", version, about)]
-pub struct ClientCli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: ClientCommand,
-}
-
-/// Subcommands of `zen-client`.
-#[derive(Debug, Subcommand)]
-pub enum ClientCommand {
-    /// Send the questions pipelined on one connection and print each with its answer.
-    Ask {
-        /// Server address, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
-        addr: String,
-        /// Seconds to wait for every answer.
-        #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
-        timeout: Duration,
-        /// Questions, each ending with '?'.
-        #[arg(required = true, value_name = "QUESTION")]
-        questions: Vec<String>,
-    },
-    /// Generate load, check every answer, and report throughput and latency.
-    Bench {
-        /// Server address, IP:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
-        addr: SocketAddr,
-        /// pipelined: connections with questions in flight; churn: connect, ask once, close,
-        /// repeat; idle: open connections, ask once on each, hold them.
-        #[arg(long, value_enum, default_value = "pipelined")]
-        mode: BenchModeArg,
-        /// Connections (pipelined, idle) or concurrent loops (churn).
-        #[arg(long, default_value = "50")]
-        conns: usize,
-        /// Questions in flight per connection (pipelined, without --rate).
-        #[arg(long, default_value = "1")]
-        depth: usize,
-        /// Seconds measured.
-        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
-        duration: Duration,
-        /// Seconds of load before measuring starts.
-        #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds_or_zero)]
-        warmup: Duration,
-        /// Questions per second in all, sent at fixed times whatever the server does; latency
-        /// then counts from when each question should have been sent (pipelined).
-        #[arg(long, value_name = "PER_SEC")]
-        rate: Option<f64>,
-        /// Seconds to hold the connections open (idle).
-        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
-        hold: Duration,
-        /// The server's process ID, to report its memory per held connection (idle).
-        #[arg(long, value_name = "PID")]
-        server_pid: Option<u32>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Exit 0 only if the server gives a known question its right answer in time.
-    Probe {
-        /// Server address, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
-        addr: String,
-        /// Seconds to wait for the answer.
-        #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
-        timeout: Duration,
-    },
-}
-
-/// `zen-client bench --mode`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum BenchModeArg {
-    /// Long-lived connections with questions in flight.
-    Pipelined,
-    /// Connect, ask one question, close, repeat.
-    Churn,
-    /// Open connections, ask once, hold them.
-    Idle,
-}
-
-impl From<BenchModeArg> for BenchMode {
-    fn from(mode: BenchModeArg) -> Self {
-        match mode {
-            BenchModeArg::Pipelined => BenchMode::Pipelined,
-            BenchModeArg::Churn => BenchMode::Churn,
-            BenchModeArg::Idle => BenchMode::Idle,
-        }
-    }
-}
-
-/// Parses a positive number of seconds, fractions allowed.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    match parse_seconds_or_zero(text)? {
-        duration if duration.is_zero() => Err(format!("{text:?} is not a positive number of seconds")),
-        duration => Ok(duration),
-    }
-}
-
-/// Parses a number of seconds, zero and fractions allowed.
-fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a number of seconds"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +157,5 @@ mod tests {
     fn an_unresolvable_host_is_named() {
         let error = resolve_host("no-such-host.invalid", 1060).unwrap_err();
         assert!(error.to_string().contains("no-such-host.invalid"), "{error}");
-    }
-
-    #[test]
-    fn seconds_must_be_positive_numbers() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
-        assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
     }
 }

@@ -1,7 +1,7 @@
 //! A small client: sends questions pipelined on one connection and reads one answer per
 //! question, each ending with `.`. Used by `zen-client` and by the tests.
 
-use std::time::Duration;
+use std::{fmt::Display, io, time::Duration};
 
 use bytes::BytesMut;
 use tokio::{
@@ -17,9 +17,17 @@ pub const PROBE: (&[u8], &[u8]) = (b"Beautiful is better than?", b"Ugly.");
 /// Why asking failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Connecting, writing or reading failed.
+    /// No connection could be made to the server.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as it was given.
+        addr: String,
+        /// Why connecting failed.
+        source: io::Error,
+    },
+    /// Writing the questions or reading the answers failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(#[from] io::Error),
     /// No complete answer came in time.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
@@ -41,22 +49,25 @@ pub enum ClientError {
     },
 }
 
-/// Sends every question in one write, then reads one answer per question.
+/// Sends every question in one write to `addr` (an address, or a host name and port, such as
+/// `"127.0.0.1:1060"` or a `SocketAddr`), then reads one answer per question.
 ///
 /// # Errors
 ///
+/// [`ClientError::Connect`] naming `addr` if no connection can be made; another
 /// [`ClientError`] if the connection fails, the server closes early, or `timeout` (for the
 /// whole exchange) passes.
 pub async fn ask(
-    addr: impl ToSocketAddrs,
+    addr: impl ToSocketAddrs + Display,
     questions: &[Question],
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClientError> {
     tokio::time::timeout(timeout, exchange(addr, questions)).await.map_err(|_| ClientError::TimedOut(timeout))?
 }
 
-async fn exchange(addr: impl ToSocketAddrs, questions: &[Question]) -> Result<Vec<Answer>, ClientError> {
-    let mut stream = TcpStream::connect(addr).await?;
+async fn exchange(addr: impl ToSocketAddrs + Display, questions: &[Question]) -> Result<Vec<Answer>, ClientError> {
+    let mut stream =
+        TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
     stream.set_nodelay(true)?;
     let request: Vec<u8> = questions.iter().flat_map(|q| q.as_bytes().iter().copied()).collect();
     stream.write_all(&request).await?;
@@ -76,12 +87,13 @@ async fn exchange(addr: impl ToSocketAddrs, questions: &[Question]) -> Result<Ve
     }
 }
 
-/// Asks the probe question and checks the answer.
+/// Asks the probe question at `addr` (as for [`ask`]) and checks the answer.
 ///
 /// # Errors
 ///
-/// [`ClientError`] if there is no answer within `timeout` or it is not the expected one.
-pub async fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> Result<(), ClientError> {
+/// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
+/// expected one.
+pub async fn probe(addr: impl ToSocketAddrs + Display, timeout: Duration) -> Result<(), ClientError> {
     let (question, expected) = PROBE;
     let answers = ask(addr, &[Question::from_static(question)], timeout).await?;
     match answers.first() {
@@ -90,5 +102,21 @@ pub async fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> Result<(), Cl
             expected: expected.escape_ascii().to_string(),
             got: other.map(ToString::to_string).unwrap_or_default(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_named_in_the_error() {
+        // An address nothing listens on: bound, then let go.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let error = probe(addr, Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
+        );
+        assert!(error.to_string().starts_with(&format!("cannot connect to {addr}: ")), "{error}");
     }
 }

@@ -23,18 +23,19 @@
 //! - [`threads`]: the worker threads, the accepting one first.
 //! - [`shutdown`]: signals to drain.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
-//! - [`cli`]: command lines of `zen-server` and `zen-client`.
+//! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
 //! - [`app`]: starting every actor from settings; running until drained.
 //! - [`client`]: a small client for `zen-client` and tests.
-//! - [`bench`](mod@bench): the load generator behind `zen-client bench`.
+//!
+//! The load generator behind `zen-client bench`, `zen-client`'s command line and its `/proc`
+//! readings are not part of the library: they live with the binary, in `src/bin/zen-client/`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod admission;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -27,9 +27,16 @@ fn file_then_environment_then_flags_each_win_over_the_layer_before() {
         &[("ZEN_LOG__LEVEL", "info"), ("ZEN_SERVER__WORKERS", "3")],
     );
     assert!(status.success(), "{stderr}");
-    for expected in ["backlog = 33", "workers = 3", "level = \"info\"", "listen = [\"127.0.0.1:7000\"]", "Why?"] {
-        assert!(stdout.contains(expected), "{expected} missing from:\n{stdout}");
-    }
+    let settings: toml::Table = toml::from_str(&stdout).unwrap_or_else(|error| panic!("{error}:\n{stdout}"));
+    let value = |section: &str, key: &str| settings[section][key].clone();
+    assert_eq!(value("server", "backlog"), toml::Value::Integer(33), "from the file:\n{stdout}");
+    assert_eq!(value("server", "workers"), toml::Value::Integer(3), "from the environment:\n{stdout}");
+    assert_eq!(value("log", "level"), toml::Value::from("info"), "from the environment:\n{stdout}");
+    assert_eq!(value("server", "listen"), toml::Value::from(vec!["127.0.0.1:7000"]), "from the flags:\n{stdout}");
+    let answers = value("oracle", "answers");
+    let questions: Vec<&str> =
+        answers.as_array().unwrap().iter().map(|entry| entry["question"].as_str().unwrap()).collect();
+    assert_eq!(questions, ["Why?"], "from the file:\n{stdout}");
     assert!(!stdout.contains("Beautiful"), "the file's answers replace the built-in ones:\n{stdout}");
 }
 

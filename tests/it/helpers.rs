@@ -17,13 +17,13 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 
+#[path = "../../src/bin/zen-client/procfs.rs"]
+mod procfs;
+
 /// How long anything a test waits for may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
-
-/// `USER_HZ`, the unit of CPU times in `/proc/PID/stat`; 100 on every Linux architecture.
-const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 /// Lines the server has written to standard error so far.
 #[derive(Clone, Default)]
@@ -184,16 +184,27 @@ impl ZenServer {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        zen_server::bench::rss_kib(self.pid()).expect("the server's memory")
+        procfs::rss_kib(self.pid()).expect("the server's memory")
     }
 
     /// CPU time the server process has used so far (user + system).
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which may hold spaces) start at field 3 (`state`).
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND)
+        procfs::cpu_time(self.pid()).expect("the server's CPU time")
+    }
+
+    /// Waits until the server has read every byte its clients sent so far: none of its
+    /// connections, accepted or still queued, holds unread bytes in the kernel.
+    pub fn wait_until_read(&self) {
+        let port = self.addr().port();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let unread = unread_bytes_on_port(port);
+            if unread == 0 {
+                return;
+            }
+            assert!(Instant::now() < end, "the server left {unread} bytes unread; log:\n{}", self.log());
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits up to `deadline` for the process to exit.
@@ -210,6 +221,26 @@ impl ZenServer {
             thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Bytes received and not yet read on the established IPv4 connections whose local port is
+/// `port`, from `/proc/net/tcp` (columns: `sl local_address rem_address st tx_queue:rx_queue`,
+/// addresses and queues in hexadecimal, state `01` for established).
+fn unread_bytes_on_port(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local_port = format!(":{port:04X}");
+    let mut unread = 0;
+    for line in table.lines().skip(1) {
+        let mut columns = line.split_whitespace().skip(1);
+        let (Some(local), Some(state), Some(queues)) = (columns.next(), columns.nth(1), columns.next()) else {
+            continue;
+        };
+        if local.ends_with(&local_port) && state == "01" {
+            let (_, rx_queue) = queues.split_once(':').unwrap();
+            unread += u64::from_str_radix(rx_queue, 16).unwrap();
+        }
+    }
+    unread
 }
 
 /// The `listening` event, in text or JSON format.
@@ -310,6 +341,15 @@ pub fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
     }
     assert!(current.is_empty(), "bytes after the last answer: {:?}", current.escape_ascii().to_string());
     answers
+}
+
+/// Whether anything (bytes or the end of the stream) has arrived on `stream` and waits to be
+/// read; reads nothing.
+pub fn has_arrived(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let peeked = stream.peek(&mut [0; 1]);
+    stream.set_nonblocking(false).unwrap();
+    !matches!(peeked, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Reads until the server closes the connection.

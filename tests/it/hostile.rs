@@ -180,9 +180,10 @@ fn a_client_that_pipelines_without_reading_is_bounded_and_dropped_while_others_a
         sent / 1024
     );
     assert!(sent < QUESTIONS_BYTES, "the server read everything: nothing held the client back");
-    // Bound: the session's 64 KiB of pending answers and its buffers, far below what was sent.
-    assert!(peak_kib < baseline_kib + 8 * 1024, "RSS grew from {baseline_kib} KiB to {peak_kib} KiB");
-    assert!(slowest < Duration::from_secs(1), "another client waited {slowest:?}");
+    // Bound: the session's 64 KiB of pending answers and its buffers, far below the 100 MB sent.
+    assert!(peak_kib < baseline_kib + 32 * 1024, "RSS grew from {baseline_kib} KiB to {peak_kib} KiB");
+    // Served meanwhile, not after the stuck client's 3 s write timeout freed the server.
+    assert!(slowest < Duration::from_secs(2), "another client waited {slowest:?}");
     assert!(server.wait_for_log(&["client stopped reading; disconnecting"], DEADLINE).is_some());
     drop(stuck);
 }

@@ -12,6 +12,11 @@
 //! Latencies go into HDR histograms (one per connection, merged at the end). Against a
 //! loopback address, connections are spread over source addresses 127.0.0.1 to 127.0.0.254 so
 //! that many connections, or fast churn, never run out of ephemeral ports.
+//!
+//! CPU use is read from `/proc` ([`procfs`]) at both ends of the measured window: the
+//! server's, given its process ID, to report its CPU time per answer; and always this
+//! process's own, as a share of the CPUs it may run on, so that a report says when the load
+//! generator, not the server, was the bottleneck ([`BenchReport::client_bound`]).
 
 use std::{
     collections::VecDeque,
@@ -20,6 +25,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{self as std_mpsc, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -34,6 +40,8 @@ use tokio::{
     task::JoinSet,
     time::MissedTickBehavior,
 };
+
+use crate::procfs;
 
 /// The questions the benchmark asks, in turn, with the answers it expects.
 const EXCHANGES: [(&[u8], &[u8]); 3] = [
@@ -54,15 +62,19 @@ const IDLE_OPEN_CONCURRENCY: usize = 256;
 /// Highest latency the histograms record, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-/// What kind of load to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Above this share of the CPUs it may use, the load generator itself was the bottleneck, and
+/// the throughput measured is its limit rather than the server's.
+const CLIENT_BOUND_PERCENT: f64 = 95.0;
+
+/// What kind of load to generate (`--mode`, and `mode` in the JSON report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchMode {
-    /// Long-lived connections with questions in flight.
+    /// Connections with questions in flight (or paced, with --rate).
     Pipelined,
     /// Connect, ask one question, close, repeat.
     Churn,
-    /// Open connections, ask once, hold them.
+    /// Open connections, ask once on each, hold them.
     Idle,
 }
 
@@ -85,7 +97,7 @@ pub struct BenchConfig {
     pub rate: Option<f64>,
     /// How long to hold the connections (idle).
     pub hold: Duration,
-    /// The server's process, to report its memory (idle).
+    /// The server's process, to report its CPU time (every mode) and memory (idle).
     pub server_pid: Option<u32>,
     /// Print progress to standard error every second.
     pub progress: bool,
@@ -140,6 +152,20 @@ pub struct BenchReport {
     pub server_rss_kib_held: Option<u64>,
     /// RSS added per held connection (idle, with a server PID).
     pub server_kib_per_conn: Option<f64>,
+    /// CPU time (user and system) the server used while measured, in seconds (with a server
+    /// PID). Idle mode measures from opening the first connection to the end of the hold.
+    pub server_cpu_seconds: Option<f64>,
+    /// `server_cpu_seconds` per correct answer, in microseconds (with a server PID and at least
+    /// one answer).
+    pub server_cpu_us_per_answer: Option<f64>,
+    /// CPUs this process may run on (its affinity mask and CPU quota).
+    pub client_cpus: usize,
+    /// CPU time this process used while measured, as a percentage of the `client_cpus` CPUs
+    /// over the same wall time; `None` only if `/proc` could not say.
+    pub client_cpu_percent: Option<f64>,
+    /// Whether `client_cpu_percent` was above 95%: the load generator was the bottleneck, and
+    /// a faster server would not have been measured faster.
+    pub client_bound: bool,
 }
 
 /// The benchmark could not run at all (as opposed to errors it counts).
@@ -161,6 +187,66 @@ impl Window {
     fn contains(&self, at: Instant) -> bool {
         at >= self.start && at < self.end
     }
+}
+
+/// Both processes' CPU clocks, read at one moment.
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    at: Instant,
+    server: Option<Duration>,
+    client: Option<Duration>,
+}
+
+impl CpuReading {
+    /// Reads the CPU time used so far by `server_pid`, if given, and by this process.
+    fn now(server_pid: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            server: server_pid.and_then(|pid| procfs::cpu_time(pid).ok()),
+            client: procfs::cpu_time(std::process::id()).ok(),
+        }
+    }
+
+    /// The CPU used between this reading and `later`.
+    fn until(&self, later: &CpuReading) -> CpuUse {
+        let spent = |before: Option<Duration>, after: Option<Duration>| after?.checked_sub(before?);
+        CpuUse {
+            wall: later.at.saturating_duration_since(self.at),
+            server: spent(self.server, later.server),
+            client: spent(self.client, later.client),
+        }
+    }
+}
+
+/// CPU time used by the server and by this process over a stretch of wall time.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    wall: Duration,
+    server: Option<Duration>,
+    client: Option<Duration>,
+}
+
+/// Measures the CPU used over `window`, reading the clocks on a thread of the blocking pool: the
+/// load may keep every runtime thread busy, which would delay a task's readings.
+///
+/// Dropping the returned sender says the load is over: if it ends before the window does
+/// (every connection failed), the last reading is taken at once, and before the window starts,
+/// there is no reading at all.
+fn measure_cpu(window: Window, server_pid: Option<u32>) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<CpuUse>) {
+    let (load_running, load_over) = std_mpsc::channel::<()>();
+    // Waits until `at`; false if the load ended first.
+    let wait_until = move |at: Instant| {
+        matches!(load_over.recv_timeout(at.saturating_duration_since(Instant::now())), Err(RecvTimeoutError::Timeout))
+    };
+    let readings = tokio::task::spawn_blocking(move || {
+        if !wait_until(window.start) {
+            return CpuUse::default();
+        }
+        let start = CpuReading::now(server_pid);
+        wait_until(window.end);
+        start.until(&CpuReading::now(server_pid))
+    });
+    (load_running, readings)
 }
 
 /// What one connection or loop measured.
@@ -252,6 +338,7 @@ async fn report_progress(live: Arc<Live>) {
 async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     let start = Instant::now() + config.warmup;
     let window = Window { start, end: start + config.duration };
+    let (load_running, cpu) = measure_cpu(window, config.server_pid);
     let mut tasks = JoinSet::new();
     for index in 0..config.conns {
         let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
@@ -273,10 +360,19 @@ async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
             Err(_) => total.errors += 1,
         }
     }
-    report(config, &total, None, None)
+    drop(load_running);
+    // Without readings, the report says the CPU use is unknown.
+    let cpu = cpu.await.unwrap_or_default();
+    report(config, &total, None, None, &cpu)
 }
 
-fn report(config: &BenchConfig, total: &Tally, rss_before: Option<u64>, rss_held: Option<u64>) -> BenchReport {
+fn report(
+    config: &BenchConfig,
+    total: &Tally,
+    rss_before: Option<u64>,
+    rss_held: Option<u64>,
+    cpu: &CpuUse,
+) -> BenchReport {
     let seconds = config.duration.as_secs_f64();
     let histogram = &total.latency;
     let latency = if histogram.is_empty() {
@@ -294,6 +390,14 @@ fn report(config: &BenchConfig, total: &Tally, rss_before: Option<u64>, rss_held
     let per_conn = rss_before
         .zip(rss_held)
         .map(|(before, held)| (held.saturating_sub(before)) as f64 / total.connections.max(1) as f64);
+    let server_cpu_seconds = cpu.server.map(|used| used.as_secs_f64());
+    let server_cpu_us_per_answer =
+        server_cpu_seconds.filter(|_| total.answers > 0).map(|seconds| seconds * 1e6 / total.answers as f64);
+    let client_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let client_cpu_percent = cpu
+        .client
+        .filter(|_| !cpu.wall.is_zero())
+        .map(|used| used.as_secs_f64() / cpu.wall.as_secs_f64() / client_cpus as f64 * 100.0);
     BenchReport {
         mode: config.mode,
         conns: config.conns,
@@ -309,6 +413,11 @@ fn report(config: &BenchConfig, total: &Tally, rss_before: Option<u64>, rss_held
         server_rss_kib_before: rss_before,
         server_rss_kib_held: rss_held,
         server_kib_per_conn: per_conn,
+        server_cpu_seconds,
+        server_cpu_us_per_answer,
+        client_cpus,
+        client_cpu_percent,
+        client_bound: client_cpu_percent.is_some_and(|percent| percent > CLIENT_BOUND_PERCENT),
     }
 }
 
@@ -529,8 +638,10 @@ async fn churn(addr: SocketAddr, index: usize, window: Window, live: Arc<Live>) 
 
 /// Opens `conns` connections, asks once on each, holds them for `hold`.
 async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
-    let rss = || config.server_pid.and_then(rss_kib);
+    let rss = || config.server_pid.and_then(procfs::rss_kib);
     let rss_before = rss();
+    // The answers of this mode are asked while opening: the window spans opening and holding.
+    let cpu_start = CpuReading::now(config.server_pid);
     let mut total = Tally::new();
     let mut held = Vec::with_capacity(config.conns);
     let opened_at = Instant::now();
@@ -566,17 +677,10 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     tokio::time::sleep(config.hold / 2).await;
     let rss_held = rss();
     tokio::time::sleep(config.hold - config.hold / 2).await;
+    let cpu = cpu_start.until(&CpuReading::now(config.server_pid));
     drop(held);
     let timed = BenchConfig { duration: config.hold, ..config.clone() };
-    report(&timed, &total, rss_before, rss_held)
-}
-
-/// Resident memory of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`); `None` if the
-/// process is gone or the system does not say.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let value = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
-    value.trim().trim_end_matches("kB").trim().parse().ok()
+    report(&timed, &total, rss_before, rss_held, &cpu)
 }
 
 impl BenchReport {
@@ -607,6 +711,129 @@ impl BenchReport {
                 "server rss: {before} KiB before, {held} KiB held: {per_conn:.2} KiB per connection\n"
             ));
         }
+        if let Some(seconds) = self.server_cpu_seconds {
+            text.push_str(&format!("server cpu: {seconds:.2} s"));
+            if let Some(per_answer) = self.server_cpu_us_per_answer {
+                text.push_str(&format!(", {per_answer:.2} us per answer"));
+            }
+            text.push('\n');
+        }
+        let cpus = match self.client_cpus {
+            1 => "the 1 CPU it may use".to_owned(),
+            n => format!("the {n} CPUs it may use"),
+        };
+        match self.client_cpu_percent {
+            Some(percent) => text.push_str(&format!("client cpu: {percent:.0}% of {cpus}\n")),
+            None => text.push_str("client cpu: unknown\n"),
+        }
+        if self.client_bound {
+            text.push_str("client-bound: the load generator was the bottleneck\n");
+        }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BenchConfig {
+        BenchConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1060)),
+            mode: BenchMode::Pipelined,
+            conns: 50,
+            depth: 1,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            rate: Some(50_000.0),
+            hold: Duration::from_secs(1),
+            server_pid: Some(1),
+            progress: false,
+        }
+    }
+
+    fn tally(answers: u64) -> Tally {
+        let mut tally = Tally::new();
+        tally.answers = answers;
+        tally.record(Duration::from_micros(100));
+        tally
+    }
+
+    #[test]
+    fn server_cpu_is_reported_per_answer() {
+        let cpu = CpuUse {
+            wall: Duration::from_secs(2),
+            server: Some(Duration::from_millis(500)),
+            client: Some(Duration::ZERO),
+        };
+        let measured = report(&config(), &tally(100_000), None, None, &cpu);
+        assert_eq!(measured.server_cpu_seconds, Some(0.5));
+        assert_eq!(measured.server_cpu_us_per_answer, Some(5.0));
+        assert!(measured.to_text().contains("server cpu: 0.50 s, 5.00 us per answer"), "{}", measured.to_text());
+    }
+
+    #[test]
+    fn a_client_using_all_the_cpus_it_may_use_is_flagged_as_the_bottleneck() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let busy = CpuUse {
+            wall: Duration::from_secs(2),
+            server: None,
+            client: Some(Duration::from_secs(2) * 97 / 100 * cpus as u32),
+        };
+        let measured = report(&config(), &tally(10), None, None, &busy);
+        assert_eq!(measured.client_cpus, cpus);
+        assert!(measured.client_cpu_percent.is_some_and(|percent| (percent - 97.0).abs() < 0.01), "{measured:?}");
+        assert!(measured.client_bound);
+        assert!(
+            measured.to_text().contains("client-bound: the load generator was the bottleneck"),
+            "{}",
+            measured.to_text()
+        );
+
+        let calm = CpuUse { client: Some(Duration::from_secs(1) * cpus as u32), ..busy };
+        let measured = report(&config(), &tally(10), None, None, &calm);
+        assert!(!measured.client_bound, "{measured:?}");
+        assert!(!measured.to_text().contains("client-bound"), "{}", measured.to_text());
+    }
+
+    #[test]
+    fn without_a_server_pid_or_answers_there_is_no_cpu_per_answer() {
+        let cpu = CpuUse { wall: Duration::from_secs(2), server: None, client: Some(Duration::ZERO) };
+        let measured = report(&config(), &tally(10), None, None, &cpu);
+        assert_eq!((measured.server_cpu_seconds, measured.server_cpu_us_per_answer), (None, None));
+        assert!(!measured.to_text().contains("server cpu"));
+
+        let cpu = CpuUse { server: Some(Duration::from_millis(10)), ..cpu };
+        let measured = report(&config(), &tally(0), None, None, &cpu);
+        assert_eq!((measured.server_cpu_seconds, measured.server_cpu_us_per_answer), (Some(0.01), None));
+    }
+
+    #[test]
+    fn the_json_report_keeps_its_fields_and_names_the_mode_in_lowercase() {
+        let measured = report(&config(), &tally(10), None, None, &CpuUse::default());
+        let json = serde_json::to_value(&measured).unwrap();
+        assert_eq!(json["mode"], "pipelined");
+        for field in [
+            "conns",
+            "depth",
+            "rate",
+            "seconds",
+            "answers",
+            "answers_per_sec",
+            "connections",
+            "connections_per_sec",
+            "errors",
+            "latency_us",
+            "server_rss_kib_before",
+            "server_rss_kib_held",
+            "server_kib_per_conn",
+            "server_cpu_seconds",
+            "server_cpu_us_per_answer",
+            "client_cpus",
+            "client_cpu_percent",
+            "client_bound",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
     }
 }

@@ -1,0 +1,133 @@
+//! The command line of `zen-client` (clap): its subcommands and their arguments.
+//!
+//! Only the parsing lives here; `main` runs what was asked and [`bench`](crate::bench) generates
+//! the load.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::bench::BenchMode;
+
+/// `zen-client`: asks a Zen server questions.
+#[derive(Debug, Parser)]
+#[command(name = "zen-client", version, about)]
+pub struct ClientCli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// Subcommands of `zen-client`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Send the questions pipelined on one connection and print each with its answer.
+    Ask {
+        /// Server address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
+        addr: String,
+        /// Seconds to wait for every answer.
+        #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+        timeout: Duration,
+        /// Questions, each ending with '?'.
+        #[arg(required = true, value_name = "QUESTION")]
+        questions: Vec<String>,
+    },
+    /// Generate load, check every answer, and report throughput, latency and CPU use.
+    Bench {
+        /// Server address, IP:PORT.
+        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
+        addr: SocketAddr,
+        /// The kind of load.
+        #[arg(long, value_enum, default_value_t = BenchMode::Pipelined)]
+        mode: BenchMode,
+        /// Connections (pipelined, idle) or concurrent loops (churn).
+        #[arg(long, default_value = "50")]
+        conns: usize,
+        /// Questions in flight per connection (pipelined, without --rate).
+        #[arg(long, default_value = "1")]
+        depth: usize,
+        /// Seconds measured.
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+        duration: Duration,
+        /// Seconds of load before measuring starts.
+        #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds_or_zero)]
+        warmup: Duration,
+        /// Questions per second in all, sent at fixed times whatever the server does; latency
+        /// then counts from when each question should have been sent (pipelined).
+        #[arg(long, value_name = "PER_SEC")]
+        rate: Option<f64>,
+        /// Seconds to hold the connections open (idle).
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+        hold: Duration,
+        /// The server's process ID, to report the CPU time it used while measured and per
+        /// answer (every mode) and its memory per held connection (idle).
+        #[arg(long, value_name = "PID")]
+        server_pid: Option<u32>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 only if the server gives a known question its right answer in time.
+    Probe {
+        /// Server address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
+        addr: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
+        timeout: Duration,
+    },
+}
+
+/// Parses a positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds_or_zero(text)? {
+        duration if duration.is_zero() => Err(format!("{text:?} is not a positive number of seconds")),
+        duration => Ok(duration),
+    }
+}
+
+/// Parses a number of seconds, zero and fractions allowed.
+fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(args: &[&str]) -> Result<ClientCli, clap::Error> {
+        ClientCli::try_parse_from(std::iter::once("zen-client").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn seconds_must_be_positive_numbers() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+        assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn bench_modes_are_named_in_lowercase_and_pipelined_is_the_default() {
+        let Ok(ClientCli { command: ClientCommand::Bench { mode, .. } }) = client(&["bench"]) else {
+            panic!("bench alone is a valid command line");
+        };
+        assert_eq!(mode, BenchMode::Pipelined);
+        let Ok(ClientCli { command: ClientCommand::Bench { mode, server_pid, .. } }) =
+            client(&["bench", "--mode", "churn", "--server-pid", "42"])
+        else {
+            panic!("--mode churn --server-pid 42 is a valid command line");
+        };
+        assert_eq!((mode, server_pid), (BenchMode::Churn, Some(42)));
+        assert!(client(&["bench", "--mode", "Idle"]).is_err());
+    }
+
+    #[test]
+    fn ask_needs_at_least_one_question() {
+        let error = client(&["ask"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+}

@@ -1,0 +1,73 @@
+//! `zen-client`: ask a Zen server questions, probe it for health, or load it ([`bench`](mod@bench)).
+//!
+//! This file only parses the command line ([`cli`]), builds a runtime, runs the command and
+//! turns its outcome into an exit code: 0 on success, 1 when the server fails to answer (or
+//! answers wrongly, for `probe`, or any answer of a `bench` was wrong or missing), 2 for a bad
+//! command line. Errors are one line on standard error, naming the address when the server
+//! cannot be reached.
+
+mod bench;
+mod cli;
+mod procfs;
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use clap::Parser;
+use zen_server::{Question, client};
+
+use crate::{
+    bench::BenchConfig,
+    cli::{ClientCli, ClientCommand},
+};
+
+fn main() -> ExitCode {
+    // Exits 2 on a bad command line, 0 after --help.
+    let cli = ClientCli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Each error's own message says everything, causes included.
+            eprintln!("zen-client: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: ClientCommand) -> anyhow::Result<()> {
+    // The benchmark spreads its connections over every CPU it may use.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match command {
+        ClientCommand::Bench { .. } if cpus > 1 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = runtime.map_err(|error| anyhow!("cannot start runtime: {error}"))?;
+    runtime.block_on(dispatch(command))
+}
+
+async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Ask { addr, timeout, questions } => {
+            let questions: Vec<Question> = questions.into_iter().map(Question::new).collect();
+            let answers = client::ask(addr.as_str(), &questions, timeout).await?;
+            for (question, answer) in questions.iter().zip(&answers) {
+                println!("{question} {answer}");
+            }
+        }
+        ClientCommand::Probe { addr, timeout } => client::probe(addr.as_str(), timeout).await?,
+        ClientCommand::Bench { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
+            let config =
+                BenchConfig { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, progress: true };
+            let report = bench::run(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.errors > 0 {
+                bail!("{} errors", report.errors);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `zen-client ask` and `probe` against the real server, and against no server at all: what
+//! they print and their exit codes (0 ok, 1 failure, 2 bad command line).
+
+use std::{
+    net::TcpListener,
+    process::{Command, Output},
+};
+
+use crate::helpers::ZenServer;
+
+const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
+
+fn zen_client(args: &[&str]) -> Output {
+    Command::new(CLIENT_BIN).args(args).env_remove("ZEN_ADDR").output().unwrap()
+}
+
+/// An address nothing listens on: bound to an ephemeral port, then let go.
+fn vacant_addr() -> String {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+#[test]
+fn ask_prints_each_question_with_its_answer() {
+    let server = ZenServer::start();
+    let addr = server.addr().to_string();
+    let output = zen_client(&["ask", "--addr", &addr, "Beautiful is better than?", "Why?"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout, "Beautiful is better than? Ugly.\nWhy? Error: unknown aphorism.\n");
+}
+
+#[test]
+fn probe_exits_0_against_a_healthy_server() {
+    let server = ZenServer::start();
+    let output = zen_client(&["probe", "--addr", &server.addr().to_string()]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn an_unreachable_server_exits_1_with_one_line_naming_the_address() {
+    let addr = vacant_addr();
+    for command in [&["ask", "--addr", &addr, "Why?"][..], &["probe", "--addr", &addr]] {
+        let output = zen_client(command);
+        assert_eq!(output.status.code(), Some(1), "{command:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("zen-client: cannot connect to {addr}: ")), "{stderr}");
+        assert!(stderr.contains("refused"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_bad_command_line_exits_2() {
+    assert_eq!(zen_client(&["ask"]).status.code(), Some(2));
+    assert_eq!(zen_client(&["bench", "--mode", "fast"]).status.code(), Some(2));
+    assert_eq!(zen_client(&["probe", "--timeout", "0"]).status.code(), Some(2));
+    assert_eq!(zen_client(&["--help"]).status.code(), Some(0));
+}
