@@ -1,4 +1,4 @@
-//! [`ZenCodec`]: splits a byte stream into questions and writes answers.
+//! [`ZenCodec`]: splits a byte stream into questions.
 //!
 //! Framing follows the protocol: a question is every byte up to and including the next `?`,
 //! leading ASCII whitespace excluded. The decoder yields every complete question it finds in
@@ -13,9 +13,9 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
-use crate::protocol::{Answers, QUESTION_END, Questions, is_leading_whitespace};
+use crate::protocol::{QUESTION_END, Questions, is_leading_whitespace};
 
 /// The largest question accepted when the settings do not say otherwise, in bytes.
 pub const DEFAULT_MAX_QUESTION_BYTES: usize = 1024;
@@ -48,7 +48,8 @@ pub enum CodecError {
     Io(#[from] io::Error),
 }
 
-/// Decodes questions (with a byte cap) and encodes answers.
+/// Decodes questions, with a byte cap. (Answers need no encoding: [`crate::protocol::Answers`]
+/// are the bytes to send.)
 #[derive(Debug, Clone)]
 pub struct ZenCodec {
     max_question_bytes: usize,
@@ -170,15 +171,6 @@ impl Decoder for ZenCodec {
     }
 }
 
-impl Encoder<Answers> for ZenCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, answers: Answers, dst: &mut BytesMut) -> io::Result<()> {
-        dst.extend_from_slice(answers.as_bytes());
-        Ok(())
-    }
-}
-
 /// The protocol's framing written as plainly as possible, over a whole input at once: what
 /// the decoder must agree with however the input is split. For tests and the fuzz target.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -239,7 +231,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{reference::Ending, *};
-    use crate::protocol::Answer;
 
     /// What the decoder said, with each batch of questions as a list.
     #[derive(Debug, PartialEq, Eq)]
@@ -370,15 +361,6 @@ mod tests {
     fn trailing_whitespace_at_end_of_file_is_not_a_partial_question() {
         let events = decode_all(&mut ZenCodec::default(), &[b"Why?\r\n"]);
         assert_eq!(events, [questions(&[b"Why?"])]);
-    }
-
-    #[test]
-    fn answers_are_encoded_exactly() {
-        let mut buffer = BytesMut::new();
-        let mut codec = ZenCodec::default();
-        codec.encode(Answers::single(&Answer::from_static(b"Ugly.")), &mut buffer).unwrap();
-        codec.encode(Answers::single(&Answer::UNKNOWN_APHORISM), &mut buffer).unwrap();
-        assert_eq!(&buffer[..], b"Ugly.Error: unknown aphorism.");
     }
 
     /// Bytes that matter to framing, plus any byte at all.

@@ -19,7 +19,7 @@ pub mod table;
 
 use std::{sync::Arc, time::Duration};
 
-use actix::prelude::*;
+use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
 use arc_swap::ArcSwap;
 
@@ -33,11 +33,29 @@ use crate::{
     threads::PerThread,
 };
 
-/// Asks for the answers to a batch of questions; the reply holds one answer per question,
-/// in the same order.
+/// Asks for the answers to a batch of questions. The answers come back as a message of their
+/// own, [`Answered`], to `reply_to`: to the asking session's mailbox, where it is handled like
+/// any other message, with no response future to poll in between.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ask {
+    /// The questions, in order.
+    pub questions: Questions,
+    /// The asker's number for this batch, returned with the answers.
+    pub seq: u64,
+    /// Where the answers go.
+    pub reply_to: Recipient<Answered>,
+}
+
+/// The answers to one [`Ask`]: one per question, in the same order.
 #[derive(Debug, Message)]
-#[rtype(result = "Answers")]
-pub struct Ask(pub Questions);
+#[rtype(result = "()")]
+pub struct Answered {
+    /// The number the asker gave the batch.
+    pub seq: u64,
+    /// The answers.
+    pub answers: Answers,
+}
 
 /// Replaces the whole answer table; questions asked afterwards, on every worker, get the new
 /// answers.
@@ -173,13 +191,14 @@ impl Handler<ShardAlive> for OracleShard {
 }
 
 impl Handler<Ask> for OracleShard {
-    type Result = ResponseFuture<Answers>;
+    type Result = ();
 
-    fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
         let shared = &self.shared;
         let Some(costly) = &shared.costly else {
             let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions);
-            return Box::pin(std::future::ready(answers));
+            reply_to.do_send(Answered { seq, answers });
+            return;
         };
         let current = shared.current.load_full();
         let costs_work = |question: &[u8]| shared.lookup.is_poison(question) || current.table.knows(question);
@@ -187,10 +206,12 @@ impl Handler<Ask> for OracleShard {
         let to_compute =
             Questions::from_list(questions.iter().zip(&still_costly).filter(|(_, costly)| **costly).map(|(q, _)| q));
         if to_compute.is_empty() {
-            return Box::pin(std::future::ready(answer_all(&shared.lookup, &current.table, &questions)));
+            let answers = answer_all(&shared.lookup, &current.table, &questions);
+            reply_to.do_send(Answered { seq, answers });
+            return;
         }
         let (shared, costly) = (shared.clone(), costly.clone());
-        Box::pin(async move {
+        ctx.spawn(wrap_future(async move {
             let paid = costly.pay_for(to_compute.clone()).await;
             if let Err(error) = &paid {
                 tracing::error!(%error, "oracle workers are gone");
@@ -205,8 +226,8 @@ impl Handler<Ask> for OracleShard {
                     shared.lookup.answer_into(&current.table, question, &mut answers);
                 }
             }
-            answers.finish()
-        })
+            reply_to.do_send(Answered { seq, answers: answers.finish() });
+        }));
     }
 }
 
@@ -221,6 +242,8 @@ fn answer_all(lookup: &Lookup, table: &AnswerTable, questions: &Questions) -> An
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
     use crate::{oracle::table::book_table, threads::WorkerThreads};
 
@@ -228,11 +251,35 @@ mod tests {
         Oracle::start(table, config, &PerThread { here: Arbiter::current(), elsewhere: Vec::new() })
     }
 
+    /// Receives answers in place of a session.
+    struct Asker(mpsc::UnboundedSender<Answered>);
+
+    impl Actor for Asker {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Answered> for Asker {
+        type Result = ();
+        fn handle(&mut self, answered: Answered, _: &mut Self::Context) {
+            let _ = self.0.send(answered);
+        }
+    }
+
+    /// Asks `shard` and waits for the answers.
+    async fn ask(shard: &Addr<OracleShard>, questions: &[&[u8]]) -> Answers {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let reply_to = Asker(sender).start().recipient();
+        shard.do_send(Ask { questions: Questions::from_list(questions.iter().copied()), seq: 7, reply_to });
+        let answered = tokio::time::timeout(Duration::from_secs(5), receiver.recv()).await.unwrap().unwrap();
+        assert_eq!(answered.seq, 7, "the batch's number comes back with its answers");
+        answered.answers
+    }
+
     #[actix::test]
     async fn a_shard_answers_a_batch_in_order_through_its_address() {
         let oracle = start(book_table(), OracleConfig::default());
         let questions = [&b"Explicit is better than?"[..], b"Why?", b"Beautiful is better than?"];
-        let answers = oracle.shards.here.send(Ask(Questions::from_list(questions))).await.unwrap();
+        let answers = ask(&oracle.shards.here, &questions).await;
         assert_eq!(answers.len(), 3);
         assert_eq!(answers.iter().collect::<Vec<_>>(), [&b"Implicit."[..], b"Error: unknown aphorism.", b"Ugly."]);
     }
@@ -245,7 +292,7 @@ mod tests {
         started.oracle.send(ReplaceTable(new_table)).await.unwrap();
         for shard in started.shards.iter() {
             let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
-            let answers = shard.send(Ask(Questions::from_list(questions))).await.unwrap();
+            let answers = ask(shard, &questions).await;
             assert_eq!(answers.as_bytes(), b"Nested.Error: unknown aphorism.");
         }
         started.oracle.send(CheckAlive).await.unwrap().unwrap();
@@ -265,7 +312,7 @@ mod tests {
         let expected = "Error: unknown aphorism.Complex.Error: internal error.Ugly.Error: unknown aphorism.";
         for round in 0..2 {
             // The second round answers the two known questions from what was computed.
-            let answers = oracle.shards.here.send(Ask(Questions::from_list(questions))).await.unwrap();
+            let answers = ask(&oracle.shards.here, &questions).await;
             assert_eq!(answers.len(), 5, "round {round}");
             assert_eq!(String::from_utf8_lossy(answers.as_bytes()), expected, "round {round}");
         }

@@ -47,7 +47,7 @@ use self::{
 use crate::{
     admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
-    oracle::Ask,
+    oracle::{Answered, Ask},
     protocol::{Answer, Answers, Questions},
 };
 
@@ -126,6 +126,8 @@ pub struct ZenSession {
     info: SessionInfo,
     deps: Rc<SessionDeps>,
     key: RegistryKey,
+    /// This session, where the oracle sends its answers.
+    reply_to: Recipient<Answered>,
     /// Counts this connection as admitted until the session is dropped.
     _permit: Permit,
     sink: AnswerSink,
@@ -150,23 +152,22 @@ impl ZenSession {
     {
         ZenSession::create(move |ctx| {
             let config = deps.config;
-            // The sink's item goes first, so it knows the session's task before any answer.
-            ctx.spawn(WriteOut);
             let flow = Flow::new(config.max_pending_bytes);
-            let codec = ZenCodec::new(config.max_question_bytes);
-            let reader = FramedRead::with_capacity(read, codec.clone(), READ_BUFFER_BYTES);
+            let reader = FramedRead::with_capacity(read, ZenCodec::new(config.max_question_bytes), READ_BUFFER_BYTES);
             let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
+            // The sink's item comes after the reader, the only other item that sends answers,
+            // and the context polls items after handling messages: whatever is sent in a poll
+            // is written at its end, in one write.
+            ctx.spawn(WriteOut);
             let now = Instant::now();
-            let registered = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
-            if registered.draining {
-                ctx.notify(Notice::Drain);
-            }
+            let key = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
             ZenSession {
                 info,
-                key: registered.key,
+                key,
+                reply_to: ctx.address().recipient(),
                 deps,
                 _permit: permit,
-                sink: AnswerSink::new(Box::new(write), codec),
+                sink: AnswerSink::new(Box::new(write)),
                 flow,
                 reader,
                 phase: Phase::Serving,
@@ -191,7 +192,7 @@ impl ZenSession {
         tracing::info_span!("session", id = self.info.id, peer = %self.info.peer)
     }
 
-    fn ask(&mut self, questions: Questions, ctx: &mut Context<Self>) {
+    fn ask(&mut self, questions: Questions) {
         let seq = self.first_seq + self.slots.len() as u64;
         let count = questions.len();
         self.last_question = Instant::now();
@@ -200,47 +201,54 @@ impl ZenSession {
         if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
             self.flow.set_paused_for_oracle(true);
         }
-        let request = self.deps.oracle.send(Ask(questions));
-        ctx.spawn(request.into_actor(self).map(move |reply, session, ctx| {
-            let answers = reply.unwrap_or_else(|error| {
-                tracing::error!(parent: &session.span(), %error, "oracle did not answer");
-                Answers::repeated(&Answer::INTERNAL_ERROR, count)
-            });
-            session.questions_at_oracle -= count;
-            if session.questions_at_oracle < MAX_QUESTIONS_AT_ORACLE {
-                session.flow.set_paused_for_oracle(false);
-            }
-            session.fill(seq, answers, ctx);
-        }));
+        // `do_send` ignores the shard's mailbox capacity (the session bounds what it has at the
+        // oracle itself) and reports nothing, so a gone shard is checked for first.
+        if self.deps.oracle.connected() {
+            self.deps.oracle.do_send(Ask { questions, seq, reply_to: self.reply_to.clone() });
+        } else {
+            tracing::error!(parent: &self.span(), "oracle is gone; answering with internal errors");
+            self.fill(seq, Answers::repeated(&Answer::INTERNAL_ERROR, count));
+        }
     }
 
-    fn fill(&mut self, seq: u64, answers: Answers, ctx: &mut Context<Self>) {
+    /// Puts the answers to batch `seq` in its slot and sends what is ready.
+    fn fill(&mut self, seq: u64, answers: Answers) {
+        self.questions_at_oracle -= answers.len();
+        if self.questions_at_oracle < MAX_QUESTIONS_AT_ORACLE {
+            self.flow.set_paused_for_oracle(false);
+        }
         if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize)) {
             *slot = Slot::Ready(answers);
         }
-        self.write_ready(ctx);
+        self.write_ready();
     }
 
     /// Queues a last answer from the server itself and takes no more questions.
-    fn finish_with(&mut self, answer: Answer, input: Input, ctx: &mut Context<Self>) {
+    fn finish_with(&mut self, answer: Answer, input: Input) {
         self.phase = Phase::Finishing(input);
         self.slots.push_back(Slot::Ready(Answers::single(&answer)));
-        self.write_ready(ctx);
+        self.write_ready();
     }
 
     /// Sends the answers at the front of the queue that are ready.
-    fn write_ready(&mut self, ctx: &mut Context<Self>) {
+    fn write_ready(&mut self) {
         while let Some(Slot::Ready(_)) = self.slots.front() {
             let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
-            if let Err(error) = self.sink.send(answers) {
-                self.write_failed(&error, ctx);
-                return;
-            }
+            self.sink.send(&answers);
         }
-        self.backlog_changed();
         self.close_when_answered();
+    }
+
+    /// Stops reading, answers what was already asked, says the server is shutting down, and
+    /// closes.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Serving {
+            tracing::debug!(parent: &self.span(), "draining");
+            self.stop_reading(ctx);
+            self.finish_with(Answer::SHUTTING_DOWN, Input::Ended);
+        }
     }
 
     /// Tells flow control and the write timeout how many bytes wait for the client.
@@ -362,8 +370,11 @@ impl ActorFuture<ZenSession> for WriteOut {
 impl Actor for ZenSession {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(parent: &self.span(), "connection accepted");
+        if self.deps.registry.is_draining() {
+            self.drain(ctx);
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -373,14 +384,14 @@ impl Actor for ZenSession {
 }
 
 impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
-    fn handle(&mut self, item: Result<Incoming, CodecError>, ctx: &mut Self::Context) {
+    fn handle(&mut self, item: Result<Incoming, CodecError>, _ctx: &mut Self::Context) {
         match item {
-            Ok(Incoming::Questions(questions)) if self.phase == Phase::Serving => self.ask(questions, ctx),
+            Ok(Incoming::Questions(questions)) if self.phase == Phase::Serving => self.ask(questions),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
                 tracing::info!(parent: &self.span(), limit = self.deps.config.max_question_bytes, "question too long");
                 if self.phase == Phase::Serving {
-                    self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding, ctx);
+                    self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
                 }
             }
             Ok(Incoming::PartialAtEof(bytes)) => {
@@ -404,15 +415,17 @@ impl Handler<Notice> for ZenSession {
 
     fn handle(&mut self, notice: Notice, ctx: &mut Self::Context) {
         match notice {
-            // Stop reading, answer what was already asked, say so, and close.
-            Notice::Drain if self.phase == Phase::Serving => {
-                tracing::debug!(parent: &self.span(), "draining");
-                self.stop_reading(ctx);
-                self.finish_with(Answer::SHUTTING_DOWN, Input::Ended, ctx);
-            }
-            Notice::Drain => {}
+            Notice::Drain => self.drain(ctx),
             Notice::CheckTimeouts => self.check_timeouts(ctx),
         }
+    }
+}
+
+impl Handler<Answered> for ZenSession {
+    type Result = ();
+
+    fn handle(&mut self, Answered { seq, answers }: Answered, _ctx: &mut Self::Context) {
+        self.fill(seq, answers);
     }
 }
 
@@ -438,13 +451,13 @@ mod tests {
     }
 
     impl Handler<Ask> for EchoOracle {
-        type Result = ResponseFuture<Answers>;
+        type Result = ();
 
-        fn handle(&mut self, Ask(questions): Ask, _ctx: &mut Self::Context) -> Self::Result {
+        fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
             for question in questions.iter() {
                 let _ = self.0.send(questions.question(question));
             }
-            Box::pin(async move {
+            ctx.spawn(actix::fut::wrap_future(async move {
                 let mut answers = AnswersBuilder::default();
                 for question in questions.iter() {
                     let text = &question[..question.len() - 1];
@@ -455,8 +468,8 @@ mod tests {
                     }
                     answers.push(&[text, b"."].concat());
                 }
-                answers.finish()
-            })
+                reply_to.do_send(Answered { seq, answers: answers.finish() });
+            }));
         }
     }
 
@@ -592,8 +605,8 @@ mod tests {
             }
         }
         impl Handler<Ask> for Gone {
-            type Result = Answers;
-            fn handle(&mut self, _: Ask, _: &mut Self::Context) -> Answers {
+            type Result = ();
+            fn handle(&mut self, _: Ask, _: &mut Self::Context) {
                 unreachable!("stopped before any question")
             }
         }

@@ -56,15 +56,6 @@ struct Entry {
     deadline: Option<delay_queue::Key>,
 }
 
-/// What [`SessionRegistry::register`] tells a new session.
-#[derive(Debug, Clone, Copy)]
-pub struct Registered {
-    /// The session's place, for later calls.
-    pub key: RegistryKey,
-    /// The worker is draining: the session should drain at once.
-    pub draining: bool,
-}
-
 impl SessionRegistry {
     /// An empty registry, shared by its owner and its sessions.
     pub fn new() -> Rc<Self> {
@@ -72,14 +63,20 @@ impl SessionRegistry {
     }
 
     /// Records a session that wants its timeouts checked at `check_at`.
-    pub fn register(&self, session: Recipient<Notice>, check_at: Instant) -> Registered {
+    pub fn register(&self, session: Recipient<Notice>, check_at: Instant) -> RegistryKey {
         let mut inner = self.inner.borrow_mut();
-        let Inner { sessions, deadlines, draining } = &mut *inner;
+        let Inner { sessions, deadlines, .. } = &mut *inner;
         let entry = sessions.vacant_entry();
         let key = RegistryKey(entry.key());
         let deadline = deadlines.insert_at(key.0, check_at);
         entry.insert(Entry { session, deadline: Some(deadline) });
-        Registered { key, draining: *draining }
+        key
+    }
+
+    /// Whether [`SessionRegistry::drain`] was called: a session starting now should drain at
+    /// once.
+    pub fn is_draining(&self) -> bool {
+        self.inner.borrow().draining
     }
 
     /// Forgets a session that has ended.
@@ -197,7 +194,7 @@ mod tests {
         let now = Instant::now();
         let (late, mut late_notices) = listener();
         let (early, mut early_notices) = listener();
-        let late_key = registry.register(late, now + Duration::from_secs(60)).key;
+        let late_key = registry.register(late, now + Duration::from_secs(60));
         registry.register(early, now + Duration::from_millis(50));
         assert_eq!(next(&mut early_notices).await, "check");
         registry.check_by(late_key, now + Duration::from_millis(100));
@@ -209,19 +206,19 @@ mod tests {
     }
 
     #[actix::test]
-    async fn drain_reaches_every_session_and_marks_later_ones() {
+    async fn drain_reaches_every_registered_session_and_marks_the_registry() {
         let registry = SessionRegistry::new();
         let (first, mut first_notices) = listener();
         let (second, mut second_notices) = listener();
         let far = Instant::now() + Duration::from_secs(60);
-        assert!(!registry.register(first, far).draining);
-        let second_key = registry.register(second, far).key;
+        registry.register(first, far);
+        let second_key = registry.register(second, far);
         registry.unregister(second_key);
+        assert!(!registry.is_draining());
         registry.drain();
         assert_eq!(next(&mut first_notices).await, "drain");
-        let (third, _) = listener();
-        assert!(registry.register(third, far).draining);
-        assert_eq!(registry.len(), 2);
+        assert!(registry.is_draining(), "sessions registering later are to drain at once");
+        assert_eq!(registry.len(), 1);
         assert!(second_notices.try_recv().is_err(), "an unregistered session was told");
     }
 }

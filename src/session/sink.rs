@@ -1,8 +1,10 @@
-//! [`AnswerSink`]: the write half of a session's connection, as a sink of [`Answers`].
+//! [`AnswerSink`]: the write half of a session's connection, as a sink of [`Answers`] (each
+//! batch already the exact bytes of its answers, the frames of the protocol's output).
 //!
-//! Answers go to the socket at once when nothing is waiting before them; what the socket does
-//! not take is kept, in order, and written out when the socket has room again (the session's
-//! context polls [`AnswerSink::poll_write_out`] as one of its items). The sink knows exactly
+//! Answers are queued as they are sent and written out by [`AnswerSink::poll_write_out`],
+//! which the session's context polls as its last item: every answer sent while the session
+//! handles its messages or reads questions goes out in one write in the same poll, and what the
+//! socket does not take waits, in order, until the socket has room again. The sink knows exactly
 //! how many bytes wait ([`AnswerSink::backlog`]) and since when the client has taken none
 //! ([`AnswerSink::stalled_since`]): the session's flow control and write timeout read them.
 //! Closing is explicit: [`AnswerSink::poll_close`] writes out what waits, flushes, and shuts
@@ -10,20 +12,19 @@
 //!
 //! `actix::io::FramedWrite` does none of this on tokio sockets: its buffer has no bound that
 //! engages (its watermarks react only to `WouldBlock`, which tokio never returns), it cannot
-//! say how much it holds, it never shuts the socket down, its `close()` wakes nothing, and it
-//! defers every write to a later poll of the actor.
+//! say how much it holds, it never shuts the socket down, its `close()` wakes nothing, and its
+//! `write()` defers the write to a later poll of the actor.
 
 use std::{
     io,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
 use bytes::BytesMut;
 use tokio::{io::AsyncWrite, time::Instant};
-use tokio_util::codec::Encoder;
 
-use crate::{codec::ZenCodec, protocol::Answers};
+use crate::protocol::Answers;
 
 /// A waiting buffer grown beyond this is given back once it is empty again, so that a burst
 /// does not cost an idle connection memory for the rest of its life.
@@ -32,51 +33,23 @@ const KEEP_BUFFER_BYTES: usize = 4096;
 /// The sending side of one client's connection.
 pub struct AnswerSink {
     io: Box<dyn AsyncWrite + Unpin>,
-    codec: ZenCodec,
     /// Bytes handed to the sink that the socket has not taken yet, in order.
     waiting: BytesMut,
     /// Since when bytes have waited without the socket taking any.
     stalled_since: Option<Instant>,
-    /// The session's task, to write through when the sink is called outside of a poll.
-    waker: Option<Waker>,
     closing: bool,
 }
 
 impl AnswerSink {
     /// A sink writing to `io`.
-    pub fn new(io: Box<dyn AsyncWrite + Unpin>, codec: ZenCodec) -> Self {
-        Self { io, codec, waiting: BytesMut::new(), stalled_since: None, waker: None, closing: false }
+    pub fn new(io: Box<dyn AsyncWrite + Unpin>) -> Self {
+        Self { io, waiting: BytesMut::new(), stalled_since: None, closing: false }
     }
 
-    /// Sends `answers` after everything sent before: to the socket now if nothing is waiting,
-    /// otherwise (or for what the socket does not take) later.
-    ///
-    /// # Errors
-    ///
-    /// If the socket failed.
-    pub fn send(&mut self, answers: Answers) -> io::Result<()> {
-        if !self.waiting.is_empty() {
-            return self.codec.encode(answers, &mut self.waiting);
-        }
-        let Some(waker) = self.waker.clone() else {
-            return self.codec.encode(answers, &mut self.waiting);
-        };
-        let bytes = answers.as_bytes();
-        let mut written = 0;
-        let mut cx = Context::from_waker(&waker);
-        while written < bytes.len() {
-            match Pin::new(&mut self.io).poll_write(&mut cx, &bytes[written..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(error)) => return Err(error),
-                Poll::Pending => {
-                    self.waiting.extend_from_slice(&bytes[written..]);
-                    self.stalled_since = Some(Instant::now());
-                    break;
-                }
-            }
-        }
-        Ok(())
+    /// Queues `answers` after everything sent before; [`AnswerSink::poll_write_out`] writes
+    /// them. Answers sent during one poll of the session go out in one write.
+    pub fn send(&mut self, answers: &Answers) {
+        self.waiting.extend_from_slice(answers.as_bytes());
     }
 
     /// Bytes sent to the sink that the socket has not taken yet.
@@ -99,9 +72,6 @@ impl AnswerSink {
     /// [`AnswerSink::poll_close`] then finishes the job.
     pub fn close(&mut self) {
         self.closing = true;
-        if let Some(waker) = &self.waker {
-            waker.wake_by_ref();
-        }
     }
 
     /// Writes what waits, as far as the socket takes it; `Ready(Ok)` once nothing waits.
@@ -110,9 +80,6 @@ impl AnswerSink {
     ///
     /// If the socket failed.
     pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-            self.waker = Some(cx.waker().clone());
-        }
         let mut progress = false;
         while !self.waiting.is_empty() {
             match Pin::new(&mut self.io).poll_write(cx, &self.waiting) {
@@ -167,10 +134,11 @@ mod tests {
     #[tokio::test]
     async fn answers_are_written_exactly_and_in_order_then_end_of_file() {
         let (mut client, server) = duplex(64);
-        let mut sink = AnswerSink::new(Box::new(server), ZenCodec::default());
-        sink.send(answers(b"Ugly.")).unwrap(); // no waker yet: waits for the first poll
+        let mut sink = AnswerSink::new(Box::new(server));
+        sink.send(&answers(b"Ugly."));
+        assert_eq!(sink.backlog(), 5, "queued until written out");
         poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
-        sink.send(answers(b"Error: unknown aphorism.")).unwrap();
+        sink.send(&answers(b"Error: unknown aphorism."));
         sink.close();
         poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
         let mut received = Vec::new();
@@ -181,10 +149,11 @@ mod tests {
     #[tokio::test]
     async fn what_the_socket_does_not_take_waits_and_counts_as_backlog_since_the_refusal() {
         let (mut client, server) = duplex(8);
-        let mut sink = AnswerSink::new(Box::new(server), ZenCodec::default());
+        let mut sink = AnswerSink::new(Box::new(server));
         assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_ready());
         assert_eq!(sink.stalled_since(), None, "nothing waits");
-        sink.send(answers(b"0123456789abcdef.")).unwrap();
+        sink.send(&answers(b"0123456789abcdef."));
+        assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_pending());
         assert_eq!(sink.backlog(), 9, "the pipe took 8 bytes");
         let since = sink.stalled_since().expect("the socket refused bytes");
         assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_pending());
