@@ -1,29 +1,34 @@
-//! Startup wiring: settings and bound listeners in, a running actor system out.
+//! Startup wiring: settings and sockets in, a running actor system out.
 //!
 //! [`App::start`] starts, on the current actix `System`, every actor of the daemon: the worker
 //! threads, the [`Oracle`] (on this thread) and its shard on each worker thread, a
-//! [`Worker`](crate::server::worker::Worker) on each worker thread, and the [`Server`] (on
-//! this thread, which also runs sessions). [`run`] binds the configured addresses and calls
-//! [`serve`], which adds the signal handlers and runs until a drain completes. Listeners are
-//! bound before anything else starts, so a bad address fails fast, and `serve` takes listeners
-//! bound elsewhere (tests, inherited sockets).
+//! [`Worker`](crate::server::worker::Worker) on each worker thread, the [`Server`] and the
+//! [`Control`] actor (on this thread, which also runs sessions). [`run`] binds the configured
+//! addresses unless it is handed sockets, and [`serve`] adds the signal handlers and runs until
+//! a drain completes. Listeners are bound before anything else starts, so a bad address fails
+//! fast, and `serve` takes sockets bound elsewhere (tests, systemd, inetd).
 
-use std::{io, net::SocketAddr, num::NonZeroUsize};
+use std::{io, net::SocketAddr, num::NonZeroUsize, time::Duration};
 
-use actix::{Actor, Addr, System};
+use actix::{Actor, Addr, AsyncContext, Context, System};
 
 use crate::{
     admission::Admission,
     config::Settings,
+    control::Control,
+    notify::Notifier,
     oracle::{Oracle, TableError},
     server::{
-        Server,
+        ExitWhenIdle, Server,
         listener::{self, AcceptStream, ListenError},
         worker::Workers,
     },
-    shutdown,
+    signals,
     threads::WorkerThreads,
 };
+
+/// How long worker threads get to end once the actor system has stopped.
+pub const THREAD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,74 +49,118 @@ pub enum RunError {
     },
 }
 
+/// What the daemon serves.
+#[derive(Debug)]
+pub enum Sockets {
+    /// Bound, non-blocking listening sockets: bound here, or inherited (systemd, inetd's wait
+    /// mode).
+    Listeners(Vec<std::net::TcpListener>),
+    /// One accepted, non-blocking connection (inetd's nowait mode): served, then the daemon
+    /// exits.
+    Connection(std::net::TcpStream),
+}
+
 /// The daemon's actors, running.
 pub struct App {
     /// Accepts and drains.
     pub server: Addr<Server>,
     /// The one owner of the answer table.
     pub oracle: Addr<Oracle>,
+    /// The daemon's life: shutdown, readiness, watchdog.
+    pub control: Addr<Control>,
     /// Where the listeners listen, in order.
     pub addrs: Vec<SocketAddr>,
     threads: WorkerThreads,
 }
 
 impl App {
-    /// Starts every actor on the current actix `System`, serving on already-bound,
-    /// non-blocking `listeners`.
+    /// Starts every actor on the current actix `System`, serving `sockets`; with
+    /// `exit_when_idle`, the daemon shuts down once no connection has been open or arrived for
+    /// that long.
     ///
     /// # Errors
     ///
-    /// [`RunError`] if the answer table is invalid or a listener cannot be registered.
-    pub fn start(listeners: Vec<std::net::TcpListener>, settings: &Settings) -> Result<App, RunError> {
+    /// [`RunError`] if the answer table is invalid or a socket cannot be registered.
+    pub fn start(sockets: Sockets, settings: &Settings, exit_when_idle: Option<Duration>) -> Result<App, RunError> {
         let table = settings.oracle.table()?;
+        let (listeners, connection) = match sockets {
+            Sockets::Listeners(listeners) => (listeners, None),
+            Sockets::Connection(connection) => (Vec::new(), Some(connection)),
+        };
         let listeners = listeners
             .into_iter()
             .map(|listener| AcceptStream::new(listener, settings.limits.connection_options()))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
-        let addrs = listeners.iter().map(AcceptStream::local_addr).collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
         let threads =
             WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
         let arbiters = threads.arbiters();
         let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters);
         let workers = Workers::start(&arbiters, &oracle.shards, settings.limits.session());
         let admission = Admission::new(settings.limits.max_connections);
-        let server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout()).start();
-        Ok(App { server, oracle: oracle.oracle, addrs, threads })
+        let control_context = Context::<Control>::new();
+        let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout());
+        let serving = match connection {
+            Some(connection) => {
+                server = server.with_inherited_connection(connection);
+                "serving the connection on standard input".to_owned()
+            }
+            None => {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                format!("serving on {} with {} worker threads", addrs.join(", "), threads.count())
+            }
+        };
+        if let Some(after) = exit_when_idle.or(server.has_inherited_connection().then_some(Duration::ZERO)) {
+            server = server.exit_when_idle(ExitWhenIdle { after, notify: control_context.address().recipient() });
+        }
+        let server = server.start();
+        let control =
+            control_context.run(Control::new(server.clone(), oracle.oracle.clone(), Notifier::from_env(), serving));
+        Ok(App { server, oracle: oracle.oracle, control, addrs, threads })
     }
 
-    /// Stops the worker threads and waits for them; the actors on them are dropped.
+    /// Stops the worker threads and waits for them, up to [`THREAD_STOP_TIMEOUT`]: a thread
+    /// stuck for good (see `oracle.hang_question`) does not keep the process from exiting.
     pub fn stop(self) {
-        self.threads.stop_and_join();
+        if !self.threads.stop_and_join(THREAD_STOP_TIMEOUT) {
+            tracing::warn!("a worker thread did not stop in time; exiting without it");
+        }
     }
 }
 
-/// Binds every address of `settings.server.listen`, then [`serve`]s.
+/// Serves `sockets`, or binds every address of `settings.server.listen` when there are none,
+/// until the daemon shuts down (see [`serve`]).
 ///
 /// # Errors
 ///
 /// [`RunError`] naming the address that could not be bound, or whatever `serve` reports.
-pub fn run(settings: &Settings) -> Result<(), RunError> {
-    let listeners = settings
-        .server
-        .listen
-        .iter()
-        .map(|&addr| listener::bind(addr, settings.server.backlog))
-        .collect::<Result<Vec<_>, _>>()?;
-    serve(listeners, settings)
+pub fn run(settings: &Settings, sockets: Option<Sockets>, exit_when_idle: Option<Duration>) -> Result<(), RunError> {
+    let sockets = match sockets {
+        Some(sockets) => sockets,
+        None => Sockets::Listeners(
+            settings
+                .server
+                .listen
+                .iter()
+                .map(|&addr| listener::bind(addr, settings.server.backlog))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    serve(sockets, settings, exit_when_idle)
 }
 
-/// Serves on already-bound, non-blocking `listeners` until SIGTERM or SIGINT has drained the
-/// server. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
+/// Serves `sockets` until SIGTERM or SIGINT (or idleness, with `exit_when_idle`) has drained
+/// the server. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
 ///
 /// # Errors
 ///
 /// [`RunError`] if the answer table is invalid or the runtime cannot be set up.
-pub fn serve(listeners: Vec<std::net::TcpListener>, settings: &Settings) -> Result<(), RunError> {
+pub fn serve(sockets: Sockets, settings: &Settings, exit_when_idle: Option<Duration>) -> Result<(), RunError> {
     let system = System::new();
     let app = system.block_on(async {
-        let app = App::start(listeners, settings)?;
-        shutdown::handle_signals(app.server.clone().recipient())
+        let app = App::start(sockets, settings, exit_when_idle)?;
+        signals::handle_signals(app.control.clone().recipient())
             .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
         Ok::<_, RunError>(app)
     })?;
@@ -148,7 +197,7 @@ mod tests {
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-        let app = App::start(vec![listener], &settings).unwrap();
+        let app = App::start(Sockets::Listeners(vec![listener]), &settings, None).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();
         for _ in 0..40 {

@@ -2,6 +2,7 @@
 //!
 //! `zen-server [HOST] [-p PORT]` mirrors the book's servers: HOST `''` means every IPv4
 //! interface and the port defaults to 1060. `--listen ADDR` (repeatable) is the precise form.
+//! `--inetd` and `--listen-fd 0 --exit-when-idle SECS` are the book's two inetd variants.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, ToSocketAddrs},
@@ -14,7 +15,7 @@ use crate::{config::Overrides, protocol::DEFAULT_PORT};
 
 /// `zen-server`: serves the Zen of Python over TCP.
 #[derive(Debug, Parser)]
-#[command(name = "zen-server", version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "zen-server", version, about)]
 pub struct ServerCli {
     /// What to do; without a command, serve.
     #[command(subcommand)]
@@ -34,6 +35,17 @@ pub struct ServerCli {
     #[allow(rustdoc::broken_intra_doc_links)] // `[::]` is an address, not a link
     #[arg(long = "listen", value_name = "ADDR", global = true)]
     pub listen: Vec<String>,
+    /// Serve the one connection on standard input, then exit (inetd's nowait mode). Logs go to
+    /// standard error: standard output is the connection.
+    #[arg(long, conflicts_with_all = ["host", "listen", "port", "listen_fd", "exit_when_idle"])]
+    pub inetd: bool,
+    /// Serve on the listening socket open on this file descriptor instead of binding
+    /// (inetd's wait mode passes it as 0).
+    #[arg(long, value_name = "FD", conflicts_with_all = ["host", "listen", "port"])]
+    pub listen_fd: Option<i32>,
+    /// Exit once no connection has been open or has arrived for SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub exit_when_idle: Option<u64>,
 }
 
 /// Subcommands of `zen-server`.

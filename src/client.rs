@@ -1,7 +1,12 @@
 //! A small client: sends questions pipelined on one connection and reads one answer per
 //! question, each ending with `.`. Used by `zen-client` and by the tests.
 
-use std::{fmt::Display, io, time::Duration};
+use std::{
+    fmt::Display,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use bytes::BytesMut;
 use tokio::{
@@ -9,7 +14,10 @@ use tokio::{
     net::{TcpStream, ToSocketAddrs},
 };
 
-use crate::protocol::{ANSWER_END, Answer, Question};
+use crate::{
+    config::Settings,
+    protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace},
+};
 
 /// The question [`probe`] asks, and the answer it expects.
 pub const PROBE: (&[u8], &[u8]) = (b"Beautiful is better than?", b"Ugly.");
@@ -39,6 +47,9 @@ pub enum ClientError {
         /// Questions asked.
         asked: usize,
     },
+    /// A question to ask does not end with `?`.
+    #[error("{0:?} does not end with '?': the server would wait for the rest of it")]
+    Unterminated(String),
     /// The probe question got another answer.
     #[error("expected \"{expected}\", got \"{got}\"")]
     WrongAnswer {
@@ -87,19 +98,71 @@ async fn exchange(addr: impl ToSocketAddrs + Display, questions: &[Question]) ->
     }
 }
 
-/// Asks the probe question at `addr` (as for [`ask`]) and checks the answer.
+/// The questions in `text`, framed as the server frames them: each ends with its `?`, and
+/// whitespace before one is not part of it.
+///
+/// # Errors
+///
+/// [`ClientError::Unterminated`] if `text` ends with bytes that are not a whole question: the
+/// server would wait for the rest of it.
+pub fn questions_in(text: &str) -> Result<Vec<Question>, ClientError> {
+    let mut questions = Vec::new();
+    let mut rest = text.trim_start_matches(|c: char| c.is_ascii() && is_leading_whitespace(c as u8));
+    while !rest.is_empty() {
+        let Some(end) = rest.find(char::from(QUESTION_END)) else {
+            return Err(ClientError::Unterminated(rest.to_owned()));
+        };
+        questions.push(Question::new(rest[..=end].to_owned()));
+        rest = rest[end + 1..].trim_start_matches(|c: char| c.is_ascii() && is_leading_whitespace(c as u8));
+    }
+    Ok(questions)
+}
+
+/// A question and the answer a healthy server gives it.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// What is asked.
+    pub question: Question,
+    /// What must come back.
+    pub answer: Answer,
+}
+
+impl Probe {
+    /// The book's first question, `Beautiful is better than?`, expecting `Ugly.`.
+    pub fn book() -> Self {
+        let (question, answer) = PROBE;
+        Self { question: Question::from_static(question), answer: Answer::from_static(answer) }
+    }
+
+    /// What to probe for a server running with `settings`: its first listening address (a
+    /// wildcard address becomes the loopback address of its family) and the first entry of its
+    /// answer table, so a probe follows the configured port and answers.
+    pub fn for_settings(settings: &Settings) -> (Option<SocketAddr>, Self) {
+        let addr = settings.server.listen.first().map(|&addr| match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+            _ => addr,
+        });
+        let probe = settings.oracle.answers.first().map_or_else(Self::book, |entry| Self {
+            question: Question::new(entry.question.clone()),
+            answer: Answer::new(entry.answer.clone()),
+        });
+        (addr, probe)
+    }
+}
+
+/// Asks `probe`'s question at `addr` (as for [`ask`]) and checks the answer.
 ///
 /// # Errors
 ///
 /// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
 /// expected one.
-pub async fn probe(addr: impl ToSocketAddrs + Display, timeout: Duration) -> Result<(), ClientError> {
-    let (question, expected) = PROBE;
-    let answers = ask(addr, &[Question::from_static(question)], timeout).await?;
+pub async fn probe(addr: impl ToSocketAddrs + Display, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
+    let answers = ask(addr, std::slice::from_ref(&probe.question), timeout).await?;
     match answers.first() {
-        Some(answer) if answer.as_bytes() == expected => Ok(()),
+        Some(answer) if *answer == probe.answer => Ok(()),
         other => Err(ClientError::WrongAnswer {
-            expected: expected.escape_ascii().to_string(),
+            expected: probe.answer.to_string(),
             got: other.map(ToString::to_string).unwrap_or_default(),
         }),
     }
@@ -109,11 +172,23 @@ pub async fn probe(addr: impl ToSocketAddrs + Display, timeout: Duration) -> Res
 mod tests {
     use super::*;
 
+    #[test]
+    fn text_splits_into_questions_as_the_server_frames_them() {
+        let questions = questions_in(" A?B c?\nD?").unwrap();
+        let texts: Vec<String> = questions.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["A?", "B c?", "D?"]);
+        let error = questions_in("A?Beautiful is better than").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "\"Beautiful is better than\" does not end with '?': the server would wait for the rest of it"
+        );
+    }
+
     #[tokio::test]
     async fn a_server_that_is_not_there_is_named_in_the_error() {
         // An address nothing listens on: bound, then let go.
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let error = probe(addr, Duration::from_secs(5)).await.unwrap_err();
+        let error = probe(addr, &Probe::book(), Duration::from_secs(5)).await.unwrap_err();
         assert!(
             matches!(&error, ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
         );

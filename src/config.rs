@@ -2,18 +2,23 @@
 //!
 //! Layers, later wins: the built-in `config/zen-server.toml` (compiled in), the operator's file,
 //! `ZEN_<SECTION>__<KEY>` environment variables, then command-line [`Overrides`]. Loading is a
-//! pure function of [`Sources`], so tests inject the environment and reloading can build a
-//! whole new `Settings` and swap it in. Unknown keys, wrong types and values that break the
-//! protocol's rules are all [`ConfigError`]s naming the key or file.
+//! pure function of [`Sources`], so tests inject the environment and a reload builds a whole new
+//! `Settings` the same way.
+//!
+//! The built-in file lists every key there is, so every other layer is checked against it
+//! before anything is merged: a key it does not have, a value of another kind (`2.5` or `true`
+//! where a whole number belongs), or a value the key does not accept is a [`ConfigError`] naming
+//! the layer (the file's path, the environment variable, or the command line), the key and the
+//! value. Nothing is rounded, coerced or ignored.
 
-use std::{collections::HashMap, ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, ffi::OsString, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use config::{Config, Environment, File, FileFormat};
+use config::{Config, File, FileFormat, Map, Source, Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     oracle::{AnswerTable, OracleConfig, TableError},
-    protocol::Question,
+    protocol::{QUESTION_END, Question, is_leading_whitespace},
     server::listener::{ConnectionOptions, Keepalive},
     session::SessionConfig,
 };
@@ -21,32 +26,69 @@ use crate::{
 /// The documented defaults, also the lowest configuration layer.
 pub const BUILTIN_TOML: &str = include_str!("../config/zen-server.toml");
 
-/// Environment variables with this prefix are settings (`ZEN_SERVER__WORKERS`).
+/// Environment variables with this prefix and an underscore are settings
+/// (`ZEN_SERVER__WORKERS`).
 pub const ENV_PREFIX: &str = "ZEN";
 
 /// The environment variable naming the configuration file; not itself a setting.
 pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 
-/// Upper bound on `server.workers`, well above any core count, to catch typos.
-pub const MAX_WORKERS: usize = 1024;
+/// Upper bound on `server.workers` and `oracle.workers`, well above any core count, to catch
+/// typos.
+pub const MAX_WORKERS: i64 = 1024;
 
-/// Why settings could not be loaded.
+/// Where the built-in layer's values come from, in messages.
+const BUILTIN_ORIGIN: &str = "built-in defaults";
+
+/// Where command-line values come from, in messages.
+const COMMAND_LINE_ORIGIN: &str = "the command line";
+
+/// Why settings could not be loaded. Every message names the layer the mistake is in.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A layer could not be read or parsed, a key is unknown or a value has the wrong type.
-    #[error("{0}")]
-    Load(#[from] config::ConfigError),
-    /// A value parsed but is not acceptable.
-    #[error("invalid {key}: {reason}")]
-    Invalid {
-        /// The dotted key, e.g. `log.level`.
-        key: String,
+    /// The settings file cannot be used at all.
+    #[error("{named_by} {path}: {reason}")]
+    File {
+        /// `--config` or `ZEN_CONFIG`: how the file was named.
+        named_by: &'static str,
+        /// The path given.
+        path: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// The answer table breaks the protocol's rules.
-    #[error("invalid oracle.answers: {0}")]
-    Answers(#[from] TableError),
+    /// A layer has a key the settings do not have.
+    #[error("unknown key {key} in {origin}{hint}")]
+    UnknownKey {
+        /// The layer.
+        origin: String,
+        /// The dotted key.
+        key: String,
+        /// The keys that exist there, if any.
+        hint: String,
+    },
+    /// A `ZEN_*` environment variable is not a setting.
+    #[error("unknown environment variable {name}: {reason}")]
+    UnknownVariable {
+        /// The variable.
+        name: String,
+        /// Why it is not a setting.
+        reason: String,
+    },
+    /// A value is of the wrong kind or not accepted by its key.
+    #[error("invalid {key} = {value} in {origin}: {reason}")]
+    Invalid {
+        /// The layer the value comes from.
+        origin: String,
+        /// The dotted key.
+        key: String,
+        /// The value, as written.
+        value: String,
+        /// What is expected instead.
+        reason: String,
+    },
+    /// A layer could not be read or parsed (TOML syntax, permissions, a number out of range).
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
     /// An environment variable meant as a setting is not valid UTF-8.
     #[error("environment variable {0} is not valid UTF-8")]
     NotUnicode(String),
@@ -151,9 +193,19 @@ pub struct LogSettings {
     pub output: LogOutput,
 }
 
-/// Where log events are written.
+/// How log events are written; read in any case (`JSON` is `json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where log events are written; read in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogOutput {
     /// Standard error, the default.
     Stderr,
@@ -161,14 +213,44 @@ pub enum LogOutput {
     Stdout,
 }
 
-/// How log events are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected \"text\" or \"json\"".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl FromStr for LogOutput {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "stderr" => Ok(Self::Stderr),
+            "stdout" => Ok(Self::Stdout),
+            _ => Err("expected \"stderr\" or \"stdout\"".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for LogOutput {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
 }
 
 /// The `[oracle]` section.
@@ -181,6 +263,9 @@ pub struct OracleSettings {
     pub workers: usize,
     /// A question that makes the oracle panic (fault injection); empty for none.
     pub panic_question: String,
+    /// A question that blocks the thread answering it for good (fault injection); empty for
+    /// none.
+    pub hang_question: String,
     /// The question-and-answer table, in order.
     pub answers: Vec<AnswerEntry>,
 }
@@ -188,10 +273,12 @@ pub struct OracleSettings {
 impl OracleSettings {
     /// How the oracle answers: its cost, workers and fault injection.
     pub fn oracle_config(&self) -> OracleConfig {
+        let question = |text: &String| (!text.is_empty()).then(|| Question::new(text.clone()));
         OracleConfig {
             simulated_cost: Duration::from_millis(self.simulated_cost_ms),
             workers: self.workers,
-            panic_question: (!self.panic_question.is_empty()).then(|| Question::new(self.panic_question.clone())),
+            panic_question: question(&self.panic_question),
+            hang_question: question(&self.hang_question),
         }
     }
 
@@ -224,11 +311,20 @@ pub struct Overrides {
     pub port: Option<u16>,
 }
 
+/// The operator's settings file and how it was named.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The path given.
+    pub path: PathBuf,
+    /// `--config` or [`CONFIG_FILE_VAR`], for messages.
+    pub named_by: &'static str,
+}
+
 /// Everything settings are loaded from, apart from the built-in defaults.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     /// The operator's TOML file, if any; it must exist.
-    pub file: Option<PathBuf>,
+    pub file: Option<ConfigFile>,
     /// `ZEN_*` environment variables, [`CONFIG_FILE_VAR`] excluded.
     pub env: HashMap<String, String>,
     /// Command-line settings.
@@ -241,7 +337,7 @@ impl Sources {
     /// # Errors
     ///
     /// [`ConfigError::NotUnicode`] if a `ZEN_*` variable is not valid UTF-8.
-    pub fn from_process(file: Option<PathBuf>, overrides: Overrides) -> Result<Self, ConfigError> {
+    pub fn from_process(file: Option<ConfigFile>, overrides: Overrides) -> Result<Self, ConfigError> {
         Ok(Self { file, env: zen_vars(std::env::vars_os())?, overrides })
     }
 }
@@ -273,75 +369,82 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the file, key or entry at fault.
+    /// [`ConfigError`] naming the layer, key and value at fault.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        let mut builder = Config::builder().add_source(File::from_str(BUILTIN_TOML, FileFormat::Toml));
-        if let Some(path) = &sources.file {
-            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml).required(true));
+        let builtin = File::from_str(BUILTIN_TOML, FileFormat::Toml);
+        let known = builtin.collect()?;
+        let file =
+            sources.file.as_ref().map(|file| Ok::<_, ConfigError>((file_layer(file, &known)?, file))).transpose()?;
+        let env = env_layer(&sources.env, &known)?;
+        let mut builder = Config::builder().add_source(builtin);
+        if let Some((values, _)) = &file {
+            builder = builder.add_source(Layer(values.clone()));
         }
-        let env = Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("server.listen")
-            .source(Some(sources.env.clone().into_iter().collect()));
-        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
-        settings.apply(&sources.overrides);
-        settings.validate()?;
+        let config = builder.add_source(Layer(env.clone())).build()?;
+        let mut settings: Settings = config.try_deserialize()?;
+        settings.apply(&sources.overrides)?;
+        // Which layer set a key: the last one that has it.
+        let origin = |key: &str| -> String {
+            if let Some(value) = env.get(key) {
+                return value.origin().unwrap_or_default().to_owned();
+            }
+            match &file {
+                Some((values, file)) if lookup(values, key).is_some() => file.path.display().to_string(),
+                _ => BUILTIN_ORIGIN.into(),
+            }
+        };
+        settings.check_together(origin, &sources.overrides)?;
         Ok(settings)
     }
 
-    fn apply(&mut self, overrides: &Overrides) {
+    fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
         if let Some(listen) = &overrides.listen {
             self.server.listen.clone_from(listen);
         }
         if let Some(port) = overrides.port {
             self.server.listen.iter_mut().for_each(|addr| addr.set_port(port));
         }
+        if overrides.listen.is_some() || overrides.port.is_some() {
+            let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
+            check_listen(&listen).map_err(|reason| ConfigError::Invalid {
+                origin: COMMAND_LINE_ORIGIN.into(),
+                key: "server.listen".into(),
+                value: format!("{listen:?}"),
+                reason,
+            })?;
+        }
+        Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() {
-            return Err(invalid("server.listen", "at least one address is needed"));
-        }
-        if self.server.workers > MAX_WORKERS {
-            return Err(invalid("server.workers", format!("{} is more than {MAX_WORKERS}", self.server.workers)));
-        }
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(invalid("log.level", format!("{:?}: {error}", self.log.level)));
-        }
+    /// The rules that tie several settings together, checked on the merged result and blamed
+    /// on the layer that set the value named.
+    fn check_together(&self, origin: impl Fn(&str) -> String, overrides: &Overrides) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: String| ConfigError::Invalid {
+            origin: origin(key),
+            key: key.into(),
+            value,
+            reason,
+        };
         let limits = &self.limits;
-        for (key, value) in [
-            ("limits.max_question_bytes", limits.max_question_bytes as u64),
-            ("limits.idle_timeout_secs", limits.idle_timeout_secs),
-            ("limits.max_connections", u64::from(limits.max_connections)),
-            ("limits.max_pending_bytes", limits.max_pending_bytes as u64),
-            ("limits.write_timeout_secs", limits.write_timeout_secs),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
+        if limits.keepalive_idle_secs > 0 {
+            for (key, value) in [
+                ("limits.keepalive_interval_secs", limits.keepalive_interval_secs),
+                ("limits.keepalive_retries", u64::from(limits.keepalive_retries)),
+            ] {
+                if value == 0 {
+                    let reason = "must be at least 1 while keepalive is on (keepalive_idle_secs > 0)".to_owned();
+                    return Err(invalid(key, value.to_string(), reason));
+                }
             }
         }
-        if limits.keepalive_idle_secs > 0 && (limits.keepalive_interval_secs == 0 || limits.keepalive_retries == 0) {
-            return Err(invalid(
-                "limits.keepalive_interval_secs",
-                "keepalive needs an interval and retries of at least 1",
-            ));
+        let longest = self.oracle.table().map(|table| table.longest_question()).unwrap_or(0);
+        if longest > limits.max_question_bytes {
+            let reason = format!("is shorter than the longest question in oracle.answers ({longest} bytes)");
+            return Err(invalid("limits.max_question_bytes", limits.max_question_bytes.to_string(), reason));
         }
-        if self.oracle.simulated_cost_ms > 0 && !(1..=MAX_WORKERS).contains(&self.oracle.workers) {
-            return Err(invalid("oracle.workers", format!("must be from 1 to {MAX_WORKERS}")));
-        }
-        let table = self.oracle.table()?;
-        if table.longest_question() > limits.max_question_bytes {
-            return Err(invalid(
-                "limits.max_question_bytes",
-                format!(
-                    "{} is shorter than the longest question in oracle.answers ({} bytes)",
-                    limits.max_question_bytes,
-                    table.longest_question()
-                ),
-            ));
+        if overrides.listen.is_none() && overrides.port.is_none() {
+            let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
+            check_listen(&listen).map_err(|reason| invalid("server.listen", format!("{listen:?}"), reason))?;
         }
         Ok(())
     }
@@ -356,8 +459,310 @@ impl Settings {
     }
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+/// A layer of values already read and checked.
+#[derive(Debug, Clone)]
+struct Layer(Map<String, Value>);
+
+impl Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Reads the operator's file and checks it against the built-in keys.
+fn file_layer(file: &ConfigFile, known: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
+    let fail = |reason: &str| ConfigError::File {
+        named_by: file.named_by,
+        path: file.path.display().to_string(),
+        reason: reason.into(),
+    };
+    match std::fs::metadata(&file.path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(fail("no such file")),
+        Err(error) => return Err(fail(&error.to_string())),
+        Ok(metadata) if metadata.is_dir() => return Err(fail("is a directory, not a settings file")),
+        Ok(metadata) if !metadata.is_file() => {
+            return Err(fail("is not a regular file (a device, FIFO or socket holds no settings)"));
+        }
+        Ok(_) => {}
+    }
+    let text = std::fs::read_to_string(&file.path).map_err(|error| fail(&error.to_string()))?;
+    let origin = file.path.display().to_string();
+    let values = File::from_str(&text, FileFormat::Toml).collect().map_err(|error| fail(&error.to_string()))?;
+    let values = with_origin(values, &origin);
+    check_table(&values, known, &origin, "")?;
+    Ok(values)
+}
+
+/// `values`, each saying it came from `origin` (for messages about merged settings).
+fn with_origin(values: Map<String, Value>, origin: &String) -> Map<String, Value> {
+    fn relabel(value: Value, origin: &String) -> Value {
+        let kind = match value.kind {
+            ValueKind::Table(table) => ValueKind::Table(with_origin(table, origin)),
+            ValueKind::Array(items) => ValueKind::Array(items.into_iter().map(|item| relabel(item, origin)).collect()),
+            kind => kind,
+        };
+        Value::new(Some(origin), kind)
+    }
+    values.into_iter().map(|(key, value)| (key, relabel(value, origin))).collect()
+}
+
+/// Turns `ZEN_<SECTION>__<KEY>` variables into values of the kinds the built-in keys have.
+fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut layer = Map::new();
+    for name in names {
+        let text = &vars[name];
+        let unknown = |reason: String| ConfigError::UnknownVariable { name: name.clone(), reason };
+        let Some((section, key)) =
+            name.strip_prefix(ENV_PREFIX).and_then(|n| n.strip_prefix('_')).and_then(|n| n.split_once("__"))
+        else {
+            return Err(unknown(format!(
+                "{ENV_PREFIX}_* variables are settings, named {ENV_PREFIX}_<SECTION>__<KEY> (such as ZEN_SERVER__WORKERS), apart from {CONFIG_FILE_VAR}"
+            )));
+        };
+        let key = format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let model = lookup(known, &key).ok_or_else(|| unknown(format!("there is no setting {key}")))?;
+        let origin = format!("environment variable {name}");
+        let invalid = |reason: &str| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: key.clone(),
+            value: format!("{text:?}"),
+            reason: reason.into(),
+        };
+        let kind = match &model.kind {
+            ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_) => {
+                ValueKind::I64(text.trim().parse().map_err(|_| invalid("expected a whole number"))?)
+            }
+            ValueKind::Boolean(_) => {
+                ValueKind::Boolean(text.trim().parse().map_err(|_| invalid("expected true or false"))?)
+            }
+            ValueKind::String(_) => ValueKind::String(text.clone()),
+            ValueKind::Array(items) if items.iter().all(|item| matches!(item.kind, ValueKind::String(_))) => {
+                let items =
+                    text.split(',').map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())));
+                ValueKind::Array(items.collect())
+            }
+            _ => return Err(unknown(format!("{key} can only be set in a settings file"))),
+        };
+        let value = Value::new(Some(&origin), kind);
+        check_value(&key, &value, model, &origin)?;
+        layer.insert(key, value);
+    }
+    Ok(layer)
+}
+
+/// The built-in value of dotted `key`, if there is such a key.
+fn lookup<'a>(known: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    let (section, name) = key.split_once('.')?;
+    match &known.get(section)?.kind {
+        ValueKind::Table(table) => table.get(name),
+        _ => None,
+    }
+}
+
+/// Checks every key of `values` against the built-in `known` ones, and every value against its
+/// key.
+fn check_table(
+    values: &Map<String, Value>,
+    known: &Map<String, Value>,
+    origin: &str,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort();
+    for name in names {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let Some(model) = known.get(name) else {
+            let mut keys: Vec<&str> = known.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let within = if prefix.is_empty() { "sections".to_owned() } else { format!("keys of {prefix}") };
+            let hint = format!(" (the {within} are: {})", keys.join(", "));
+            return Err(ConfigError::UnknownKey { origin: origin.into(), key, hint });
+        };
+        check_value(&key, &values[name], model, origin)?;
+    }
+    Ok(())
+}
+
+/// Checks that `value` has the kind of the built-in `model` and is accepted by `key`.
+fn check_value(key: &str, value: &Value, model: &Value, origin: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        origin: origin.into(),
+        key: key.into(),
+        value: Shown(value).to_string(),
+        reason,
+    };
+    match (&model.kind, &value.kind) {
+        (ValueKind::Table(known), ValueKind::Table(values)) => return check_table(values, known, origin, key),
+        (ValueKind::Array(models), ValueKind::Array(items)) => {
+            if let Some(model) = models.first() {
+                for (index, item) in items.iter().enumerate() {
+                    check_value(&format!("{key}[{index}]"), item, model, origin)?;
+                }
+            }
+        }
+        (ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_), kind)
+            if !matches!(kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_)) =>
+        {
+            return Err(invalid("expected a whole number".into()));
+        }
+        (ValueKind::String(_), kind) if !matches!(kind, ValueKind::String(_)) => {
+            return Err(invalid("expected a string, in quotes".into()));
+        }
+        (ValueKind::Boolean(_), kind) if !matches!(kind, ValueKind::Boolean(_)) => {
+            return Err(invalid("expected true or false".into()));
+        }
+        (ValueKind::Table(_), _) => return Err(invalid("expected a section of settings".into())),
+        (ValueKind::Array(_), _) => return Err(invalid("expected a list in [brackets]".into())),
+        _ => {}
+    }
+    check_rule(key, value).map_err(invalid)
+}
+
+/// The rule of each key that has one, on a value of the right kind.
+fn check_rule(key: &str, value: &Value) -> Result<(), String> {
+    let number = || value.clone().into_int().unwrap_or(-1);
+    let text = || value.clone().into_string().unwrap_or_default();
+    let strings = || -> Vec<String> {
+        value.clone().into_array().unwrap_or_default().into_iter().filter_map(|v| v.into_string().ok()).collect()
+    };
+    let at_least = |min: i64| if number() < min { Err(format!("must be at least {min}")) } else { Ok(()) };
+    let at_most = |max: i64| if number() > max { Err(format!("must be at most {max}")) } else { Ok(()) };
+    match key {
+        "server.workers" => match number() {
+            n if n < 0 => Err("must be at least 0 (0 means one per CPU)".into()),
+            n if n > MAX_WORKERS => Err(format!("is more than {MAX_WORKERS}")),
+            _ => Ok(()),
+        },
+        "oracle.workers" => match number() {
+            n if !(1..=MAX_WORKERS).contains(&n) => Err(format!("must be from 1 to {MAX_WORKERS}")),
+            _ => Ok(()),
+        },
+        "limits.max_connections" => at_least(1).and_then(|()| at_most(u32::MAX.into())),
+        "server.backlog" | "limits.keepalive_retries" => at_least(0).and_then(|()| at_most(u32::MAX.into())),
+        "limits.max_question_bytes"
+        | "limits.idle_timeout_secs"
+        | "limits.max_pending_bytes"
+        | "limits.write_timeout_secs" => at_least(1),
+        "server.listen" => check_listen(&strings()),
+        _ if key.starts_with("server.listen[") => text()
+            .parse::<SocketAddr>()
+            .map(drop)
+            .map_err(|_| "expected an IP address and port, such as 127.0.0.1:1060 or [::1]:1060".into()),
+        "log.level" => check_log_level(&text()),
+        "log.format" => text().parse::<LogFormat>().map(drop),
+        "log.output" => text().parse::<LogOutput>().map(drop),
+        "oracle.panic_question" | "oracle.hang_question" => check_fault_question(&text()),
+        "oracle.answers" => check_answers(value),
+        _ if matches!(value.kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_)) => {
+            at_least(0)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `server.listen`: IP addresses with ports, at least one, none listed twice or covered by a
+/// wildcard address on the same port.
+fn check_listen(entries: &[String]) -> Result<(), String> {
+    if entries.is_empty() {
+        return Err("at least one address is needed".into());
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let addr: SocketAddr = entry.parse().map_err(|_| {
+            format!("entry {index}, {entry:?}, is not an IP address and port, such as 127.0.0.1:1060 or [::1]:1060")
+        })?;
+        if let Some(other) = addrs.iter().find(|other| {
+            other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (**other == addr || other.ip().is_unspecified() || addr.ip().is_unspecified())
+        }) {
+            return Err(if *other == addr {
+                format!("{addr} is listed twice")
+            } else {
+                format!("{other} and {addr} overlap: one is every address of its family on the same port")
+            });
+        }
+        addrs.push(addr);
+    }
+    Ok(())
+}
+
+/// `log.level`: levels and `target=level` directives. A bare word that is not a level would be
+/// taken as a target, at which nothing logs: that is refused, not obeyed silently.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let expected = "expected a level (off, error, warn, info, debug, trace) or directives such as \"info,zen_server::session=debug\"";
+    if text.trim().is_empty() {
+        return Err(expected.into());
+    }
+    for directive in text.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{level:?} is not a level; {expected}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map(drop).map_err(|error| format!("{error}; {expected}"))
+}
+
+/// A fault-injection question: empty, or a question a client can ask.
+fn check_fault_question(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let ends_with_its_only_mark =
+        bytes.last() == Some(&QUESTION_END) && bytes.iter().filter(|&&b| b == QUESTION_END).count() == 1;
+    if text.is_empty() || (ends_with_its_only_mark && !bytes.first().copied().is_some_and(is_leading_whitespace)) {
+        Ok(())
+    } else {
+        Err("a question no client can ask (it must end with its only '?' and not start with whitespace), so it could never trigger; leave it empty for none".into())
+    }
+}
+
+/// `oracle.answers`: a table that follows the protocol's rules, with at least one entry.
+fn check_answers(value: &Value) -> Result<(), String> {
+    let entries: Vec<(String, String)> = value
+        .clone()
+        .into_array()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| {
+            let entry = entry.into_table().ok()?;
+            let field = |name: &str| entry.get(name).and_then(|v| v.clone().into_string().ok()).unwrap_or_default();
+            Some((field("question"), field("answer")))
+        })
+        .collect();
+    if entries.is_empty() {
+        return Err("the table is empty: the server would know no answer at all; list at least one".into());
+    }
+    AnswerTable::new(entries).map(drop).map_err(|error| error.to_string())
+}
+
+/// A value as an operator would write it.
+struct Shown<'a>(&'a Value);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            ValueKind::String(text) => write!(f, "{text:?}"),
+            ValueKind::Array(items) => {
+                f.write_str("[")?;
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{}", Shown(item))?;
+                }
+                f.write_str("]")
+            }
+            ValueKind::Table(_) => f.write_str("{ ... }"),
+            ValueKind::Nil => f.write_str("nothing"),
+            _ => write!(f, "{}", self.0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +786,12 @@ mod tests {
             let path = std::env::temp_dir().join(name);
             std::fs::File::create(&path).unwrap().write_all(contents.as_bytes()).unwrap();
             Self(path)
+        }
+    }
+
+    impl TempFile {
+        fn config(&self) -> ConfigFile {
+            ConfigFile { path: self.0.clone(), named_by: "--config" }
         }
     }
 
@@ -416,7 +827,7 @@ mod tests {
             "[server]\nworkers = 2\nbacklog = 7\nlisten = [\"127.0.0.1:2000\"]\n[log]\nlevel = \"debug\"\n",
         );
         let sources = Sources {
-            file: Some(file.0.clone()),
+            file: Some(file.config()),
             env: env(&[("ZEN_SERVER__WORKERS", "3"), ("ZEN_SERVER__LISTEN", "127.0.0.2:3000,[::1]:3001")]),
             overrides: Overrides { listen: None, port: Some(4000) },
         };
@@ -442,7 +853,7 @@ mod tests {
     #[test]
     fn a_file_answer_list_replaces_the_builtin_one() {
         let file = TempFile::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Because.\" }]\n");
-        let settings = Settings::load(&Sources { file: Some(file.0.clone()), ..Sources::default() }).unwrap();
+        let settings = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
         let table = settings.oracle.table().unwrap();
         assert_eq!(table.len(), 1);
         assert_eq!(table.answer(b"Beautiful is better than?"), Answer::UNKNOWN_APHORISM);
@@ -451,8 +862,9 @@ mod tests {
     #[test]
     fn an_unknown_key_in_the_file_is_named() {
         let file = TempFile::new("[server]\nworker = 2\n");
-        let error = load_error(&Sources { file: Some(file.0.clone()), ..Sources::default() });
-        assert!(error.contains("unknown field `worker`") && error.contains("`server`"), "{error}");
+        let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
+        assert!(error.starts_with("unknown key server.worker in "), "{error}");
+        assert!(error.contains(file.0.to_str().unwrap()) && error.contains("workers"), "{error}");
     }
 
     #[test]
@@ -464,7 +876,7 @@ mod tests {
     #[test]
     fn a_wrong_type_names_the_key_and_the_file() {
         let file = TempFile::new("[server]\nworkers = \"many\"\n");
-        let error = load_error(&Sources { file: Some(file.0.clone()), ..Sources::default() });
+        let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
         let name = file.0.file_name().unwrap().to_str().unwrap();
         assert!(error.contains("server.workers") && error.contains(name), "{error}");
     }
@@ -479,7 +891,8 @@ mod tests {
     #[test]
     fn a_missing_file_is_named() {
         let path = std::env::temp_dir().join("zen-config-that-does-not-exist.toml");
-        let error = load_error(&Sources { file: Some(path), ..Sources::default() });
+        let error =
+            load_error(&Sources { file: Some(ConfigFile { path, named_by: "--config" }), ..Sources::default() });
         assert!(error.contains("zen-config-that-does-not-exist"), "{error}");
     }
 
@@ -488,7 +901,7 @@ mod tests {
         let file = TempFile::new(
             "[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }, { question = \"Why?\", answer = \"Be. Cause.\" }]\n",
         );
-        let error = load_error(&Sources { file: Some(file.0.clone()), ..Sources::default() });
+        let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
         assert!(
             error.contains("oracle.answers") && error.contains("entry 1") && error.contains("Be. Cause."),
             "{error}"
@@ -530,7 +943,7 @@ mod tests {
     #[test]
     fn an_empty_listen_list_is_refused() {
         let file = TempFile::new("[server]\nlisten = []\n");
-        let error = load_error(&Sources { file: Some(file.0.clone()), ..Sources::default() });
+        let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
         assert!(error.starts_with("invalid server.listen"), "{error}");
     }
 
@@ -545,7 +958,136 @@ mod tests {
     fn printed_settings_load_back_to_the_same_settings() {
         let settings = Settings::builtin().unwrap();
         let file = TempFile::new(&settings.to_toml().unwrap());
-        let reloaded = Settings::load(&Sources { file: Some(file.0.clone()), ..Sources::default() }).unwrap();
+        let reloaded = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
         assert_eq!(reloaded.to_toml().unwrap(), settings.to_toml().unwrap());
+    }
+
+    fn file_error(contents: &str) -> (String, TempFile) {
+        let file = TempFile::new(contents);
+        (load_error(&Sources { file: Some(file.config()), ..Sources::default() }), file)
+    }
+
+    fn env_error(vars: &[(&str, &str)]) -> String {
+        load_error(&Sources { env: env(vars), ..Sources::default() })
+    }
+
+    #[test]
+    fn a_fraction_or_a_boolean_where_a_whole_number_belongs_is_refused_not_rounded() {
+        let (error, file) = file_error("[server]\nworkers = 2.5\n");
+        let path = file.0.to_str().unwrap();
+        assert_eq!(error, format!("invalid server.workers = 2.5 in {path}: expected a whole number"));
+        let (error, _file) = file_error("[limits]\nmax_connections = true\n");
+        assert!(error.starts_with("invalid limits.max_connections = true in "), "{error}");
+        let error = env_error(&[("ZEN_SERVER__SHUTDOWN_TIMEOUT_SECS", "1.5")]);
+        assert_eq!(
+            error,
+            "invalid server.shutdown_timeout_secs = \"1.5\" in environment variable ZEN_SERVER__SHUTDOWN_TIMEOUT_SECS: expected a whole number"
+        );
+    }
+
+    #[test]
+    fn a_log_level_that_is_no_level_is_refused_naming_the_value() {
+        for level in ["verbose", "inof", "info,zen_server=loud"] {
+            let error = env_error(&[("ZEN_LOG__LEVEL", level)]);
+            assert!(
+                error.starts_with(&format!("invalid log.level = {level:?} in environment variable ZEN_LOG__LEVEL: ")),
+                "{error}"
+            );
+            assert!(error.contains("expected a level"), "{error}");
+        }
+        for level in ["debug", "WARN", "info,zen_server::session=debug", "off"] {
+            assert!(
+                Settings::load(&Sources { env: env(&[("ZEN_LOG__LEVEL", level)]), ..Sources::default() }).is_ok(),
+                "{level}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_format_and_output_are_read_in_any_case_and_a_wrong_one_lists_the_right_ones() {
+        let (error, _file) = file_error("[log]\nformat = \"xml\"\n");
+        assert!(error.starts_with("invalid log.format = \"xml\" in "), "{error}");
+        assert!(error.ends_with("expected \"text\" or \"json\""), "{error}");
+        assert!(!error.contains("enum") && !error.contains("LogFormat"), "{error}");
+        let sources =
+            Sources { env: env(&[("ZEN_LOG__FORMAT", "JSON"), ("ZEN_LOG__OUTPUT", "StdOut")]), ..Sources::default() };
+        let log = Settings::load(&sources).unwrap().log;
+        assert_eq!((log.format, log.output), (LogFormat::Json, LogOutput::Stdout));
+    }
+
+    #[test]
+    fn a_bad_listen_entry_names_the_file_the_key_and_the_value() {
+        let (error, file) = file_error("[server]\nlisten = [\"127.0.0.1:1060\", \"nowhere\"]\n");
+        let path = file.0.to_str().unwrap();
+        assert!(error.starts_with(&format!("invalid server.listen[1] = \"nowhere\" in {path}: ")), "{error}");
+    }
+
+    #[test]
+    fn spaces_around_commas_in_the_listen_variable_are_accepted() {
+        let sources =
+            Sources { env: env(&[("ZEN_SERVER__LISTEN", "127.0.0.1:7001, [::1]:7002")]), ..Sources::default() };
+        let listen = Settings::load(&sources).unwrap().server.listen;
+        assert_eq!(listen, ["127.0.0.1:7001".parse::<SocketAddr>().unwrap(), "[::1]:7002".parse().unwrap()]);
+    }
+
+    #[test]
+    fn an_address_listed_twice_or_covered_by_a_wildcard_is_a_settings_error() {
+        let error = env_error(&[("ZEN_SERVER__LISTEN", "127.0.0.1:7001,127.0.0.1:7001")]);
+        assert!(
+            error.starts_with("invalid server.listen = ") && error.contains("127.0.0.1:7001 is listed twice"),
+            "{error}"
+        );
+        let error = env_error(&[("ZEN_SERVER__LISTEN", "0.0.0.0:7001,127.0.0.1:7001")]);
+        assert!(error.contains("overlap"), "{error}");
+        let sources = Sources { env: env(&[("ZEN_SERVER__LISTEN", "0.0.0.0:7001,[::]:7001")]), ..Sources::default() };
+        assert!(Settings::load(&sources).is_ok(), "IPv4 and IPv6 wildcards do not overlap");
+        let addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let sources =
+            Sources { overrides: Overrides { listen: Some(vec![addr, addr]), port: None }, ..Sources::default() };
+        let error = load_error(&sources);
+        assert!(error.contains("in the command line") && error.contains("listed twice"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_zen_variable_is_named_and_so_is_the_naming_rule() {
+        let error = env_error(&[("ZEN_ADDR", "127.0.0.1:1060")]);
+        assert!(error.starts_with("unknown environment variable ZEN_ADDR: "), "{error}");
+        assert!(error.contains("ZEN_<SECTION>__<KEY>"), "{error}");
+        let error = env_error(&[("ZEN_ORACLE__ANSWERS", "x")]);
+        assert!(error.contains("only be set in a settings file"), "{error}");
+    }
+
+    #[test]
+    fn a_config_path_that_is_no_settings_file_says_what_it_is() {
+        let dir = ConfigFile { path: std::env::temp_dir(), named_by: "ZEN_CONFIG" };
+        let error = load_error(&Sources { file: Some(dir), ..Sources::default() });
+        assert!(error.starts_with("ZEN_CONFIG ") && error.ends_with("is a directory, not a settings file"), "{error}");
+        let null = ConfigFile { path: "/dev/null".into(), named_by: "--config" };
+        let error = load_error(&Sources { file: Some(null), ..Sources::default() });
+        assert!(error.starts_with("--config /dev/null: is not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_answer_table_is_refused() {
+        let (error, _file) = file_error("[oracle]\nanswers = []\n");
+        assert!(error.starts_with("invalid oracle.answers = [] in ") && error.contains("empty"), "{error}");
+    }
+
+    #[test]
+    fn a_fault_question_no_client_can_ask_is_refused() {
+        let error = env_error(&[("ZEN_ORACLE__PANIC_QUESTION", "Poison")]);
+        assert!(error.starts_with("invalid oracle.panic_question = \"Poison\" in environment variable"), "{error}");
+        assert!(
+            Settings::load(&Sources { env: env(&[("ZEN_ORACLE__HANG_QUESTION", "Hang?")]), ..Sources::default() })
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_an_answer_entry_is_named_with_its_position() {
+        let (error, _file) = file_error(
+            "[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }, { questoin = \"C?\", answer = \"D.\" }]\n",
+        );
+        assert!(error.starts_with("unknown key oracle.answers[1].questoin in "), "{error}");
     }
 }

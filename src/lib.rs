@@ -21,7 +21,10 @@
 //! - [`server`]: the `Server` actor (accepts, admits, drains), its listeners, and the
 //!   `Worker` actor on each thread that starts sessions.
 //! - [`threads`]: the worker threads, the accepting one first.
-//! - [`shutdown`]: signals to drain.
+//! - [`control`]: the daemon's life: shutdown, readiness and the watchdog for systemd.
+//! - [`signals`]: SIGTERM/SIGINT to `control`; a second one exits at once.
+//! - [`notify`]: systemd's notify protocol (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`).
+//! - [`inherit`]: sockets handed over by systemd or inetd instead of bound.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
@@ -40,11 +43,14 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod control;
+pub mod inherit;
+pub mod notify;
 pub mod oracle;
 pub mod protocol;
 pub mod server;
 pub mod session;
-pub mod shutdown;
+pub mod signals;
 pub mod telemetry;
 pub mod threads;
 

@@ -2,7 +2,7 @@
 //! first; and [`PerThread`], one value for each of them, so that a list of workers can never
 //! be empty.
 
-use std::num::NonZeroUsize;
+use std::{num::NonZeroUsize, time::Duration};
 
 use actix::Arbiter;
 use actix_rt::ArbiterHandle;
@@ -30,14 +30,20 @@ impl WorkerThreads {
         PerThread { here: self.current.clone(), elsewhere: self.spawned.iter().map(Arbiter::handle).collect() }
     }
 
-    /// Stops the spawned threads and waits for them to end.
-    pub fn stop_and_join(self) {
+    /// Stops the spawned threads and waits up to `within` for them to end; `false` if some
+    /// did not (a thread stuck for good is left behind).
+    pub fn stop_and_join(self, within: Duration) -> bool {
         for arbiter in &self.spawned {
             arbiter.stop();
         }
-        for arbiter in self.spawned {
-            let _ = arbiter.join();
-        }
+        let (ended, all_ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for arbiter in self.spawned {
+                let _ = arbiter.join();
+            }
+            let _ = ended.send(());
+        });
+        all_ended.recv_timeout(within).is_ok()
     }
 }
 

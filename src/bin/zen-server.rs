@@ -1,16 +1,21 @@
-//! `zen-server`: parse the command line, load settings, set up logging, serve.
+//! `zen-server`: take inherited sockets, parse the command line, load settings, set up logging,
+//! serve.
 //!
-//! Exit codes: 0 after a clean shutdown, 78 (EX_CONFIG) for bad settings, 69
-//! (EX_UNAVAILABLE) when an address cannot be listened on, 1 for anything else; 130 or 143
-//! when a second SIGINT or SIGTERM cut a drain short.
+//! Exit codes: 0 after a shutdown (also when the shutdown timeout cut clients off: a warning
+//! says how many); 2 for a command line that does not parse; 69 (EX_UNAVAILABLE) when an
+//! address cannot be listened on; 78 (EX_CONFIG) for bad settings or an inherited socket of
+//! the wrong kind; 130 or 143 when a second SIGINT or SIGTERM cut a drain short; 1 for
+//! anything else.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
-use clap::Parser;
+use anyhow::bail;
+use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
 use zen_server::{
-    app::{self, RunError},
+    app::{self, RunError, Sockets},
     cli::{ServerCli, ServerCommand},
-    config::{Settings, Sources},
+    config::{CONFIG_FILE_VAR, ConfigFile, LogOutput, Settings, Sources},
+    inherit::{self, InheritError},
     telemetry,
 };
 
@@ -18,8 +23,16 @@ const EX_CONFIG: u8 = 78;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = ServerCli::parse();
-    let settings = match load_settings(&cli) {
+    // Sockets passed by a service manager, taken before any other thread starts (this also
+    // removes the LISTEN_* variables, so that no child process sees them).
+    let activated = inherit::activated_listeners();
+    let matches = ServerCli::command().get_matches();
+    let cli = ServerCli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let named_by = match matches.value_source("config") {
+        Some(ValueSource::EnvVariable) => CONFIG_FILE_VAR,
+        _ => "--config",
+    };
+    let settings = match load_settings(&cli, named_by) {
         Ok(settings) => settings,
         Err(error) => return fail(EX_CONFIG, &error),
     };
@@ -32,10 +45,17 @@ fn main() -> ExitCode {
             Err(error) => fail(1, &error.into()),
         };
     }
+    let sockets = match sockets(&cli, activated, &settings) {
+        Ok(sockets) => sockets,
+        Err(error) => return fail(EX_CONFIG, &error),
+    };
     if let Err(error) = telemetry::init(&settings.log) {
         return fail(EX_CONFIG, &error.into());
     }
-    match app::run(&settings) {
+    if matches!(&sockets, Some(Sockets::Listeners(_))) {
+        tracing::info!("serving on inherited sockets; server.listen is not used");
+    }
+    match app::run(&settings, sockets, cli.exit_when_idle.map(Duration::from_secs)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = match error {
@@ -48,9 +68,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_settings(cli: &ServerCli) -> anyhow::Result<Settings> {
-    let sources = Sources::from_process(cli.config.clone(), cli.overrides()?)?;
+fn load_settings(cli: &ServerCli, named_by: &'static str) -> anyhow::Result<Settings> {
+    let file = cli.config.clone().map(|path| ConfigFile { path, named_by });
+    let sources = Sources::from_process(file, cli.overrides()?)?;
     Ok(Settings::load(&sources)?)
+}
+
+/// The sockets handed to this process, if it is to serve those instead of binding
+/// `server.listen`.
+fn sockets(
+    cli: &ServerCli,
+    activated: Result<Vec<std::net::TcpListener>, InheritError>,
+    settings: &Settings,
+) -> anyhow::Result<Option<Sockets>> {
+    let activated = activated?;
+    let given = if cli.inetd { Some("--inetd") } else { cli.listen_fd.map(|_| "--listen-fd") };
+    if let Some(flag) = given
+        && !activated.is_empty()
+    {
+        bail!("{flag}: the service manager passed listening sockets too (LISTEN_FDS); use one or the other");
+    }
+    if cli.inetd {
+        if settings.log.output == LogOutput::Stdout {
+            bail!("--inetd: log.output is \"stdout\", which is the client's connection in this mode; use \"stderr\"");
+        }
+        return Ok(Some(Sockets::Connection(inherit::connection_on_stdin()?)));
+    }
+    if let Some(fd) = cli.listen_fd {
+        return Ok(Some(Sockets::Listeners(vec![inherit::listener_on(fd)?])));
+    }
+    Ok((!activated.is_empty()).then_some(Sockets::Listeners(activated)))
 }
 
 /// Reports `error` on one line of standard error and returns `code`.

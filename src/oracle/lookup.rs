@@ -1,5 +1,5 @@
-//! [`Lookup`]: answering one question from a table, with the oracle's fault injection and
-//! panic containment. Shared by the oracle's shards and its costly-answer workers, so a
+//! [`Lookup`]: answering one question from a table, with the oracle's fault injection (a
+//! question that panics, one that blocks its thread) and panic containment. Shared by the oracle's shards and its costly-answer workers, so a
 //! question is answered the same way wherever it is looked up.
 
 use std::{
@@ -12,23 +12,25 @@ use crate::{
     protocol::{Answer, AnswersBuilder, Question},
 };
 
-/// How questions are looked up: which question is poisoned (fault injection) and how many
+/// How questions are looked up: which questions are poisoned (fault injection) and how many
 /// lookups have panicked.
 #[derive(Debug, Default)]
 pub struct Lookup {
     panic_question: Option<Question>,
+    hang_question: Option<Question>,
     panics: AtomicU64,
 }
 
 impl Lookup {
-    /// Lookups that panic when asked `panic_question`, if any.
-    pub fn new(panic_question: Option<Question>) -> Self {
-        Self { panic_question, panics: AtomicU64::new(0) }
+    /// Lookups that panic when asked `panic_question`, and block their thread for good when
+    /// asked `hang_question`, if any.
+    pub fn new(panic_question: Option<Question>, hang_question: Option<Question>) -> Self {
+        Self { panic_question, hang_question, panics: AtomicU64::new(0) }
     }
 
-    /// Whether `question` is the one that makes lookups panic.
+    /// Whether `question` is one of the fault-injection questions.
     pub fn is_poison(&self, question: &[u8]) -> bool {
-        self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question)
+        [&self.panic_question, &self.hang_question].into_iter().flatten().any(|poison| poison.as_bytes() == question)
     }
 
     /// Lookups that panicked so far.
@@ -40,8 +42,14 @@ impl Lookup {
     /// if looking it up panicked (the panic is logged and counted, and goes no further).
     pub fn answer_into(&self, table: &AnswerTable, question: &[u8], answers: &mut AnswersBuilder) {
         let lookup = || {
-            if self.is_poison(question) {
+            if self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question) {
                 panic!("oracle.panic_question was asked");
+            }
+            if self.hang_question.as_ref().is_some_and(|poison| poison.as_bytes() == question) {
+                tracing::error!("oracle.hang_question was asked: this worker thread stops for good");
+                loop {
+                    std::thread::park();
+                }
             }
             table.get(question)
         };
@@ -50,7 +58,9 @@ impl Lookup {
             Ok(None) => answers.push(Answer::UNKNOWN_APHORISM.as_bytes()),
             Err(_) => {
                 let panics = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(question = %question.escape_ascii(), panics, "oracle panicked while answering; answered with an internal error");
+                // The panic itself was logged as an error by the panic hook; this says what
+                // became of it.
+                tracing::warn!(question = %question.escape_ascii(), panics, "oracle panicked while answering; answered with an internal error");
                 answers.push(Answer::INTERNAL_ERROR.as_bytes());
             }
         }

@@ -78,6 +78,8 @@ pub struct OracleConfig {
     pub workers: usize,
     /// Fault injection: asking this question makes the lookup panic.
     pub panic_question: Option<Question>,
+    /// Fault injection: asking this question blocks the thread looking it up, for good.
+    pub hang_question: Option<Question>,
 }
 
 /// The table in use and, if answers are costly, which of its questions are already computed.
@@ -125,7 +127,7 @@ impl Oracle {
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
         let shared = Arc::new(Shared {
             current: ArcSwap::new(Current::new(table)),
-            lookup: Lookup::new(config.panic_question),
+            lookup: Lookup::new(config.panic_question, config.hang_question),
             costly,
         });
         let shards = threads.map(|thread| {
@@ -296,7 +298,7 @@ mod tests {
             assert_eq!(answers.as_bytes(), b"Nested.Error: unknown aphorism.");
         }
         started.oracle.send(CheckAlive).await.unwrap().unwrap();
-        threads.stop_and_join();
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
     #[actix::test]
@@ -305,6 +307,7 @@ mod tests {
             simulated_cost: Duration::from_millis(1),
             workers: 2,
             panic_question: Some(Question::from_static(b"Poison?")),
+            hang_question: None,
         };
         let oracle = start(book_table(), config);
         let questions: [&[u8]; 5] =

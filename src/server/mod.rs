@@ -5,7 +5,8 @@
 //! A client over the limit is told `Error: server busy.` and closed at once, with no session.
 //! On [`Drain`] the server stops accepting, tells every worker to drain its sessions, and
 //! replies once every admitted connection's permit has come back or the shutdown timeout has
-//! passed.
+//! passed. Told to exit when idle, it reports [`ServerIdle`] once no connection has been open
+//! or has arrived for that long (inetd's modes: one inherited connection, served, is all).
 //!
 //! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
 //! - [`worker`]: the workers that run sessions, one per thread.
@@ -20,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::prelude::*;
+use actix::{fut::wrap_future, prelude::*};
 use tokio::net::TcpStream;
 
 use self::{
@@ -34,6 +35,29 @@ use crate::{admission::Admission, protocol::Answer, session::SessionInfo};
 #[derive(Debug, Message)]
 #[rtype(result = "DrainReport")]
 pub struct Drain;
+
+/// Asks the server and every worker whether they are alive; the reply comes once all have
+/// answered.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MailboxError>")]
+pub struct CheckAlive;
+
+/// The server has been idle for as long as it was told to wait before exiting.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ServerIdle {
+    /// What kind of idleness, for the log.
+    pub cause: &'static str,
+}
+
+/// When the server reports itself idle.
+#[derive(Debug, Clone)]
+pub struct ExitWhenIdle {
+    /// How long no connection must be open or arrive.
+    pub after: Duration,
+    /// Who is told.
+    pub notify: Recipient<ServerIdle>,
+}
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,6 +81,9 @@ pub struct Server {
     last_id: u64,
     /// When the drain started, once it has.
     draining_since: Option<Instant>,
+    /// A connection handed over instead of accepted (inetd), served first.
+    inherited: Option<std::net::TcpStream>,
+    exit_when_idle: Option<ExitWhenIdle>,
 }
 
 impl Server {
@@ -77,7 +104,51 @@ impl Server {
             refused_while_full: 0,
             last_id: 0,
             draining_since: None,
+            inherited: None,
+            exit_when_idle: None,
         }
+    }
+
+    /// Serves `connection`, handed over by inetd, before anything accepted.
+    #[must_use]
+    pub fn with_inherited_connection(mut self, connection: std::net::TcpStream) -> Self {
+        self.inherited = Some(connection);
+        self
+    }
+
+    /// Whether a connection was handed over with
+    /// [`with_inherited_connection`](Self::with_inherited_connection).
+    pub fn has_inherited_connection(&self) -> bool {
+        self.inherited.is_some()
+    }
+
+    /// Reports [`ServerIdle`] once no connection has been open or has arrived for `after`.
+    #[must_use]
+    pub fn exit_when_idle(mut self, idle: ExitWhenIdle) -> Self {
+        self.exit_when_idle = Some(idle);
+        self
+    }
+
+    /// Waits until no connection is open, then for `after` more; reports idleness if no
+    /// connection arrived meanwhile, and waits again otherwise.
+    fn watch_idleness(&mut self, ctx: &mut Context<Self>) {
+        let Some(ExitWhenIdle { after, .. }) = self.exit_when_idle else { return };
+        let admission = self.admission.clone();
+        let quiet = async move {
+            admission.all_released().await;
+            tokio::time::sleep(after).await;
+        };
+        let seen = self.last_id;
+        ctx.spawn(wrap_future::<_, Self>(quiet).map(move |(), server, ctx| {
+            if server.last_id == seen && server.admission.admitted() == 0 {
+                if let Some(idle) = &server.exit_when_idle {
+                    let cause = if server.accepting.is_empty() { "the connection was served" } else { "idle" };
+                    idle.notify.do_send(ServerIdle { cause });
+                }
+            } else {
+                server.watch_idleness(ctx);
+            }
+        }));
     }
 
     fn admit(&mut self, Accepted { stream, peer }: Accepted) {
@@ -117,6 +188,18 @@ impl Actor for Server {
             tracing::info!(addr = %listener.local_addr(), workers = self.workers.count(), "listening");
             self.accepting.push(ctx.add_stream(listener));
         }
+        if let Some(connection) = self.inherited.take() {
+            let accepted =
+                connection.peer_addr().and_then(|peer| Ok(Accepted { stream: TcpStream::from_std(connection)?, peer }));
+            match accepted {
+                Ok(accepted) => {
+                    tracing::info!(peer = %accepted.peer, "serving the connection on standard input");
+                    self.admit(accepted);
+                }
+                Err(error) => tracing::warn!(%error, "cannot serve the connection on standard input"),
+            }
+        }
+        self.watch_idleness(ctx);
     }
 }
 
@@ -131,6 +214,14 @@ impl StreamHandler<Result<Accepted, AcceptError>> for Server {
 
     /// A listener's stream never ends on its own; only a drain cancels it.
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<CheckAlive> for Server {
+    type Result = ResponseFuture<Result<(), MailboxError>>;
+
+    fn handle(&mut self, _: CheckAlive, _ctx: &mut Self::Context) -> Self::Result {
+        Box::pin(self.workers.check_alive())
+    }
 }
 
 impl Handler<Drain> for Server {
@@ -205,7 +296,7 @@ mod tests {
             client.shutdown().await.unwrap();
             assert_eq!(read_all(&mut client).await, b"Ugly.Error: unknown aphorism.");
         }
-        threads.stop_and_join();
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
     #[actix::test]
@@ -225,7 +316,7 @@ mod tests {
             assert_eq!(read_all(client).await, b"Error: server shutting down.");
         }
         assert!(TcpStream::connect(addr).await.is_err(), "still accepting after the drain");
-        threads.stop_and_join();
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
     #[actix::test]
@@ -241,7 +332,7 @@ mod tests {
         }
         let mut extra = TcpStream::connect(addr).await.unwrap();
         assert_eq!(read_all(&mut extra).await, b"Error: server busy.");
-        threads.stop_and_join();
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
     /// Sessions started under a second actix `System` on the same thread get their timeouts
@@ -255,7 +346,7 @@ mod tests {
                 let mut client = TcpStream::connect(addr).await.unwrap();
                 let connected = Instant::now();
                 assert_eq!(read_all(&mut client).await, b"", "round {round}: nothing is said on an idle close");
-                threads.stop_and_join();
+                assert!(threads.stop_and_join(Duration::from_secs(5)));
                 connected.elapsed()
             });
             assert!(closed_after >= Duration::from_millis(150), "round {round}: closed after {closed_after:?}");

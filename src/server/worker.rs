@@ -70,6 +70,21 @@ impl Workers {
             worker.do_send(DrainSessions);
         }
     }
+
+    /// Resolves once every worker has answered a liveness message.
+    ///
+    /// # Errors
+    ///
+    /// [`MailboxError`] if a worker is gone.
+    pub fn check_alive(&self) -> impl Future<Output = Result<(), MailboxError>> + use<> {
+        let checks: Vec<_> = self.workers.iter().map(|worker| worker.send(WorkerAlive)).collect();
+        async move {
+            for check in checks {
+                check.await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// An accepted connection on its way to a worker.
@@ -93,6 +108,11 @@ struct Adopt {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct DrainSessions;
+
+/// Answered at once: the worker's thread is not stuck.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct WorkerAlive;
 
 /// The sessions of one worker thread.
 pub struct Worker {
@@ -130,6 +150,12 @@ impl Handler<Adopt> for Worker {
         };
         ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
     }
+}
+
+impl Handler<WorkerAlive> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: WorkerAlive, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<DrainSessions> for Worker {

@@ -22,6 +22,8 @@ fn an_oracle_panic_answers_that_question_with_an_internal_error_and_nothing_else
     assert_eq!(read_answers(&mut victim, 3), [&b"Ugly."[..], b"Error: internal error.", b"Implicit."]);
     assert!(server.wait_for_log(&["oracle panicked while answering", "panics=1"], DEADLINE).is_some());
     assert!(server.wait_for_log(&["ERROR", "panic", "oracle.panic_question was asked"], DEADLINE).is_some());
+    let errors = server.log().lines().filter(|line| line.contains(" ERROR ")).count();
+    assert_eq!(errors, 1, "one error event per contained panic; log:\n{}", server.log());
 
     // The same session, the other session and new sessions all keep working, and it recovers
     // each time.

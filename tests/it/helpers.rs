@@ -79,11 +79,19 @@ pub struct Launch {
     pub listeners: usize,
     /// A lower limit on open file descriptors (`ulimit -n`), set before the server starts.
     pub fd_limit: Option<u32>,
+    /// A command the server runs under (`systemd-socket-activate -l ADDR`, `unshare ...`): its
+    /// words, then the server's path and arguments.
+    pub wrapper: Vec<String>,
+    /// The server's standard input and output (nothing by default).
+    pub stdin: Option<Stdio>,
+    pub stdout: Option<Stdio>,
+    /// Log text that says the server is ready, instead of `listening` events.
+    pub ready_when: Option<String>,
 }
 
 impl Launch {
     pub fn args(args: &[&str]) -> Self {
-        Self { args: args.iter().map(|a| a.to_string()).collect(), env: Vec::new(), listeners: 1, fd_limit: None }
+        Self { args: args.iter().map(|a| a.to_string()).collect(), listeners: 1, ..Self::default() }
     }
 
     /// `zen-server --listen 127.0.0.1:0` with these environment settings.
@@ -105,18 +113,43 @@ impl Launch {
         self.fd_limit = Some(limit);
         self
     }
+
+    pub fn wrapper(mut self, words: &[&str]) -> Self {
+        self.wrapper = words.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
+    pub fn stdin(mut self, stdin: impl Into<Stdio>) -> Self {
+        self.stdin = Some(stdin.into());
+        self
+    }
+
+    pub fn stdout(mut self, stdout: impl Into<Stdio>) -> Self {
+        self.stdout = Some(stdout.into());
+        self
+    }
+
+    pub fn ready_when(mut self, text: &str) -> Self {
+        self.ready_when = Some(text.into());
+        self
+    }
 }
 
 /// A `zen-server` command with a clean environment: no `ZEN_*` variable of the test runner's.
-pub fn server_command(args: &[String], env: &[(String, String)], fd_limit: Option<u32>) -> Command {
-    let mut command = match fd_limit {
+pub fn server_command(args: &[String], env: &[(String, String)], fd_limit: Option<u32>, wrapper: &[String]) -> Command {
+    let mut command = match (fd_limit, wrapper.split_first()) {
         // The shell sets the limit and replaces itself with the server: same PID.
-        Some(limit) => {
+        (Some(limit), _) => {
             let mut shell = Command::new("sh");
             shell.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(SERVER_BIN);
             shell
         }
-        None => Command::new(SERVER_BIN),
+        (None, Some((program, words))) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(SERVER_BIN);
+            command
+        }
+        (None, None) => Command::new(SERVER_BIN),
     };
     command.args(args);
     for (name, _) in std::env::vars_os() {
@@ -134,10 +167,29 @@ impl ZenServer {
         Self::launch(Launch::args(&["--listen", "127.0.0.1:0"]))
     }
 
-    /// Starts the server as `launch` says and waits until it listens.
+    /// Starts the server as `launch` says and waits until it listens (or says it is ready).
     pub fn launch(launch: Launch) -> Self {
-        let mut command = server_command(&launch.args, &launch.env, launch.fd_limit);
-        let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (listeners, ready_when) = (launch.listeners, launch.ready_when.clone());
+        let mut server = Self::spawn(launch);
+        if let Some(text) = ready_when {
+            if server.wait_for_log(&[&text], DEADLINE).is_none() {
+                panic!("server did not say {text:?} in time; log:\n{}", server.log());
+            }
+            return server;
+        }
+        let Some(lines) = server.log.wait_for_lines(DEADLINE, listeners, is_listening) else {
+            panic!("server did not listen in time; log:\n{}", server.log());
+        };
+        server.addrs = lines.iter().map(|line| listening_addr(line)).collect();
+        server
+    }
+
+    /// Starts the server as `launch` says, without waiting for anything.
+    pub fn spawn(mut launch: Launch) -> Self {
+        let mut command = server_command(&launch.args, &launch.env, launch.fd_limit, &launch.wrapper);
+        let stdin = launch.stdin.take().unwrap_or_else(Stdio::null);
+        let stdout = launch.stdout.take().unwrap_or_else(Stdio::null);
+        let mut child = command.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).spawn().unwrap();
         let log = Log::default();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -149,12 +201,7 @@ impl ZenServer {
                 }
             }
         });
-        let mut server = Self { child, log, addrs: Vec::new(), status: None };
-        let Some(lines) = server.log.wait_for_lines(DEADLINE, launch.listeners, is_listening) else {
-            panic!("server did not listen in time; log:\n{}", server.log());
-        };
-        server.addrs = lines.iter().map(|line| listening_addr(line)).collect();
-        server
+        Self { child, log, addrs: Vec::new(), status: None }
     }
 
     /// The first listening address.
@@ -270,7 +317,7 @@ impl Drop for ZenServer {
 pub fn run_server(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let mut child = server_command(&args, &env, None)
+    let mut child = server_command(&args, &env, None, &[])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -370,4 +417,52 @@ pub fn ask_like_the_book(stream: &mut TcpStream, question: &[u8]) -> Vec<u8> {
         answer.extend_from_slice(&buffer[..read]);
     }
     answer
+}
+
+/// A directory in the temporary directory, removed with its contents on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(purpose: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("zen-it-{purpose}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port nothing uses right now on any address (bound, then let go), for settings and tools
+/// that need a port number up front rather than port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Launches what `launch` makes of a free port; tries another port if someone took the first
+/// one in between (it was only free when it was picked).
+pub fn launch_on_free_port(launch: impl Fn(u16) -> (Launch, TempConfig)) -> (ZenServer, TempConfig, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let (launch, config) = launch(port);
+        let mut server = ZenServer::spawn(launch);
+        match server.log.wait_for_lines(DEADLINE, 1, |line| is_listening(line) || line.contains("cannot listen")) {
+            Some(lines) if is_listening(&lines[0]) => {
+                server.addrs = vec![listening_addr(&lines[0])];
+                return (server, config, port);
+            }
+            Some(_) => continue,
+            None => panic!("server did not listen in time; log:\n{}", server.log()),
+        }
+    }
+    panic!("no free port in five tries");
 }

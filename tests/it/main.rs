@@ -1,10 +1,17 @@
-//! Integration tests: the real `zen-server` binary on ephemeral ports, driven over raw sockets.
+//! Integration tests: the real `zen-server` binary on ephemeral ports, driven over raw sockets,
+//! and the deployment files under the real tools (those a fresh machine lacks are `#[ignore]`d
+//! with the package to install; `.ci/run` installs them and runs them).
 
 mod bench;
 mod client;
 mod configuration;
+mod container;
 mod faults;
 mod helpers;
 mod hostile;
+mod inetd;
 mod lifecycle;
+mod operator;
 mod protocol;
+mod supervisor;
+mod systemd;

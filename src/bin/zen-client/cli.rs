@@ -3,9 +3,10 @@
 //! Only the parsing lives here; `main` runs what was asked and [`bench`](crate::bench) generates
 //! the load.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
+use zen_server::{Question, client};
 
 use crate::bench::BenchMode;
 
@@ -24,19 +25,19 @@ pub enum ClientCommand {
     /// Send the questions pipelined on one connection and print each with its answer.
     Ask {
         /// Server address, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
+        #[arg(long, default_value = "127.0.0.1:1060")]
         addr: String,
         /// Seconds to wait for every answer.
         #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
         timeout: Duration,
-        /// Questions, each ending with '?'.
-        #[arg(required = true, value_name = "QUESTION")]
-        questions: Vec<String>,
+        /// Questions, each ending with '?' (an argument may hold several, "A?B?").
+        #[arg(required = true, value_name = "QUESTION", value_parser = parse_questions)]
+        questions: Vec<Vec<Question>>,
     },
     /// Generate load, check every answer, and report throughput, latency and CPU use.
     Bench {
         /// Server address, IP:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
+        #[arg(long, default_value = "127.0.0.1:1060")]
         addr: SocketAddr,
         /// The kind of load.
         #[arg(long, value_enum, default_value_t = BenchMode::Pipelined)]
@@ -68,15 +69,30 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Exit 0 only if the server gives a known question its right answer in time.
+    /// Exit 0 only if the server gives a known question its right answer in time. Without
+    /// --addr, the address and the question come from the server's own settings (built-in,
+    /// --config or ZEN_CONFIG, ZEN_* variables): its first listening address and the first
+    /// entry of its answer table; with --addr, the book's first question is asked.
     Probe {
         /// Server address, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060", env = "ZEN_ADDR")]
-        addr: String,
+        #[arg(long)]
+        addr: Option<String>,
+        /// The server's settings file, to find its address and a question it knows.
+        #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", conflicts_with = "addr")]
+        config: Option<PathBuf>,
         /// Seconds to wait for the answer.
         #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
         timeout: Duration,
     },
+}
+
+/// Parses one argument of questions: each must end with '?'.
+fn parse_questions(text: &str) -> Result<Vec<Question>, String> {
+    match client::questions_in(text) {
+        Ok(questions) if questions.is_empty() => Err("no question in it".into()),
+        Ok(questions) => Ok(questions),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Parses a positive number of seconds, fractions allowed.
@@ -123,6 +139,17 @@ mod tests {
         };
         assert_eq!((mode, server_pid), (BenchMode::Churn, Some(42)));
         assert!(client(&["bench", "--mode", "Idle"]).is_err());
+    }
+
+    #[test]
+    fn a_question_without_its_question_mark_is_refused_and_one_argument_may_hold_several() {
+        let error = client(&["ask", "Beautiful is better than"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("does not end with '?'"), "{error}");
+        let Ok(ClientCli { command: ClientCommand::Ask { questions, .. } }) = client(&["ask", "A?B?", "C?"]) else {
+            panic!("valid questions");
+        };
+        assert_eq!(questions.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
     }
 
     #[test]

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use clap::Parser;
-use zen_server::{Question, client};
+use zen_server::{
+    Question,
+    client::{self, Probe},
+    config::{ConfigFile, Overrides, Settings, Sources},
+};
 
 use crate::{
     bench::BenchConfig,
@@ -48,13 +52,23 @@ fn run(command: ClientCommand) -> anyhow::Result<()> {
 async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Ask { addr, timeout, questions } => {
-            let questions: Vec<Question> = questions.into_iter().map(Question::new).collect();
+            let questions: Vec<Question> = questions.into_iter().flatten().collect();
             let answers = client::ask(addr.as_str(), &questions, timeout).await?;
             for (question, answer) in questions.iter().zip(&answers) {
                 println!("{question} {answer}");
             }
         }
-        ClientCommand::Probe { addr, timeout } => client::probe(addr.as_str(), timeout).await?,
+        ClientCommand::Probe { addr: Some(addr), timeout, .. } => {
+            client::probe(addr.as_str(), &Probe::book(), timeout).await?;
+        }
+        ClientCommand::Probe { addr: None, config, timeout } => {
+            let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
+            let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
+                .map_err(|error| anyhow!("the server's settings: {error}"))?;
+            let (addr, probe) = Probe::for_settings(&settings);
+            let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address"))?;
+            client::probe(addr, &probe, timeout).await?;
+        }
         ClientCommand::Bench { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
             let config =
                 BenchConfig { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, progress: true };

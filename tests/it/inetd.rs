@@ -1,0 +1,148 @@
+//! The book's two inetd variants: one accepted connection on standard input (`--inetd`,
+//! inetd's nowait mode), and a listening socket on standard input (`--listen-fd 0
+//! --exit-when-idle SECS`, inetd's wait mode); the wrong kind of socket in either; and both
+//! driven by a real socket-passing tool, `systemd-socket-activate`.
+
+use std::{
+    io::Write,
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use crate::helpers::{DEADLINE, Launch, ZenServer, ask_like_the_book, connect, free_port, read_answers, read_to_close};
+
+const EX_CONFIG: i32 = 78;
+
+/// A connected pair: the client's end, and the server's end as accepted.
+fn accepted_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    (client, accepted)
+}
+
+/// Waits for the server to exit by itself and returns its exit code.
+fn exit_code(server: &mut ZenServer) -> Option<i32> {
+    let status = server.wait_exit(DEADLINE).unwrap_or_else(|| panic!("still running; log:\n{}", server.log()));
+    status.code()
+}
+
+#[test]
+fn inetd_mode_serves_the_connection_on_standard_input_then_exits_0() {
+    let (mut client, accepted) = accepted_pair();
+    // As inetd does: the connection is both standard input and standard output.
+    let output = OwnedFd::from(accepted.try_clone().unwrap());
+    let launch = Launch::args(&["--inetd"]).stdin(OwnedFd::from(accepted)).stdout(output);
+    let mut server = ZenServer::launch(launch.ready_when("serving the connection on standard input"));
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    client.write_all(b"Explicit is better than?Simple is better than?").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut client), b"Implicit.Complex.", "answers, and nothing else (no log lines)");
+    assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
+}
+
+#[test]
+fn wait_mode_serves_every_client_on_the_inherited_listener_then_exits_when_idle() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let launch = Launch::args(&["--listen-fd", "0", "--exit-when-idle", "1"]).stdin(OwnedFd::from(listener));
+    let mut server = ZenServer::launch(launch);
+    assert_eq!(server.addr(), addr, "it listens where it was told");
+    for _ in 0..3 {
+        let mut client = connect(addr);
+        client.write_all(b"Beautiful is better than?Simple is better than?").unwrap();
+        assert_eq!(read_answers(&mut client, 2), [&b"Ugly."[..], b"Complex."]);
+    }
+    let served = Instant::now();
+    assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
+    assert!(
+        served.elapsed() >= Duration::from_millis(900),
+        "exited after {:?}, before 1 s of idleness",
+        served.elapsed()
+    );
+    assert!(server.log().contains("cause=\"idle\""), "log:\n{}", server.log());
+}
+
+#[test]
+fn a_client_still_connected_keeps_the_wait_mode_server_from_exiting() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let launch = Launch::args(&["--listen-fd", "0", "--exit-when-idle", "1"]).stdin(OwnedFd::from(listener));
+    let mut server = ZenServer::launch(launch);
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    // Twice the idle time with the client connected: still served.
+    assert!(server.wait_exit(Duration::from_secs(2)).is_none(), "exited under a connected client");
+    assert_eq!(ask_like_the_book(&mut client, b"Simple is better than?"), b"Complex.");
+    drop(client);
+    assert_eq!(exit_code(&mut server), Some(0));
+}
+
+/// Runs the server with `stdin` and `args`, expecting it to refuse at once.
+fn refused(args: &[&str], stdin: OwnedFd) -> String {
+    let mut server = ZenServer::spawn(Launch::args(args).stdin(stdin));
+    assert_eq!(exit_code(&mut server), Some(EX_CONFIG), "log:\n{}", server.log());
+    let log = server.log();
+    assert_eq!(log.trim_end().lines().count(), 1, "one line expected:\n{log}");
+    log
+}
+
+#[test]
+fn the_wrong_kind_of_socket_on_standard_input_is_a_one_line_error_and_exit_78() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let log = refused(&["--inetd"], OwnedFd::from(listener));
+    assert!(log.contains("--inetd: descriptor 0 is a listening socket") && log.contains("--listen-fd 0"), "{log}");
+
+    let (_client, accepted) = accepted_pair();
+    let log = refused(&["--listen-fd", "0"], OwnedFd::from(accepted));
+    assert!(
+        log.contains("--listen-fd: descriptor 0 is a connection, not listening") && log.contains("--inetd"),
+        "{log}"
+    );
+
+    let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let log = refused(&["--inetd"], null);
+    assert!(log.contains("--inetd: descriptor 0 is not a socket"), "{log}");
+}
+
+#[test]
+#[ignore = "needs systemd-socket-activate: apt-get install systemd"]
+fn nowait_mode_under_systemd_socket_activate_serves_each_connection_with_its_own_server() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let activator = ZenServer::launch(
+        Launch::args(&["--inetd"])
+            .wrapper(&["systemd-socket-activate", "--inetd", "--accept", "-l", &listen])
+            .ready_when("Listening on"),
+    );
+    for _ in 0..3 {
+        let mut client = connect(listen.parse().unwrap());
+        client.write_all(b"Beautiful is better than?Explicit is better than?").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_close(&mut client), b"Ugly.Implicit.", "log:\n{}", activator.log());
+    }
+    assert!(
+        activator.wait_for_log(&["serving the connection on standard input"], DEADLINE).is_some(),
+        "log:\n{}",
+        activator.log()
+    );
+}
+
+#[test]
+#[ignore = "needs systemd-socket-activate: apt-get install systemd"]
+fn wait_mode_under_systemd_socket_activate_serves_then_exits_0_when_idle() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // systemd-socket-activate starts the server when the first client connects.
+    let mut server = ZenServer::launch(
+        Launch::args(&["--listen-fd", "0", "--exit-when-idle", "1"])
+            .wrapper(&["systemd-socket-activate", "--inetd", "-l", &listen])
+            .ready_when("Listening on"),
+    );
+    for _ in 0..2 {
+        let mut client = connect(listen.parse().unwrap());
+        assert_eq!(ask_like_the_book(&mut client, b"Simple is better than?"), b"Complex.");
+    }
+    assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
+}
