@@ -1,16 +1,26 @@
 //! [`Admission`]: the connection limit. Each session holds a [`Permit`] for as long as it
-//! lives; when none is left the server refuses new clients, and a drain waits, without
-//! polling, until every permit has come back.
+//! lives; at the limit the server refuses new clients, and a drain waits, without polling,
+//! until every permit has come back.
+//!
+//! The semaphore holds every permit there could ever be, and the limit is checked against the
+//! permits out: so a reload can lower or raise the limit at once, without waiting for
+//! connections to end or forgetting permits. Only the server admits, from one thread.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Permits in the semaphore: more than any limit can be.
+const ALL_PERMITS: u32 = u32::MAX >> 3;
 
 /// At most `limit` connections served at once.
 #[derive(Debug, Clone)]
 pub struct Admission {
     permits: Arc<Semaphore>,
-    limit: u32,
+    limit: Arc<AtomicU32>,
 }
 
 /// One admitted connection; given back when dropped, however its session ends.
@@ -20,30 +30,41 @@ pub struct Permit {
 }
 
 impl Admission {
-    /// Admits up to `limit` connections at once.
+    /// Admits up to `limit` connections at once (at most `u32::MAX >> 3`).
     pub fn new(limit: u32) -> Self {
-        Self { permits: Arc::new(Semaphore::new(limit as usize)), limit }
+        Self {
+            permits: Arc::new(Semaphore::new(ALL_PERMITS as usize)),
+            limit: Arc::new(AtomicU32::new(limit.min(ALL_PERMITS))),
+        }
     }
 
     /// A permit for one more connection, or `None` if `limit` are already admitted.
     pub fn try_admit(&self) -> Option<Permit> {
+        if self.admitted() >= self.limit() as usize {
+            return None;
+        }
         self.permits.clone().try_acquire_owned().ok().map(|held| Permit { _held: held })
     }
 
     /// Connections admitted whose permit has not come back yet.
     pub fn admitted(&self) -> usize {
-        self.limit as usize - self.permits.available_permits()
+        ALL_PERMITS as usize - self.permits.available_permits()
     }
 
     /// The most connections admitted at once.
     pub fn limit(&self) -> u32 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit for connections admitted from now on; those already admitted stay.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit.min(ALL_PERMITS), Ordering::Relaxed);
     }
 
     /// Waits until every permit has come back (and holds none).
     pub async fn all_released(&self) {
         // The semaphore is never closed, so acquiring cannot fail.
-        let _all = self.permits.acquire_many(self.limit).await;
+        let _all = self.permits.acquire_many(ALL_PERMITS).await;
     }
 }
 
@@ -63,6 +84,18 @@ mod tests {
         drop(first);
         assert_eq!(admission.admitted(), 1);
         assert!(admission.try_admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lower_limit_refuses_at_once_and_a_higher_one_admits_at_once() {
+        let admission = Admission::new(3);
+        let held: Vec<Permit> = (0..3).map(|_| admission.try_admit().unwrap()).collect();
+        admission.set_limit(2);
+        assert!(admission.try_admit().is_none());
+        assert_eq!(admission.admitted(), 3, "those admitted stay");
+        admission.set_limit(5);
+        assert!(admission.try_admit().is_some());
+        drop(held);
     }
 
     #[tokio::test]

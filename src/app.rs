@@ -15,7 +15,7 @@ use actix::{Actor, Addr, AsyncContext, Context, System};
 use crate::{
     admission::Admission,
     config::Settings,
-    control::Control,
+    control::{Control, ReloadSources},
     notify::Notifier,
     oracle::{Oracle, TableError},
     server::{
@@ -81,7 +81,12 @@ impl App {
     /// # Errors
     ///
     /// [`RunError`] if the answer table is invalid or a socket cannot be registered.
-    pub fn start(sockets: Sockets, settings: &Settings, exit_when_idle: Option<Duration>) -> Result<App, RunError> {
+    pub fn start(
+        sockets: Sockets,
+        settings: &Settings,
+        exit_when_idle: Option<Duration>,
+        reload: Option<ReloadSources>,
+    ) -> Result<App, RunError> {
         let table = settings.oracle.table()?;
         let (listeners, connection) = match sockets {
             Sockets::Listeners(listeners) => (listeners, None),
@@ -115,8 +120,9 @@ impl App {
             server = server.exit_when_idle(ExitWhenIdle { after, notify: control_context.address().recipient() });
         }
         let server = server.start();
-        let control =
-            control_context.run(Control::new(server.clone(), oracle.oracle.clone(), Notifier::from_env(), serving));
+        let notifier = Notifier::from_env();
+        let control = Control::new(server.clone(), oracle.oracle.clone(), notifier, serving, settings.clone(), reload);
+        let control = control_context.run(control);
         Ok(App { server, oracle: oracle.oracle, control, addrs, threads })
     }
 
@@ -135,7 +141,12 @@ impl App {
 /// # Errors
 ///
 /// [`RunError`] naming the address that could not be bound, or whatever `serve` reports.
-pub fn run(settings: &Settings, sockets: Option<Sockets>, exit_when_idle: Option<Duration>) -> Result<(), RunError> {
+pub fn run(
+    settings: &Settings,
+    sockets: Option<Sockets>,
+    exit_when_idle: Option<Duration>,
+    reload: Option<ReloadSources>,
+) -> Result<(), RunError> {
     let sockets = match sockets {
         Some(sockets) => sockets,
         None => Sockets::Listeners(
@@ -147,20 +158,25 @@ pub fn run(settings: &Settings, sockets: Option<Sockets>, exit_when_idle: Option
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    serve(sockets, settings, exit_when_idle)
+    serve(sockets, settings, exit_when_idle, reload)
 }
 
 /// Serves `sockets` until SIGTERM or SIGINT (or idleness, with `exit_when_idle`) has drained
-/// the server. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
+/// the server; SIGHUP reloads from `reload`. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
 ///
 /// # Errors
 ///
 /// [`RunError`] if the answer table is invalid or the runtime cannot be set up.
-pub fn serve(sockets: Sockets, settings: &Settings, exit_when_idle: Option<Duration>) -> Result<(), RunError> {
+pub fn serve(
+    sockets: Sockets,
+    settings: &Settings,
+    exit_when_idle: Option<Duration>,
+    reload: Option<ReloadSources>,
+) -> Result<(), RunError> {
     let system = System::new();
     let app = system.block_on(async {
-        let app = App::start(sockets, settings, exit_when_idle)?;
-        signals::handle_signals(app.control.clone().recipient())
+        let app = App::start(sockets, settings, exit_when_idle, reload)?;
+        signals::handle_signals(app.control.clone().recipient(), app.control.clone().recipient())
             .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
         Ok::<_, RunError>(app)
     })?;
@@ -197,7 +213,7 @@ mod tests {
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-        let app = App::start(Sockets::Listeners(vec![listener]), &settings, None).unwrap();
+        let app = App::start(Sockets::Listeners(vec![listener]), &settings, None, None).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();
         for _ in 0..40 {

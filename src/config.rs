@@ -37,6 +37,19 @@ pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 /// typos.
 pub const MAX_WORKERS: i64 = 1024;
 
+/// Settings a running daemon cannot change: a reload reports them as needing a restart.
+pub const RESTART_ONLY: [&str; 9] = [
+    "server.listen",
+    "server.workers",
+    "server.backlog",
+    "log.format",
+    "log.output",
+    "oracle.simulated_cost_ms",
+    "oracle.workers",
+    "oracle.panic_question",
+    "oracle.hang_question",
+];
+
 /// Where the built-in layer's values come from, in messages.
 const BUILTIN_ORIGIN: &str = "built-in defaults";
 
@@ -449,6 +462,47 @@ impl Settings {
         Ok(())
     }
 
+    /// The dotted keys whose values differ between `self` and `other` (a list, such as
+    /// `oracle.answers`, counts as one key).
+    pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
+        fn leaves(value: toml::Value, prefix: &str, into: &mut Vec<(String, toml::Value)>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (name, value) in table {
+                        let key = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
+                        leaves(value, &key, into);
+                    }
+                }
+                value => into.push((prefix.to_owned(), value)),
+            }
+        }
+        let flatten = |settings: &Settings| {
+            let mut all = Vec::new();
+            if let Ok(value) = toml::Value::try_from(settings) {
+                leaves(value, "", &mut all);
+            }
+            all
+        };
+        let (mine, theirs) = (flatten(self), flatten(other));
+        mine.iter().zip(&theirs).filter(|((_, a), (_, b))| a != b).map(|((key, _), _)| key.clone()).collect()
+    }
+
+    /// `self`, with the settings a running daemon cannot change taken from `running`: what a
+    /// reload puts in effect.
+    #[must_use]
+    pub fn keeping_restart_only_of(mut self, running: &Settings) -> Settings {
+        self.server.listen.clone_from(&running.server.listen);
+        self.server.workers = running.server.workers;
+        self.server.backlog = running.server.backlog;
+        self.log.format = running.log.format;
+        self.log.output = running.log.output;
+        self.oracle.simulated_cost_ms = running.oracle.simulated_cost_ms;
+        self.oracle.workers = running.oracle.workers;
+        self.oracle.panic_question.clone_from(&running.oracle.panic_question);
+        self.oracle.hang_question.clone_from(&running.oracle.hang_question);
+        self
+    }
+
     /// The settings as TOML, as `check-config` prints them.
     ///
     /// # Errors
@@ -491,10 +545,20 @@ fn file_layer(file: &ConfigFile, known: &Map<String, Value>) -> Result<Map<Strin
     }
     let text = std::fs::read_to_string(&file.path).map_err(|error| fail(&error.to_string()))?;
     let origin = file.path.display().to_string();
-    let values = File::from_str(&text, FileFormat::Toml).collect().map_err(|error| fail(&error.to_string()))?;
+    let values =
+        File::from_str(&text, FileFormat::Toml).collect().map_err(|error| fail(&one_line(&error.to_string())))?;
     let values = with_origin(values, &origin);
     check_table(&values, known, &origin, "")?;
     Ok(values)
+}
+
+/// A TOML syntax error's message on one line: the quoted source lines (`1 | ...`, `  |   ^`)
+/// go, since the line and column are in the message already.
+fn one_line(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        line.is_empty() || line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|')
+    };
+    message.lines().map(str::trim).filter(|line| !is_excerpt(line)).collect::<Vec<_>>().join(" ")
 }
 
 /// `values`, each saying it came from `origin` (for messages about merged settings).
@@ -952,6 +1016,21 @@ mod tests {
         let vars = [("ZEN_CONFIG", "x.toml"), ("PATH", "/bin"), ("ZEN_LOG__LEVEL", "debug"), ("ZENITH", "1")]
             .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         assert_eq!(zen_vars(vars.into_iter()).unwrap(), env(&[("ZEN_LOG__LEVEL", "debug")]));
+    }
+
+    #[test]
+    fn changed_keys_are_named_and_restart_only_ones_can_be_kept_from_the_running_settings() {
+        let running = Settings::builtin().unwrap();
+        let file = TempFile::new(
+            "[server]\nworkers = 3\n[limits]\nmax_connections = 7\n[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }]\n",
+        );
+        let new = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
+        assert_eq!(running.changed_keys(&new), ["limits.max_connections", "oracle.answers", "server.workers"]);
+        let applied = new.keeping_restart_only_of(&running);
+        assert_eq!(running.changed_keys(&applied), ["limits.max_connections", "oracle.answers"]);
+        for key in RESTART_ONLY {
+            assert!(lookup(&File::from_str(BUILTIN_TOML, FileFormat::Toml).collect().unwrap(), key).is_some(), "{key}");
+        }
     }
 
     #[test]

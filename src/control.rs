@@ -1,17 +1,27 @@
 //! [`Control`]: the owner of the daemon's life as a whole, on the main thread. Signals, the
 //! service manager and the server's own idleness all end up here as messages: it tells the
 //! service manager when the daemon is ready and when it stops, feeds the watchdog only while
-//! every actor answers, and turns a [`Shutdown`] into one drain of the [`Server`] and then the
-//! end of the actor system.
+//! every actor answers, turns a [`Reload`] into new settings for every actor that can take
+//! them, and turns a [`Shutdown`] into one drain of the [`Server`] and then the end of the
+//! actor system.
+//!
+//! A reload re-reads every layer (the file, the environment the daemon started with, its
+//! flags) and validates the whole result before anything changes. If it is valid, the answer
+//! table is swapped atomically for every worker, the log filter changes, and limits apply to new
+//! connections (timeouts to every connection); settings that cannot change live are named in
+//! one warning. If not, nothing changes, the error names the layer, key and value, and the
+//! daemon serves on with what it had.
 
 use std::time::Duration;
 
 use actix::{fut::wrap_future, prelude::*};
 
 use crate::{
+    config::{RESTART_ONLY, Settings, Sources},
     notify::Notifier,
-    oracle::{self, Oracle},
-    server::{self, Drain, DrainReport, Server, ServerIdle},
+    oracle::{self, Oracle, ReplaceTable},
+    server::{self, ApplyLimits, Drain, DrainReport, Server, ServerIdle},
+    telemetry::LogControl,
 };
 
 /// Drain the server and stop the daemon.
@@ -22,6 +32,20 @@ pub struct Shutdown {
     pub cause: &'static str,
 }
 
+/// Re-read every settings layer and apply what can change live.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reload;
+
+/// What a reload reads from and changes besides the actors.
+#[derive(Debug, Clone)]
+pub struct ReloadSources {
+    /// The layers, as the daemon started with them (the file is read again).
+    pub sources: Sources,
+    /// The log filter.
+    pub log: Option<LogControl>,
+}
+
 /// The daemon's control actor.
 pub struct Control {
     server: Addr<Server>,
@@ -29,14 +53,73 @@ pub struct Control {
     notifier: Notifier,
     /// What `STATUS=` says while serving.
     serving: String,
+    /// The settings in effect.
+    settings: Settings,
+    reload: Option<ReloadSources>,
     shutting_down: bool,
 }
 
 impl Control {
-    /// Control over `server` and `oracle`, reporting to `notifier`; `serving` describes what is
-    /// served, for the service manager's status line.
-    pub fn new(server: Addr<Server>, oracle: Addr<Oracle>, notifier: Notifier, serving: String) -> Self {
-        Self { server, oracle, notifier, serving, shutting_down: false }
+    /// Control over `server` and `oracle` running with `settings`, reporting to `notifier`;
+    /// `serving` describes what is served, for the service manager's status line. Without
+    /// `reload`, a [`Reload`] is refused with a warning.
+    pub fn new(
+        server: Addr<Server>,
+        oracle: Addr<Oracle>,
+        notifier: Notifier,
+        serving: String,
+        settings: Settings,
+        reload: Option<ReloadSources>,
+    ) -> Self {
+        Self { server, oracle, notifier, serving, settings, reload, shutting_down: false }
+    }
+
+    fn reload(&mut self) {
+        let Some(reload) = &self.reload else {
+            tracing::warn!("cannot reload: this server was not started from settings layers");
+            return;
+        };
+        self.notifier.reloading();
+        let new = match Settings::load(&reload.sources) {
+            Ok(new) => new,
+            Err(error) => {
+                tracing::error!(%error, "reload failed; serving on with the settings in use");
+                self.notifier.reloaded(&format!("reload failed, serving with the previous settings: {error}"));
+                return;
+            }
+        };
+        let changed = self.settings.changed_keys(&new);
+        let (needs_restart, live): (Vec<&String>, Vec<&String>) =
+            changed.iter().partition(|key| RESTART_ONLY.contains(&key.as_str()));
+        let new = new.keeping_restart_only_of(&self.settings);
+        if live.iter().any(|key| *key == "oracle.answers")
+            && let Ok(table) = new.oracle.table()
+        {
+            self.oracle.do_send(ReplaceTable(table));
+        }
+        if live.iter().any(|key| *key == "log.level")
+            && let Some(log) = &reload.log
+            && let Err(error) = log.set_level(&new.log.level)
+        {
+            tracing::error!(%error, "cannot change the log level");
+        }
+        self.server.do_send(ApplyLimits {
+            max_connections: new.limits.max_connections,
+            shutdown_timeout: new.server.shutdown_timeout(),
+            connection_options: new.limits.connection_options(),
+            session: new.limits.session(),
+        });
+        let list = |keys: &[&String]| keys.iter().map(|key| key.as_str()).collect::<Vec<_>>().join(", ");
+        if !needs_restart.is_empty() {
+            tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
+        }
+        tracing::info!(changed = %list(&live), "settings reloaded");
+        self.settings = new;
+        let status = match needs_restart.is_empty() {
+            true => format!("{}; settings reloaded", self.serving),
+            false => format!("{}; settings reloaded, a restart is needed for {}", self.serving, list(&needs_restart)),
+        };
+        self.notifier.reloaded(&status);
     }
 
     /// Asks every actor whether it is alive; feeds the watchdog if all answer within `within`.
@@ -100,6 +183,16 @@ impl Handler<Shutdown> for Control {
             }
             System::current().stop();
         }));
+    }
+}
+
+impl Handler<Reload> for Control {
+    type Result = ();
+
+    fn handle(&mut self, _: Reload, _ctx: &mut Self::Context) {
+        if !self.shutting_down {
+            self.reload();
+        }
     }
 }
 

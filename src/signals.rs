@@ -1,22 +1,29 @@
 //! Signals: the first SIGTERM or SIGINT asks [`Control`](crate::control::Control) to drain and
 //! stop; a second one, while draining, ends the process at once with the shell's exit code for
-//! that signal (143 for SIGTERM, 130 for SIGINT).
+//! that signal (143 for SIGTERM, 130 for SIGINT). SIGHUP asks it to reload the settings.
 
 use std::io;
 
 use actix::Recipient;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::control::Shutdown;
+use crate::control::{Reload, Shutdown};
 
-/// Listens for SIGTERM and SIGINT on the current arbiter, for as long as the process runs.
+/// Listens for SIGTERM, SIGINT and SIGHUP on the current arbiter, for as long as the process
+/// runs.
 ///
 /// # Errors
 ///
 /// If a signal handler cannot be installed.
-pub fn handle_signals(control: Recipient<Shutdown>) -> io::Result<()> {
+pub fn handle_signals(control: Recipient<Shutdown>, reload: Recipient<Reload>) -> io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    actix_rt::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload.do_send(Reload);
+        }
+    });
     actix_rt::spawn(async move {
         let first = next_signal(&mut terminate, &mut interrupt).await;
         control.do_send(Shutdown { cause: first.name });

@@ -1,16 +1,18 @@
-//! Logging: a `tracing` subscriber writing text or JSON lines, filtered by `log.level`.
+//! Logging: a `tracing` subscriber writing text or JSON lines, filtered by `log.level`, whose
+//! filter a reload can replace ([`LogControl`]).
 //!
 //! Building the subscriber is separate from installing it, so tests can build one over any
 //! writer. Installing it also routes the `log` crate's records (actix logs through `log`)
-//! into `tracing`.
+//! into `tracing`; replacing the filter moves the `log` crate's level along with it.
 
 use std::io::IsTerminal;
 
 use tracing::Subscriber;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Registry,
     fmt::{self, MakeWriter},
     layer::SubscriberExt,
+    reload,
     util::SubscriberInitExt,
 };
 
@@ -30,9 +32,31 @@ pub enum TelemetryError {
     /// A global subscriber was already installed.
     #[error("logging is already set up: {0}")]
     AlreadySet(#[from] tracing_subscriber::util::TryInitError),
+    /// The subscriber whose filter was to be replaced is gone.
+    #[error("cannot change the log level: {0}")]
+    Reload(#[from] reload::Error),
 }
 
-/// A subscriber for `settings` writing to `writer`.
+/// Replaces the log filter of a running subscriber.
+#[derive(Debug, Clone)]
+pub struct LogControl(reload::Handle<EnvFilter, Registry>);
+
+impl LogControl {
+    /// Filters events by `level` (a level or `EnvFilter` directives) from now on.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError`] if `level` does not parse or the subscriber is gone.
+    pub fn set_level(&self, level: &str) -> Result<(), TelemetryError> {
+        Ok(self.0.reload(parse_filter(level)?)?)
+    }
+}
+
+fn parse_filter(level: &str) -> Result<EnvFilter, TelemetryError> {
+    EnvFilter::try_new(level).map_err(|source| TelemetryError::Filter { level: level.to_owned(), source })
+}
+
+/// A subscriber for `settings` writing to `writer`, and the control of its filter.
 ///
 /// # Errors
 ///
@@ -41,21 +65,23 @@ pub fn subscriber<W>(
     settings: &LogSettings,
     writer: W,
     ansi: bool,
-) -> Result<Box<dyn Subscriber + Send + Sync>, TelemetryError>
+) -> Result<(Box<dyn Subscriber + Send + Sync>, LogControl), TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(&settings.level)
-        .map_err(|source| TelemetryError::Filter { level: settings.level.clone(), source })?;
+    // The filter itself is what reloads, not a filtered layer (reloading one of those panics,
+    // tracing issue 1629).
+    let (filter, control) = reload::Layer::new(parse_filter(&settings.level)?);
     let registry = tracing_subscriber::registry().with(filter);
-    Ok(match settings.format {
+    let subscriber: Box<dyn Subscriber + Send + Sync> = match settings.format {
         LogFormat::Text => Box::new(registry.with(fmt::layer().with_writer(writer).with_ansi(ansi))),
         // The span list follows only the entered span, not an explicit `parent:`; the current
         // span honours both, and sessions log with `parent:`.
         LogFormat::Json => {
             Box::new(registry.with(fmt::layer().json().flatten_event(true).with_span_list(false).with_writer(writer)))
         }
-    })
+    };
+    Ok((subscriber, LogControl(control)))
 }
 
 /// Installs the subscriber for `settings` on standard error or output, process-wide, and reports
@@ -64,11 +90,12 @@ where
 /// # Errors
 ///
 /// [`TelemetryError`] if `log.level` does not parse or logging was already set up.
-pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
-    match settings.output {
-        LogOutput::Stderr => subscriber(settings, std::io::stderr, std::io::stderr().is_terminal())?.try_init()?,
-        LogOutput::Stdout => subscriber(settings, std::io::stdout, std::io::stdout().is_terminal())?.try_init()?,
-    }
+pub fn init(settings: &LogSettings) -> Result<LogControl, TelemetryError> {
+    let (subscriber, control) = match settings.output {
+        LogOutput::Stderr => subscriber(settings, std::io::stderr, std::io::stderr().is_terminal())?,
+        LogOutput::Stdout => subscriber(settings, std::io::stdout, std::io::stdout().is_terminal())?,
+    };
+    subscriber.try_init()?;
     std::panic::set_hook(Box::new(|info| {
         let message = info
             .payload()
@@ -79,7 +106,7 @@ pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(message, location, "panic");
     }));
-    Ok(())
+    Ok(control)
 }
 
 #[cfg(test)]
@@ -105,7 +132,7 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let settings = LogSettings { level: level.into(), format, output: LogOutput::Stderr };
-        let subscriber = subscriber(&settings, move || writer.clone(), false).unwrap();
+        let (subscriber, _) = subscriber(&settings, move || writer.clone(), false).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("session", id = 7, peer = "127.0.0.1:5000");
             tracing::info!(parent: &span, answers = 3, "connection closed");
@@ -134,6 +161,22 @@ mod tests {
         assert_eq!(output.lines().count(), 1, "{output}");
         assert!(output.contains("session{id=7 peer=\"127.0.0.1:5000\"}"), "{output}");
         assert!(output.contains("connection closed answers=3"), "{output}");
+    }
+
+    #[test]
+    fn a_new_level_takes_effect_at_once() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let settings = LogSettings { level: "warn".into(), format: LogFormat::Text, output: LogOutput::Stderr };
+        let (subscriber, control) = subscriber(&settings, move || writer.clone(), false).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before");
+            control.set_level("info").unwrap();
+            tracing::info!("after");
+            assert!(control.set_level("info,=x").is_err());
+        });
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(!output.contains("before") && output.contains("after"), "{output}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use zen_server::{
     app::{self, RunError, Sockets},
     cli::{ServerCli, ServerCommand},
     config::{CONFIG_FILE_VAR, ConfigFile, LogOutput, Settings, Sources},
+    control::ReloadSources,
     inherit::{self, InheritError},
     telemetry,
 };
@@ -32,8 +33,8 @@ fn main() -> ExitCode {
         Some(ValueSource::EnvVariable) => CONFIG_FILE_VAR,
         _ => "--config",
     };
-    let settings = match load_settings(&cli, named_by) {
-        Ok(settings) => settings,
+    let (settings, sources) = match load_settings(&cli, named_by) {
+        Ok(loaded) => loaded,
         Err(error) => return fail(EX_CONFIG, &error),
     };
     if let Some(ServerCommand::CheckConfig) = cli.command {
@@ -49,13 +50,15 @@ fn main() -> ExitCode {
         Ok(sockets) => sockets,
         Err(error) => return fail(EX_CONFIG, &error),
     };
-    if let Err(error) = telemetry::init(&settings.log) {
-        return fail(EX_CONFIG, &error.into());
-    }
+    let log = match telemetry::init(&settings.log) {
+        Ok(log) => log,
+        Err(error) => return fail(EX_CONFIG, &error.into()),
+    };
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }
-    match app::run(&settings, sockets, cli.exit_when_idle.map(Duration::from_secs)) {
+    let reload = ReloadSources { sources, log: Some(log) };
+    match app::run(&settings, sockets, cli.exit_when_idle.map(Duration::from_secs), Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = match error {
@@ -68,10 +71,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_settings(cli: &ServerCli, named_by: &'static str) -> anyhow::Result<Settings> {
+/// The settings, and the layers they came from (kept for reloads).
+fn load_settings(cli: &ServerCli, named_by: &'static str) -> anyhow::Result<(Settings, Sources)> {
     let file = cli.config.clone().map(|path| ConfigFile { path, named_by });
     let sources = Sources::from_process(file, cli.overrides()?)?;
-    Ok(Settings::load(&sources)?)
+    Ok((Settings::load(&sources)?, sources))
 }
 
 /// The sockets handed to this process, if it is to serve those instead of binding
@@ -102,17 +106,9 @@ fn sockets(
 
 /// Reports `error` on one line of standard error and returns `code`.
 ///
-/// Every error's own message already says everything (key, file, address, cause), so only
-/// the outermost one is printed, never the chain of causes it repeats.
+/// Every error's own message already says everything (layer, key, value, cause), so only the
+/// outermost one is printed, never the chain of causes it repeats.
 fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
-    let message = error.to_string();
-    let one_line: Vec<&str> = message.lines().map(str::trim).filter(|line| !is_source_excerpt(line)).collect();
-    eprintln!("zen-server: {}", one_line.join(" "));
+    eprintln!("zen-server: {error}");
     ExitCode::from(code)
-}
-
-/// TOML syntax errors quote the offending line with a gutter (`1 | ...`, `  |   ^`); the line
-/// and column are already in the message.
-fn is_source_excerpt(line: &str) -> bool {
-    line.is_empty() || line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|')
 }

@@ -10,6 +10,7 @@
 use std::{
     io,
     net::SocketAddr,
+    os::fd::AsFd,
     pin::Pin,
     task::{Context, Poll, ready},
     time::Duration,
@@ -82,7 +83,12 @@ pub struct ConnectionOptions {
 }
 
 impl ConnectionOptions {
-    fn apply(&self, listener: &std::net::TcpListener) -> io::Result<()> {
+    /// Sets the options on a listening socket, for the connections it accepts from now on.
+    ///
+    /// # Errors
+    ///
+    /// If the system refuses an option.
+    pub fn apply(&self, listener: &impl AsFd) -> io::Result<()> {
         let socket = SockRef::from(listener);
         socket.set_tcp_nodelay(true)?;
         match self.keepalive {
@@ -148,6 +154,15 @@ impl AcceptStream {
     /// The address the listener is bound to (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Another handle on the same listening socket, to change its options later.
+    ///
+    /// # Errors
+    ///
+    /// If the process is out of file descriptors.
+    pub fn socket(&self) -> io::Result<std::net::TcpListener> {
+        Ok(self.listener.as_fd().try_clone_to_owned()?.into())
     }
 }
 

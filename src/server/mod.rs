@@ -25,10 +25,14 @@ use actix::{fut::wrap_future, prelude::*};
 use tokio::net::TcpStream;
 
 use self::{
-    listener::{AcceptError, AcceptStream, Accepted},
+    listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions},
     worker::Workers,
 };
-use crate::{admission::Admission, protocol::Answer, session::SessionInfo};
+use crate::{
+    admission::Admission,
+    protocol::Answer,
+    session::{SessionConfig, SessionInfo},
+};
 
 /// Stop accepting, let every session answer what it was asked, and reply when all are gone
 /// (or the shutdown timeout has passed).
@@ -59,6 +63,21 @@ pub struct ExitWhenIdle {
     pub notify: Recipient<ServerIdle>,
 }
 
+/// New limits, from a reload: for connections accepted from now on (and the timeouts of
+/// sessions already running, from their next check).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ApplyLimits {
+    /// Connections served at once.
+    pub max_connections: u32,
+    /// How long a drain waits.
+    pub shutdown_timeout: Duration,
+    /// Socket options of accepted connections.
+    pub connection_options: ConnectionOptions,
+    /// Per-session limits.
+    pub session: SessionConfig,
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -72,6 +91,8 @@ pub struct DrainReport {
 pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
+    /// Handles on the listening sockets, to change their options on a reload.
+    listening_sockets: Vec<std::net::TcpListener>,
     accepting: Vec<SpawnHandle>,
     workers: Workers,
     admission: Admission,
@@ -97,6 +118,7 @@ impl Server {
     ) -> Self {
         Self {
             listeners,
+            listening_sockets: Vec::new(),
             accepting: Vec::new(),
             workers,
             admission,
@@ -186,6 +208,12 @@ impl Actor for Server {
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
             tracing::info!(addr = %listener.local_addr(), workers = self.workers.count(), "listening");
+            match listener.socket() {
+                Ok(socket) => self.listening_sockets.push(socket),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot keep a handle on the listener; a reload cannot change its keepalive")
+                }
+            }
             self.accepting.push(ctx.add_stream(listener));
         }
         if let Some(connection) = self.inherited.take() {
@@ -214,6 +242,21 @@ impl StreamHandler<Result<Accepted, AcceptError>> for Server {
 
     /// A listener's stream never ends on its own; only a drain cancels it.
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<ApplyLimits> for Server {
+    type Result = ();
+
+    fn handle(&mut self, limits: ApplyLimits, _ctx: &mut Self::Context) {
+        self.admission.set_limit(limits.max_connections);
+        self.shutdown_timeout = limits.shutdown_timeout;
+        for socket in &self.listening_sockets {
+            if let Err(error) = limits.connection_options.apply(socket) {
+                tracing::warn!(%error, "cannot set the new keepalive on a listener");
+            }
+        }
+        self.workers.set_session_config(limits.session);
+    }
 }
 
 impl Handler<CheckAlive> for Server {

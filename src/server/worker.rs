@@ -6,7 +6,7 @@
 //! for another thread is taken off the accepting thread's reactor (`into_std`) and registered
 //! again on the worker's (`from_std`), so that each connection's I/O happens on one thread.
 
-use std::rc::Rc;
+use std::{cell::Cell, rc::Rc};
 
 use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
@@ -64,6 +64,13 @@ impl Workers {
         worker.do_send(Adopt { connection, info, permit });
     }
 
+    /// Gives every worker new session limits (see [`SessionDeps::config`]).
+    pub fn set_session_config(&self, config: SessionConfig) {
+        for worker in self.workers.iter() {
+            worker.do_send(SetSessionConfig(config));
+        }
+    }
+
     /// Tells every worker to drain its sessions.
     pub fn drain(&self) {
         for worker in self.workers.iter() {
@@ -109,6 +116,19 @@ struct Adopt {
 #[rtype(result = "()")]
 pub struct DrainSessions;
 
+/// New limits for the worker's sessions.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct SetSessionConfig(SessionConfig);
+
+impl Handler<SetSessionConfig> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, SetSessionConfig(config): SetSessionConfig, _ctx: &mut Self::Context) {
+        self.deps.config.set(config);
+    }
+}
+
 /// Answered at once: the worker's thread is not stuck.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -122,7 +142,7 @@ pub struct Worker {
 
 impl Worker {
     fn new(oracle: Recipient<Ask>, config: SessionConfig) -> Self {
-        Self { deps: Rc::new(SessionDeps { oracle, config, registry: SessionRegistry::new() }) }
+        Self { deps: Rc::new(SessionDeps { oracle, config: Cell::new(config), registry: SessionRegistry::new() }) }
     }
 }
 

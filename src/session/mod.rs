@@ -29,7 +29,7 @@ pub mod flow;
 pub mod registry;
 pub mod sink;
 
-use std::{collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
+use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
 
 use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
@@ -86,8 +86,9 @@ pub struct SessionInfo {
 pub struct SessionDeps {
     /// Where questions are answered: the oracle shard of this thread.
     pub oracle: Recipient<Ask>,
-    /// Limits.
-    pub config: SessionConfig,
+    /// Limits. A reload may change them: sizes then apply to sessions that start later,
+    /// timeouts to every session from its next check.
+    pub config: Cell<SessionConfig>,
     /// The sessions of this thread, for drain and timeouts.
     pub registry: Rc<SessionRegistry>,
 }
@@ -141,6 +142,8 @@ pub struct ZenSession {
     questions_at_oracle: usize,
     last_question: Instant,
     answers_written: u64,
+    /// The limit this session's decoder enforces (a reload changes it for later sessions only).
+    max_question_bytes: usize,
 }
 
 impl ZenSession {
@@ -151,7 +154,7 @@ impl ZenSession {
         W: AsyncWrite + Unpin + 'static,
     {
         ZenSession::create(move |ctx| {
-            let config = deps.config;
+            let config = deps.config.get();
             let flow = Flow::new(config.max_pending_bytes);
             let reader = FramedRead::with_capacity(read, ZenCodec::new(config.max_question_bytes), READ_BUFFER_BYTES);
             let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
@@ -176,6 +179,7 @@ impl ZenSession {
                 questions_at_oracle: 0,
                 last_question: now,
                 answers_written: 0,
+                max_question_bytes: config.max_question_bytes,
             }
         })
     }
@@ -255,7 +259,7 @@ impl ZenSession {
     fn backlog_changed(&mut self) {
         self.flow.set_backlog(self.sink.backlog());
         if let Some(since) = self.sink.stalled_since() {
-            self.deps.registry.check_by(self.key, since + self.deps.config.write_timeout);
+            self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
         }
     }
 
@@ -323,7 +327,7 @@ impl ZenSession {
 
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        let config = self.deps.config;
+        let config = self.deps.config.get();
         let next = if let Some(since) = self.sink.stalled_since() {
             let due = since + config.write_timeout;
             if now >= due {
@@ -389,7 +393,7 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
             Ok(Incoming::Questions(questions)) if self.phase == Phase::Serving => self.ask(questions),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
-                tracing::info!(parent: &self.span(), limit = self.deps.config.max_question_bytes, "question too long");
+                tracing::info!(parent: &self.span(), limit = self.max_question_bytes, "question too long");
                 if self.phase == Phase::Serving {
                     self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
                 }
@@ -504,7 +508,7 @@ mod tests {
         let registry = SessionRegistry::new();
         actix_rt::spawn(registry.clone().run_timers());
         let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
-        let deps = Rc::new(SessionDeps { oracle, config, registry: registry.clone() });
+        let deps = Rc::new(SessionDeps { oracle, config: Cell::new(config), registry: registry.clone() });
         ZenSession::start(read, write, info, deps, live.try_admit().unwrap());
         (client, live, registry)
     }

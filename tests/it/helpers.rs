@@ -215,6 +215,11 @@ impl ZenServer {
         lines.into_iter().next()
     }
 
+    /// Waits up to `deadline` until `count` log lines satisfy `predicate`.
+    pub fn wait_for_log_count(&self, predicate: impl Fn(&str) -> bool, count: usize, deadline: Duration) -> bool {
+        self.log.wait_for_lines(deadline, count, predicate).is_some()
+    }
+
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.text()
@@ -354,6 +359,11 @@ impl TempConfig {
 
     pub fn path(&self) -> &str {
         self.0.to_str().unwrap()
+    }
+
+    /// Replaces the file's contents (as an editor saving it would).
+    pub fn write(&self, contents: &str) {
+        std::fs::write(&self.0, contents).unwrap();
     }
 }
 

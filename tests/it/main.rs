@@ -13,5 +13,6 @@ mod inetd;
 mod lifecycle;
 mod operator;
 mod protocol;
+mod reload;
 mod supervisor;
 mod systemd;

@@ -82,6 +82,26 @@ fn the_service_manager_hears_ready_with_a_status_then_the_watchdog_then_stopping
 }
 
 #[test]
+fn a_reload_says_reloading_with_the_time_then_ready_with_whether_it_took() {
+    let notify = NotifySocket::new();
+    let file = crate::helpers::TempConfig::new("");
+    let launch =
+        Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]).env("NOTIFY_SOCKET", notify.path());
+    let server = ZenServer::launch(launch);
+    notify.wait_for("READY=1");
+    server.signal(Signal::SIGHUP);
+    let (reloading, _) = notify.wait_for("RELOADING=1");
+    assert!(reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{reloading:?}");
+    let (ready, _) = notify.wait_for("READY=1");
+    assert!(ready.contains("STATUS=") && ready.contains("settings reloaded"), "{ready:?}");
+    file.write("[limits]\nmax_connections = 0\n");
+    server.signal(Signal::SIGHUP);
+    notify.wait_for("RELOADING=1");
+    let (ready, _) = notify.wait_for("READY=1");
+    assert!(ready.contains("reload failed") && ready.contains("limits.max_connections = 0"), "{ready:?}");
+}
+
+#[test]
 fn without_notify_socket_nothing_is_sent_and_the_server_runs() {
     let server = ZenServer::launch(Launch::with_env(&[("WATCHDOG_USEC", "100000")]));
     let mut client = connect(server.addr());

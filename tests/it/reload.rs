@@ -1,0 +1,141 @@
+//! SIGHUP: the settings are read again from every layer and applied live where they can be; a
+//! broken file changes nothing and stops nothing; clients pipelining across reloads lose no
+//! answer and see no error.
+
+use std::{
+    io::{Read, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect};
+
+fn table(answer: &str) -> String {
+    format!("[oracle]\nanswers = [{{ question = \"Beautiful is better than?\", answer = \"{answer}\" }}]\n")
+}
+
+/// Sends SIGHUP and waits for the `count`-th outcome of a reload (taken or failed) in the log.
+fn reload(server: &ZenServer, count: usize) {
+    server.signal(Signal::SIGHUP);
+    let outcome = |line: &str| line.contains("settings reloaded") || line.contains("reload failed");
+    assert!(server.wait_for_log_count(outcome, count, DEADLINE), "reload {count} not done; log:\n{}", server.log());
+}
+
+fn launch_with(file: &TempConfig) -> ZenServer {
+    ZenServer::launch(Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]))
+}
+
+#[test]
+fn a_new_table_on_disk_answers_on_the_same_open_connection_after_sighup() {
+    let file = TempConfig::new(&table("Ugly."));
+    let server = launch_with(&file);
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    file.write(&table("Pretty."));
+    reload(&server, 1);
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Pretty.");
+    assert!(server.log().contains("settings reloaded changed=oracle.answers"), "log:\n{}", server.log());
+}
+
+#[test]
+fn a_broken_file_keeps_the_old_table_the_process_and_every_connection() {
+    let file = TempConfig::new(&table("Ugly."));
+    let mut server = launch_with(&file);
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    file.write(&format!("[server]\nworkers = 2.5\n{}", table("Pretty.")));
+    reload(&server, 1);
+    let failure = server.log().lines().find(|l| l.contains("reload failed")).unwrap_or_default().to_owned();
+    assert!(
+        failure.contains("ERROR") && failure.contains(&format!("invalid server.workers = 2.5 in {}", file.path())),
+        "{failure}"
+    );
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.", "the old table");
+    file.write("[server\n");
+    reload(&server, 2);
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    assert_eq!(ask_like_the_book(&mut connect(server.addr()), b"Beautiful is better than?"), b"Ugly.");
+    assert!(server.wait_exit(Duration::from_millis(100)).is_none(), "the process exited on a bad reload");
+    // Fixed, it takes.
+    file.write(&table("Pretty."));
+    reload(&server, 3);
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Pretty.");
+}
+
+#[test]
+fn a_new_log_level_takes_effect_and_restart_only_changes_are_named() {
+    let file = TempConfig::new("[log]\nlevel = \"warn,zen_server::server=info,zen_server::control=info\"\n");
+    let server = launch_with(&file);
+    drop(connect(server.addr()));
+    file.write("[server]\nworkers = 7\nbacklog = 9\n[log]\nlevel = \"info\"\n");
+    reload(&server, 1);
+    let warning =
+        server.log().lines().find(|l| l.contains("take effect only after a restart")).unwrap_or_default().to_owned();
+    assert!(
+        warning.contains("WARN") && warning.contains("keys=server.backlog, server.workers"),
+        "{warning}\n{}",
+        server.log()
+    );
+    assert!(!server.log().contains("connection accepted"), "info events before the reload:\n{}", server.log());
+    drop(connect(server.addr()));
+    assert!(server.wait_for_log(&["connection accepted"], DEADLINE).is_some(), "log:\n{}", server.log());
+}
+
+#[test]
+fn a_lower_connection_limit_applies_to_new_clients_at_once() {
+    let file = TempConfig::new("");
+    let server = launch_with(&file);
+    let mut held = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut held, b"Simple is better than?"), b"Complex.");
+    file.write("[limits]\nmax_connections = 1\n");
+    reload(&server, 1);
+    let mut extra = connect(server.addr());
+    let mut refusal = Vec::new();
+    extra.read_to_end(&mut refusal).unwrap();
+    assert_eq!(refusal, b"Error: server busy.");
+    assert_eq!(ask_like_the_book(&mut held, b"Simple is better than?"), b"Complex.", "those connected stay");
+}
+
+#[test]
+fn twenty_reloads_under_pipelining_clients_lose_no_answer_and_give_no_error() {
+    const BATCH: usize = 50;
+    let file = TempConfig::new(&table("Ugly."));
+    let server = launch_with(&file);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered, addr) = (stop.clone(), answered.clone(), server.addr());
+            thread::spawn(move || {
+                let mut stream = connect(addr);
+                let questions = b"Beautiful is better than?".repeat(BATCH);
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) || rounds == 0 {
+                    stream.write_all(&questions).unwrap();
+                    for answer in crate::helpers::read_answers(&mut stream, BATCH) {
+                        assert!(answer == b"Ugly." || answer == b"Pretty.", "{:?}", String::from_utf8_lossy(&answer));
+                    }
+                    answered.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    rounds += 1;
+                }
+            })
+        })
+        .collect();
+    for count in 1..=20 {
+        file.write(&table(if count % 2 == 1 { "Pretty." } else { "Ugly." }));
+        reload(&server, count);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client saw a wrong or missing answer");
+    }
+    assert!(answered.load(Ordering::Relaxed) > 0);
+    assert_eq!(server.log().matches("settings reloaded").count(), 20);
+    assert!(!server.log().contains("ERROR"), "log:\n{}", server.log());
+}
