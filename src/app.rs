@@ -16,6 +16,7 @@ use crate::{
     admission::Admission,
     config::Settings,
     control::{Control, ReloadSources},
+    metrics::Metrics,
     notify::Notifier,
     oracle::{Oracle, TableError},
     server::{
@@ -60,6 +61,17 @@ pub enum Sockets {
     Connection(std::net::TcpStream),
 }
 
+/// What the daemon does besides serving its sockets with its settings.
+#[derive(Default)]
+pub struct Options {
+    /// Shut down once no connection has been open or arrived for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// Where a reload (SIGHUP) reads from; without it, reloads are refused.
+    pub reload: Option<ReloadSources>,
+    /// Where the counts go.
+    pub metrics: Metrics,
+}
+
 /// The daemon's actors, running.
 pub struct App {
     /// Accepts and drains.
@@ -74,19 +86,14 @@ pub struct App {
 }
 
 impl App {
-    /// Starts every actor on the current actix `System`, serving `sockets`; with
-    /// `exit_when_idle`, the daemon shuts down once no connection has been open or arrived for
-    /// that long.
+    /// Starts every actor on the current actix `System`, serving `sockets` as `settings` and
+    /// `options` say.
     ///
     /// # Errors
     ///
     /// [`RunError`] if the answer table is invalid or a socket cannot be registered.
-    pub fn start(
-        sockets: Sockets,
-        settings: &Settings,
-        exit_when_idle: Option<Duration>,
-        reload: Option<ReloadSources>,
-    ) -> Result<App, RunError> {
+    pub fn start(sockets: Sockets, settings: &Settings, options: Options) -> Result<App, RunError> {
+        let Options { exit_when_idle, reload, metrics } = options;
         let table = settings.oracle.table()?;
         let (listeners, connection) = match sockets {
             Sockets::Listeners(listeners) => (listeners, None),
@@ -101,11 +108,12 @@ impl App {
         let threads =
             WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
         let arbiters = threads.arbiters();
-        let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters);
-        let workers = Workers::start(&arbiters, &oracle.shards, settings.limits.session());
+        let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters, &metrics);
+        let workers = Workers::start(&arbiters, &oracle.shards, settings.limits.session(), &metrics);
         let admission = Admission::new(settings.limits.max_connections);
         let control_context = Context::<Control>::new();
-        let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout());
+        let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout())
+            .with_metrics(metrics.clone());
         let serving = match connection {
             Some(connection) => {
                 server = server.with_inherited_connection(connection);
@@ -121,7 +129,8 @@ impl App {
         }
         let server = server.start();
         let notifier = Notifier::from_env();
-        let control = Control::new(server.clone(), oracle.oracle.clone(), notifier, serving, settings.clone(), reload);
+        let control =
+            Control::new(server.clone(), oracle.oracle.clone(), notifier, serving, settings.clone(), reload, metrics);
         let control = control_context.run(control);
         Ok(App { server, oracle: oracle.oracle, control, addrs, threads })
     }
@@ -141,12 +150,7 @@ impl App {
 /// # Errors
 ///
 /// [`RunError`] naming the address that could not be bound, or whatever `serve` reports.
-pub fn run(
-    settings: &Settings,
-    sockets: Option<Sockets>,
-    exit_when_idle: Option<Duration>,
-    reload: Option<ReloadSources>,
-) -> Result<(), RunError> {
+pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> Result<(), RunError> {
     let sockets = match sockets {
         Some(sockets) => sockets,
         None => Sockets::Listeners(
@@ -158,24 +162,19 @@ pub fn run(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    serve(sockets, settings, exit_when_idle, reload)
+    serve(sockets, settings, options)
 }
 
-/// Serves `sockets` until SIGTERM or SIGINT (or idleness, with `exit_when_idle`) has drained
-/// the server; SIGHUP reloads from `reload`. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
+/// Serves `sockets` until SIGTERM or SIGINT (or idleness, with `options.exit_when_idle`) has
+/// drained the server; SIGHUP reloads from `options.reload`. Blocks the calling thread, which becomes the actix `System`'s main arbiter.
 ///
 /// # Errors
 ///
 /// [`RunError`] if the answer table is invalid or the runtime cannot be set up.
-pub fn serve(
-    sockets: Sockets,
-    settings: &Settings,
-    exit_when_idle: Option<Duration>,
-    reload: Option<ReloadSources>,
-) -> Result<(), RunError> {
+pub fn serve(sockets: Sockets, settings: &Settings, options: Options) -> Result<(), RunError> {
     let system = System::new();
     let app = system.block_on(async {
-        let app = App::start(sockets, settings, exit_when_idle, reload)?;
+        let app = App::start(sockets, settings, options)?;
         signals::handle_signals(app.control.clone().recipient(), app.control.clone().recipient())
             .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
         Ok::<_, RunError>(app)
@@ -213,7 +212,7 @@ mod tests {
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-        let app = App::start(Sockets::Listeners(vec![listener]), &settings, None, None).unwrap();
+        let app = App::start(Sockets::Listeners(vec![listener]), &settings, Options::default()).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();
         for _ in 0..40 {

@@ -38,7 +38,7 @@ pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 pub const MAX_WORKERS: i64 = 1024;
 
 /// Settings a running daemon cannot change: a reload reports them as needing a restart.
-pub const RESTART_ONLY: [&str; 9] = [
+pub const RESTART_ONLY: [&str; 10] = [
     "server.listen",
     "server.workers",
     "server.backlog",
@@ -48,6 +48,7 @@ pub const RESTART_ONLY: [&str; 9] = [
     "oracle.workers",
     "oracle.panic_question",
     "oracle.hang_question",
+    "metrics.listen",
 ];
 
 /// Where the built-in layer's values come from, in messages.
@@ -119,6 +120,23 @@ pub struct Settings {
     pub log: LogSettings,
     /// The answers.
     pub oracle: OracleSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where to serve Prometheus metrics over HTTP (`IP:PORT`); empty for nowhere.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to serve metrics on, if any.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// The `[server]` section.
@@ -500,6 +518,7 @@ impl Settings {
         self.oracle.workers = running.oracle.workers;
         self.oracle.panic_question.clone_from(&running.oracle.panic_question);
         self.oracle.hang_question.clone_from(&running.oracle.hang_question);
+        self.metrics.listen.clone_from(&running.metrics.listen);
         self
     }
 
@@ -723,6 +742,10 @@ fn check_rule(key: &str, value: &Value) -> Result<(), String> {
         "log.output" => text().parse::<LogOutput>().map(drop),
         "oracle.panic_question" | "oracle.hang_question" => check_fault_question(&text()),
         "oracle.answers" => check_answers(value),
+        "metrics.listen" => match text() {
+            text if text.is_empty() || text.parse::<SocketAddr>().is_ok() => Ok(()),
+            _ => Err("expected an IP address and port, such as 127.0.0.1:9106, or \"\" for no metrics".into()),
+        },
         _ if matches!(value.kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_)) => {
             at_least(0)
         }

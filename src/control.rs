@@ -18,6 +18,7 @@ use actix::{fut::wrap_future, prelude::*};
 
 use crate::{
     config::{RESTART_ONLY, Settings, Sources},
+    metrics::Metrics,
     notify::Notifier,
     oracle::{self, Oracle, ReplaceTable},
     server::{self, ApplyLimits, Drain, DrainReport, Server, ServerIdle},
@@ -56,13 +57,14 @@ pub struct Control {
     /// The settings in effect.
     settings: Settings,
     reload: Option<ReloadSources>,
+    metrics: Metrics,
     shutting_down: bool,
 }
 
 impl Control {
-    /// Control over `server` and `oracle` running with `settings`, reporting to `notifier`;
-    /// `serving` describes what is served, for the service manager's status line. Without
-    /// `reload`, a [`Reload`] is refused with a warning.
+    /// Control over `server` and `oracle` running with `settings`, reporting to `notifier` and
+    /// counting reloads in `metrics`; `serving` describes what is served, for the service
+    /// manager's status line. Without `reload`, a [`Reload`] is refused with a warning.
     pub fn new(
         server: Addr<Server>,
         oracle: Addr<Oracle>,
@@ -70,8 +72,9 @@ impl Control {
         serving: String,
         settings: Settings,
         reload: Option<ReloadSources>,
+        metrics: Metrics,
     ) -> Self {
-        Self { server, oracle, notifier, serving, settings, reload, shutting_down: false }
+        Self { server, oracle, notifier, serving, settings, reload, metrics, shutting_down: false }
     }
 
     fn reload(&mut self) {
@@ -84,6 +87,7 @@ impl Control {
             Ok(new) => new,
             Err(error) => {
                 tracing::error!(%error, "reload failed; serving on with the settings in use");
+                self.metrics.reloaded(false);
                 self.notifier.reloaded(&format!("reload failed, serving with the previous settings: {error}"));
                 return;
             }
@@ -114,6 +118,7 @@ impl Control {
             tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
         }
         tracing::info!(changed = %list(&live), "settings reloaded");
+        self.metrics.reloaded(true);
         self.settings = new;
         let status = match needs_restart.is_empty() {
             true => format!("{}; settings reloaded", self.serving),

@@ -23,6 +23,7 @@
 //! - [`threads`]: the worker threads, the accepting one first.
 //! - [`control`]: the daemon's life: shutdown, readiness and the watchdog for systemd.
 //! - [`signals`]: SIGTERM/SIGINT to `control`; a second one exits at once.
+//! - [`metrics`]: Prometheus counters and the endpoint serving them; per-thread tallies.
 //! - [`notify`]: systemd's notify protocol (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`).
 //! - [`inherit`]: sockets handed over by systemd or inetd instead of bound.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
@@ -45,6 +46,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod inherit;
+pub mod metrics;
 pub mod notify;
 pub mod oracle;
 pub mod protocol;

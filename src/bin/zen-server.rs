@@ -12,11 +12,12 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::bail;
 use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
 use zen_server::{
-    app::{self, RunError, Sockets},
+    app::{self, Options, RunError, Sockets},
     cli::{ServerCli, ServerCommand},
     config::{CONFIG_FILE_VAR, ConfigFile, LogOutput, Settings, Sources},
     control::ReloadSources,
     inherit::{self, InheritError},
+    metrics::Metrics,
     telemetry,
 };
 
@@ -57,8 +58,16 @@ fn main() -> ExitCode {
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }
-    let reload = ReloadSources { sources, log: Some(log) };
-    match app::run(&settings, sockets, cli.exit_when_idle.map(Duration::from_secs), Some(reload)) {
+    let metrics = match settings.metrics.addr().map(Metrics::serve).transpose() {
+        Ok(metrics) => metrics.unwrap_or_default(),
+        Err(error) => return fail(EX_UNAVAILABLE, &error.into()),
+    };
+    let options = Options {
+        exit_when_idle: cli.exit_when_idle.map(Duration::from_secs),
+        reload: Some(ReloadSources { sources, log: Some(log) }),
+        metrics,
+    };
+    match app::run(&settings, sockets, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = match error {

@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    metrics::Outcome,
     oracle::table::AnswerTable,
     protocol::{Answer, AnswersBuilder, Question},
 };
@@ -39,8 +40,9 @@ impl Lookup {
     }
 
     /// Appends the table's answer to `question` to `answers`, or [`Answer::INTERNAL_ERROR`]
-    /// if looking it up panicked (the panic is logged and counted, and goes no further).
-    pub fn answer_into(&self, table: &AnswerTable, question: &[u8], answers: &mut AnswersBuilder) {
+    /// if looking it up panicked (the panic is logged and counted, and goes no further); says
+    /// which it was.
+    pub fn answer_into(&self, table: &AnswerTable, question: &[u8], answers: &mut AnswersBuilder) -> Outcome {
         let lookup = || {
             if self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question) {
                 panic!("oracle.panic_question was asked");
@@ -54,14 +56,21 @@ impl Lookup {
             table.get(question)
         };
         match panic::catch_unwind(AssertUnwindSafe(lookup)) {
-            Ok(Some(answer)) => answers.push(answer.as_bytes()),
-            Ok(None) => answers.push(Answer::UNKNOWN_APHORISM.as_bytes()),
+            Ok(Some(answer)) => {
+                answers.push(answer.as_bytes());
+                Outcome::Known
+            }
+            Ok(None) => {
+                answers.push(Answer::UNKNOWN_APHORISM.as_bytes());
+                Outcome::Unknown
+            }
             Err(_) => {
                 let panics = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
                 // The panic itself was logged as an error by the panic hook; this says what
                 // became of it.
                 tracing::warn!(question = %question.escape_ascii(), panics, "oracle panicked while answering; answered with an internal error");
                 answers.push(Answer::INTERNAL_ERROR.as_bytes());
+                Outcome::InternalError
             }
         }
     }

@@ -17,7 +17,7 @@ pub mod costly;
 pub mod lookup;
 pub mod table;
 
-use std::{sync::Arc, time::Duration};
+use std::{rc::Rc, sync::Arc, time::Duration};
 
 use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
@@ -29,6 +29,7 @@ use self::{
     lookup::Lookup,
 };
 use crate::{
+    metrics::{FLUSH_INTERVAL, Metrics, Outcome, Tally},
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
     threads::PerThread,
 };
@@ -120,9 +121,14 @@ pub struct StartedOracle {
 }
 
 impl Oracle {
-    /// Starts the oracle on the current arbiter and one shard on each of `threads`; must be
-    /// called inside a running actix `System`.
-    pub fn start(table: AnswerTable, config: OracleConfig, threads: &PerThread<ArbiterHandle>) -> StartedOracle {
+    /// Starts the oracle on the current arbiter and one shard on each of `threads`, counting
+    /// answers into `metrics`; must be called inside a running actix `System`.
+    pub fn start(
+        table: AnswerTable,
+        config: OracleConfig,
+        threads: &PerThread<ArbiterHandle>,
+        metrics: &Metrics,
+    ) -> StartedOracle {
         let costly =
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
         let shared = Arc::new(Shared {
@@ -131,8 +137,8 @@ impl Oracle {
             costly,
         });
         let shards = threads.map(|thread| {
-            let shared = shared.clone();
-            OracleShard::start_in_arbiter(thread, move |_| OracleShard { shared })
+            let (shared, metrics) = (shared.clone(), metrics.clone());
+            OracleShard::start_in_arbiter(thread, move |_| OracleShard { shared, tally: Rc::default(), metrics })
         });
         let oracle = Oracle { shared, shards: shards.iter().cloned().collect() }.start();
         StartedOracle { oracle, shards }
@@ -175,10 +181,22 @@ impl Handler<CheckAlive> for Oracle {
 /// pool and remembered; unknown and remembered questions are answered at once.
 pub struct OracleShard {
     shared: Arc<Shared>,
+    /// Answers given on this thread, by outcome, not yet added to `metrics`.
+    tally: Rc<Tally>,
+    metrics: Metrics,
 }
 
 impl Actor for OracleShard {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.metrics.is_enabled() {
+            ctx.run_interval(FLUSH_INTERVAL, |shard, _| {
+                shard.metrics.add(&shard.tally);
+                shard.metrics.set_oracle_panics(shard.shared.lookup.panics());
+            });
+        }
+    }
 }
 
 /// A shard's part of [`CheckAlive`].
@@ -198,7 +216,7 @@ impl Handler<Ask> for OracleShard {
     fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
         let shared = &self.shared;
         let Some(costly) = &shared.costly else {
-            let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions);
+            let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions, &self.tally);
             reply_to.do_send(Answered { seq, answers });
             return;
         };
@@ -208,11 +226,11 @@ impl Handler<Ask> for OracleShard {
         let to_compute =
             Questions::from_list(questions.iter().zip(&still_costly).filter(|(_, costly)| **costly).map(|(q, _)| q));
         if to_compute.is_empty() {
-            let answers = answer_all(&shared.lookup, &current.table, &questions);
+            let answers = answer_all(&shared.lookup, &current.table, &questions, &self.tally);
             reply_to.do_send(Answered { seq, answers });
             return;
         }
-        let (shared, costly) = (shared.clone(), costly.clone());
+        let (shared, costly, tally) = (shared.clone(), costly.clone(), self.tally.clone());
         ctx.spawn(wrap_future(async move {
             let paid = costly.pay_for(to_compute.clone()).await;
             if let Err(error) = &paid {
@@ -222,22 +240,24 @@ impl Handler<Ask> for OracleShard {
             }
             let mut answers = AnswersBuilder::with_capacity(questions.len());
             for (question, costly) in questions.iter().zip(still_costly) {
-                if costly && paid.is_err() {
+                let outcome = if costly && paid.is_err() {
                     answers.push(Answer::INTERNAL_ERROR.as_bytes());
+                    Outcome::InternalError
                 } else {
-                    shared.lookup.answer_into(&current.table, question, &mut answers);
-                }
+                    shared.lookup.answer_into(&current.table, question, &mut answers)
+                };
+                tally.answered(outcome, 1);
             }
             reply_to.do_send(Answered { seq, answers: answers.finish() });
         }));
     }
 }
 
-/// The answers to every one of `questions`, looked up now.
-fn answer_all(lookup: &Lookup, table: &AnswerTable, questions: &Questions) -> Answers {
+/// The answers to every one of `questions`, looked up now, counted in `tally`.
+fn answer_all(lookup: &Lookup, table: &AnswerTable, questions: &Questions, tally: &Tally) -> Answers {
     let mut answers = AnswersBuilder::with_capacity(questions.len());
     for question in questions.iter() {
-        lookup.answer_into(table, question, &mut answers);
+        tally.answered(lookup.answer_into(table, question, &mut answers), 1);
     }
     answers.finish()
 }
@@ -250,7 +270,12 @@ mod tests {
     use crate::{oracle::table::book_table, threads::WorkerThreads};
 
     fn start(table: AnswerTable, config: OracleConfig) -> StartedOracle {
-        Oracle::start(table, config, &PerThread { here: Arbiter::current(), elsewhere: Vec::new() })
+        Oracle::start(
+            table,
+            config,
+            &PerThread { here: Arbiter::current(), elsewhere: Vec::new() },
+            &Metrics::disabled(),
+        )
     }
 
     /// Receives answers in place of a session.
@@ -289,7 +314,7 @@ mod tests {
     #[actix::test]
     async fn one_replacement_changes_the_answers_of_every_shard() {
         let threads = WorkerThreads::spawn(4.try_into().unwrap());
-        let started = Oracle::start(book_table(), OracleConfig::default(), &threads.arbiters());
+        let started = Oracle::start(book_table(), OracleConfig::default(), &threads.arbiters(), &Metrics::disabled());
         let new_table = AnswerTable::new([("Flat is better than?", "Nested.")]).unwrap();
         started.oracle.send(ReplaceTable(new_table)).await.unwrap();
         for shard in started.shards.iter() {

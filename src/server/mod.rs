@@ -30,6 +30,7 @@ use self::{
 };
 use crate::{
     admission::Admission,
+    metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
     session::{SessionConfig, SessionInfo},
 };
@@ -105,6 +106,7 @@ pub struct Server {
     /// A connection handed over instead of accepted (inetd), served first.
     inherited: Option<std::net::TcpStream>,
     exit_when_idle: Option<ExitWhenIdle>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -128,7 +130,15 @@ impl Server {
             draining_since: None,
             inherited: None,
             exit_when_idle: None,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Counts connections into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serves `connection`, handed over by inetd, before anything accepted.
@@ -174,6 +184,7 @@ impl Server {
     }
 
     fn admit(&mut self, Accepted { stream, peer }: Accepted) {
+        self.metrics.accepted();
         let Some(permit) = self.admission.try_admit() else {
             self.refuse(stream, peer);
             return;
@@ -195,10 +206,15 @@ impl Server {
             tracing::debug!(%peer, "server full; client refused");
         }
         self.refused_while_full += 1;
-        if let Ok(mut socket) = stream.into_std() {
-            let _ = socket.write(Answer::SERVER_BUSY.as_bytes());
-            let _ = socket.shutdown(Shutdown::Write);
-        }
+        let sent = match stream.into_std() {
+            Ok(mut socket) => {
+                let sent = socket.write(Answer::SERVER_BUSY.as_bytes()).unwrap_or(0);
+                let _ = socket.shutdown(Shutdown::Write);
+                sent
+            }
+            Err(_) => 0,
+        };
+        self.metrics.refused_busy(sent);
     }
 }
 
@@ -228,6 +244,9 @@ impl Actor for Server {
             }
         }
         self.watch_idleness(ctx);
+        if self.metrics.is_enabled() {
+            ctx.run_interval(FLUSH_INTERVAL, |server, _| server.metrics.set_active(server.admission.admitted()));
+        }
     }
 }
 
@@ -315,8 +334,9 @@ mod tests {
     fn start_server(threads: usize, idle_timeout: Duration) -> (Addr<Server>, SocketAddr, WorkerThreads) {
         let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(table, OracleConfig::default(), &threads.arbiters());
-        let workers = Workers::start(&threads.arbiters(), &oracle.shards, session_config(idle_timeout));
+        let oracle = Oracle::start(table, OracleConfig::default(), &threads.arbiters(), &Metrics::disabled());
+        let workers =
+            Workers::start(&threads.arbiters(), &oracle.shards, session_config(idle_timeout), &Metrics::disabled());
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();

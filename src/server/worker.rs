@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     admission::Permit,
+    metrics::{FLUSH_INTERVAL, Metrics, Tally},
     oracle::{Ask, OracleShard},
     session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
     threads::PerThread,
@@ -26,16 +27,17 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts a worker on each of `arbiters`, whose sessions ask that thread's oracle shard
-    /// and follow `config`.
+    /// Starts a worker on each of `arbiters`, whose sessions ask that thread's oracle shard,
+    /// follow `config`, and count into `metrics`.
     pub fn start(
         arbiters: &PerThread<ArbiterHandle>,
         shards: &PerThread<Addr<OracleShard>>,
         config: SessionConfig,
+        metrics: &Metrics,
     ) -> Self {
         let workers = arbiters.zip(shards).map(|(arbiter, shard)| {
-            let oracle = Addr::clone(shard).recipient();
-            Worker::start_in_arbiter(arbiter, move |_| Worker::new(oracle, config))
+            let (oracle, metrics) = (Addr::clone(shard).recipient(), metrics.clone());
+            Worker::start_in_arbiter(arbiter, move |_| Worker::new(oracle, config, metrics))
         });
         Self { workers, next: 0 }
     }
@@ -141,8 +143,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(oracle: Recipient<Ask>, config: SessionConfig) -> Self {
-        Self { deps: Rc::new(SessionDeps { oracle, config: Cell::new(config), registry: SessionRegistry::new() }) }
+    fn new(oracle: Recipient<Ask>, config: SessionConfig, metrics: Metrics) -> Self {
+        let registry = SessionRegistry::new();
+        Self {
+            deps: Rc::new(SessionDeps {
+                oracle,
+                config: Cell::new(config),
+                registry,
+                tally: Tally::default(),
+                metrics,
+            }),
+        }
     }
 }
 
@@ -151,6 +162,9 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.spawn(wrap_future(self.deps.registry.clone().run_timers()));
+        if self.deps.metrics.is_enabled() {
+            ctx.run_interval(FLUSH_INTERVAL, |worker, _| worker.deps.metrics.add(&worker.deps.tally));
+        }
     }
 }
 

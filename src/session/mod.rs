@@ -33,7 +33,7 @@ use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::
 
 use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
     time::Instant,
 };
@@ -47,6 +47,7 @@ use self::{
 use crate::{
     admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
+    metrics::{CloseReason, Metrics, Outcome, Tally},
     oracle::{Answered, Ask},
     protocol::{Answer, Answers, Questions},
 };
@@ -91,6 +92,10 @@ pub struct SessionDeps {
     pub config: Cell<SessionConfig>,
     /// The sessions of this thread, for drain and timeouts.
     pub registry: Rc<SessionRegistry>,
+    /// What this thread's sessions count, added to `metrics` now and then by the worker.
+    pub tally: Tally,
+    /// Where the counts go; also takes each batch's latency.
+    pub metrics: Metrics,
 }
 
 /// Where a session is in its life.
@@ -116,10 +121,11 @@ enum Input {
     Ended,
 }
 
-/// One batch of answers, waiting for the oracle or ready to be written.
-enum Slot {
-    Waiting,
-    Ready(Answers),
+/// One batch of answers, waiting for the oracle or ready to be written, and when its questions
+/// were read (for the latency metric).
+struct Slot {
+    read_at: Instant,
+    answers: Option<Answers>,
 }
 
 /// The actor serving one client.
@@ -144,6 +150,8 @@ pub struct ZenSession {
     answers_written: u64,
     /// The limit this session's decoder enforces (a reload changes it for later sessions only).
     max_question_bytes: usize,
+    /// Why the session ends, once that is known (the first reason wins).
+    close_reason: Option<CloseReason>,
 }
 
 impl ZenSession {
@@ -156,6 +164,7 @@ impl ZenSession {
         ZenSession::create(move |ctx| {
             let config = deps.config.get();
             let flow = Flow::new(config.max_pending_bytes);
+            let read = CountingReader { inner: read, deps: deps.clone() };
             let reader = FramedRead::with_capacity(read, ZenCodec::new(config.max_question_bytes), READ_BUFFER_BYTES);
             let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
             // The sink's item comes after the reader, the only other item that sends answers,
@@ -180,6 +189,7 @@ impl ZenSession {
                 last_question: now,
                 answers_written: 0,
                 max_question_bytes: config.max_question_bytes,
+                close_reason: None,
             }
         })
     }
@@ -200,7 +210,7 @@ impl ZenSession {
         let seq = self.first_seq + self.slots.len() as u64;
         let count = questions.len();
         self.last_question = Instant::now();
-        self.slots.push_back(Slot::Waiting);
+        self.slots.push_back(Slot { read_at: self.last_question, answers: None });
         self.questions_at_oracle += count;
         if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
             self.flow.set_paused_for_oracle(true);
@@ -211,6 +221,7 @@ impl ZenSession {
             self.deps.oracle.do_send(Ask { questions, seq, reply_to: self.reply_to.clone() });
         } else {
             tracing::error!(parent: &self.span(), "oracle is gone; answering with internal errors");
+            self.deps.tally.answered(Outcome::InternalError, count as u64);
             self.fill(seq, Answers::repeated(&Answer::INTERNAL_ERROR, count));
         }
     }
@@ -222,7 +233,7 @@ impl ZenSession {
             self.flow.set_paused_for_oracle(false);
         }
         if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize)) {
-            *slot = Slot::Ready(answers);
+            slot.answers = Some(answers);
         }
         self.write_ready();
     }
@@ -230,17 +241,21 @@ impl ZenSession {
     /// Queues a last answer from the server itself and takes no more questions.
     fn finish_with(&mut self, answer: Answer, input: Input) {
         self.phase = Phase::Finishing(input);
-        self.slots.push_back(Slot::Ready(Answers::single(&answer)));
+        self.slots.push_back(Slot { read_at: Instant::now(), answers: Some(Answers::single(&answer)) });
         self.write_ready();
     }
 
     /// Sends the answers at the front of the queue that are ready.
     fn write_ready(&mut self) {
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            let Some(Slot::Ready(answers)) = self.slots.pop_front() else { break };
+        let measured = self.deps.metrics.is_enabled().then(Instant::now);
+        while self.slots.front().is_some_and(|slot| slot.answers.is_some()) {
+            let Some(Slot { read_at, answers: Some(answers) }) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
             self.sink.send(&answers);
+            if let Some(now) = measured {
+                self.deps.metrics.record_latency(now - read_at);
+            }
         }
         self.close_when_answered();
     }
@@ -251,6 +266,7 @@ impl ZenSession {
         if self.phase == Phase::Serving {
             tracing::debug!(parent: &self.span(), "draining");
             self.stop_reading(ctx);
+            self.ending(CloseReason::Shutdown);
             self.finish_with(Answer::SHUTTING_DOWN, Input::Ended);
         }
     }
@@ -281,6 +297,7 @@ impl ZenSession {
     fn poll_sink(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) -> task::Poll<()> {
         let closing = self.sink.is_closing();
         let result = if closing { self.sink.poll_close(task) } else { self.sink.poll_write_out(task) };
+        self.deps.tally.sent(self.sink.take_sent());
         match result {
             task::Poll::Ready(Ok(())) if closing => {
                 self.sending_shut_down(ctx);
@@ -307,7 +324,13 @@ impl ZenSession {
         }
     }
 
+    /// Records why the session is ending, unless a reason is known already.
+    fn ending(&mut self, reason: CloseReason) {
+        self.close_reason.get_or_insert(reason);
+    }
+
     fn write_failed(&mut self, error: &io::Error, ctx: &mut Context<Self>) {
+        self.ending(CloseReason::Error);
         tracing::info!(parent: &self.span(), %error, "write failed");
         ctx.stop();
     }
@@ -332,6 +355,7 @@ impl ZenSession {
             let due = since + config.write_timeout;
             if now >= due {
                 tracing::info!(parent: &self.span(), unsent = self.sink.backlog(), "client stopped reading; disconnecting");
+                self.ending(CloseReason::WriteTimeout);
                 ctx.stop();
                 return;
             }
@@ -340,6 +364,7 @@ impl ZenSession {
             let due = self.last_question + config.idle_timeout;
             if now >= due {
                 tracing::info!(parent: &self.span(), "idle timeout; closing");
+                self.ending(CloseReason::IdleTimeout);
                 self.stop_reading(ctx);
                 self.phase = Phase::Finishing(Input::Ended);
                 self.close_when_answered();
@@ -351,6 +376,25 @@ impl ZenSession {
             now + config.idle_timeout.min(config.write_timeout)
         };
         self.deps.registry.check_at(self.key, next);
+    }
+}
+
+/// The read half of a session's connection, counting the bytes it reads.
+struct CountingReader<R> {
+    inner: R,
+    deps: Rc<SessionDeps>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.deps.tally.received(buf.filled().len() - before);
+        result
     }
 }
 
@@ -382,6 +426,7 @@ impl Actor for ZenSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.deps.tally.closed(self.close_reason.unwrap_or(CloseReason::Eof));
         self.deps.registry.unregister(self.key);
         tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
     }
@@ -395,13 +440,17 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
             Ok(Incoming::TooLong) => {
                 tracing::info!(parent: &self.span(), limit = self.max_question_bytes, "question too long");
                 if self.phase == Phase::Serving {
+                    self.ending(CloseReason::TooLong);
+                    self.deps.tally.answered(Outcome::TooLong, 1);
                     self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
                 }
             }
             Ok(Incoming::PartialAtEof(bytes)) => {
+                self.ending(CloseReason::Partial);
                 tracing::info!(parent: &self.span(), partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
             }
             Err(CodecError::Io(error)) => {
+                self.ending(CloseReason::Error);
                 tracing::info!(parent: &self.span(), %error, "read failed");
             }
         }
@@ -508,7 +557,13 @@ mod tests {
         let registry = SessionRegistry::new();
         actix_rt::spawn(registry.clone().run_timers());
         let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
-        let deps = Rc::new(SessionDeps { oracle, config: Cell::new(config), registry: registry.clone() });
+        let deps = Rc::new(SessionDeps {
+            oracle,
+            config: Cell::new(config),
+            registry: registry.clone(),
+            tally: Tally::default(),
+            metrics: Metrics::disabled(),
+        });
         ZenSession::start(read, write, info, deps, live.try_admit().unwrap());
         (client, live, registry)
     }
@@ -733,7 +788,7 @@ mod tests {
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
                 let threads = crate::threads::PerThread { here: Arbiter::current(), elsewhere: Vec::new() };
-                let oracle = Oracle::start(table, OracleConfig::default(), &threads);
+                let oracle = Oracle::start(table, OracleConfig::default(), &threads, &Metrics::disabled());
                 let (client, _live, _registry) = start_session(oracle.shards.here.recipient(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {

@@ -38,12 +38,14 @@ pub struct AnswerSink {
     /// Since when bytes have waited without the socket taking any.
     stalled_since: Option<Instant>,
     closing: bool,
+    /// Bytes the socket took since [`AnswerSink::take_sent`] was last called.
+    sent: usize,
 }
 
 impl AnswerSink {
     /// A sink writing to `io`.
     pub fn new(io: Box<dyn AsyncWrite + Unpin>) -> Self {
-        Self { io, waiting: BytesMut::new(), stalled_since: None, closing: false }
+        Self { io, waiting: BytesMut::new(), stalled_since: None, closing: false, sent: 0 }
     }
 
     /// Queues `answers` after everything sent before; [`AnswerSink::poll_write_out`] writes
@@ -61,6 +63,11 @@ impl AnswerSink {
     /// while nothing waits.
     pub fn stalled_since(&self) -> Option<Instant> {
         self.stalled_since
+    }
+
+    /// The bytes the socket took since the last call.
+    pub fn take_sent(&mut self) -> usize {
+        std::mem::take(&mut self.sent)
     }
 
     /// Whether [`AnswerSink::close`] was called.
@@ -86,6 +93,7 @@ impl AnswerSink {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     let _ = self.waiting.split_to(n);
+                    self.sent += n;
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),

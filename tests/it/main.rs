@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod inetd;
 mod lifecycle;
+mod metrics;
 mod operator;
 mod protocol;
 mod reload;

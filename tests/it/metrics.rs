@@ -1,0 +1,170 @@
+//! The Prometheus endpoint at `metrics.listen`: exact counts after known traffic, the gauge of
+//! connections served, reloads and contained panics counted, and the exposition accepted by
+//! `promtool check metrics`.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{
+    DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, launch_on_free_port, read_to_close,
+};
+
+/// One HTTP GET of the metrics page.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: zen\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The body may be chunked; the exposition's own lines are what matter.
+    body.lines().filter(|line| line.starts_with('#') || line.starts_with("zen_")).collect::<Vec<_>>().join("\n")
+}
+
+/// The value of the series `series` (name and labels, exactly as exposed).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until every one of `expected` has its value (counts are added once a second).
+fn wait_for_values(addr: SocketAddr, expected: &[(&str, f64)]) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let text = scrape(addr);
+        if expected.iter().all(|(series, want)| value(&text, series) == Some(*want)) {
+            return text;
+        }
+        if Instant::now() > end {
+            let got: Vec<String> =
+                expected.iter().map(|(series, _)| format!("{series} = {:?}", value(&text, series))).collect();
+            panic!("expected {expected:?}, got {got:?}; scrape:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server with metrics on a free port, and that port's address.
+fn server_with_metrics(settings: &str) -> (ZenServer, TempConfig, SocketAddr) {
+    let (server, config, port) = launch_on_free_port(|port| {
+        let config = TempConfig::new(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{settings}"));
+        (Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]), config)
+    });
+    (server, config, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[test]
+fn a_scrape_after_known_traffic_has_exact_counts() {
+    let (server, _config, metrics) = server_with_metrics("[limits]\nmax_connections = 2\nmax_question_bytes = 100\n");
+    let mut sent_by_clients = 0;
+    // Two known questions and an unknown one, then end of file.
+    let mut whole = connect(server.addr());
+    let questions = b"Beautiful is better than?Why?Simple is better than?";
+    whole.write_all(questions).unwrap();
+    whole.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut whole), b"Ugly.Error: unknown aphorism.Complex.");
+    sent_by_clients += questions.len();
+    // Part of a question, then end of file.
+    let mut partial = connect(server.addr());
+    partial.write_all(b"Beautiful is").unwrap();
+    partial.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut partial), b"");
+    sent_by_clients += 12;
+    // A question over the limit: refused, then the rest is read and thrown away.
+    let mut long = connect(server.addr());
+    long.write_all(&[b'x'; 300]).unwrap();
+    long.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut long), b"Error: question too long.");
+    sent_by_clients += 300;
+    // Two held, a third refused.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr())).collect();
+    for stream in &mut held {
+        assert_eq!(ask_like_the_book(stream, b"Explicit is better than?"), b"Implicit.");
+        sent_by_clients += 24;
+    }
+    wait_for_values(metrics, &[("zen_connections_active", 2.0)]);
+    let mut busy = connect(server.addr());
+    assert_eq!(read_to_close(&mut busy), b"Error: server busy.");
+    drop(held);
+    let answers = "Ugly.Error: unknown aphorism.Complex.Error: question too long.Implicit.Implicit.Error: server busy.";
+    let text = wait_for_values(
+        metrics,
+        &[
+            ("zen_connections_accepted_total", 6.0),
+            ("zen_connections_active", 0.0),
+            ("zen_connections_closed_total{reason=\"eof\"}", 3.0),
+            ("zen_connections_closed_total{reason=\"partial\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"too_long\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"busy\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"idle_timeout\"}", 0.0),
+            ("zen_connections_closed_total{reason=\"write_timeout\"}", 0.0),
+            ("zen_connections_closed_total{reason=\"error\"}", 0.0),
+            ("zen_connections_closed_total{reason=\"shutdown\"}", 0.0),
+            ("zen_questions_answered_total{outcome=\"known\"}", 4.0),
+            ("zen_questions_answered_total{outcome=\"unknown\"}", 1.0),
+            ("zen_questions_answered_total{outcome=\"too_long\"}", 1.0),
+            ("zen_questions_answered_total{outcome=\"internal_error\"}", 0.0),
+            ("zen_received_bytes_total", sent_by_clients as f64),
+            ("zen_sent_bytes_total", answers.len() as f64),
+            ("zen_oracle_panics_total", 0.0),
+        ],
+    );
+    // One latency sample per batch: at least the four reads that held questions, each quick.
+    let batches = value(&text, "zen_answer_latency_seconds_count").unwrap();
+    assert!(batches >= 4.0, "{batches}\n{text}");
+    assert_eq!(value(&text, "zen_answer_latency_seconds_bucket{le=\"+Inf\"}"), Some(batches));
+    let version = format!("zen_build_info{{version=\"{}\",commit=", env!("CARGO_PKG_VERSION"));
+    assert!(text.lines().any(|line| line.starts_with(&version) && line.ends_with("} 1")), "{text}");
+}
+
+#[test]
+fn reloads_and_contained_panics_are_counted() {
+    let (server, config, metrics) = server_with_metrics("[oracle]\npanic_question = \"Poison?\"\n");
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Poison?"), b"Error: internal error.");
+    let port = metrics.port();
+    config.write(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[oracle]\npanic_question = \"Poison?\"\n[limits]\nmax_connections = 9\n"));
+    server.signal(Signal::SIGHUP);
+    wait_for_values(metrics, &[("zen_reloads_total{result=\"ok\"}", 1.0)]);
+    config.write("[limits]\nmax_connections = -1\n");
+    server.signal(Signal::SIGHUP);
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_reloads_total{result=\"ok\"}", 1.0),
+            ("zen_reloads_total{result=\"failed\"}", 1.0),
+            ("zen_oracle_panics_total", 1.0),
+            ("zen_questions_answered_total{outcome=\"internal_error\"}", 1.0),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs promtool: apt-get install prometheus"]
+fn promtool_accepts_the_exposition() {
+    let (server, _config, metrics) = server_with_metrics("");
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    let text = wait_for_values(metrics, &[("zen_questions_answered_total{outcome=\"known\"}", 1.0)]);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
