@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod inetd;
+mod k8s;
 mod lifecycle;
 mod metrics;
 mod operator;
