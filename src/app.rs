@@ -50,12 +50,29 @@ pub enum RunError {
     },
 }
 
+/// A bound, non-blocking listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: std::net::TcpListener,
+    /// Whether its connections start with a PROXY header (`proxy.listen`).
+    pub behind_proxy: bool,
+}
+
+impl Listener {
+    /// `socket`, behind a PROXY-speaking load balancer if `settings` list its address in
+    /// `proxy.listen` (for sockets bound elsewhere: systemd's, inetd's).
+    pub fn inherited(socket: std::net::TcpListener, settings: &Settings) -> Self {
+        let behind_proxy = socket.local_addr().is_ok_and(|addr| settings.proxy.listen.contains(&addr));
+        Self { socket, behind_proxy }
+    }
+}
+
 /// What the daemon serves.
 #[derive(Debug)]
 pub enum Sockets {
-    /// Bound, non-blocking listening sockets: bound here, or inherited (systemd, inetd's wait
-    /// mode).
-    Listeners(Vec<std::net::TcpListener>),
+    /// Listening sockets: bound here, or inherited (systemd, inetd's wait mode).
+    Listeners(Vec<Listener>),
     /// One accepted, non-blocking connection (inetd's nowait mode): served, then the daemon
     /// exits.
     Connection(std::net::TcpStream),
@@ -99,9 +116,13 @@ impl App {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
         };
+        let options = settings.limits.connection_options();
         let listeners = listeners
             .into_iter()
-            .map(|listener| AcceptStream::new(listener, settings.limits.connection_options()))
+            .map(|Listener { socket, behind_proxy }| {
+                let stream = AcceptStream::new(socket, options)?;
+                Ok(if behind_proxy { stream.behind_proxy() } else { stream })
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
         let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
@@ -109,11 +130,12 @@ impl App {
             WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
         let arbiters = threads.arbiters();
         let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters, &metrics);
-        let workers = Workers::start(&arbiters, &oracle.shards, settings.limits.session(), &metrics);
+        let workers = Workers::start(&arbiters, &oracle.shards, settings.session(), &metrics);
         let admission = Admission::new(settings.limits.max_connections);
         let control_context = Context::<Control>::new();
         let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout())
-            .with_metrics(metrics.clone());
+            .with_metrics(metrics.clone())
+            .with_proxy_policy(settings.proxy.policy());
         let serving = match connection {
             Some(connection) => {
                 server = server.with_inherited_connection(connection);
@@ -144,8 +166,8 @@ impl App {
     }
 }
 
-/// Serves `sockets`, or binds every address of `settings.server.listen` when there are none,
-/// until the daemon shuts down (see [`serve`]).
+/// Serves `sockets`, or binds every address of `settings.server.listen` and `proxy.listen` when
+/// there are none, until the daemon shuts down (see [`serve`]).
 ///
 /// # Errors
 ///
@@ -153,14 +175,15 @@ impl App {
 pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> Result<(), RunError> {
     let sockets = match sockets {
         Some(sockets) => sockets,
-        None => Sockets::Listeners(
-            settings
-                .server
-                .listen
-                .iter()
-                .map(|&addr| listener::bind(addr, settings.server.backlog))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        None => {
+            let plain = settings.server.listen.iter().map(|addr| (addr, false));
+            let proxied = settings.proxy.listen.iter().map(|addr| (addr, true));
+            let bind = |(&addr, behind_proxy)| {
+                listener::bind(addr, settings.server.backlog, settings.server.reuse_port)
+                    .map(|socket| Listener { socket, behind_proxy })
+            };
+            Sockets::Listeners(plain.chain(proxied).map(bind).collect::<Result<Vec<_>, _>>()?)
+        }
     };
     serve(sockets, settings, options)
 }
@@ -211,7 +234,8 @@ mod tests {
         let sources =
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
-        let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64, false).unwrap();
+        let listener = Listener { socket: listener, behind_proxy: false };
         let app = App::start(Sockets::Listeners(vec![listener]), &settings, Options::default()).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();

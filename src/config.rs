@@ -14,11 +14,13 @@
 use std::{collections::HashMap, ffi::OsString, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use config::{Config, File, FileFormat, Map, Source, Value, ValueKind};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     oracle::{AnswerTable, OracleConfig, TableError},
     protocol::{QUESTION_END, Question, is_leading_whitespace},
+    proxy::ProxyPolicy,
     server::listener::{ConnectionOptions, Keepalive},
     session::SessionConfig,
 };
@@ -38,10 +40,11 @@ pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 pub const MAX_WORKERS: i64 = 1024;
 
 /// Settings a running daemon cannot change: a reload reports them as needing a restart.
-pub const RESTART_ONLY: [&str; 10] = [
+pub const RESTART_ONLY: [&str; 12] = [
     "server.listen",
     "server.workers",
     "server.backlog",
+    "server.reuse_port",
     "log.format",
     "log.output",
     "oracle.simulated_cost_ms",
@@ -49,6 +52,7 @@ pub const RESTART_ONLY: [&str; 10] = [
     "oracle.panic_question",
     "oracle.hang_question",
     "metrics.listen",
+    "proxy.listen",
 ];
 
 /// Where the built-in layer's values come from, in messages.
@@ -120,8 +124,29 @@ pub struct Settings {
     pub log: LogSettings,
     /// The answers.
     pub oracle: OracleSettings,
+    /// Listeners behind a load balancer that speaks the PROXY protocol.
+    pub proxy: ProxySettings,
     /// The Prometheus endpoint.
     pub metrics: MetricsSettings,
+}
+
+/// The `[proxy]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Addresses where every connection starts with a PROXY header.
+    pub listen: Vec<SocketAddr>,
+    /// Source ranges allowed to send one.
+    pub trusted: Vec<IpNet>,
+    /// How long a connection may take to send its header, in milliseconds.
+    pub header_timeout_ms: u64,
+}
+
+impl ProxySettings {
+    /// Who may send a header and how long it may take.
+    pub fn policy(&self) -> ProxyPolicy {
+        ProxyPolicy { trusted: self.trusted.clone(), header_timeout: Duration::from_millis(self.header_timeout_ms) }
+    }
 }
 
 /// The `[metrics]` section.
@@ -151,6 +176,11 @@ pub struct ServerSettings {
     pub backlog: u32,
     /// Time clients get to receive their answers once shutdown starts.
     pub shutdown_timeout_secs: u64,
+    /// Once shutdown starts, how long a client must have asked nothing before it is closed.
+    pub drain_grace_ms: u64,
+    /// Listen with `SO_REUSEPORT`, so that a new server can bind the same addresses while this
+    /// one runs (an upgrade without refusing anyone).
+    pub reuse_port: bool,
 }
 
 impl ServerSettings {
@@ -191,16 +221,6 @@ pub struct LimitSettings {
 }
 
 impl LimitSettings {
-    /// The limits one session enforces.
-    pub fn session(&self) -> SessionConfig {
-        SessionConfig {
-            max_question_bytes: self.max_question_bytes,
-            max_pending_bytes: self.max_pending_bytes,
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
-            write_timeout: Duration::from_secs(self.write_timeout_secs),
-        }
-    }
-
     /// The options accepted connections get.
     pub fn connection_options(&self) -> ConnectionOptions {
         let keepalive = (self.keepalive_idle_secs > 0).then(|| Keepalive {
@@ -477,7 +497,23 @@ impl Settings {
             let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
             check_listen(&listen).map_err(|reason| invalid("server.listen", format!("{listen:?}"), reason))?;
         }
+        let both: Vec<String> = self.server.listen.iter().chain(&self.proxy.listen).map(ToString::to_string).collect();
+        if let Err(reason) = check_listen(&both) {
+            let value = format!("{:?}", self.proxy.listen.iter().map(ToString::to_string).collect::<Vec<_>>());
+            return Err(invalid("proxy.listen", value, format!("{reason} (with server.listen)")));
+        }
         Ok(())
+    }
+
+    /// The limits one session enforces.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            max_question_bytes: self.limits.max_question_bytes,
+            max_pending_bytes: self.limits.max_pending_bytes,
+            idle_timeout: Duration::from_secs(self.limits.idle_timeout_secs),
+            write_timeout: Duration::from_secs(self.limits.write_timeout_secs),
+            drain_grace: Duration::from_millis(self.server.drain_grace_ms),
+        }
     }
 
     /// The dotted keys whose values differ between `self` and `other` (a list, such as
@@ -512,6 +548,7 @@ impl Settings {
         self.server.listen.clone_from(&running.server.listen);
         self.server.workers = running.server.workers;
         self.server.backlog = running.server.backlog;
+        self.server.reuse_port = running.server.reuse_port;
         self.log.format = running.log.format;
         self.log.output = running.log.output;
         self.oracle.simulated_cost_ms = running.oracle.simulated_cost_ms;
@@ -519,6 +556,7 @@ impl Settings {
         self.oracle.panic_question.clone_from(&running.oracle.panic_question);
         self.oracle.hang_question.clone_from(&running.oracle.hang_question);
         self.metrics.listen.clone_from(&running.metrics.listen);
+        self.proxy.listen.clone_from(&running.proxy.listen);
         self
     }
 
@@ -733,7 +771,19 @@ fn check_rule(key: &str, value: &Value) -> Result<(), String> {
         | "limits.max_pending_bytes"
         | "limits.write_timeout_secs" => at_least(1),
         "server.listen" => check_listen(&strings()),
-        _ if key.starts_with("server.listen[") => text()
+        "proxy.trusted" if strings().is_empty() => {
+            Err("at least one range is needed (proxy.listen without trusted senders would accept no one)".into())
+        }
+        _ if key.starts_with("proxy.trusted[") => text()
+            .parse::<IpNet>()
+            .map(drop)
+            .map_err(|_| "expected an address range such as 10.0.0.0/8 or ::1/128".into()),
+        "proxy.header_timeout_ms" => at_least(1),
+        "proxy.listen" => match strings() {
+            entries if entries.is_empty() => Ok(()),
+            entries => check_listen(&entries),
+        },
+        _ if key.starts_with("server.listen[") || key.starts_with("proxy.listen[") => text()
             .parse::<SocketAddr>()
             .map(drop)
             .map_err(|_| "expected an IP address and port, such as 127.0.0.1:1060 or [::1]:1060".into()),
@@ -754,7 +804,7 @@ fn check_rule(key: &str, value: &Value) -> Result<(), String> {
 }
 
 /// `server.listen`: IP addresses with ports, at least one, none listed twice or covered by a
-/// wildcard address on the same port.
+/// wildcard address on the same port (port 0, "any free port", never clashes).
 fn check_listen(entries: &[String]) -> Result<(), String> {
     if entries.is_empty() {
         return Err("at least one address is needed".into());
@@ -765,7 +815,8 @@ fn check_listen(entries: &[String]) -> Result<(), String> {
             format!("entry {index}, {entry:?}, is not an IP address and port, such as 127.0.0.1:1060 or [::1]:1060")
         })?;
         if let Some(other) = addrs.iter().find(|other| {
-            other.port() == addr.port()
+            addr.port() != 0
+                && other.port() == addr.port()
                 && other.is_ipv4() == addr.is_ipv4()
                 && (**other == addr || other.ip().is_unspecified() || addr.ip().is_unspecified())
         }) {

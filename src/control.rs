@@ -108,10 +108,11 @@ impl Control {
             tracing::error!(%error, "cannot change the log level");
         }
         self.server.do_send(ApplyLimits {
+            proxy: new.proxy.policy(),
             max_connections: new.limits.max_connections,
             shutdown_timeout: new.server.shutdown_timeout(),
             connection_options: new.limits.connection_options(),
-            session: new.limits.session(),
+            session: new.session(),
         });
         let list = |keys: &[&String]| keys.iter().map(|key| key.as_str()).collect::<Vec<_>>().join(", ");
         if !needs_restart.is_empty() {

@@ -26,6 +26,7 @@
 //! - [`metrics`]: Prometheus counters and the endpoint serving them; per-thread tallies.
 //! - [`notify`]: systemd's notify protocol (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`).
 //! - [`inherit`]: sockets handed over by systemd or inetd instead of bound.
+//! - [`proxy`]: the PROXY protocol header on the listeners behind a load balancer.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON).
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oracle;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod signals;

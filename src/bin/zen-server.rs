@@ -12,7 +12,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::bail;
 use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
 use zen_server::{
-    app::{self, Options, RunError, Sockets},
+    app::{self, Listener, Options, RunError, Sockets},
     cli::{ServerCli, ServerCommand},
     config::{CONFIG_FILE_VAR, ConfigFile, LogOutput, Settings, Sources},
     control::ReloadSources,
@@ -108,8 +108,9 @@ fn sockets(
         return Ok(Some(Sockets::Connection(inherit::connection_on_stdin()?)));
     }
     if let Some(fd) = cli.listen_fd {
-        return Ok(Some(Sockets::Listeners(vec![inherit::listener_on(fd)?])));
+        return Ok(Some(Sockets::Listeners(vec![Listener::inherited(inherit::listener_on(fd)?, settings)])));
     }
+    let activated: Vec<Listener> = activated.into_iter().map(|socket| Listener::inherited(socket, settings)).collect();
     Ok((!activated.is_empty()).then_some(Sockets::Listeners(activated)))
 }
 

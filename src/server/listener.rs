@@ -41,18 +41,23 @@ pub struct ListenError {
 }
 
 /// Binds a non-blocking listening socket with address reuse, IPv6 addresses IPv6-only (so
-/// `0.0.0.0` and `[::]` can both be listened on), and a queue of `backlog` connections.
+/// `0.0.0.0` and `[::]` can both be listened on), and a queue of `backlog` connections; with
+/// `reuse_port`, `SO_REUSEPORT` too, so that another process can listen on the same address
+/// while this one runs.
 ///
 /// # Errors
 ///
 /// [`ListenError`] naming `addr` if any step fails (address in use, not available, ...).
-pub fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ListenError> {
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<std::net::TcpListener, ListenError> {
     let attempt = || -> io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
@@ -108,8 +113,10 @@ impl ConnectionOptions {
 pub struct Accepted {
     /// The connection, registered with the current arbiter's reactor.
     pub stream: TcpStream,
-    /// The client's address.
+    /// The client's address (a load balancer's, behind a PROXY listener).
     pub peer: SocketAddr,
+    /// Accepted on a listener where connections start with a PROXY header.
+    pub behind_proxy: bool,
 }
 
 /// Why one accept attempt failed.
@@ -133,6 +140,7 @@ pub enum AcceptError {
 pub struct AcceptStream {
     listener: TcpListener,
     local_addr: SocketAddr,
+    behind_proxy: bool,
     pause: Option<Pin<Box<Sleep>>>,
     next_pause: Duration,
 }
@@ -148,7 +156,20 @@ impl AcceptStream {
     pub fn new(listener: std::net::TcpListener, options: ConnectionOptions) -> io::Result<Self> {
         options.apply(&listener)?;
         let local_addr = listener.local_addr()?;
-        Ok(Self { listener: TcpListener::from_std(listener)?, local_addr, pause: None, next_pause: MIN_ACCEPT_PAUSE })
+        let listener = TcpListener::from_std(listener)?;
+        Ok(Self { listener, local_addr, behind_proxy: false, pause: None, next_pause: MIN_ACCEPT_PAUSE })
+    }
+
+    /// Marks the listener as one where connections start with a PROXY header.
+    #[must_use]
+    pub fn behind_proxy(mut self) -> Self {
+        self.behind_proxy = true;
+        self
+    }
+
+    /// Whether connections here start with a PROXY header.
+    pub fn is_behind_proxy(&self) -> bool {
+        self.behind_proxy
     }
 
     /// The address the listener is bound to (with the real port when bound to port 0).
@@ -184,7 +205,7 @@ impl Stream for AcceptStream {
         Poll::Ready(Some(match result {
             Ok((stream, peer)) => {
                 self.next_pause = MIN_ACCEPT_PAUSE;
-                Ok(Accepted { stream, peer })
+                Ok(Accepted { stream, peer, behind_proxy: self.behind_proxy })
             }
             Err(source) if is_resource_exhaustion(&source) => {
                 let pause = self.next_pause;
@@ -203,9 +224,9 @@ mod tests {
 
     #[test]
     fn binding_an_address_in_use_names_the_address() {
-        let first = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let first = bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let addr = first.local_addr().unwrap();
-        let error = bind(addr, 16).unwrap_err();
+        let error = bind(addr, 16, false).unwrap_err();
         assert_eq!(error.addr, addr);
         assert!(error.to_string().starts_with(&format!("cannot listen on {addr}: ")), "{error}");
     }
@@ -215,7 +236,7 @@ mod tests {
         use futures_core::Stream;
 
         let keepalive = Keepalive { idle: Duration::from_secs(77), interval: Duration::from_secs(7), retries: 4 };
-        let socket = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let mut accept = AcceptStream::new(socket, ConnectionOptions { keepalive: Some(keepalive) }).unwrap();
         let _client = std::net::TcpStream::connect(accept.local_addr()).unwrap();
         let accepted = std::future::poll_fn(|cx| Pin::new(&mut accept).poll_next(cx)).await.unwrap().unwrap();

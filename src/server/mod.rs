@@ -18,6 +18,7 @@ use std::{
     io::Write,
     mem,
     net::{Shutdown, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,6 +33,7 @@ use crate::{
     admission::Admission,
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
+    proxy::ProxyPolicy,
     session::{SessionConfig, SessionInfo},
 };
 
@@ -69,6 +71,8 @@ pub struct ExitWhenIdle {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct ApplyLimits {
+    /// Who may send PROXY headers.
+    pub proxy: ProxyPolicy,
     /// Connections served at once.
     pub max_connections: u32,
     /// How long a drain waits.
@@ -92,8 +96,11 @@ pub struct DrainReport {
 pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
-    /// Handles on the listening sockets, to change their options on a reload.
+    /// Handles on the listening sockets, to change their options on a reload and to empty
+    /// their queues on a drain.
     listening_sockets: Vec<std::net::TcpListener>,
+    /// Whether each of `listening_sockets` is behind a PROXY-speaking load balancer.
+    listener_kinds: Vec<bool>,
     accepting: Vec<SpawnHandle>,
     workers: Workers,
     admission: Admission,
@@ -107,6 +114,8 @@ pub struct Server {
     inherited: Option<std::net::TcpStream>,
     exit_when_idle: Option<ExitWhenIdle>,
     metrics: Metrics,
+    /// Who may send PROXY headers, on the listeners that expect them.
+    proxy: Arc<ProxyPolicy>,
 }
 
 impl Server {
@@ -121,6 +130,7 @@ impl Server {
         Self {
             listeners,
             listening_sockets: Vec::new(),
+            listener_kinds: Vec::new(),
             accepting: Vec::new(),
             workers,
             admission,
@@ -131,7 +141,15 @@ impl Server {
             inherited: None,
             exit_when_idle: None,
             metrics: Metrics::disabled(),
+            proxy: Arc::new(ProxyPolicy { trusted: Vec::new(), header_timeout: Duration::ZERO }),
         }
+    }
+
+    /// Lets `policy` decide who may send PROXY headers on the listeners that expect them.
+    #[must_use]
+    pub fn with_proxy_policy(mut self, policy: ProxyPolicy) -> Self {
+        self.proxy = Arc::new(policy);
+        self
     }
 
     /// Counts connections into `metrics`.
@@ -161,6 +179,24 @@ impl Server {
         self
     }
 
+    /// Accepts what already waits in the listeners' queues (closing a listener would reset
+    /// those connections), then closes the listeners: from here on, a sibling listening with
+    /// `SO_REUSEPORT` or nobody gets new connections.
+    fn stop_accepting(&mut self, ctx: &mut Context<Self>) {
+        for handle in self.accepting.drain(..) {
+            ctx.cancel_future(handle);
+        }
+        let behind_proxy: Vec<bool> = self.listener_kinds.drain(..).collect();
+        for (socket, behind_proxy) in mem::take(&mut self.listening_sockets).into_iter().zip(behind_proxy) {
+            while let Ok((socket, peer)) = socket.accept() {
+                match socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket)) {
+                    Ok(stream) => self.admit(Accepted { stream, peer, behind_proxy }),
+                    Err(error) => tracing::debug!(%peer, %error, "cannot take a queued connection"),
+                }
+            }
+        }
+    }
+
     /// Waits until no connection is open, then for `after` more; reports idleness if no
     /// connection arrived meanwhile, and waits again otherwise.
     fn watch_idleness(&mut self, ctx: &mut Context<Self>) {
@@ -183,7 +219,7 @@ impl Server {
         }));
     }
 
-    fn admit(&mut self, Accepted { stream, peer }: Accepted) {
+    fn admit(&mut self, Accepted { stream, peer, behind_proxy }: Accepted) {
         self.metrics.accepted();
         let Some(permit) = self.admission.try_admit() else {
             self.refuse(stream, peer);
@@ -194,7 +230,8 @@ impl Server {
             self.refused_while_full = 0;
         }
         self.last_id += 1;
-        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit);
+        let proxy = behind_proxy.then(|| self.proxy.clone());
+        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy);
     }
 
     /// Tells a client over the limit that the server is busy, and closes. The socket is new,
@@ -223,9 +260,13 @@ impl Actor for Server {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
-            tracing::info!(addr = %listener.local_addr(), workers = self.workers.count(), "listening");
+            let (addr, proxy) = (listener.local_addr(), listener.is_behind_proxy());
+            tracing::info!(%addr, workers = self.workers.count(), proxy, "listening");
             match listener.socket() {
-                Ok(socket) => self.listening_sockets.push(socket),
+                Ok(socket) => {
+                    self.listening_sockets.push(socket);
+                    self.listener_kinds.push(proxy);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep a handle on the listener; a reload cannot change its keepalive")
                 }
@@ -233,8 +274,9 @@ impl Actor for Server {
             self.accepting.push(ctx.add_stream(listener));
         }
         if let Some(connection) = self.inherited.take() {
-            let accepted =
-                connection.peer_addr().and_then(|peer| Ok(Accepted { stream: TcpStream::from_std(connection)?, peer }));
+            let accepted = connection
+                .peer_addr()
+                .and_then(|peer| Ok(Accepted { stream: TcpStream::from_std(connection)?, peer, behind_proxy: false }));
             match accepted {
                 Ok(accepted) => {
                     tracing::info!(peer = %accepted.peer, "serving the connection on standard input");
@@ -268,6 +310,7 @@ impl Handler<ApplyLimits> for Server {
 
     fn handle(&mut self, limits: ApplyLimits, _ctx: &mut Self::Context) {
         self.admission.set_limit(limits.max_connections);
+        self.proxy = Arc::new(limits.proxy);
         self.shutdown_timeout = limits.shutdown_timeout;
         for socket in &self.listening_sockets {
             if let Err(error) = limits.connection_options.apply(socket) {
@@ -290,13 +333,11 @@ impl Handler<Drain> for Server {
     type Result = ResponseFuture<DrainReport>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
-        let started = *self.draining_since.get_or_insert_with(|| {
-            for handle in self.accepting.drain(..) {
-                ctx.cancel_future(handle);
-            }
+        if self.draining_since.is_none() {
+            self.stop_accepting(ctx);
             self.workers.drain();
-            Instant::now()
-        });
+        }
+        let started = *self.draining_since.get_or_insert_with(Instant::now);
         let deadline = started + self.shutdown_timeout;
         let admission = self.admission.clone();
         Box::pin(async move {
@@ -326,6 +367,7 @@ mod tests {
             max_pending_bytes: 64 * 1024,
             idle_timeout,
             write_timeout: Duration::from_secs(60),
+            drain_grace: Duration::ZERO,
         }
     }
 
@@ -337,7 +379,7 @@ mod tests {
         let oracle = Oracle::start(table, OracleConfig::default(), &threads.arbiters(), &Metrics::disabled());
         let workers =
             Workers::start(&threads.arbiters(), &oracle.shards, session_config(idle_timeout), &Metrics::disabled());
-        let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();
         let server = Server::new(vec![accept], workers, Admission::new(2), Duration::from_secs(5)).start();

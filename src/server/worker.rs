@@ -6,16 +6,17 @@
 //! for another thread is taken off the accepting thread's reactor (`into_std`) and registered
 //! again on the worker's (`from_std`), so that each connection's I/O happens on one thread.
 
-use std::{cell::Cell, rc::Rc};
+use std::{cell::Cell, io::Cursor, rc::Rc, sync::Arc};
 
 use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
-use tokio::net::TcpStream;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::{
     admission::Permit,
-    metrics::{FLUSH_INTERVAL, Metrics, Tally},
+    metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
     oracle::{Ask, OracleShard},
+    proxy::{Proxied, ProxyPolicy},
     session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
     threads::PerThread,
 };
@@ -47,8 +48,9 @@ impl Workers {
         self.workers.len().get()
     }
 
-    /// Starts a session for `stream` on the next worker in turn.
-    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit) {
+    /// Starts a session for `stream` on the next worker in turn; with `proxy`, once `stream`'s
+    /// PROXY header has been read.
+    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, proxy: Option<Arc<ProxyPolicy>>) {
         let index = self.next % self.count();
         self.next = self.next.wrapping_add(1);
         let Some(worker) = self.workers.get(index) else { return };
@@ -63,7 +65,7 @@ impl Workers {
                 }
             }
         };
-        worker.do_send(Adopt { connection, info, permit });
+        worker.do_send(Adopt { connection, info, permit, proxy });
     }
 
     /// Gives every worker new session limits (see [`SessionDeps::config`]).
@@ -111,6 +113,8 @@ struct Adopt {
     connection: Connection,
     info: SessionInfo,
     permit: Permit,
+    /// Read a PROXY header first, as this policy says.
+    proxy: Option<Arc<ProxyPolicy>>,
 }
 
 /// Tells the worker's sessions to drain, and the ones it starts later too.
@@ -171,7 +175,7 @@ impl Actor for Worker {
 impl Handler<Adopt> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Adopt { connection, info, permit }: Adopt, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Adopt { connection, info, permit, proxy }: Adopt, ctx: &mut Self::Context) {
         let stream = match connection {
             Connection::OnThisThread(stream) => stream,
             Connection::HandedOver(socket) => match TcpStream::from_std(socket) {
@@ -182,7 +186,26 @@ impl Handler<Adopt> for Worker {
                 }
             },
         };
-        ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
+        let Some(proxy) = proxy else {
+            ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
+            return;
+        };
+        let deps = self.deps.clone();
+        ctx.spawn(wrap_future(async move {
+            let (mut read, write) = stream.into_split();
+            match proxy.read_header(&mut read, info.peer).await {
+                Ok(Proxied { client, header_bytes, rest }) => {
+                    deps.tally.received(header_bytes);
+                    tracing::debug!(proxy = %info.peer, client = ?client, "PROXY header read");
+                    let info = SessionInfo { peer: client.unwrap_or(info.peer), ..info };
+                    ZenSession::start(Cursor::new(rest).chain(read), write, info, deps, permit);
+                }
+                Err(error) => {
+                    tracing::info!(peer = %info.peer, %error, "closing a connection without a valid PROXY header");
+                    deps.tally.closed(CloseReason::Proxy);
+                }
+            }
+        }));
     }
 }
 

@@ -71,6 +71,10 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// A client reading nothing for this long while answers wait is disconnected.
     pub write_timeout: Duration,
+    /// When the server drains, how long a client must have asked nothing before it is told
+    /// the server is shutting down and closed (so that one between two questions is not cut
+    /// off).
+    pub drain_grace: Duration,
 }
 
 /// Who the session serves.
@@ -103,6 +107,9 @@ pub struct SessionDeps {
 enum Phase {
     /// Taking questions and answering them.
     Serving,
+    /// The server is draining: still taking questions, until the client has been quiet for
+    /// `drain_grace` (counted from this instant at the earliest).
+    Draining(Instant),
     /// Taking no more questions; answering those already asked.
     Finishing(Input),
     /// Every answer is with the sink, which writes them out, then shuts down sending.
@@ -265,10 +272,14 @@ impl ZenSession {
     fn drain(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Serving {
             tracing::debug!(parent: &self.span(), "draining");
-            self.stop_reading(ctx);
-            self.ending(CloseReason::Shutdown);
-            self.finish_with(Answer::SHUTTING_DOWN, Input::Ended);
+            self.phase = Phase::Draining(Instant::now());
+            self.check_timeouts(ctx);
         }
+    }
+
+    /// Whether the session takes questions.
+    fn taking_questions(&self) -> bool {
+        matches!(self.phase, Phase::Serving | Phase::Draining(_))
     }
 
     /// Tells flow control and the write timeout how many bytes wait for the client.
@@ -338,7 +349,7 @@ impl ZenSession {
     /// The client sent end of file, or reading failed.
     fn input_ended(&mut self, ctx: &mut Context<Self>) {
         self.phase = match self.phase {
-            Phase::Serving | Phase::Finishing(_) => Phase::Finishing(Input::Ended),
+            Phase::Serving | Phase::Draining(_) | Phase::Finishing(_) => Phase::Finishing(Input::Ended),
             Phase::Closing(_) => Phase::Closing(Input::Ended),
             Phase::Lingering => {
                 ctx.stop();
@@ -360,6 +371,19 @@ impl ZenSession {
                 return;
             }
             due
+        } else if let Phase::Draining(since) = self.phase {
+            let due = self.last_question.max(since) + config.drain_grace;
+            if !self.slots.is_empty() {
+                // Checked again when the answers are in (see `Answered`).
+                now + config.write_timeout
+            } else if now >= due {
+                self.stop_reading(ctx);
+                self.ending(CloseReason::Shutdown);
+                self.finish_with(Answer::SHUTTING_DOWN, Input::Ended);
+                return;
+            } else {
+                due
+            }
         } else if self.phase == Phase::Serving && self.slots.is_empty() {
             let due = self.last_question + config.idle_timeout;
             if now >= due {
@@ -435,11 +459,11 @@ impl Actor for ZenSession {
 impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
     fn handle(&mut self, item: Result<Incoming, CodecError>, _ctx: &mut Self::Context) {
         match item {
-            Ok(Incoming::Questions(questions)) if self.phase == Phase::Serving => self.ask(questions),
+            Ok(Incoming::Questions(questions)) if self.taking_questions() => self.ask(questions),
             Ok(Incoming::Questions(_)) => {}
             Ok(Incoming::TooLong) => {
                 tracing::info!(parent: &self.span(), limit = self.max_question_bytes, "question too long");
-                if self.phase == Phase::Serving {
+                if self.taking_questions() {
                     self.ending(CloseReason::TooLong);
                     self.deps.tally.answered(Outcome::TooLong, 1);
                     self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
@@ -477,8 +501,11 @@ impl Handler<Notice> for ZenSession {
 impl Handler<Answered> for ZenSession {
     type Result = ();
 
-    fn handle(&mut self, Answered { seq, answers }: Answered, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Answered { seq, answers }: Answered, ctx: &mut Self::Context) {
         self.fill(seq, answers);
+        if matches!(self.phase, Phase::Draining(_)) && self.slots.is_empty() {
+            self.check_timeouts(ctx);
+        }
     }
 }
 
@@ -543,6 +570,7 @@ mod tests {
             max_pending_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
+            drain_grace: Duration::ZERO,
         }
     }
 
@@ -642,6 +670,24 @@ mod tests {
         session.oracle_received(b"first300?").await;
         session.registry.drain();
         assert_eq!(read_to_end(&mut session.client).await, b"first300.Error: server shutting down.");
+        ended(&session.live).await;
+    }
+
+    #[actix::test]
+    async fn a_client_asking_while_draining_is_answered_until_it_has_been_quiet_for_the_grace() {
+        let mut session = echo_session(SessionConfig { drain_grace: Duration::from_millis(300), ..config(64) });
+        session.client.write_all(b"a?").await.unwrap();
+        assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
+        session.registry.drain();
+        // Between two questions when the drain starts: the next ones are still answered.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            session.client.write_all(b"b?").await.unwrap();
+            assert_eq!(read_exactly(&mut session.client, 2).await, b"b.");
+        }
+        let quiet = Instant::now();
+        assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
+        assert!(quiet.elapsed() >= Duration::from_millis(250), "closed after {:?} of quiet", quiet.elapsed());
         ended(&session.live).await;
     }
 
