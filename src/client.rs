@@ -73,14 +73,21 @@ pub async fn ask(
     questions: &[Question],
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClientError> {
-    tokio::time::timeout(timeout, exchange(addr, questions)).await.map_err(|_| ClientError::TimedOut(timeout))?
+    tokio::time::timeout(timeout, exchange(addr, b"", questions)).await.map_err(|_| ClientError::TimedOut(timeout))?
 }
 
-async fn exchange(addr: impl ToSocketAddrs + Display, questions: &[Question]) -> Result<Vec<Answer>, ClientError> {
+/// Sends `preamble` (such as a PROXY header), then every question in the same write; reads one
+/// answer per question.
+async fn exchange(
+    addr: impl ToSocketAddrs + Display,
+    preamble: &[u8],
+    questions: &[Question],
+) -> Result<Vec<Answer>, ClientError> {
     let mut stream =
         TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
     stream.set_nodelay(true)?;
-    let request: Vec<u8> = questions.iter().flat_map(|q| q.as_bytes().iter().copied()).collect();
+    let questions_bytes = questions.iter().flat_map(|q| q.as_bytes().iter().copied());
+    let request: Vec<u8> = preamble.iter().copied().chain(questions_bytes).collect();
     stream.write_all(&request).await?;
     let mut answers = Vec::with_capacity(questions.len());
     let mut buffer = BytesMut::with_capacity(4096);
@@ -125,13 +132,19 @@ pub struct Probe {
     pub question: Question,
     /// What must come back.
     pub answer: Answer,
+    /// Start with a PROXY header (`PROXY UNKNOWN`: the server keeps the socket's own peer), to
+    /// probe a listener where connections must start with one.
+    pub proxy_header: bool,
 }
+
+/// The PROXY header a probe sends: version 1, no address relayed.
+pub const PROBE_PROXY_HEADER: &[u8] = b"PROXY UNKNOWN\r\n";
 
 impl Probe {
     /// The book's first question, `Beautiful is better than?`, expecting `Ugly.`.
     pub fn book() -> Self {
         let (question, answer) = PROBE;
-        Self { question: Question::from_static(question), answer: Answer::from_static(answer) }
+        Self { question: Question::from_static(question), answer: Answer::from_static(answer), proxy_header: false }
     }
 
     /// What to probe for a server running with `settings`: its first listening address (a
@@ -146,6 +159,7 @@ impl Probe {
         let probe = settings.oracle.answers.first().map_or_else(Self::book, |entry| Self {
             question: Question::new(entry.question.clone()),
             answer: Answer::new(entry.answer.clone()),
+            proxy_header: false,
         });
         (addr, probe)
     }
@@ -158,7 +172,9 @@ impl Probe {
 /// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
 /// expected one.
 pub async fn probe(addr: impl ToSocketAddrs + Display, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
-    let answers = ask(addr, std::slice::from_ref(&probe.question), timeout).await?;
+    let preamble = if probe.proxy_header { PROBE_PROXY_HEADER } else { b"" };
+    let exchange = exchange(addr, preamble, std::slice::from_ref(&probe.question));
+    let answers = tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::TimedOut(timeout))??;
     match answers.first() {
         Some(answer) if *answer == probe.answer => Ok(()),
         other => Err(ClientError::WrongAnswer {

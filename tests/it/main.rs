@@ -15,6 +15,8 @@ mod lifecycle;
 mod metrics;
 mod operator;
 mod protocol;
+mod proxy;
 mod reload;
 mod supervisor;
 mod systemd;
+mod upgrade;

@@ -343,7 +343,7 @@ async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     for index in 0..config.conns {
         let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
         match (config.mode, config.rate) {
-            (BenchMode::Churn, _) => tasks.spawn(churn(addr, index, window, live)),
+            (BenchMode::Churn, _) => tasks.spawn(churn(addr, index, config.depth, window, live)),
             (_, Some(rate)) => {
                 let interval = Duration::from_secs_f64(config.conns as f64 / rate);
                 // Spread the connections' schedules over one interval.
@@ -606,29 +606,36 @@ async fn paced(
 }
 
 /// Connect, ask, read the answer, close; again until the window ends.
-async fn churn(addr: SocketAddr, index: usize, window: Window, live: Arc<Live>) -> Tally {
+async fn churn(addr: SocketAddr, index: usize, questions: usize, window: Window, live: Arc<Live>) -> Tally {
     let mut tally = Tally::new();
     let mut round = index;
     while Instant::now() < window.end {
         let started = Instant::now();
-        let (question, expected) = EXCHANGES[round % EXCHANGES.len()];
-        let source = source_for(addr, round);
-        let exchange = async {
+        let (source, first) = (source_for(addr, round), round);
+        // Like the book's client: each question in one write, its answer read before the next.
+        let exchange = async move {
             let stream = connect(addr, source).await.ok()?;
             let (reader, mut writer) = stream.into_split();
-            writer.write_all(question).await.ok()?;
-            AnswerReader::new(reader).check_next(expected).await
+            let mut answers = AnswerReader::new(reader);
+            for asked in 0..questions.max(1) {
+                let (question, expected) = EXCHANGES[(first + asked) % EXCHANGES.len()];
+                writer.write_all(question).await.ok()?;
+                if !answers.check_next(expected).await? {
+                    return Some(false);
+                }
+            }
+            Some(true)
         };
         round = round.wrapping_add(7919); // a prime stride walks every source address
         match exchange.await {
             Some(true) => {
                 let now = Instant::now();
                 if window.contains(now) {
-                    tally.answers += 1;
+                    tally.answers += questions.max(1) as u64;
                     tally.connections += 1;
                     tally.record(now - started);
                 }
-                live.answers.fetch_add(1, Relaxed);
+                live.answers.fetch_add(questions.max(1) as u64, Relaxed);
             }
             _ => tally.fail(&live, 1),
         }

@@ -45,7 +45,8 @@ pub enum ClientCommand {
         /// Connections (pipelined, idle) or concurrent loops (churn).
         #[arg(long, default_value = "50")]
         conns: usize,
-        /// Questions in flight per connection (pipelined, without --rate).
+        /// Questions in flight per connection (pipelined, without --rate); questions asked one
+        /// after another on each connection before it closes (churn).
         #[arg(long, default_value = "1")]
         depth: usize,
         /// Seconds measured.
@@ -80,6 +81,9 @@ pub enum ClientCommand {
         /// The server's settings file, to find its address and a question it knows.
         #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", conflicts_with = "addr")]
         config: Option<PathBuf>,
+        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen.
+        #[arg(long)]
+        proxy_header: bool,
         /// Seconds to wait for the answer.
         #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
         timeout: Duration,

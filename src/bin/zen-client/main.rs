@@ -58,16 +58,16 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
                 println!("{question} {answer}");
             }
         }
-        ClientCommand::Probe { addr: Some(addr), timeout, .. } => {
-            client::probe(addr.as_str(), &Probe::book(), timeout).await?;
+        ClientCommand::Probe { addr: Some(addr), timeout, proxy_header, .. } => {
+            client::probe(addr.as_str(), &Probe { proxy_header, ..Probe::book() }, timeout).await?;
         }
-        ClientCommand::Probe { addr: None, config, timeout } => {
+        ClientCommand::Probe { addr: None, config, timeout, proxy_header } => {
             let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
             let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
                 .map_err(|error| anyhow!("the server's settings: {error}"))?;
             let (addr, probe) = Probe::for_settings(&settings);
             let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address"))?;
-            client::probe(addr, &probe, timeout).await?;
+            client::probe(addr, &Probe { proxy_header, ..probe }, timeout).await?;
         }
         ClientCommand::Bench { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
             let config =
