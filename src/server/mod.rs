@@ -294,6 +294,9 @@ impl Handler<Drain> for Server {
             for handle in self.accepting.drain(..) {
                 ctx.cancel_future(handle);
             }
+            // These handles would keep the sockets listening: the kernel would go on queueing
+            // connections that nobody accepts.
+            self.listening_sockets.clear();
             self.workers.drain();
             Instant::now()
         });
