@@ -58,6 +58,16 @@ fn a_scrape_after_known_traffic_has_exact_counts() {
     long.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close(&mut long), b"Error: question too long.");
     sent_by_clients += 300;
+    // Those three have given their permits back once their closes are counted: a session is
+    // counted as it stops, and its permit goes with it before the next flush.
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_connections_closed_total{reason=\"eof\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"partial\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"too_long\"}", 1.0),
+        ],
+    );
     // Two held, a third refused.
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr())).collect();
     for stream in &mut held {
