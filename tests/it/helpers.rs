@@ -1,6 +1,6 @@
 //! Running the real `zen-server` binary: start it on an ephemeral port, learn its address
-//! from its `listening` log event, watch its log, signal it, and kill it (by PID) when the
-//! test is over.
+//! from its `listening` log event, watch its log, signal it, scrape its metrics endpoint, and
+//! kill it (by PID) when the test is over.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -475,4 +475,26 @@ pub fn launch_on_free_port(launch: impl Fn(u16) -> (Launch, TempConfig)) -> (Zen
         }
     }
     panic!("no free port in five tries");
+}
+
+/// One HTTP GET of the metrics page.
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: zen\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The body may be chunked; the exposition's own lines are what matter.
+    body.lines().filter(|line| line.starts_with('#') || line.starts_with("zen_")).collect::<Vec<_>>().join("\n")
+}
+
+/// A server with metrics on a free port, and that port's address.
+pub fn server_with_metrics(settings: &str) -> (ZenServer, TempConfig, SocketAddr) {
+    let (server, config, port) = launch_on_free_port(|port| {
+        let config = TempConfig::new(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{settings}"));
+        (Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]), config)
+    });
+    (server, config, SocketAddr::from(([127, 0, 0, 1], port)))
 }

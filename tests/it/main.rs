@@ -14,6 +14,7 @@ mod k8s;
 mod lifecycle;
 mod metrics;
 mod operator;
+mod prometheus;
 mod protocol;
 mod proxy;
 mod reload;

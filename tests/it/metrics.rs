@@ -3,7 +3,7 @@
 //! `promtool check metrics`.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{Shutdown, SocketAddr, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -11,22 +11,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{
-    DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, launch_on_free_port, read_to_close,
-};
-
-/// One HTTP GET of the metrics page.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: zen\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // The body may be chunked; the exposition's own lines are what matter.
-    body.lines().filter(|line| line.starts_with('#') || line.starts_with("zen_")).collect::<Vec<_>>().join("\n")
-}
+use crate::helpers::{DEADLINE, ask_like_the_book, connect, read_to_close, scrape, server_with_metrics};
 
 /// The value of the series `series` (name and labels, exactly as exposed).
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -48,15 +33,6 @@ fn wait_for_values(addr: SocketAddr, expected: &[(&str, f64)]) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A server with metrics on a free port, and that port's address.
-fn server_with_metrics(settings: &str) -> (ZenServer, TempConfig, SocketAddr) {
-    let (server, config, port) = launch_on_free_port(|port| {
-        let config = TempConfig::new(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{settings}"));
-        (Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]), config)
-    });
-    (server, config, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 #[test]
@@ -82,6 +58,16 @@ fn a_scrape_after_known_traffic_has_exact_counts() {
     long.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close(&mut long), b"Error: question too long.");
     sent_by_clients += 300;
+    // Those three have given their permits back once their closes are counted: a session is
+    // counted as it stops, and its permit goes with it before the next flush.
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_connections_closed_total{reason=\"eof\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"partial\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"too_long\"}", 1.0),
+        ],
+    );
     // Two held, a third refused.
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr())).collect();
     for stream in &mut held {
