@@ -243,28 +243,50 @@ impl fmt::Debug for Answers {
     }
 }
 
-/// Builds [`Answers`] one answer at a time.
+/// Builds [`Answers`] one answer at a time. A batch of one answer from the table (a client
+/// that waits for each answer) shares that answer's bytes instead of copying them.
 #[derive(Debug, Default)]
 pub struct AnswersBuilder {
+    /// The only answer so far, shared, while there is only one.
+    first: Option<Bytes>,
     bytes: BytesMut,
     count: usize,
+    /// Answers expected, to size the buffer once a second one comes.
+    expected: usize,
 }
 
 impl AnswersBuilder {
-    /// A builder with room for about `count` answers.
+    /// A builder for about `count` answers.
     pub fn with_capacity(count: usize) -> Self {
-        Self { bytes: BytesMut::with_capacity(count * 16), count: 0 }
+        Self { expected: count, ..Self::default() }
     }
 
-    /// Appends `answer`.
+    /// Appends `answer`, sharing its bytes while it is the only one.
+    pub fn push_answer(&mut self, answer: &Answer) {
+        if self.count == 0 {
+            self.first = Some(answer.0.clone());
+            self.count = 1;
+        } else {
+            self.push(answer.as_bytes());
+        }
+    }
+
+    /// Appends `answer`, copied.
     pub fn push(&mut self, answer: &[u8]) {
+        if let Some(first) = self.first.take() {
+            self.bytes.reserve(self.expected.max(2) * 16);
+            self.bytes.put_slice(&first);
+        }
         self.bytes.put_slice(answer);
         self.count += 1;
     }
 
     /// The answers so far.
     pub fn finish(self) -> Answers {
-        Answers { bytes: self.bytes.freeze(), count: self.count }
+        match self.first {
+            Some(first) => Answers { bytes: first, count: 1 },
+            None => Answers { bytes: self.bytes.freeze(), count: self.count },
+        }
     }
 }
 
@@ -307,6 +329,21 @@ mod tests {
             Answers::repeated(&Answer::INTERNAL_ERROR, 2).as_bytes(),
             b"Error: internal error.Error: internal error."
         );
+    }
+
+    #[test]
+    fn a_batch_of_one_shares_its_answer_and_more_answers_are_joined_in_order() {
+        let ugly = Answer::new(String::from("Ugly."));
+        let mut one = AnswersBuilder::with_capacity(1);
+        one.push_answer(&ugly);
+        let one = one.finish();
+        assert_eq!(one.as_bytes().as_ptr(), ugly.as_bytes().as_ptr(), "shared, not copied");
+        let mut three = AnswersBuilder::with_capacity(3);
+        three.push_answer(&ugly);
+        three.push_answer(&Answer::UNKNOWN_APHORISM);
+        three.push(b"Complex.");
+        let three = three.finish();
+        assert_eq!((three.len(), three.as_bytes()), (3, &b"Ugly.Error: unknown aphorism.Complex."[..]));
     }
 
     #[test]

@@ -57,11 +57,11 @@ impl Lookup {
         };
         match panic::catch_unwind(AssertUnwindSafe(lookup)) {
             Ok(Some(answer)) => {
-                answers.push(answer.as_bytes());
+                answers.push_answer(answer);
                 Outcome::Known
             }
             Ok(None) => {
-                answers.push(Answer::UNKNOWN_APHORISM.as_bytes());
+                answers.push_answer(&Answer::UNKNOWN_APHORISM);
                 Outcome::Unknown
             }
             Err(_) => {
@@ -69,7 +69,7 @@ impl Lookup {
                 // The panic itself was logged as an error by the panic hook; this says what
                 // became of it.
                 tracing::warn!(question = %question.escape_ascii(), panics, "oracle panicked while answering; answered with an internal error");
-                answers.push(Answer::INTERNAL_ERROR.as_bytes());
+                answers.push_answer(&Answer::INTERNAL_ERROR);
                 Outcome::InternalError
             }
         }

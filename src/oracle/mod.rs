@@ -44,8 +44,9 @@ pub struct Ask {
     pub questions: Questions,
     /// The asker's number for this batch, returned with the answers.
     pub seq: u64,
-    /// Where the answers go.
-    pub reply_to: Recipient<Answered>,
+    /// Where the answers go; shared, since a session asks many times and cloning a
+    /// `Recipient` allocates.
+    pub reply_to: Arc<Recipient<Answered>>,
 }
 
 /// The answers to one [`Ask`]: one per question, in the same order.
@@ -295,7 +296,7 @@ mod tests {
     /// Asks `shard` and waits for the answers.
     async fn ask(shard: &Addr<OracleShard>, questions: &[&[u8]]) -> Answers {
         let (sender, mut receiver) = mpsc::unbounded_channel();
-        let reply_to = Asker(sender).start().recipient();
+        let reply_to = Arc::new(Asker(sender).start().recipient());
         shard.do_send(Ask { questions: Questions::from_list(questions.iter().copied()), seq: 7, reply_to });
         let answered = tokio::time::timeout(Duration::from_secs(5), receiver.recv()).await.unwrap().unwrap();
         assert_eq!(answered.seq, 7, "the batch's number comes back with its answers");

@@ -29,7 +29,7 @@ pub mod flow;
 pub mod registry;
 pub mod sink;
 
-use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
+use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc, task, time::Duration};
 
 use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
@@ -141,7 +141,7 @@ pub struct ZenSession {
     deps: Rc<SessionDeps>,
     key: RegistryKey,
     /// This session, where the oracle sends its answers.
-    reply_to: Recipient<Answered>,
+    reply_to: Arc<Recipient<Answered>>,
     /// Counts this connection as admitted until the session is dropped.
     _permit: Permit,
     sink: AnswerSink,
@@ -183,7 +183,7 @@ impl ZenSession {
             ZenSession {
                 info,
                 key,
-                reply_to: ctx.address().recipient(),
+                reply_to: Arc::new(ctx.address().recipient()),
                 deps,
                 _permit: permit,
                 sink: AnswerSink::new(Box::new(write)),
