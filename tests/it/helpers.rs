@@ -458,11 +458,42 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port nothing uses right now, below the system's range of ephemeral ports, as a deployment's
+/// fixed ports are: unlike [`free_port`]'s, it is never given to an outgoing connection, nor
+/// returned twice in one test process, so a server restarted on it while clients connect (and
+/// other tests pick ports) finds it free again.
+pub fn free_port_below_ephemeral() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const LOWEST: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral = range.split_whitespace().next().and_then(|low| low.parse().ok()).unwrap_or(32_768_u16);
+    assert!(ephemeral > LOWEST + 1000, "ephemeral ports start at {ephemeral}: no room below");
+    let span = u32::from(ephemeral - LOWEST);
+    // Where to start looking: somewhere else in each test process.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let start = nanos ^ std::process::id();
+    let mut given = GIVEN.lock().unwrap();
+    let port = (0..span)
+        .map(|step| LOWEST + u16::try_from(start.wrapping_add(step) % span).unwrap())
+        .find(|port| !given.contains(port) && std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok())
+        .expect("a free port below the ephemeral range");
+    given.push(port);
+    port
+}
+
 /// Launches what `launch` makes of a free port; tries another port if someone took the first
 /// one in between (it was only free when it was picked).
 pub fn launch_on_free_port(launch: impl Fn(u16) -> (Launch, TempConfig)) -> (ZenServer, TempConfig, u16) {
+    launch_on_port_from(free_port, launch)
+}
+
+/// [`launch_on_free_port`] with ports from `pick`.
+pub fn launch_on_port_from(
+    pick: impl Fn() -> u16,
+    launch: impl Fn(u16) -> (Launch, TempConfig),
+) -> (ZenServer, TempConfig, u16) {
     for _ in 0..5 {
-        let port = free_port();
+        let port = pick();
         let (launch, config) = launch(port);
         let mut server = ZenServer::spawn(launch);
         match server.log.wait_for_lines(DEADLINE, 1, |line| is_listening(line) || line.contains("cannot listen")) {

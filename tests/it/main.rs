@@ -7,6 +7,7 @@ mod client;
 mod configuration;
 mod container;
 mod faults;
+mod haproxy;
 mod helpers;
 mod hostile;
 mod inetd;
