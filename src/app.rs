@@ -135,7 +135,8 @@ impl App {
         let control_context = Context::<Control>::new();
         let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout())
             .with_metrics(metrics.clone())
-            .with_proxy_policy(settings.proxy.policy());
+            .with_proxy_policy(settings.proxy.policy())
+            .with_lame_duck(settings.server.lame_duck());
         let serving = match connection {
             Some(connection) => {
                 server = server.with_inherited_connection(connection);

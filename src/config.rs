@@ -178,6 +178,8 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Once shutdown starts, how long a client must have asked nothing before it is closed.
     pub drain_grace_ms: u64,
+    /// Once shutdown starts, how long to keep accepting while failing health checks.
+    pub lame_duck_ms: u64,
     /// Listen with `SO_REUSEPORT`, so that a new server can bind the same addresses while this
     /// one runs (an upgrade without refusing anyone).
     pub reuse_port: bool,
@@ -195,6 +197,11 @@ impl ServerSettings {
     /// `shutdown_timeout_secs` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// `lame_duck_ms` as a duration.
+    pub fn lame_duck(&self) -> Duration {
+        Duration::from_millis(self.lame_duck_ms)
     }
 }
 
@@ -487,6 +494,11 @@ impl Settings {
                     return Err(invalid(key, value.to_string(), reason));
                 }
             }
+        }
+        if self.server.lame_duck() >= self.server.shutdown_timeout() && !self.server.lame_duck().is_zero() {
+            let reason =
+                format!("must be shorter than server.shutdown_timeout_secs ({} s)", self.server.shutdown_timeout_secs);
+            return Err(invalid("server.lame_duck_ms", self.server.lame_duck_ms.to_string(), reason));
         }
         let longest = self.oracle.table().map(|table| table.longest_question()).unwrap_or(0);
         if longest > limits.max_question_bytes {

@@ -111,6 +111,7 @@ impl Control {
             proxy: new.proxy.policy(),
             max_connections: new.limits.max_connections,
             shutdown_timeout: new.server.shutdown_timeout(),
+            lame_duck: new.server.lame_duck(),
             connection_options: new.limits.connection_options(),
             session: new.session(),
         });

@@ -37,8 +37,8 @@ use crate::{
     session::{SessionConfig, SessionInfo},
 };
 
-/// Stop accepting, let every session answer what it was asked, and reply when all are gone
-/// (or the shutdown timeout has passed).
+/// Stop accepting (after the lame-duck period, if there is one), let every session answer what
+/// it was asked, and reply when all are gone (or the shutdown timeout has passed).
 #[derive(Debug, Message)]
 #[rtype(result = "DrainReport")]
 pub struct Drain;
@@ -77,6 +77,8 @@ pub struct ApplyLimits {
     pub max_connections: u32,
     /// How long a drain waits.
     pub shutdown_timeout: Duration,
+    /// How long a drain keeps accepting first.
+    pub lame_duck: Duration,
     /// Socket options of accepted connections.
     pub connection_options: ConnectionOptions,
     /// Per-session limits.
@@ -116,6 +118,8 @@ pub struct Server {
     metrics: Metrics,
     /// Who may send PROXY headers, on the listeners that expect them.
     proxy: Arc<ProxyPolicy>,
+    /// How long a drain keeps accepting, failing health checks, before closing the listeners.
+    lame_duck: Duration,
 }
 
 impl Server {
@@ -142,7 +146,15 @@ impl Server {
             exit_when_idle: None,
             metrics: Metrics::disabled(),
             proxy: Arc::new(ProxyPolicy { trusted: Vec::new(), header_timeout: Duration::ZERO }),
+            lame_duck: Duration::ZERO,
         }
+    }
+
+    /// On a drain, keeps accepting for `lame_duck` first (see [`Drain`]).
+    #[must_use]
+    pub fn with_lame_duck(mut self, lame_duck: Duration) -> Self {
+        self.lame_duck = lame_duck;
+        self
     }
 
     /// Lets `policy` decide who may send PROXY headers on the listeners that expect them.
@@ -312,6 +324,7 @@ impl Handler<ApplyLimits> for Server {
         self.admission.set_limit(limits.max_connections);
         self.proxy = Arc::new(limits.proxy);
         self.shutdown_timeout = limits.shutdown_timeout;
+        self.lame_duck = limits.lame_duck;
         for socket in &self.listening_sockets {
             if let Err(error) = limits.connection_options.apply(socket) {
                 tracing::warn!(%error, "cannot set the new keepalive on a listener");
@@ -334,13 +347,22 @@ impl Handler<Drain> for Server {
 
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
         if self.draining_since.is_none() {
-            self.stop_accepting(ctx);
+            // Sessions, and those started from now on, finish their conversations; health
+            // checks are told the server is shutting down.
             self.workers.drain();
+            if self.lame_duck.is_zero() || self.accepting.is_empty() {
+                self.stop_accepting(ctx);
+            } else {
+                let lame_duck_ms = self.lame_duck.as_millis() as u64;
+                tracing::info!(lame_duck_ms, "failing health checks and still accepting before closing the listeners");
+                ctx.run_later(self.lame_duck, |server, ctx| server.stop_accepting(ctx));
+            }
         }
         let started = *self.draining_since.get_or_insert_with(Instant::now);
-        let deadline = started + self.shutdown_timeout;
+        let (deadline, listening_until) = (started + self.shutdown_timeout, started + self.lame_duck);
         let admission = self.admission.clone();
         Box::pin(async move {
+            tokio::time::sleep_until(listening_until.into()).await;
             let _ = tokio::time::timeout_at(deadline.into(), admission.all_released()).await;
             DrainReport { unfinished: admission.admitted(), elapsed: started.elapsed() }
         })

@@ -10,12 +10,16 @@ use std::{cell::Cell, io::Cursor, rc::Rc, sync::Arc};
 
 use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
-use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::{
     admission::Permit,
     metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
     oracle::{Ask, OracleShard},
+    protocol::Answer,
     proxy::{Proxied, ProxyPolicy},
     session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
     threads::PerThread,
@@ -194,6 +198,13 @@ impl Handler<Adopt> for Worker {
         ctx.spawn(wrap_future(async move {
             let (mut read, write) = stream.into_split();
             match proxy.read_header(&mut read, info.peer).await {
+                Ok(Proxied { client: None, .. }) if deps.registry.is_draining() => {
+                    // A load balancer's health check: tell it this server is going away.
+                    tracing::debug!(peer = %info.peer, "failing a health check while draining");
+                    let mut write = write;
+                    let _ = write.write_all(Answer::SHUTTING_DOWN.as_bytes()).await;
+                    drop(permit);
+                }
                 Ok(Proxied { client, header_bytes, rest }) => {
                     deps.tally.received(header_bytes);
                     tracing::debug!(proxy = %info.peer, client = ?client, "PROXY header read");
