@@ -94,3 +94,19 @@ fn a_connection_from_outside_the_trusted_ranges_is_closed() {
     assert_eq!(read_to_close(&mut stream), b"");
     assert!(server.wait_for_log(&["is not in proxy.trusted"], DEADLINE).is_some(), "log:\n{}", server.log());
 }
+
+#[test]
+fn during_the_lame_duck_period_clients_are_still_served_and_health_checks_fail() {
+    let (mut server, behind, _config) = server_behind_proxy("[server]\nlame_duck_ms = 1500\n");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_for_log(&["failing health checks and still accepting"], DEADLINE).is_some());
+    let mut check = connect(behind);
+    check.write_all(b"PROXY UNKNOWN\r\nBeautiful is better than?").unwrap();
+    assert_eq!(read_to_close(&mut check), b"Error: server shutting down.");
+    let mut client = connect(behind);
+    client.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 51000 1060\r\n").unwrap();
+    assert_eq!(ask_like_the_book(&mut client, b"Simple is better than?"), b"Complex.");
+    drop(client);
+    assert_eq!(server.wait_exit(DEADLINE).and_then(|s| s.code()), Some(0), "log:\n{}", server.log());
+    assert!(TcpStream::connect(behind).is_err(), "still listening after the exit");
+}
