@@ -21,7 +21,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::{io::AsyncWrite, time::Instant};
 
 use crate::protocol::Answers;
@@ -92,7 +92,9 @@ impl AnswerSink {
             match Pin::new(&mut self.io).poll_write(cx, &self.waiting) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    let _ = self.waiting.split_to(n);
+                    // `advance`, not `split_to`: splitting would turn the buffer into a shared
+                    // one, an allocation per write.
+                    self.waiting.advance(n);
                     self.sent += n;
                     progress = true;
                 }
