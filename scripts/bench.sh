@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks zen-server against the plain-tokio reference (examples/plain_tokio.rs), in the same
 # run, alternating which goes first, with the server pinned to CPU 0 and the load to CPU 1, then
-# unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians.
+# unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians. Redis (redis-server,
+# asked PING with `zen-client bench --protocol redis-ping`) runs as a third server, in turn with
+# the other two, where CPU per answer and saturated throughput are compared: cpu50k, c50x1, c50x16
+# and c1000x1. Without redis-server, it says so on one line and leaves Redis out.
 #
 #   scripts/bench.sh              full run (about 20 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
@@ -18,7 +21,8 @@
 #
 # Binaries are built into ${CARGO_TARGET_DIR:-target}/release/.
 # Needs: a Rust toolchain, python3, taskset (util-linux), a hard limit of open files of at least
-# 16,000 (`ulimit -Hn`) for the 15,000-connection scenario.
+# 16,000 (`ulimit -Hn`) for the 15,000-connection scenario; optionally redis-server (Debian's
+# redis-server package).
 set -euo pipefail
 
 usage() {
@@ -59,6 +63,10 @@ target="${CARGO_TARGET_DIR:-target}"
 zen="$target/release/zen-server"
 reference="$target/release/examples/plain_tokio"
 client="$target/release/zen-client"
+redis="$(command -v redis-server || true)"
+if [ -z "$redis" ]; then
+  echo "bench: redis-server not found: Redis is skipped (apt-get install redis-server)" >&2
+fi
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((many_conns + 1000)) ]; then
@@ -72,23 +80,67 @@ raw="$out/raw.jsonl"
 server_pid=""
 server_addr=""
 
-# Starts server $1 (zen or reference) with CPU prefix $2; sets server_pid and server_addr.
+# A TCP port free on 127.0.0.1 right now, for a server that cannot be given port 0: below the
+# ephemeral range, where no outgoing connection (nor one in TIME-WAIT) can hold it.
+free_port() {
+  python3 - <<'EOF'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for port in random.sample(range(10000, low), min(200, low - 10000)) if low > 11000 else [0]:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+EOF
+}
+
+# Whether the server at 127.0.0.1:$1 answers Redis's PING with +PONG.
+answers_ping() {
+  python3 - "$1" 2>/dev/null <<'EOF'
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1) as s:
+    s.sendall(b"PING\r\n")
+    sys.exit(s.makefile("rb").read(7) != b"+PONG\r\n")
+EOF
+}
+
+# Starts server $1 (zen, reference or redis) with CPU prefix $2; sets server_pid and server_addr.
 start_server() {
-  local log
+  local log port=""
   log="$(mktemp)"
+  server_addr=""
   case "$1" in
     zen) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
            $2 "$zen" --listen 127.0.0.1:0 2>"$log" & ;;
     reference) $2 "$reference" --listen 127.0.0.1:0 2>"$log" & ;;
+    redis)
+      # Port 0 means "no TCP" to Redis. In the foreground, logging to standard output, writing
+      # no snapshot and no append-only file.
+      port="$(free_port)"
+      $2 "$redis" --port "$port" --bind 127.0.0.1 --protected-mode no --save "" --appendonly no \
+        --daemonize no --logfile "" >"$log" 2>&1 & ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do
-    server_addr="$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)"
+    if [ "$1" = redis ]; then
+      if answers_ping "$port"; then server_addr="127.0.0.1:$port"; fi
+    else
+      server_addr="$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)"
+    fi
     [ -n "$server_addr" ] && break
+    kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
   done
+  if [ -z "$server_addr" ]; then
+    echo "bench: $1 did not start; its output:" >&2
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
   rm -f "$log"
-  if [ -z "$server_addr" ]; then echo "bench: $1 did not start" >&2; exit 1; fi
 }
 
 stop_server() {
@@ -126,35 +178,37 @@ print(line)' "$(tail -1 "$raw")"
 
 # Runs scenario $3 against server $1 in placement $2, repetition $4.
 run_scenario() {
-  local server=$1 placement=$2 scenario=$3 rep=$4 server_cpu="" client_cpu="" json
+  local server=$1 placement=$2 scenario=$3 rep=$4 server_cpu="" client_cpu="" protocol=zen json
   if [ "$placement" = pinned ]; then server_cpu="taskset -c 0"; client_cpu="taskset -c 1"; fi
+  if [ "$server" = redis ]; then protocol=redis-ping; fi
   [ "$scenario" = churn ] && wait_for_conntrack
   start_server "$server" "$server_cpu"
   case "$scenario" in
     cpu50k)
-      json="$($client_cpu "$client" bench --addr "$server_addr" --conns 50 --rate 50000 \
-               --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns 50 \
+               --rate 50000 --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" \
+               --json 2>/dev/null)" ;;
     c*x*)
       local conns=${scenario#c}; conns=${conns%x*}; local depth=${scenario#*x}
-      json="$($client_cpu "$client" bench --addr "$server_addr" --conns "$conns" --depth "$depth" \
-               --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns "$conns" \
+               --depth "$depth" --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
     churn)
-      json="$($client_cpu "$client" bench --addr "$server_addr" --mode churn --conns 50 \
-               --duration "$churn_duration" --warmup 0.5 --json 2>/dev/null)" ;;
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --mode churn \
+               --conns 50 --duration "$churn_duration" --warmup 0.5 --json 2>/dev/null)" ;;
     idle)
-      json="$($client_cpu "$client" bench --addr "$server_addr" --mode idle --conns "$idle_conns" \
-               --hold "$idle_hold" --server-pid "$server_pid" --json 2>/dev/null)" ;;
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --mode idle \
+               --conns "$idle_conns" --hold "$idle_hold" --server-pid "$server_pid" --json 2>/dev/null)" ;;
     many)
       # Hold many connections; meanwhile, measure how fast the server answers 10 other clients.
       local hold_log held_json
       hold_log="$(mktemp)"
-      $client_cpu "$client" bench --addr "$server_addr" --mode idle --conns "$many_conns" \
-        --hold "$(python3 -c "print($warmup + $duration + 3)")" --server-pid "$server_pid" --json \
-        >"$hold_log.json" 2>"$hold_log" &
+      $client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --mode idle \
+        --conns "$many_conns" --hold "$(python3 -c "print($warmup + $duration + 3)")" \
+        --server-pid "$server_pid" --json >"$hold_log.json" 2>"$hold_log" &
       local holder=$!
       for _ in $(seq 600); do grep -q "^holding" "$hold_log" && break; sleep 0.1; done
-      json="$($client_cpu "$client" bench --addr "$server_addr" --conns 10 --depth 1 \
-               --duration "$duration" --warmup "$warmup" --json 2>/dev/null || true)"
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns 10 \
+               --depth 1 --duration "$duration" --warmup "$warmup" --json 2>/dev/null || true)"
       wait "$holder" || true
       held_json="$(cat "$hold_log.json")"
       rm -f "$hold_log" "$hold_log.json"
@@ -164,15 +218,26 @@ run_scenario() {
   record "$server" "$placement" "$scenario" "$rep" "$json"
 }
 
+# Prints the words after $1 rotated left by $1 places: each repetition, another server goes first.
+rotate() {
+  local by=$1 i
+  shift
+  local words=("$@")
+  for ((i = 0; i < $#; i++)); do printf '%s ' "${words[$(((i + by) % $#))]}"; done
+}
+
 scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
 scenarios="$scenarios c50x16 cpu50k churn idle many"
+# Where Redis runs too: CPU per answer at a fixed rate, and saturated throughput.
+redis_scenarios=" cpu50k c50x1 c50x16 c1000x1 "
 
 for placement in $placements; do
   for scenario in $scenarios; do
+    servers="zen reference"
+    if [ -n "$redis" ] && [[ "$redis_scenarios" == *" $scenario "* ]]; then servers="$servers redis"; fi
     for rep in $(seq "$reps"); do
-      if [ $((rep % 2)) = 1 ]; then order="zen reference"; else order="reference zen"; fi
-      for server in $order; do
+      for server in $(rotate $((rep - 1)) $servers); do
         run_scenario "$server" "$placement" "$scenario" "$rep"
       done
     done
@@ -180,6 +245,12 @@ for placement in $placements; do
 done
 
 python3 scripts/bench_report.py "$raw" "$out"
-errors=$(python3 -c 'import json,sys; print(sum(json.loads(l)["errors"] for l in open(sys.argv[1])))' "$raw")
-echo "bench: results in $out/RESULTS.md; errors: $errors"
+read -r errors per_server < <(python3 -c '
+import json, sys
+errors = {}
+for line in open(sys.argv[1]):
+    result = json.loads(line)
+    errors[result["server"]] = errors.get(result["server"], 0) + result["errors"]
+print(sum(errors.values()), ", ".join(f"{server} {count}" for server, count in errors.items()))' "$raw")
+echo "bench: results in $out/RESULTS.md; errors: $errors ($per_server)"
 [ "$errors" = 0 ]

@@ -4,9 +4,10 @@
 Usage: bench_report.py RAW.jsonl OUT_DIR
 
 Every figure is a median over repetitions, with the range (min-max) beside it; every ratio is
-zen-server's median over the reference's median from the same run. Beside throughput figures
-stands the load generator's own CPU share, flagged when it was the bottleneck (client-bound).
-Results recorded before zen-client reported CPU use simply show "-" there.
+zen-server's median over the reference's (or Redis's) median from the same run. Beside throughput
+figures stands the load generator's own CPU share, flagged when it was the bottleneck
+(client-bound). Results recorded before zen-client reported CPU use, or without Redis, simply
+show "-" there.
 """
 
 import json
@@ -29,6 +30,13 @@ TARGETS = [
 METRIC_NAMES = {"answers_per_sec": "answers/s", "connections_per_sec": "connections/s", "p99": "p99 latency (us)"}
 # The scenario measuring the server's CPU time per answer at a rate every server sustains.
 CPU_SCENARIO = "cpu50k"
+# Saturated scenarios where Redis, asked PING, runs beside the other two.
+REDIS_SCENARIOS = [
+    ("c50x1", "50 connections, depth 1"),
+    ("c50x16", "50 connections, depth 16"),
+    ("c1000x1", "1000 connections, depth 1"),
+]
+SERVERS = ("zen", "reference", "redis")
 
 
 def metric(result, name):
@@ -48,6 +56,13 @@ def fmt(stats, digits=0):
     return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
+def fmt_ratio(numerator, denominator):
+    """The ratio of two summaries' medians, or "-" when either is missing."""
+    if numerator is None or denominator is None or not denominator[0]:
+        return "-"
+    return f"{numerator[0] / denominator[0]:.2f}"
+
+
 def client_cpu(runs):
     """The load generator's median CPU share over `runs`, and in how many it was the bottleneck."""
     values = [r["client_cpu_percent"] for r in runs if r.get("client_cpu_percent") is not None]
@@ -60,7 +75,7 @@ def client_cpu(runs):
     return text
 
 
-def environment():
+def environment(with_redis):
     def run(*command):
         try:
             return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
@@ -73,12 +88,15 @@ def environment():
             cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return [
+    lines = [
         f"- date: {run('date', '-u', '+%Y-%m-%d %H:%M UTC')}",
         f"- commit: {run('git', 'rev-parse', '--short', 'HEAD')}",
         f"- machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
         f"- {run('rustc', '--version')}",
     ]
+    if with_redis:
+        lines.append(f"- {run('redis-server', '--version')}")
+    return lines
 
 
 def main(raw_path, out_dir):
@@ -103,7 +121,15 @@ def main(raw_path, out_dir):
         "zen-server's median over the reference's. zen-server runs with its defaults except",
         "`log.level = \"warn\"` and `limits.max_connections = 20000`.",
         "",
-        *environment(),
+        "A second yardstick, where it applies: Redis (`redis-server`, no persistence), a well-tuned",
+        "single-threaded server in C, asked `PING` by the same load generator",
+        "(`zen-client bench --protocol redis-ping`, every answer checked to be `+PONG`), in turn",
+        "with the other two, in `cpu50k` and in the saturated `c50x1`, `c50x16` and `c1000x1`.",
+        "Its work per answer is a little less than a Zen answer's (a fixed reply, no table to look",
+        "in), so its figures are a point of comparison, not a target: what a lean event loop spends",
+        "on the same reads and writes. \"-\" where Redis did not run.",
+        "",
+        *environment(any(k[2] == "redis" for k in by_key)),
         "",
         "Reproduce: `scripts/bench.sh` (about 20 minutes; `--reps N` for more repetitions).",
         "",
@@ -137,28 +163,51 @@ def main(raw_path, out_dir):
     if any(k[0] == CPU_SCENARIO for k in by_key):
         lines += ["", "## Server CPU per answer", ""]
         lines += [
-            "50 connections paced at 50,000 questions/s in all, a rate both servers sustain, so both do the",
-            "same work: the server's CPU time (user and system) in the measured window over the answers",
-            "in it. Lower is better; the ratio is zen-server's over the reference's.",
+            "50 connections paced at 50,000 questions/s in all, a rate every server sustains, so each does",
+            "the same work: the server's CPU time (user and system) in the measured window over the",
+            "answers in it. Lower is better; the ratios are zen-server's over the reference's and over",
+            "Redis's (answering `PING`).",
             "",
-            "| placement | zen-server (us/answer) | reference (us/answer) | ratio | answers/s (zen / reference) | client CPU (zen run) | client CPU (reference run) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| placement | zen-server (us/answer) | reference (us/answer) | Redis (us/answer) | zen/reference | zen/Redis | answers/s (zen / reference / Redis) | client CPU (zen / reference / Redis run) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for placement in placements:
-            runs = {server: by_key[(CPU_SCENARIO, placement, server)] for server in ("zen", "reference")}
+            runs = {server: by_key[(CPU_SCENARIO, placement, server)] for server in SERVERS}
             if not runs["zen"] or not runs["reference"]:
                 continue
             per_answer = {
                 server: summary([r["server_cpu_us_per_answer"] for r in runs[server] if r.get("server_cpu_us_per_answer") is not None])
                 for server in runs
             }
-            zen, ref = per_answer["zen"], per_answer["reference"]
-            ratio = f"{zen[0] / ref[0]:.2f}" if zen and ref and ref[0] else "-"
-            answers = " / ".join(fmt(summary([r["answers_per_sec"] for r in runs[server]])) for server in ("zen", "reference"))
+            zen, ref, redis = per_answer["zen"], per_answer["reference"], per_answer["redis"]
+            answers = " / ".join(fmt(summary([r["answers_per_sec"] for r in runs[server]])) for server in SERVERS)
+            cpu = " / ".join(client_cpu(runs[server]) for server in SERVERS)
             lines.append(
-                f"| {placement} | {fmt(zen, 2)} | {fmt(ref, 2)} | {ratio} | {answers} | "
-                f"{client_cpu(runs['zen'])} | {client_cpu(runs['reference'])} |"
+                f"| {placement} | {fmt(zen, 2)} | {fmt(ref, 2)} | {fmt(redis, 2)} | {fmt_ratio(zen, ref)} | "
+                f"{fmt_ratio(zen, redis)} | {answers} | {cpu} |"
             )
+
+    if any(k[0] in dict(REDIS_SCENARIOS) and k[2] == "zen" for k in by_key):
+        lines += ["", "## Saturated, beside Redis", ""]
+        lines += [
+            "Throughput with every connection keeping its questions in flight, Redis asked `PING`;",
+            "beside it, the load generator's CPU share in the Redis runs (*client-bound*: the figure is",
+            "the load generator's limit, not Redis's). The ratios are zen-server's and the reference's",
+            "medians over Redis's.",
+            "",
+            "| scenario | placement | Redis answers/s | client CPU | zen-server answers/s | zen/Redis | reference/Redis |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for scenario, title in REDIS_SCENARIOS:
+            for placement in placements:
+                if not by_key[(scenario, placement, "zen")]:
+                    continue
+                zen, ref, redis = (stats(scenario, placement, server, "answers_per_sec") for server in SERVERS)
+                redis_runs = by_key[(scenario, placement, "redis")]
+                lines.append(
+                    f"| {title} | {placement} | {fmt(redis)} | {client_cpu(redis_runs)} | {fmt(zen)} | "
+                    f"{fmt_ratio(zen, redis)} | {fmt_ratio(ref, redis)} |"
+                )
 
     lines += ["", "## Idle connections", ""]
     lines += ["| placement | server | connections | KiB per connection | errors |", "| --- | --- | --- | --- | --- |"]
@@ -199,7 +248,7 @@ def main(raw_path, out_dir):
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
         for placement in placements:
-            for server in ("zen", "reference"):
+            for server in SERVERS:
                 runs = by_key[(scenario, placement, server)]
                 if not runs:
                     continue

@@ -9,6 +9,10 @@
 //! - [`BenchMode::Churn`]: `conns` loops of connect, ask one question, close.
 //! - [`BenchMode::Idle`]: open `conns` connections, ask once on each, hold them.
 //!
+//! Each mode speaks either protocol ([`BenchProtocol`]): the Zen protocol, or Redis's `PING`,
+//! so that a Redis server, measured with the same load, shows what a well-tuned server of
+//! another kind spends per answer.
+//!
 //! Latencies go into HDR histograms (one per connection, merged at the end). Against a
 //! loopback address, connections are spread over source addresses 127.0.0.1 to 127.0.0.254 so
 //! that many connections, or fast churn, never run out of ephemeral ports.
@@ -34,8 +38,8 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream, tcp::OwnedReadHalf},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
     sync::mpsc,
     task::JoinSet,
     time::MissedTickBehavior,
@@ -43,12 +47,33 @@ use tokio::{
 
 use crate::procfs;
 
-/// The questions the benchmark asks, in turn, with the answers it expects.
-const EXCHANGES: [(&[u8], &[u8]); 3] = [
-    (b"Beautiful is better than?", b"Ugly."),
-    (b"Explicit is better than?", b"Implicit."),
-    (b"Simple is better than?", b"Complex."),
-];
+/// What a protocol's load consists of: the questions asked in turn, each with the one answer
+/// expected, and the byte that ends every answer (answers are framed by it, then compared whole).
+#[derive(Debug, Clone, Copy)]
+struct Exchanges {
+    pairs: &'static [(&'static [u8], &'static [u8])],
+    terminator: u8,
+}
+
+impl Exchanges {
+    /// The question asked `index`-th, with its expected answer.
+    fn nth(&self, index: usize) -> (&'static [u8], &'static [u8]) {
+        self.pairs[index % self.pairs.len()]
+    }
+}
+
+/// Three of the book's questions; every Zen answer ends with a full stop.
+const ZEN_EXCHANGES: Exchanges = Exchanges {
+    pairs: &[
+        (b"Beautiful is better than?", b"Ugly."),
+        (b"Explicit is better than?", b"Implicit."),
+        (b"Simple is better than?", b"Complex."),
+    ],
+    terminator: b'.',
+};
+
+/// Redis's inline `PING` and its simple-string reply, which ends with a line feed.
+const REDIS_PING_EXCHANGES: Exchanges = Exchanges { pairs: &[(b"PING\r\n", b"+PONG\r\n")], terminator: b'\n' };
 
 /// Longest a single exchange (connect, or one answer) may take before it counts as an error.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,11 +103,41 @@ pub enum BenchMode {
     Idle,
 }
 
+/// What the load generator asks and expects (`--protocol`, and `protocol` in the JSON report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchProtocol {
+    /// The Zen protocol: three of the book's questions in turn, each answer ending with '.'.
+    Zen,
+    /// Redis's inline `PING\r\n`, answered `+PONG\r\n`: to measure a Redis server with the same
+    /// load generator.
+    RedisPing,
+}
+
+impl BenchProtocol {
+    /// The protocol's name, as `--protocol` and the JSON report spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zen => "zen",
+            Self::RedisPing => "redis-ping",
+        }
+    }
+
+    fn exchanges(self) -> Exchanges {
+        match self {
+            Self::Zen => ZEN_EXCHANGES,
+            Self::RedisPing => REDIS_PING_EXCHANGES,
+        }
+    }
+}
+
 /// A benchmark run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     /// The server.
     pub addr: SocketAddr,
+    /// What to ask and expect.
+    pub protocol: BenchProtocol,
     /// The kind of load.
     pub mode: BenchMode,
     /// Connections (pipelined, idle) or concurrent loops (churn).
@@ -123,6 +178,8 @@ pub struct Latency {
 /// What a run measured; printed as text or as one JSON object.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// What was asked and expected.
+    pub protocol: BenchProtocol,
     /// The kind of load.
     pub mode: BenchMode,
     /// Connections or loops.
@@ -339,18 +396,19 @@ async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     let start = Instant::now() + config.warmup;
     let window = Window { start, end: start + config.duration };
     let (load_running, cpu) = measure_cpu(window, config.server_pid);
+    let exchanges = config.protocol.exchanges();
     let mut tasks = JoinSet::new();
     for index in 0..config.conns {
         let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
         match (config.mode, config.rate) {
-            (BenchMode::Churn, _) => tasks.spawn(churn(addr, index, config.depth, window, live)),
+            (BenchMode::Churn, _) => tasks.spawn(churn(addr, exchanges, index, config.depth, window, live)),
             (_, Some(rate)) => {
                 let interval = Duration::from_secs_f64(config.conns as f64 / rate);
                 // Spread the connections' schedules over one interval.
                 let offset = interval.mul_f64(index as f64 / config.conns as f64);
-                tasks.spawn(paced(addr, source, interval, offset, window, live))
+                tasks.spawn(paced(addr, source, exchanges, interval, offset, window, live))
             }
-            (_, None) => tasks.spawn(closed_loop(addr, source, config.depth, window, live)),
+            (_, None) => tasks.spawn(closed_loop(addr, source, exchanges, config.depth, window, live)),
         };
     }
     let mut total = Tally::new();
@@ -399,6 +457,7 @@ fn report(
         .filter(|_| !cpu.wall.is_zero())
         .map(|used| used.as_secs_f64() / cpu.wall.as_secs_f64() / client_cpus as f64 * 100.0);
     BenchReport {
+        protocol: config.protocol,
         mode: config.mode,
         conns: config.conns,
         depth: config.depth,
@@ -445,21 +504,23 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStre
     tokio::time::timeout(EXCHANGE_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Reads from a connection and hands out the answers in it, one at a time.
-struct AnswerReader {
-    reader: OwnedReadHalf,
+/// Reads from a connection and hands out the answers in it, one at a time, each ending with
+/// `terminator`.
+struct AnswerReader<R> {
+    reader: R,
+    terminator: u8,
     pending: BytesMut,
 }
 
-impl AnswerReader {
-    fn new(reader: OwnedReadHalf) -> Self {
-        Self { reader, pending: BytesMut::with_capacity(READ_BUFFER_BYTES) }
+impl<R: AsyncRead + Unpin> AnswerReader<R> {
+    fn new(reader: R, exchanges: Exchanges) -> Self {
+        Self { reader, terminator: exchanges.terminator, pending: BytesMut::with_capacity(READ_BUFFER_BYTES) }
     }
 
     /// Whether the next answer already received is `expected` (consuming it); `None` if no
     /// complete answer has arrived yet.
     fn check_buffered(&mut self, expected: &[u8]) -> Option<bool> {
-        let end = memchr::memchr(b'.', &self.pending)?;
+        let end = memchr::memchr(self.terminator, &self.pending)?;
         let matches = self.pending[..=end] == *expected;
         self.pending.advance(end + 1);
         Some(matches)
@@ -490,21 +551,28 @@ impl AnswerReader {
 
 /// Closed loop: `depth` questions in flight; each answer lets the next question go. A server
 /// that stops answering fails the connection [`EXCHANGE_TIMEOUT`] after the window.
-async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, window: Window, live: Arc<Live>) -> Tally {
+async fn closed_loop(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    exchanges: Exchanges,
+    depth: usize,
+    window: Window,
+    live: Arc<Live>,
+) -> Tally {
     let mut tally = Tally::new();
     let Ok(stream) = connect(addr, source).await else {
         tally.fail(&live, 1);
         return tally;
     };
     let (reader, mut writer) = stream.into_split();
-    let mut answers = AnswerReader::new(reader);
+    let mut answers = AnswerReader::new(reader, exchanges);
     let mut in_flight: VecDeque<(Instant, usize)> = VecDeque::with_capacity(depth);
     let mut next_question = 0;
     let mut request = Vec::with_capacity(depth * 32);
     let mut ask = |request: &mut Vec<u8>, in_flight: &mut VecDeque<(Instant, usize)>, at: Instant| {
-        request.extend_from_slice(EXCHANGES[next_question].0);
+        request.extend_from_slice(exchanges.nth(next_question).0);
         in_flight.push_back((at, next_question));
-        next_question = (next_question + 1) % EXCHANGES.len();
+        next_question = (next_question + 1) % exchanges.pairs.len();
     };
     let now = Instant::now();
     for _ in 0..depth {
@@ -524,7 +592,7 @@ async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, win
             let now = Instant::now();
             let (mut correct, mut wrong) = (0, 0);
             while let Some(&(sent, index)) = in_flight.front() {
-                match answers.check_buffered(EXCHANGES[index].1) {
+                match answers.check_buffered(exchanges.nth(index).1) {
                     None => break,
                     Some(true) => {
                         if window.contains(now) {
@@ -555,6 +623,7 @@ async fn closed_loop(addr: SocketAddr, source: Option<IpAddr>, depth: usize, win
 async fn paced(
     addr: SocketAddr,
     source: Option<IpAddr>,
+    exchanges: Exchanges,
     interval: Duration,
     offset: Duration,
     window: Window,
@@ -577,15 +646,15 @@ async fn paced(
                 return;
             }
             // Queued before writing, so the reader never sees an answer it cannot match.
-            if intended_tx.send((intended, next)).is_err() || writer.write_all(EXCHANGES[next].0).await.is_err() {
+            if intended_tx.send((intended, next)).is_err() || writer.write_all(exchanges.nth(next).0).await.is_err() {
                 return;
             }
-            next = (next + 1) % EXCHANGES.len();
+            next = (next + 1) % exchanges.pairs.len();
         }
     });
-    let mut answers = AnswerReader::new(reader);
+    let mut answers = AnswerReader::new(reader, exchanges);
     while let Some((intended, index)) = intended_rx.recv().await {
-        match answers.check_next(EXCHANGES[index].1).await {
+        match answers.check_next(exchanges.nth(index).1).await {
             Some(true) => {
                 let now = Instant::now();
                 if window.contains(now) {
@@ -606,7 +675,14 @@ async fn paced(
 }
 
 /// Connect, ask, read the answer, close; again until the window ends.
-async fn churn(addr: SocketAddr, index: usize, questions: usize, window: Window, live: Arc<Live>) -> Tally {
+async fn churn(
+    addr: SocketAddr,
+    exchanges: Exchanges,
+    index: usize,
+    questions: usize,
+    window: Window,
+    live: Arc<Live>,
+) -> Tally {
     let mut tally = Tally::new();
     let mut round = index;
     while Instant::now() < window.end {
@@ -616,9 +692,9 @@ async fn churn(addr: SocketAddr, index: usize, questions: usize, window: Window,
         let exchange = async move {
             let stream = connect(addr, source).await.ok()?;
             let (reader, mut writer) = stream.into_split();
-            let mut answers = AnswerReader::new(reader);
+            let mut answers = AnswerReader::new(reader, exchanges);
             for asked in 0..questions.max(1) {
-                let (question, expected) = EXCHANGES[(first + asked) % EXCHANGES.len()];
+                let (question, expected) = exchanges.nth(first + asked);
                 writer.write_all(question).await.ok()?;
                 if !answers.check_next(expected).await? {
                     return Some(false);
@@ -650,6 +726,7 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     // The answers of this mode are asked while opening: the window spans opening and holding.
     let cpu_start = CpuReading::now(config.server_pid);
     let mut total = Tally::new();
+    let exchanges = config.protocol.exchanges();
     let mut held = Vec::with_capacity(config.conns);
     let opened_at = Instant::now();
     for first in (0..config.conns).step_by(IDLE_OPEN_CONCURRENCY) {
@@ -658,7 +735,7 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
             let (addr, source) = (config.addr, source_for(config.addr, index));
             batch.spawn(async move {
                 let started = Instant::now();
-                let (question, expected) = EXCHANGES[index % EXCHANGES.len()];
+                let (question, expected) = exchanges.nth(index);
                 let mut stream = connect(addr, source).await.ok()?;
                 stream.write_all(question).await.ok()?;
                 let mut answer = vec![0; expected.len()];
@@ -701,7 +778,7 @@ impl BenchReport {
             (BenchMode::Churn, _) => format!("churn: {} concurrent connect-ask-close loops", self.conns),
             (BenchMode::Idle, _) => format!("idle: {} connections held", self.conns),
         };
-        text.push_str(&format!(", {:.1} s measured\n", self.seconds));
+        text.push_str(&format!(", {:.1} s measured, {} protocol\n", self.seconds, self.protocol.name()));
         text.push_str(&format!("answers: {} ({:.0}/s), errors: {}\n", self.answers, self.answers_per_sec, self.errors));
         if self.mode != BenchMode::Pipelined {
             text.push_str(&format!("connections: {} ({:.0}/s)\n", self.connections, self.connections_per_sec));
@@ -747,6 +824,7 @@ mod tests {
     fn config() -> BenchConfig {
         BenchConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 1060)),
+            protocol: BenchProtocol::Zen,
             mode: BenchMode::Pipelined,
             conns: 50,
             depth: 1,
@@ -764,6 +842,74 @@ mod tests {
         tally.answers = answers;
         tally.record(Duration::from_micros(100));
         tally
+    }
+
+    /// Answers that have all arrived, ready to be framed.
+    fn arrived(exchanges: Exchanges, bytes: &'static [u8]) -> AnswerReader<&'static [u8]> {
+        let mut answers = AnswerReader::new(&b""[..], exchanges);
+        answers.pending.extend_from_slice(bytes);
+        answers
+    }
+
+    #[test]
+    fn every_expected_answer_ends_with_its_protocols_terminator_and_holds_no_other() {
+        for protocol in [BenchProtocol::Zen, BenchProtocol::RedisPing] {
+            let exchanges = protocol.exchanges();
+            for (question, answer) in exchanges.pairs {
+                assert_eq!(answer.last(), Some(&exchanges.terminator), "{protocol:?}: {}", answer.escape_ascii());
+                let ends = answer.iter().filter(|&&byte| byte == exchanges.terminator).count();
+                assert_eq!(ends, 1, "{protocol:?}: {}", answer.escape_ascii());
+                assert!(!question.is_empty());
+            }
+        }
+        assert_eq!(BenchProtocol::RedisPing.exchanges().nth(7), (&b"PING\r\n"[..], &b"+PONG\r\n"[..]));
+    }
+
+    #[test]
+    fn zen_answers_are_framed_by_their_full_stop() {
+        let mut answers = arrived(ZEN_EXCHANGES, b"Ugly.Pretty.Complex.Compl");
+        assert_eq!(answers.check_buffered(b"Ugly."), Some(true));
+        // A wrong answer is consumed whole: the next one is still checked from its start.
+        assert_eq!(answers.check_buffered(b"Implicit."), Some(false));
+        assert_eq!(answers.check_buffered(b"Complex."), Some(true));
+        assert_eq!(answers.check_buffered(b"Complex."), None, "an unfinished answer waits");
+        // A line feed ends nothing in this protocol.
+        let mut answers = arrived(ZEN_EXCHANGES, b"+PONG\r\n");
+        assert_eq!(answers.check_buffered(b"Ugly."), None);
+    }
+
+    #[test]
+    fn redis_ping_answers_are_framed_by_their_line_feed() {
+        let mut answers = arrived(REDIS_PING_EXCHANGES, b"+PONG\r\n-ERR wrong. really\r\n+PONG\r\n+PONG\r");
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), Some(true));
+        // A full stop ends nothing in this protocol: the error is one wrong answer.
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), Some(false));
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), Some(true));
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), None, "an unfinished answer waits");
+        // Byte for byte: a bare line feed, or another case, is wrong.
+        let mut answers = arrived(REDIS_PING_EXCHANGES, b"+PONG\n+pong\r\n");
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), Some(false));
+        assert_eq!(answers.check_buffered(b"+PONG\r\n"), Some(false));
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_by_the_end_of_the_stream_is_missing() {
+        let mut answers = AnswerReader::new(&b"+PONG\r\n+PONG\r"[..], REDIS_PING_EXCHANGES);
+        assert_eq!(answers.check_next(b"+PONG\r\n").await, Some(true));
+        assert_eq!(answers.check_next(b"+PONG\r\n").await, None);
+        let mut answers = AnswerReader::new(&b"Ugly.Implicit"[..], ZEN_EXCHANGES);
+        assert_eq!(answers.check_next(b"Ugly.").await, Some(true));
+        assert_eq!(answers.check_next(b"Implicit.").await, None);
+    }
+
+    #[test]
+    fn the_text_report_names_the_protocol() {
+        let zen = report(&config(), &tally(10), None, None, &CpuUse::default());
+        assert!(zen.to_text().contains("s measured, zen protocol\n"), "{}", zen.to_text());
+        let redis = BenchConfig { protocol: BenchProtocol::RedisPing, ..config() };
+        let measured = report(&redis, &tally(10), None, None, &CpuUse::default());
+        assert!(measured.to_text().contains("s measured, redis-ping protocol\n"), "{}", measured.to_text());
+        assert_eq!(serde_json::to_value(&measured).unwrap()["protocol"], "redis-ping");
     }
 
     #[test]
@@ -820,6 +966,7 @@ mod tests {
         let measured = report(&config(), &tally(10), None, None, &CpuUse::default());
         let json = serde_json::to_value(&measured).unwrap();
         assert_eq!(json["mode"], "pipelined");
+        assert_eq!(json["protocol"], "zen");
         for field in [
             "conns",
             "depth",

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use zen_server::{Question, client};
 
-use crate::bench::BenchMode;
+use crate::bench::{BenchMode, BenchProtocol};
 
 /// `zen-client`: asks a Zen server questions.
 #[derive(Debug, Parser)]
@@ -42,6 +42,10 @@ pub enum ClientCommand {
         /// The kind of load.
         #[arg(long, value_enum, default_value_t = BenchMode::Pipelined)]
         mode: BenchMode,
+        /// What to ask and expect: the Zen protocol, or `PING` to a Redis server, every answer
+        /// `+PONG` (to measure Redis with the same load).
+        #[arg(long, value_enum, default_value_t = BenchProtocol::Zen)]
+        protocol: BenchProtocol,
         /// Connections (pipelined, idle) or concurrent loops (churn).
         #[arg(long, default_value = "50")]
         conns: usize,
@@ -143,6 +147,22 @@ mod tests {
         };
         assert_eq!((mode, server_pid), (BenchMode::Churn, Some(42)));
         assert!(client(&["bench", "--mode", "Idle"]).is_err());
+    }
+
+    #[test]
+    fn the_bench_protocol_is_zen_unless_redis_ping_is_asked_for() {
+        let Ok(ClientCli { command: ClientCommand::Bench { protocol, .. } }) = client(&["bench"]) else {
+            panic!("bench alone is a valid command line");
+        };
+        assert_eq!(protocol, BenchProtocol::Zen);
+        let Ok(ClientCli { command: ClientCommand::Bench { protocol, .. } }) =
+            client(&["bench", "--protocol", "redis-ping"])
+        else {
+            panic!("--protocol redis-ping is a valid command line");
+        };
+        assert_eq!(protocol, BenchProtocol::RedisPing);
+        assert_eq!(protocol.name(), "redis-ping");
+        assert!(client(&["bench", "--protocol", "redis"]).is_err());
     }
 
     #[test]

@@ -69,9 +69,20 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
             let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address"))?;
             client::probe(addr, &Probe { proxy_header, ..probe }, timeout).await?;
         }
-        ClientCommand::Bench { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
-            let config =
-                BenchConfig { addr, mode, conns, depth, duration, warmup, rate, hold, server_pid, progress: true };
+        ClientCommand::Bench { addr, mode, protocol, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
+            let config = BenchConfig {
+                addr,
+                protocol,
+                mode,
+                conns,
+                depth,
+                duration,
+                warmup,
+                rate,
+                hold,
+                server_pid,
+                progress: true,
+            };
             let report = bench::run(&config).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
