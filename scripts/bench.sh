@@ -6,7 +6,7 @@
 # the other two, where CPU per answer and saturated throughput are compared: cpu50k, c50x1, c50x16
 # and c1000x1. Without redis-server, it says so on one line and leaves Redis out.
 #
-#   scripts/bench.sh              full run (about 20 minutes on 2 cores), writes bench/
+#   scripts/bench.sh              full run (about 30 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
 #   scripts/bench.sh --out DIR    write RESULTS.md, chart.svg and raw.jsonl to DIR (default bench)
 #   scripts/bench.sh --smoke      about a minute: each scenario once, briefly, unpinned, into
