@@ -1,6 +1,6 @@
 # zen-server container image.
 #
-#   docker build -t zen-server .
+#   docker build -t zen-server --build-arg BUILD_COMMIT="$(git rev-parse --short=12 HEAD)" .
 #   docker run --rm -p 1060:1060 zen-server
 #
 # The image runs zen-server as a non-root user with the settings in
@@ -23,6 +23,10 @@ RUN mkdir -p src/bin/zen-client tests/it \
     && touch src/lib.rs tests/it/main.rs \
     && cargo build --profile dist --locked --bins \
     && rm -rf src tests
+# The commit zen_build_info reports (the context has no .git): --build-arg BUILD_COMMIT=...
+# Declared after the dependencies' layer, which it would otherwise invalidate.
+ARG BUILD_COMMIT
+COPY build.rs ./
 COPY config config
 COPY src src
 COPY tests tests

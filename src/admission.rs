@@ -2,69 +2,93 @@
 //! lives; at the limit the server refuses new clients, and a drain waits, without polling,
 //! until every permit has come back.
 //!
-//! The semaphore holds every permit there could ever be, and the limit is checked against the
-//! permits out: so a reload can lower or raise the limit at once, without waiting for
-//! connections to end or forgetting permits. Only the server admits, from one thread.
+//! A count of permits out, checked against the limit: so a reload can lower or raise the limit
+//! at once, without waiting for connections to end. Waiting for the count to reach zero admits
+//! no fewer clients meanwhile (a semaphore's `acquire_many` would take every free permit while
+//! it waits). Only the server admits, from one thread; permits come back from any thread.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
-/// Permits in the semaphore: more than any limit can be.
-const ALL_PERMITS: u32 = u32::MAX >> 3;
-
-/// At most `limit` connections served at once.
+/// At most `limit` connections at once.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    permits: Arc<Semaphore>,
-    limit: Arc<AtomicU32>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    admitted: AtomicUsize,
+    limit: AtomicU32,
+    /// Told when the last permit out comes back.
+    all_released: Notify,
 }
 
 /// One admitted connection; given back when dropped, however its session ends.
 #[derive(Debug)]
 pub struct Permit {
-    _held: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.shared.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.all_released.notify_waiters();
+        }
+    }
 }
 
 impl Admission {
-    /// Admits up to `limit` connections at once (at most `u32::MAX >> 3`).
+    /// Admits up to `limit` connections at once.
     pub fn new(limit: u32) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(ALL_PERMITS as usize)),
-            limit: Arc::new(AtomicU32::new(limit.min(ALL_PERMITS))),
-        }
+        let shared =
+            Shared { admitted: AtomicUsize::new(0), limit: AtomicU32::new(limit), all_released: Notify::new() };
+        Self { shared: Arc::new(shared) }
     }
 
     /// A permit for one more connection, or `None` if `limit` are already admitted.
     pub fn try_admit(&self) -> Option<Permit> {
-        if self.admitted() >= self.limit() as usize {
-            return None;
-        }
-        self.permits.clone().try_acquire_owned().ok().map(|held| Permit { _held: held })
+        let limit = self.limit() as usize;
+        self.shared
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| (admitted < limit).then_some(admitted + 1))
+            .ok()
+            .map(|_| Permit { shared: self.shared.clone() })
     }
 
     /// Connections admitted whose permit has not come back yet.
     pub fn admitted(&self) -> usize {
-        ALL_PERMITS as usize - self.permits.available_permits()
+        self.shared.admitted.load(Ordering::Acquire)
     }
 
     /// The most connections admitted at once.
     pub fn limit(&self) -> u32 {
-        self.limit.load(Ordering::Relaxed)
+        self.shared.limit.load(Ordering::Relaxed)
     }
 
     /// Changes the limit for connections admitted from now on; those already admitted stay.
     pub fn set_limit(&self, limit: u32) {
-        self.limit.store(limit.min(ALL_PERMITS), Ordering::Relaxed);
+        self.shared.limit.store(limit, Ordering::Relaxed);
     }
 
-    /// Waits until every permit has come back (and holds none).
+    /// Waits until no permit is out.
     pub async fn all_released(&self) {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _all = self.permits.acquire_many(ALL_PERMITS).await;
+        loop {
+            // Registered before the count is read, so a release in between is not missed.
+            let mut released = pin!(self.shared.all_released.notified());
+            released.as_mut().enable();
+            if self.admitted() == 0 {
+                return;
+            }
+            released.await;
+        }
     }
 }
 
@@ -111,5 +135,24 @@ mod tests {
         drop(permit);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert_eq!(admission.admitted(), 0, "waiting holds nothing afterwards");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_all_released_admits_as_many_as_before() {
+        let admission = Admission::new(3);
+        let first = admission.try_admit().unwrap();
+        let waiting = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.all_released().await }
+        });
+        tokio::task::yield_now().await;
+        let others: Vec<Permit> = (0..2).map(|_| admission.try_admit().expect("admitted while waiting")).collect();
+        assert_eq!(admission.admitted(), 3);
+        assert!(admission.try_admit().is_none(), "the limit still holds");
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "released while two permits were out");
+        drop(others);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
     }
 }

@@ -39,6 +39,10 @@ pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 /// typos.
 pub const MAX_WORKERS: i64 = 1024;
 
+/// Upper bound on every duration setting: one year, in seconds. Longer is surely a mistake (the
+/// timer queues behind the timeouts reach about two years at most).
+pub const YEAR_SECS: i64 = 365 * 24 * 60 * 60;
+
 /// Settings a running daemon cannot change: a reload reports them as needing a restart.
 pub const RESTART_ONLY: [&str; 12] = [
     "server.listen",
@@ -484,17 +488,6 @@ impl Settings {
             reason,
         };
         let limits = &self.limits;
-        if limits.keepalive_idle_secs > 0 {
-            for (key, value) in [
-                ("limits.keepalive_interval_secs", limits.keepalive_interval_secs),
-                ("limits.keepalive_retries", u64::from(limits.keepalive_retries)),
-            ] {
-                if value == 0 {
-                    let reason = "must be at least 1 while keepalive is on (keepalive_idle_secs > 0)".to_owned();
-                    return Err(invalid(key, value.to_string(), reason));
-                }
-            }
-        }
         if self.server.lame_duck() >= self.server.shutdown_timeout() && !self.server.lame_duck().is_zero() {
             let reason =
                 format!("must be shorter than server.shutdown_timeout_secs ({} s)", self.server.shutdown_timeout_secs);
@@ -512,7 +505,28 @@ impl Settings {
         let both: Vec<String> = self.server.listen.iter().chain(&self.proxy.listen).map(ToString::to_string).collect();
         if let Err(reason) = check_listen(&both) {
             let value = format!("{:?}", self.proxy.listen.iter().map(ToString::to_string).collect::<Vec<_>>());
-            return Err(invalid("proxy.listen", value, format!("{reason} (with server.listen)")));
+            let (origin, with) = if overrides.listen.is_some() || overrides.port.is_some() {
+                (
+                    format!("{} and {COMMAND_LINE_ORIGIN}", origin("proxy.listen")),
+                    "the addresses given on the command line",
+                )
+            } else {
+                (origin("proxy.listen"), "server.listen")
+            };
+            let reason = format!("{reason} (with {with})");
+            return Err(ConfigError::Invalid { origin, key: "proxy.listen".into(), value, reason });
+        }
+        for (key, question) in [
+            ("oracle.panic_question", &self.oracle.panic_question),
+            ("oracle.hang_question", &self.oracle.hang_question),
+        ] {
+            if question.len() > limits.max_question_bytes {
+                let reason = format!(
+                    "is longer than limits.max_question_bytes ({} bytes), so no client could ask it",
+                    limits.max_question_bytes
+                );
+                return Err(invalid(key, format!("{question:?}"), reason));
+            }
         }
         Ok(())
     }
@@ -777,11 +791,17 @@ fn check_rule(key: &str, value: &Value) -> Result<(), String> {
             _ => Ok(()),
         },
         "limits.max_connections" => at_least(1).and_then(|()| at_most(u32::MAX.into())),
-        "server.backlog" | "limits.keepalive_retries" => at_least(0).and_then(|()| at_most(u32::MAX.into())),
-        "limits.max_question_bytes"
-        | "limits.idle_timeout_secs"
-        | "limits.max_pending_bytes"
-        | "limits.write_timeout_secs" => at_least(1),
+        "server.backlog" => at_least(0).and_then(|()| at_most(u32::MAX.into())),
+        "limits.max_question_bytes" | "limits.max_pending_bytes" => at_least(1),
+        "limits.idle_timeout_secs" | "limits.write_timeout_secs" => at_least(1).and_then(|()| at_most(YEAR_SECS)),
+        "server.shutdown_timeout_secs" => at_least(0).and_then(|()| at_most(YEAR_SECS)),
+        "server.drain_grace_ms" | "server.lame_duck_ms" | "oracle.simulated_cost_ms" => {
+            at_least(0).and_then(|()| at_most(YEAR_SECS * 1000))
+        }
+        // Linux's own bounds (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); idle 0 turns keepalive off.
+        "limits.keepalive_idle_secs" => at_least(0).and_then(|()| at_most(32_767)),
+        "limits.keepalive_interval_secs" => at_least(1).and_then(|()| at_most(32_767)),
+        "limits.keepalive_retries" => at_least(1).and_then(|()| at_most(127)),
         "server.listen" => check_listen(&strings()),
         "proxy.trusted" if strings().is_empty() => {
             Err("at least one range is needed (proxy.listen without trusted senders would accept no one)".into())
@@ -790,7 +810,7 @@ fn check_rule(key: &str, value: &Value) -> Result<(), String> {
             .parse::<IpNet>()
             .map(drop)
             .map_err(|_| "expected an address range such as 10.0.0.0/8 or ::1/128".into()),
-        "proxy.header_timeout_ms" => at_least(1),
+        "proxy.header_timeout_ms" => at_least(1).and_then(|()| at_most(YEAR_SECS * 1000)),
         "proxy.listen" => match strings() {
             entries if entries.is_empty() => Ok(()),
             entries => check_listen(&entries),
@@ -1246,6 +1266,59 @@ mod tests {
             Settings::load(&Sources { env: env(&[("ZEN_ORACLE__HANG_QUESTION", "Hang?")]), ..Sources::default() })
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_fault_question_longer_than_any_client_may_send_is_refused() {
+        let question = format!("{}?", "x".repeat(1024));
+        let error = env_error(&[("ZEN_ORACLE__HANG_QUESTION", &question)]);
+        assert!(error.starts_with(&format!("invalid oracle.hang_question = \"{question}\"")), "{error}");
+        assert!(
+            error.ends_with("longer than limits.max_question_bytes (1024 bytes), so no client could ask it"),
+            "{error}"
+        );
+        let just_fits = format!("{}?", "x".repeat(1023));
+        assert!(
+            Settings::load(&Sources { env: env(&[("ZEN_ORACLE__PANIC_QUESTION", &just_fits)]), ..Sources::default() })
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn durations_past_a_year_and_keepalive_values_linux_refuses_are_refused_by_name() {
+        for (var, value, reason) in [
+            ("ZEN_LIMITS__IDLE_TIMEOUT_SECS", "31536001", "must be at most 31536000"),
+            ("ZEN_LIMITS__WRITE_TIMEOUT_SECS", "100000000", "must be at most 31536000"),
+            ("ZEN_SERVER__SHUTDOWN_TIMEOUT_SECS", "9223372036854775807", "must be at most 31536000"),
+            ("ZEN_SERVER__DRAIN_GRACE_MS", "31536000001", "must be at most 31536000000"),
+            ("ZEN_PROXY__HEADER_TIMEOUT_MS", "31536000001", "must be at most 31536000000"),
+            ("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "32768", "must be at most 32767"),
+            ("ZEN_LIMITS__KEEPALIVE_INTERVAL_SECS", "0", "must be at least 1"),
+            ("ZEN_LIMITS__KEEPALIVE_RETRIES", "128", "must be at most 127"),
+        ] {
+            let error = env_error(&[(var, value)]);
+            let key = var.trim_start_matches("ZEN_").replace("__", ".").to_lowercase();
+            assert!(error.starts_with(&format!("invalid {key} = {value} in environment variable {var}")), "{error}");
+            assert!(error.ends_with(reason), "{error}");
+        }
+        let at_the_bounds = env(&[
+            ("ZEN_LIMITS__IDLE_TIMEOUT_SECS", "31536000"),
+            ("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "32767"),
+            ("ZEN_LIMITS__KEEPALIVE_RETRIES", "127"),
+        ]);
+        assert!(Settings::load(&Sources { env: at_the_bounds, ..Sources::default() }).is_ok());
+    }
+
+    #[test]
+    fn a_clash_of_proxy_listen_with_command_line_addresses_names_the_command_line() {
+        let sources = Sources {
+            env: env(&[("ZEN_PROXY__LISTEN", "127.0.0.1:2061")]),
+            overrides: Overrides { listen: Some(vec!["127.0.0.1:2061".parse().unwrap()]), port: None },
+            ..Sources::default()
+        };
+        let error = load_error(&sources);
+        assert!(error.contains("environment variable ZEN_PROXY__LISTEN and the command line"), "{error}");
+        assert!(error.ends_with("(with the addresses given on the command line)"), "{error}");
     }
 
     #[test]

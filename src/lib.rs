@@ -21,8 +21,9 @@
 //! - [`server`]: the `Server` actor (accepts, admits, drains), its listeners, and the
 //!   `Worker` actor on each thread that starts sessions.
 //! - [`threads`]: the worker threads, the accepting one first.
-//! - [`control`]: the daemon's life: shutdown, readiness and the watchdog for systemd.
-//! - [`signals`]: SIGTERM/SIGINT to `control`; a second one exits at once.
+//! - [`control`]: the daemon's life: reload, shutdown, readiness and the watchdog for systemd.
+//! - [`signals`]: SIGTERM/SIGINT (drain) and SIGHUP (reload) to `control`; a second SIGTERM or
+//!   SIGINT exits at once.
 //! - [`metrics`]: Prometheus counters and the endpoint serving them; per-thread tallies.
 //! - [`notify`]: systemd's notify protocol (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`).
 //! - [`inherit`]: sockets handed over by systemd or inetd instead of bound.

@@ -241,7 +241,7 @@ impl Metrics {
             reloads_ok: counter("zen_reloads_total", label("result", "ok")),
             reloads_failed: counter("zen_reloads_total", label("result", "failed")),
         };
-        let build = vec![Label::new("version", env!("CARGO_PKG_VERSION")), Label::new("commit", env!("ZEN_COMMIT"))];
+        let build = vec![Label::new("version", env!("CARGO_PKG_VERSION")), Label::new("commit", env!("BUILD_COMMIT"))];
         gauge("zen_build_info", build).set(1.0);
         // Every series exists from the start, at zero, so rates and absences are well defined.
         for counter in handles.closed.iter().chain(&handles.answered) {

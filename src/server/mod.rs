@@ -110,8 +110,8 @@ pub struct Server {
     /// Clients refused since the server last had room, for one log line per episode.
     refused_while_full: u64,
     last_id: u64,
-    /// When the drain started, once it has.
-    draining_since: Option<Instant>,
+    /// The drain, once it has started.
+    draining: Option<Draining>,
     /// A connection handed over instead of accepted (inetd), served first.
     inherited: Option<std::net::TcpStream>,
     exit_when_idle: Option<ExitWhenIdle>,
@@ -141,7 +141,7 @@ impl Server {
             shutdown_timeout,
             refused_while_full: 0,
             last_id: 0,
-            draining_since: None,
+            draining: None,
             inherited: None,
             exit_when_idle: None,
             metrics: Metrics::disabled(),
@@ -342,24 +342,40 @@ impl Handler<CheckAlive> for Server {
     }
 }
 
+/// When a drain started, and until when the listeners stay open (its lame-duck period).
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    started: Instant,
+    listening_until: Instant,
+}
+
 impl Handler<Drain> for Server {
     type Result = ResponseFuture<DrainReport>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
-        if self.draining_since.is_none() {
-            // Sessions, and those started from now on, finish their conversations; health
-            // checks are told the server is shutting down.
-            self.workers.drain();
-            if self.lame_duck.is_zero() || self.accepting.is_empty() {
-                self.stop_accepting(ctx);
-            } else {
-                let lame_duck_ms = self.lame_duck.as_millis() as u64;
-                tracing::info!(lame_duck_ms, "failing health checks and still accepting before closing the listeners");
-                ctx.run_later(self.lame_duck, |server, ctx| server.stop_accepting(ctx));
+        let Draining { started, listening_until } = match self.draining {
+            Some(draining) => draining,
+            None => {
+                // Sessions, and those started from now on, finish their conversations; health
+                // checks are told the server is shutting down.
+                self.workers.drain();
+                let started = Instant::now();
+                let listening_until = if self.lame_duck.is_zero() || self.accepting.is_empty() {
+                    self.stop_accepting(ctx);
+                    started
+                } else {
+                    let lame_duck_ms = self.lame_duck.as_millis() as u64;
+                    tracing::info!(
+                        lame_duck_ms,
+                        "failing health checks and still accepting before closing the listeners"
+                    );
+                    ctx.run_later(self.lame_duck, |server, ctx| server.stop_accepting(ctx));
+                    started + self.lame_duck
+                };
+                *self.draining.insert(Draining { started, listening_until })
             }
-        }
-        let started = *self.draining_since.get_or_insert_with(Instant::now);
-        let (deadline, listening_until) = (started + self.shutdown_timeout, started + self.lame_duck);
+        };
+        let deadline = started + self.shutdown_timeout;
         let admission = self.admission.clone();
         Box::pin(async move {
             tokio::time::sleep_until(listening_until.into()).await;

@@ -79,6 +79,43 @@ fn a_client_still_connected_keeps_the_wait_mode_server_from_exiting() {
     assert_eq!(exit_code(&mut server), Some(0));
 }
 
+#[test]
+fn a_client_connected_in_wait_mode_keeps_nobody_else_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let launch = Launch::args(&["--listen-fd", "0", "--exit-when-idle", "1"]).stdin(OwnedFd::from(listener));
+    let server = ZenServer::launch(launch);
+    let mut staying = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut staying, b"Beautiful is better than?"), b"Ugly.");
+    // For three idle periods, while the server waits for the staying client to leave, others
+    // come and go: every one is served, none is told the server is busy.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let mut other = connect(server.addr());
+        assert_eq!(ask_like_the_book(&mut other, b"Simple is better than?"), b"Complex.", "log:\n{}", server.log());
+        drop(other);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ask_like_the_book(&mut staying, b"Explicit is better than?"), b"Implicit.");
+}
+
+#[test]
+fn inetd_mode_exits_at_once_after_its_connection_whatever_the_lame_duck_period() {
+    let (mut client, accepted) = accepted_pair();
+    let output = OwnedFd::from(accepted.try_clone().unwrap());
+    let launch = Launch::args(&["--inetd"])
+        .env("ZEN_SERVER__LAME_DUCK_MS", "4000")
+        .stdin(OwnedFd::from(accepted))
+        .stdout(output);
+    let mut server = ZenServer::launch(launch.ready_when("serving the connection on standard input"));
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut client), b"");
+    let closed = Instant::now();
+    assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
+    // Nothing listens, so there is no lame-duck period to wait out.
+    assert!(closed.elapsed() < Duration::from_secs(3), "exited {:?} after its connection", closed.elapsed());
+}
+
 /// Runs the server with `stdin` and `args`, expecting it to refuse at once.
 fn refused(args: &[&str], stdin: OwnedFd) -> String {
     let mut server = ZenServer::spawn(Launch::args(args).stdin(stdin));
