@@ -276,6 +276,14 @@ impl Metrics {
         }
     }
 
+    /// A connection that ended before a session could start for it (its hand-over to a worker
+    /// thread failed), counted at once rather than in a thread's tally.
+    pub fn closed_unserved(&self, reason: CloseReason) {
+        if let Some(handles) = &self.handles {
+            handles.closed[reason as usize].increment(1);
+        }
+    }
+
     /// Connections being served now.
     pub fn set_active(&self, active: usize) {
         if let Some(handles) = &self.handles {

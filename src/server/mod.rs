@@ -243,11 +243,14 @@ impl Server {
         }
         self.last_id += 1;
         let proxy = behind_proxy.then(|| self.proxy.clone());
-        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy);
+        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy, &self.metrics);
     }
 
     /// Tells a client over the limit that the server is busy, and closes. The socket is new,
-    /// so its send buffer has room: one non-blocking write, no session, no waiting.
+    /// so its send buffer has room: one non-blocking write, no session, no waiting. If the
+    /// client had already sent something, closing with it unread makes the kernel send a reset,
+    /// which can reach a client before it reads the refusal; holding refused connections open
+    /// to read first would let a flood of them use up descriptors, which the limit protects.
     fn refuse(&mut self, stream: TcpStream, peer: SocketAddr) {
         if self.refused_while_full == 0 {
             tracing::warn!(%peer, max_connections = self.admission.limit(), "server full; refusing clients");

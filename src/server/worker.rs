@@ -54,7 +54,15 @@ impl Workers {
 
     /// Starts a session for `stream` on the next worker in turn; with `proxy`, once `stream`'s
     /// PROXY header has been read.
-    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, proxy: Option<Arc<ProxyPolicy>>) {
+    /// A connection that cannot be handed over is closed and counted in `metrics`.
+    pub fn adopt(
+        &mut self,
+        stream: TcpStream,
+        info: SessionInfo,
+        permit: Permit,
+        proxy: Option<Arc<ProxyPolicy>>,
+        metrics: &Metrics,
+    ) {
         let index = self.next % self.count();
         self.next = self.next.wrapping_add(1);
         let Some(worker) = self.workers.get(index) else { return };
@@ -65,6 +73,7 @@ impl Workers {
                 Ok(socket) => Connection::HandedOver(socket),
                 Err(error) => {
                     tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
+                    metrics.closed_unserved(CloseReason::Error);
                     return;
                 }
             }
@@ -186,6 +195,7 @@ impl Handler<Adopt> for Worker {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
+                    self.deps.tally.closed(CloseReason::Error);
                     return;
                 }
             },
@@ -198,11 +208,15 @@ impl Handler<Adopt> for Worker {
         ctx.spawn(wrap_future(async move {
             let (mut read, write) = stream.into_split();
             match proxy.read_header(&mut read, info.peer).await {
-                Ok(Proxied { client: None, .. }) if deps.registry.is_draining() => {
+                Ok(Proxied { client: None, header_bytes, .. }) if deps.registry.is_draining() => {
                     // A load balancer's health check: tell it this server is going away.
                     tracing::debug!(peer = %info.peer, "failing a health check while draining");
+                    deps.tally.received(header_bytes);
                     let mut write = write;
-                    let _ = write.write_all(Answer::SHUTTING_DOWN.as_bytes()).await;
+                    if write.write_all(Answer::SHUTTING_DOWN.as_bytes()).await.is_ok() {
+                        deps.tally.sent(Answer::SHUTTING_DOWN.as_bytes().len());
+                    }
+                    deps.tally.closed(CloseReason::Shutdown);
                     drop(permit);
                 }
                 Ok(Proxied { client, header_bytes, rest }) => {

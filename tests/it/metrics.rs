@@ -154,3 +154,28 @@ fn promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_health_check_failed_while_draining_is_counted_like_any_connection() {
+    let settings = "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[server]\nlame_duck_ms = 3000\n";
+    let (server, _config, metrics) = server_with_metrics(settings);
+    let line = server.wait_for_log(&["listening", "proxy=true"], DEADLINE).expect("a PROXY listener");
+    let behind: SocketAddr =
+        line.split_whitespace().find_map(|word| word.strip_prefix("addr=")).unwrap().parse().unwrap();
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_for_log(&["failing health checks and still accepting"], DEADLINE).is_some());
+    let mut check = connect(behind);
+    let header = b"PROXY UNKNOWN\r\n";
+    check.write_all(header).unwrap();
+    let answer = read_to_close(&mut check);
+    assert_eq!(answer, b"Error: server shutting down.");
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_connections_accepted_total", 1.0),
+            ("zen_connections_closed_total{reason=\"shutdown\"}", 1.0),
+            ("zen_received_bytes_total", header.len() as f64),
+            ("zen_sent_bytes_total", answer.len() as f64),
+        ],
+    );
+}
