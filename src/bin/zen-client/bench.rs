@@ -360,19 +360,37 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     if config.conns == 0 || (config.mode == BenchMode::Pipelined && config.depth == 0 && config.rate.is_none()) {
         return Err(BenchError::Invalid("connections and depth must be at least 1".into()));
     }
-    if config.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
-        return Err(BenchError::Invalid("the rate must be a positive number of questions per second".into()));
-    }
+    let pacing = config.rate.map(|rate| pacing_interval(config.conns, rate)).transpose()?;
     let live = Arc::new(Live::default());
     let progress = config.progress.then(|| tokio::spawn(report_progress(live.clone())));
     let report = match config.mode {
-        BenchMode::Pipelined | BenchMode::Churn => run_timed(config, &live).await,
+        BenchMode::Pipelined | BenchMode::Churn => run_timed(config, pacing, &live).await,
         BenchMode::Idle => run_idle(config, &live).await,
     };
     if let Some(progress) = progress {
         progress.abort();
     }
     Ok(report)
+}
+
+/// The interval between one connection's questions when `conns` share `rate` questions per
+/// second: at least a microsecond, at most a week.
+pub fn pacing_interval(conns: usize, rate: f64) -> Result<Duration, BenchError> {
+    let invalid = || {
+        BenchError::Invalid(format!(
+            "{rate} questions/s over {conns} connections cannot be paced: the rate must be positive, \
+             at most 1,000,000 per connection, and at least one per connection per week"
+        ))
+    };
+    if !(rate > 0.0 && rate.is_finite()) {
+        return Err(invalid());
+    }
+    match Duration::try_from_secs_f64(conns as f64 / rate) {
+        Ok(interval) if interval >= Duration::from_micros(1) && interval <= Duration::from_secs(7 * 24 * 3600) => {
+            Ok(interval)
+        }
+        _ => Err(invalid()),
+    }
 }
 
 async fn report_progress(live: Arc<Live>) {
@@ -392,7 +410,8 @@ async fn report_progress(live: Arc<Live>) {
     }
 }
 
-async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
+/// `pacing`: with a rate, the interval between one connection's questions.
+async fn run_timed(config: &BenchConfig, pacing: Option<Duration>, live: &Arc<Live>) -> BenchReport {
     let start = Instant::now() + config.warmup;
     let window = Window { start, end: start + config.duration };
     let (load_running, cpu) = measure_cpu(window, config.server_pid);
@@ -400,10 +419,9 @@ async fn run_timed(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     let mut tasks = JoinSet::new();
     for index in 0..config.conns {
         let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
-        match (config.mode, config.rate) {
+        match (config.mode, pacing) {
             (BenchMode::Churn, _) => tasks.spawn(churn(addr, exchanges, index, config.depth, window, live)),
-            (_, Some(rate)) => {
-                let interval = Duration::from_secs_f64(config.conns as f64 / rate);
+            (_, Some(interval)) => {
                 // Spread the connections' schedules over one interval.
                 let offset = interval.mul_f64(index as f64 / config.conns as f64);
                 tasks.spawn(paced(addr, source, exchanges, interval, offset, window, live))
@@ -820,6 +838,16 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_paced_only_between_a_microsecond_and_a_week_per_question() {
+        assert_eq!(pacing_interval(50, 50_000.0).unwrap(), Duration::from_millis(1));
+        assert!(pacing_interval(50, 50_000_000.0).is_ok(), "a microsecond");
+        assert!(pacing_interval(50, 1e12).is_err(), "an interval that rounds to nothing");
+        assert!(pacing_interval(50, 1e-30).is_err(), "an interval longer than any run");
+        assert!(pacing_interval(1, 0.0).is_err());
+        assert!(pacing_interval(1, f64::NAN).is_err());
+    }
 
     fn config() -> BenchConfig {
         BenchConfig {

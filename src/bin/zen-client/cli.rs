@@ -47,11 +47,11 @@ pub enum ClientCommand {
         #[arg(long, value_enum, default_value_t = BenchProtocol::Zen)]
         protocol: BenchProtocol,
         /// Connections (pipelined, idle) or concurrent loops (churn).
-        #[arg(long, default_value = "50")]
+        #[arg(long, default_value = "50", value_parser = parse_count)]
         conns: usize,
         /// Questions in flight per connection (pipelined, without --rate); questions asked one
         /// after another on each connection before it closes (churn).
-        #[arg(long, default_value = "1")]
+        #[arg(long, default_value = "1", value_parser = parse_count)]
         depth: usize,
         /// Seconds measured.
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
@@ -61,7 +61,7 @@ pub enum ClientCommand {
         warmup: Duration,
         /// Questions per second in all, sent at fixed times whatever the server does; latency
         /// then counts from when each question should have been sent (pipelined).
-        #[arg(long, value_name = "PER_SEC")]
+        #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
         rate: Option<f64>,
         /// Seconds to hold the connections open (idle).
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
@@ -111,10 +111,32 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parses a number of seconds, zero and fractions allowed.
+/// The longest time any option takes: a week.
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// Parses a number of seconds, zero and fractions allowed, up to a week.
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if seconds > MAX_SECONDS {
+        return Err(format!("{text:?} is more than a week ({MAX_SECONDS} seconds)"));
+    }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a number of seconds"))
+}
+
+/// Parses a count of at least 1.
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
+/// Parses a rate: a positive, finite number of questions per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number of questions per second")),
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +154,18 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
+        assert!(parse_seconds_or_zero("1e19").is_err(), "more than a week");
+        assert!(parse_seconds_or_zero("604800").is_ok(), "a week");
+    }
+
+    #[test]
+    fn counts_and_rates_must_be_positive() {
+        assert!(client(&["bench", "--conns", "0"]).is_err());
+        assert!(client(&["bench", "--depth", "0"]).is_err());
+        assert!(client(&["bench", "--rate", "0"]).is_err());
+        assert!(client(&["bench", "--rate", "inf"]).is_err());
+        assert!(client(&["bench", "--rate", "-5"]).is_err());
+        assert!(client(&["bench", "--conns", "2", "--depth", "3", "--rate", "0.5"]).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod procfs;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use zen_server::{
     Question,
     client::{self, Probe},
@@ -28,6 +28,11 @@ use crate::{
 fn main() -> ExitCode {
     // Exits 2 on a bad command line, 0 after --help.
     let cli = ClientCli::parse();
+    if let ClientCommand::Bench { conns, rate: Some(rate), .. } = &cli.command
+        && let Err(error) = bench::pacing_interval(*conns, *rate)
+    {
+        ClientCli::command().error(clap::error::ErrorKind::ValueValidation, error).exit();
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
