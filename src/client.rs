@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The question [`probe`] asks, and the answer it expects.
-pub const PROBE: (&[u8], &[u8]) = (b"Beautiful is better than?", b"Ugly.");
+const PROBE: (&[u8], &[u8]) = (b"Beautiful is better than?", b"Ugly.");
 
 /// Why asking failed.
 #[derive(Debug, thiserror::Error)]

@@ -17,9 +17,6 @@ use tokio_util::codec::Decoder;
 
 use crate::protocol::{QUESTION_END, Questions, is_leading_whitespace};
 
-/// The largest question accepted when the settings do not say otherwise, in bytes.
-pub const DEFAULT_MAX_QUESTION_BYTES: usize = 1024;
-
 /// Size of a connection's read buffer: a few questions (they are short), and enough for a
 /// pipelining client's burst in one or two reads. It grows only for a long unfinished question.
 pub const READ_BUFFER_BYTES: usize = 256;
@@ -27,7 +24,7 @@ pub const READ_BUFFER_BYTES: usize = 256;
 /// Free space the decoder keeps in the read buffer, so that every read can take at least this
 /// much (taking questions off the front of the buffer shrinks its free space; when too little is
 /// left, the buffer is moved back to the start of its allocation).
-pub const MIN_READ_SPACE: usize = 128;
+const MIN_READ_SPACE: usize = 128;
 
 /// What the decoder found in the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,11 +72,6 @@ impl ZenCodec {
         Self { max_question_bytes: max_question_bytes.max(1), scanned: 0, state: DecodeState::Reading }
     }
 
-    /// The longest question this codec accepts, in bytes.
-    pub fn max_question_bytes(&self) -> usize {
-        self.max_question_bytes
-    }
-
     fn reject(&mut self, src: &mut BytesMut, batch: Questions) -> Option<Incoming> {
         src.clear();
         self.scanned = 0;
@@ -90,12 +82,6 @@ impl ZenCodec {
             self.state = DecodeState::TooLongPending;
             Some(Incoming::Questions(batch))
         }
-    }
-}
-
-impl Default for ZenCodec {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_QUESTION_BYTES)
     }
 }
 
@@ -262,7 +248,7 @@ mod tests {
             while let Some(event) = codec.decode(&mut buffer).unwrap() {
                 events.push(event.into());
             }
-            assert!(buffer.len() < codec.max_question_bytes(), "buffered {}", buffer.len());
+            assert!(buffer.len() < codec.max_question_bytes, "buffered {}", buffer.len());
         }
         while let Some(event) = codec.decode_eof(&mut buffer).unwrap() {
             events.push(event.into());
@@ -276,31 +262,31 @@ mod tests {
 
     #[test]
     fn one_question_split_over_many_reads_is_one_question() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"Beau", b"tiful is ", b"better than?"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"Beau", b"tiful is ", b"better than?"]);
         assert_eq!(events, [questions(&[b"Beautiful is better than?"])]);
     }
 
     #[test]
     fn pipelined_questions_in_one_read_come_out_as_one_batch_in_order() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"a?b?c?"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"a?b?c?"]);
         assert_eq!(events, [questions(&[b"a?", b"b?", b"c?"])]);
     }
 
     #[test]
     fn leading_whitespace_is_not_part_of_a_question() {
-        let events = decode_all(&mut ZenCodec::default(), &[b" \t\r\nWhy?\r\n", b"  Why not?"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b" \t\r\nWhy?\r\n", b"  Why not?"]);
         assert_eq!(events, [questions(&[b"Why?"]), questions(&[b"Why not?"])]);
     }
 
     #[test]
     fn whitespace_inside_and_at_the_end_of_a_question_is_kept() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"a  b \n?"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"a  b \n?"]);
         assert_eq!(events, [questions(&[b"a  b \n?"])]);
     }
 
     #[test]
     fn non_utf8_and_nul_bytes_are_just_bytes() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"\x00\xff\xfe?"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"\x00\xff\xfe?"]);
         assert_eq!(events, [questions(&[b"\x00\xff\xfe?"])]);
     }
 
@@ -353,13 +339,13 @@ mod tests {
 
     #[test]
     fn partial_question_at_end_of_file_is_reported_with_its_bytes() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"Why?Beautiful is better than"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"Why?Beautiful is better than"]);
         assert_eq!(events, [questions(&[b"Why?"]), Event::PartialAtEof(b"Beautiful is better than".to_vec())]);
     }
 
     #[test]
     fn trailing_whitespace_at_end_of_file_is_not_a_partial_question() {
-        let events = decode_all(&mut ZenCodec::default(), &[b"Why?\r\n"]);
+        let events = decode_all(&mut ZenCodec::new(1024), &[b"Why?\r\n"]);
         assert_eq!(events, [questions(&[b"Why?"])]);
     }
 

@@ -148,7 +148,7 @@ impl Questions {
         Self { bytes, count }
     }
 
-    /// Questions given one by one (each must end with its only `?`), for tests and clients.
+    /// Questions given one by one (each must end with its only `?`).
     pub fn from_list<'q>(questions: impl IntoIterator<Item = &'q [u8]>) -> Self {
         let mut bytes = Vec::new();
         let mut count = 0;
@@ -199,7 +199,7 @@ impl fmt::Debug for Questions {
 }
 
 /// The answers to one batch of questions, in order, as the bytes to send.
-#[derive(Clone, PartialEq, Eq, actix::MessageResponse)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Answers {
     bytes: Bytes,
     count: usize,

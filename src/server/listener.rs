@@ -1,7 +1,7 @@
 //! Listening sockets: [`bind`] makes them, [`AcceptStream`] accepts from them.
 //!
-//! Binding is separate from serving so that the binary, tests (port 0) and, later, sockets
-//! inherited from a service manager all hand ready listeners to the
+//! Binding is separate from serving so that the binary, tests (port 0) and sockets inherited
+//! from a service manager ([`inherit`](crate::inherit)) all hand ready listeners to the
 //! [`Server`](crate::server::Server). Accepting never gives up: when the process or system is
 //! out of file descriptors or memory, the stream reports the error once and pauses before
 //! trying again, doubling the pause up to [`MAX_ACCEPT_PAUSE`], instead of spinning on an

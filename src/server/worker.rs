@@ -133,7 +133,7 @@ struct Adopt {
 /// Tells the worker's sessions to drain, and the ones it starts later too.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct DrainSessions;
+struct DrainSessions;
 
 /// New limits for the worker's sessions.
 #[derive(Debug, Message)]

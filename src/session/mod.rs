@@ -6,8 +6,9 @@
 //! a queue kept in question order, and the queue is written from the front to the
 //! [`AnswerSink`] as slots fill, whatever order the replies come back in.
 //!
-//! A session moves through [`Phase`]s: serving; finishing (no new questions, answering those
-//! asked); closing (every answer with the sink, which writes them out and then shuts down the
+//! A session moves through phases (`Phase`): serving; draining (still taking questions while the
+//! client keeps asking, until it has been quiet for `drain_grace`); finishing (no new questions,
+//! answering those asked); closing (every answer with the sink, which writes them out and then shuts down the
 //! sending side); and, after refusing a question, lingering (reading and discarding until the
 //! client closes, so that closing with unread input does not reset the connection before the
 //! client has read the refusal). It ends when the client has closed and every question received
@@ -267,8 +268,8 @@ impl ZenSession {
         self.close_when_answered();
     }
 
-    /// Stops reading, answers what was already asked, says the server is shutting down, and
-    /// closes.
+    /// Keeps taking questions until the client has been quiet for `drain_grace`; then answers
+    /// what was asked, says the server is shutting down, and closes.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Serving {
             tracing::debug!(parent: &self.span(), "draining");

@@ -26,7 +26,8 @@ use tokio_util::time::{DelayQueue, delay_queue};
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum Notice {
-    /// Answer what was asked, say the server is shutting down, and close.
+    /// Finish the conversation (until the client is quiet for `drain_grace`), say the server
+    /// is shutting down, and close.
     Drain,
     /// The deadline the session asked for has come.
     CheckTimeouts,
@@ -122,13 +123,9 @@ impl SessionRegistry {
     }
 
     /// The number of sessions registered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.borrow().sessions.len()
-    }
-
-    /// Whether no session is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Tells sessions when their deadlines come, for as long as the registry exists; the

@@ -6,7 +6,8 @@
 //!   (closed loop), or, with a `rate`, sending at fixed intended times whatever the server does
 //!   (open loop), latency then measured from the intended send time so that a slow server cannot
 //!   hide its queueing (no coordinated omission).
-//! - [`BenchMode::Churn`]: `conns` loops of connect, ask one question, close.
+//! - [`BenchMode::Churn`]: `conns` loops of connect, ask `depth` questions one after another,
+//!   close.
 //! - [`BenchMode::Idle`]: open `conns` connections, ask once on each, hold them.
 //!
 //! Each mode speaks either protocol ([`BenchProtocol`]): the Zen protocol, or Redis's `PING`,
@@ -142,7 +143,8 @@ pub struct BenchConfig {
     pub mode: BenchMode,
     /// Connections (pipelined, idle) or concurrent loops (churn).
     pub conns: usize,
-    /// Questions in flight per connection (pipelined, without a rate).
+    /// Questions in flight per connection (pipelined, without a rate); questions asked one
+    /// after another per connection (churn).
     pub depth: usize,
     /// Measured time.
     pub duration: Duration,
@@ -184,7 +186,7 @@ pub struct BenchReport {
     pub mode: BenchMode,
     /// Connections or loops.
     pub conns: usize,
-    /// Questions in flight per connection.
+    /// Questions in flight per connection (pipelined), or asked per connection (churn).
     pub depth: usize,
     /// Aggregate intended rate, if any.
     pub rate: Option<f64>,
