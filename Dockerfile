@@ -9,9 +9,6 @@
 # variables and command-line flags still win over the file, as everywhere. SIGTERM (docker stop)
 # drains: clients get the answers to what they asked, then the server exits 0.
 
-# The stage whose /src/target/dist/ holds the two binaries: built below, unless given.
-ARG BIN_STAGE=build
-
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, in a layer of their own that only Cargo.toml and Cargo.lock invalidate:
@@ -34,10 +31,8 @@ COPY tests tests
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --profile dist --locked --bins
 
-FROM ${BIN_STAGE} AS bin
-
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=bin /src/target/dist/zen-server /src/target/dist/zen-client /usr/local/bin/
+COPY --from=build /src/target/dist/zen-server /src/target/dist/zen-client /usr/local/bin/
 COPY deploy/docker/zen-server.toml /etc/zen-server/zen-server.toml
 # Both binaries read the same settings: the health check probes the address the server
 # listens on, whatever file, variable or mount set it.

@@ -1,10 +1,13 @@
-//! The shipped `Dockerfile`, built and run with podman: nothing can be pulled here, so the test
-//! builds local stand-ins for the image's base (the host's C libraries and a `nonroot` user, as
-//! distroless has) and for the build stage (the test's own binaries, through the `BIN_STAGE`
-//! build argument), then checks what a user of the image relies on. Also zen-server as PID 1
-//! of a PID namespace, with `unshare`.
+//! The shipped `Dockerfile`, built and run with podman as a user would build it. Nothing can be
+//! pulled here, so the test first makes local stand-ins under the names the `Dockerfile` uses:
+//! for the build stage's Rust image, Debian from `debootstrap` with this host's Rust toolchain;
+//! for the distroless runtime, the host's C libraries and a `nonroot` user. Then it builds the
+//! `Dockerfile` unchanged (compiling the crate inside the build stage), checks that a second build
+//! takes the dependencies from their cached layer, and checks what a user of the image relies on.
+//! Also zen-server as PID 1 of a PID namespace, with `unshare`.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     path::Path,
     process::{Command, Output},
@@ -13,15 +16,9 @@ use std::{
 };
 
 use crate::helpers::{
-    DEADLINE, Launch, SERVER_BIN, TempConfig, TempDir, ZenServer, ask_like_the_book, connect, free_port,
+    DEADLINE, Launch, SERVER_BIN, TempConfig, TempDir, ZenServer, ask_like_the_book, connect, free_port, scrape,
 };
 
-const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
-
-/// The runtime base the `Dockerfile` names.
-const BASE: &str = "gcr.io/distroless/cc-debian12:nonroot";
-/// The stand-in for the build stage, holding the test's binaries.
-const PREBUILT: &str = "localhost/zen-server-prebuilt:test";
 const IMAGE: &str = "localhost/zen-server:test";
 
 fn podman(args: &[&str]) -> Output {
@@ -38,71 +35,164 @@ fn must(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Builds `dir` (holding `files`) as image `tag`, from scratch.
-fn build_from_scratch(tag: &str, dir: &Path, files: &[(&str, &Path)]) {
-    for (inside, outside) in files {
-        let target = dir.join("root").join(inside.trim_start_matches('/'));
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(outside, &target).unwrap();
-    }
-    std::fs::write(dir.join("Containerfile"), "FROM scratch\nCOPY root/ /\n").unwrap();
-    must(&[
-        "build",
-        "--format",
-        "docker",
-        "-q",
-        "-t",
-        tag,
-        "-f",
-        dir.join("Containerfile").to_str().unwrap(),
-        dir.to_str().unwrap(),
-    ]);
+/// Runs `program` with `args`, which must succeed.
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().unwrap();
+    assert!(succeeded(&output), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// The images the test made, removed afterwards; the base only if the test made it.
+/// The images the `Dockerfile` starts from, as podman names them: the build stage's, then the
+/// runtime's.
+fn base_images() -> (String, String) {
+    let dockerfile = std::fs::read_to_string("Dockerfile").unwrap();
+    let bases: Vec<String> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("FROM "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|name| match name.split_once('/') {
+            Some((registry, _)) if registry.contains('.') => name.to_owned(),
+            Some(_) => format!("docker.io/{name}"),
+            None => format!("docker.io/library/{name}"),
+        })
+        .collect();
+    assert_eq!(bases.len(), 2, "a build stage and a runtime stage: {bases:?}");
+    (bases[0].clone(), bases[1].clone())
+}
+
+/// Imports the directory `root` as image `tag`, with `changes` (Dockerfile instructions).
+fn import(root: &Path, tag: &str, changes: &[&str]) {
+    let mut command = format!("tar -C '{}' -c . | podman import", root.display());
+    for change in changes {
+        command.push_str(&format!(" --change '{change}'"));
+    }
+    command.push_str(&format!(" - '{tag}'"));
+    run("sh", &["-c", &command]);
+}
+
+/// A stand-in for the official Rust image: Debian (the release the tag names) with a C compiler,
+/// and this host's Rust toolchain where that image has its own.
+fn make_rust_base(tag: &str, work: &Path) {
+    let release = tag.rsplit('-').next().unwrap();
+    let root = work.join("rust");
+    let root_str = root.to_str().unwrap();
+    run(
+        "debootstrap",
+        &[
+            "--variant=minbase",
+            "--include=gcc,libc6-dev,ca-certificates",
+            release,
+            root_str,
+            "http://deb.debian.org/debian",
+        ],
+    );
+    // This host's trusted certificates: its way to crates.io may inspect TLS.
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
+    let sysroot = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).to_owned();
+    let toolchain = root.join("usr/local/rust");
+    std::fs::create_dir_all(&toolchain).unwrap();
+    for part in ["bin", "lib", "libexec"] {
+        if sysroot.join(part).exists() {
+            run("cp", &["-a", sysroot.join(part).to_str().unwrap(), toolchain.to_str().unwrap()]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(toolchain.join("lib/rustlib/src"));
+    import(
+        &root,
+        tag,
+        &[
+            "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV CARGO_HOME=/usr/local/cargo",
+        ],
+    );
+}
+
+/// A stand-in for distroless: the C libraries zen-server links to, and the `nonroot` user.
+fn make_runtime_base(tag: &str, work: &Path) {
+    let root = work.join("runtime");
+    let libraries = Command::new("ldd").arg(SERVER_BIN).output().unwrap();
+    let libraries = String::from_utf8_lossy(&libraries.stdout).into_owned();
+    for library in libraries.split_whitespace().filter(|word| word.starts_with('/')) {
+        let target = root.join(library.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(library, &target).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+    )
+    .unwrap();
+    import(&root, tag, &[]);
+}
+
+/// Every image in podman's store, by ID.
+fn all_images() -> HashSet<String> {
+    must(&["images", "--all", "--quiet", "--no-trunc"]).lines().map(str::to_owned).collect()
+}
+
+/// Builds the shipped `Dockerfile` as `tag`, reporting `commit`; returns podman's output.
+fn build_image(tag: &str, commit: &str) -> String {
+    let commit = format!("BUILD_COMMIT={commit}");
+    let output = podman(&[
+        "--runtime",
+        "runc",
+        "build",
+        "--network",
+        "host",
+        "--format",
+        "docker",
+        "--build-arg",
+        &commit,
+        "-t",
+        tag,
+        ".",
+    ]);
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(succeeded(&output), "podman build:\n{log}");
+    log
+}
+
+/// Whether the step of `log` whose instruction contains `instruction` was taken from the cache.
+fn step_was_cached(log: &str, instruction: &str) -> bool {
+    let mut lines = log.lines().skip_while(|line| !(line.contains("STEP") && line.contains(instruction)));
+    assert!(lines.next().is_some(), "no step running {instruction:?} in:\n{log}");
+    lines
+        .find(|line| line.starts_with("-->") || line.contains("STEP"))
+        .is_some_and(|line| line.starts_with("--> Using cache"))
+}
+
+/// The images the test built, and the stand-ins it made, removed afterwards: every image that
+/// was not in podman's store before.
 struct Images {
-    made_base: bool,
+    before: HashSet<String>,
 }
 
 impl Images {
-    fn build() -> Self {
+    fn build(commit: &str) -> Self {
+        let before = all_images();
+        let images = Self { before };
         let work = TempDir::new("images");
-        let made_base = !succeeded(&podman(&["image", "exists", BASE]));
-        if made_base {
-            let base = work.path().join("base");
-            let libraries = Command::new("ldd").arg(SERVER_BIN).output().unwrap();
-            let libraries = String::from_utf8_lossy(&libraries.stdout).into_owned();
-            let paths: Vec<&str> = libraries.split_whitespace().filter(|word| word.starts_with('/')).collect();
-            let mut files: Vec<(&str, &Path)> = paths.iter().map(|path| (*path, Path::new(*path))).collect();
-            std::fs::create_dir_all(base.join("etc")).unwrap();
-            let passwd = work.path().join("passwd");
-            std::fs::write(
-                &passwd,
-                "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
-            )
-            .unwrap();
-            files.push(("/etc/passwd", &passwd));
-            build_from_scratch(BASE, &base, &files);
+        let (rust, runtime) = base_images();
+        if !succeeded(&podman(&["image", "exists", &rust])) {
+            make_rust_base(&rust, work.path());
         }
-        let prebuilt = work.path().join("prebuilt");
-        build_from_scratch(
-            PREBUILT,
-            &prebuilt,
-            &[
-                ("/src/target/dist/zen-server", Path::new(SERVER_BIN)),
-                ("/src/target/dist/zen-client", Path::new(CLIENT_BIN)),
-            ],
-        );
-        must(&["build", "--format", "docker", "-q", "--build-arg", &format!("BIN_STAGE={PREBUILT}"), "-t", IMAGE, "."]);
-        Self { made_base }
+        if !succeeded(&podman(&["image", "exists", &runtime])) {
+            make_runtime_base(&runtime, work.path());
+        }
+        build_image(IMAGE, commit);
+        images
     }
 }
 
 impl Drop for Images {
     fn drop(&mut self) {
-        let _ = podman(&["rmi", "-f", IMAGE, PREBUILT]);
-        if self.made_base {
-            let _ = podman(&["rmi", "-f", BASE]);
+        let _ = podman(&["rmi", "-f", IMAGE]);
+        let made: Vec<String> = all_images().difference(&self.before).cloned().collect();
+        let mut args = vec!["rmi", "-f"];
+        args.extend(made.iter().map(String::as_str));
+        if !made.is_empty() {
+            let _ = podman(&args);
         }
     }
 }
@@ -158,19 +248,35 @@ fn answering(addr: SocketAddr, question: &[u8], answer: &[u8]) -> bool {
 }
 
 #[test]
-#[ignore = "needs podman and runc: apt-get install podman runc"]
-fn the_image_answers_as_non_root_passes_its_health_check_takes_a_mounted_file_and_stops_with_exit_0() {
-    let _images = Images::build();
+#[ignore = "needs podman, runc, debootstrap and crates.io: apt-get install podman runc debootstrap"]
+fn the_image_builds_with_cached_dependencies_answers_as_non_root_passes_its_health_check_and_stops_with_exit_0() {
+    let commit = format!("test-{}", std::process::id());
+    let _images = Images::build(&commit);
     assert!(
         must(&["image", "inspect", "--format", "{{.Config.Healthcheck.Test}}", IMAGE]).contains("zen-client probe")
     );
 
-    // Its own settings, with the port moved by a variable (host networking: no port 1060).
+    // Built again for another commit: the dependencies come from their layer, the crate does not.
+    let again = build_image("localhost/zen-server:test-again", "again");
+    assert!(step_was_cached(&again, "rm -rf src tests"), "dependencies built again:\n{again}");
+    assert!(!step_was_cached(&again, "find src -name"), "the crate was not built for the new commit:\n{again}");
+
+    // Its own settings, with the port moved by a variable (host networking: no port 1060), and
+    // metrics on, to read the commit the build was given.
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listen = format!("ZEN_SERVER__LISTEN=127.0.0.1:{port}");
-    let container = Container::run(&["-e", &listen]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_listen = format!("ZEN_METRICS__LISTEN={metrics}");
+    let container = Container::run(&["-e", &listen, "-e", &metrics_listen]);
     assert!(answering(addr, b"Beautiful is better than?", b"Ugly."), "logs:\n{}", container.logs());
+    let end = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(metrics).is_err() {
+        assert!(Instant::now() < end, "no metrics at {metrics}; logs:\n{}", container.logs());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let build_info = format!("commit=\"{commit}\"");
+    assert!(scrape(metrics).lines().any(|line| line.starts_with("zen_build_info") && line.contains(&build_info)));
     let pid = container.inspect("{{.State.Pid}}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid =
