@@ -1,5 +1,6 @@
-//! Soak test: minutes of mixed load against a release `zen-server`, reporting its memory and
-//! open file descriptors as the run goes on.
+//! Soak test: minutes of mixed load against a release `zen-server`, run as a daemon is (metrics
+//! on, its settings reloaded every 10 s), reporting its memory, open file descriptors and what
+//! its metrics count as the run goes on.
 //!
 //! ```sh
 //! scripts/soak.sh --minutes 10          # builds release, then runs this
@@ -11,12 +12,15 @@
 //! answer checked), idle clients that ask now and then, and hostile clients taking turns:
 //! oversized questions, partial questions, resets in the middle of answers, clients that never
 //! read, dribblers and binary garbage. The server runs with a 5-second idle timeout and a
-//! 2-second write timeout so the hostile ones are cleaned up often. Any wrong answer to a well-behaved client is an error.
-//! Exit code 0 only if there were no errors and the server drained cleanly at the end.
+//! 2-second write timeout so the hostile ones are cleaned up often. Every 10 s its settings file
+//! changes (a second answer comes or goes; the load's question keeps its answer) and the server
+//! gets SIGHUP. Any wrong answer to a well-behaved client is an error, and so is a reload that
+//! the server's metrics do not count as taken, or fewer answers in its metrics than the clients
+//! received. Exit code 0 only if there were no errors and the server drained cleanly at the end.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
     sync::{
@@ -60,6 +64,15 @@ const ANSWER: &[u8] = b"Ugly.";
 const CHURN_PER_SECOND: u32 = 400;
 const PIPELINED_CLIENTS: usize = 4;
 const IDLE_CLIENTS: usize = 200;
+/// How often the settings are changed and reloaded, and the figures printed.
+const EVERY: Duration = Duration::from_secs(10);
+
+/// The two settings files a reload alternates between: the load's question keeps its answer.
+const SETTINGS: [&str; 2] = [
+    "[oracle]\nanswers = [{ question = \"Beautiful is better than?\", answer = \"Ugly.\" }]\n",
+    "[oracle]\nanswers = [\n  { question = \"Beautiful is better than?\", answer = \"Ugly.\" },\n  \
+     { question = \"Explicit is better than?\", answer = \"Implicit.\" },\n]\n",
+];
 
 #[derive(Default)]
 struct Counters {
@@ -83,7 +96,9 @@ fn main() -> ExitCode {
     let Args { minutes: duration, server: server_bin } = Args::parse();
     let minutes = duration.as_secs_f64() / 60.0;
 
-    let (mut server, addr) = start_server(&server_bin);
+    let settings = std::env::temp_dir().join(format!("zen-soak-{}.toml", std::process::id()));
+    std::fs::write(&settings, SETTINGS[0]).expect("writable temporary directory");
+    let (mut server, addr, metrics) = start_server(&server_bin, &settings);
     let pid = server.id();
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
@@ -100,18 +115,26 @@ fn main() -> ExitCode {
     spawn(idle);
     spawn(hostile);
 
-    println!("soak: {minutes} min against {} (pid {pid}) on {addr}", server_bin.display());
+    println!("soak: {minutes} min against {} (pid {pid}) on {addr}, metrics on {metrics}", server_bin.display());
     println!(
-        "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6}",
-        "time_s", "rss_kib", "fds", "churned", "pipelined", "idle", "hostile", "errors"
+        "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6} {:>8} {:>12}",
+        "time_s", "rss_kib", "fds", "churned", "pipelined", "idle", "hostile", "errors", "reloads", "answered"
     );
     let started = Instant::now();
     let mut samples = Vec::new();
+    let mut reloads = 0;
     while started.elapsed() < duration {
-        thread::sleep(Duration::from_secs(10).min(duration.saturating_sub(started.elapsed())));
+        thread::sleep(EVERY.min(duration.saturating_sub(started.elapsed())));
+        reloads += 1;
+        std::fs::write(&settings, SETTINGS[reloads % 2]).expect("writable settings file");
+        let _ = Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
+        let scraped = scrape(metrics).unwrap_or_else(|error| {
+            counters.error("metrics", error);
+            String::new()
+        });
         let sample = (started.elapsed().as_secs(), rss_kib(pid), open_fds(pid));
         println!(
-            "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6}",
+            "{:>7} {:>9} {:>5} {:>9} {:>11} {:>9} {:>8} {:>6} {:>8} {:>12}",
             sample.0,
             sample.1,
             sample.2,
@@ -119,7 +142,9 @@ fn main() -> ExitCode {
             counters.pipelined.load(Relaxed),
             counters.idle_answers.load(Relaxed),
             counters.hostile.load(Relaxed),
-            counters.errors.load(Relaxed)
+            counters.errors.load(Relaxed),
+            metric(&scraped, "zen_reloads_total{result=\"ok\"}"),
+            metric(&scraped, "zen_questions_answered_total{outcome=\"known\"}"),
         );
         samples.push(sample);
     }
@@ -127,7 +152,8 @@ fn main() -> ExitCode {
     for worker in workers {
         worker.join().expect("load thread panicked");
     }
-    // Connections left by the load close within the server's timeouts.
+    // Connections left by the load close within the server's timeouts, and the metrics, flushed
+    // each second, catch up.
     thread::sleep(Duration::from_secs(8));
     let settled = (rss_kib(pid), open_fds(pid));
     let first = samples.first().copied().unwrap_or((0, settled.0, settled.1));
@@ -136,20 +162,68 @@ fn main() -> ExitCode {
         "start (after 10 s): rss {} KiB, fds {}; peak rss {} KiB; end, load stopped: rss {} KiB, fds {}",
         first.1, first.2, peak_rss, settled.0, settled.1
     );
+    let scraped = scrape(metrics).unwrap_or_else(|error| {
+        counters.error("metrics", error);
+        String::new()
+    });
+    let (taken, failed) = (
+        metric(&scraped, "zen_reloads_total{result=\"ok\"}"),
+        metric(&scraped, "zen_reloads_total{result=\"failed\"}"),
+    );
+    if (taken, failed) != (reloads as u64, 0) {
+        counters.error("reloads", format!("{reloads} asked for; the server counts {taken} taken and {failed} failed"));
+    }
+    let received =
+        counters.churned.load(Relaxed) + counters.pipelined.load(Relaxed) + counters.idle_answers.load(Relaxed);
+    let answered = metric(&scraped, "zen_questions_answered_total{outcome=\"known\"}");
+    if answered < received {
+        counters.error(
+            "metrics",
+            format!("the server counts {answered} known questions answered; clients received {received}"),
+        );
+    }
+    println!(
+        "reloads: {reloads} asked for, {taken} taken; answers: {received} received, {answered} counted by the server"
+    );
 
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let drained = server.wait().map(|status| status.success()).unwrap_or(false);
+    let _ = std::fs::remove_file(&settings);
     let errors = counters.errors.load(Relaxed);
     println!("errors: {errors}; server drained and exited 0: {drained}");
     if errors == 0 && drained { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn start_server(bin: &Path) -> (Child, SocketAddr) {
+/// One HTTP GET of the server's metrics page.
+fn scrape(addr: SocketAddr) -> Result<String, String> {
+    let mut stream = connect(addr).ok_or_else(|| format!("cannot connect to {addr}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: zen\r\nConnection: close\r\n\r\n")
+        .map_err(|error| format!("write failed: {error}"))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|error| format!("read failed: {error}"))?;
+    Ok(response)
+}
+
+/// The value of the sample named `name` (with its labels) in `scraped`, 0 if absent.
+fn metric(scraped: &str, name: &str) -> u64 {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+fn start_server(bin: &Path, settings: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let metrics = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port for metrics");
     let mut server = Command::new(bin)
+        .arg("--config")
+        .arg(settings)
         .args(["--listen", "127.0.0.1:0"])
         .env("ZEN_LOG__LEVEL", "warn,zen_server::server=info")
         .env("ZEN_LIMITS__IDLE_TIMEOUT_SECS", "5")
         .env("ZEN_LIMITS__WRITE_TIMEOUT_SECS", "2")
+        .env("ZEN_METRICS__LISTEN", metrics.to_string())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| {
@@ -164,7 +238,7 @@ fn start_server(bin: &Path) -> (Child, SocketAddr) {
     };
     // Keep draining the server's log so it never blocks on a full pipe.
     thread::spawn(move || lines.for_each(drop));
-    (server, addr)
+    (server, addr, metrics)
 }
 
 fn rss_kib(pid: u32) -> u64 {
