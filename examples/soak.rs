@@ -14,9 +14,11 @@
 //! read, dribblers and binary garbage. The server runs with a 5-second idle timeout and a
 //! 2-second write timeout so the hostile ones are cleaned up often. Every 10 s its settings file
 //! changes (a second answer comes or goes; the load's question keeps its answer) and the server
-//! gets SIGHUP. Any wrong answer to a well-behaved client is an error, and so is a reload that
-//! the server's metrics do not count as taken, or fewer answers in its metrics than the clients
-//! received. Exit code 0 only if there were no errors and the server drained cleanly at the end.
+//! gets SIGHUP. Any wrong answer to a well-behaved client is an error, and so is a table that
+//! did not change with its file by the next reload, a reload that the server's metrics do not
+//! count as taken, or fewer answers in its metrics than the clients received (a lower bound:
+//! the server also answers the hostile clients). Exit code 0 only if there were no errors and
+//! the server drained cleanly at the end.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -125,9 +127,7 @@ fn main() -> ExitCode {
     let mut reloads = 0;
     while started.elapsed() < duration {
         thread::sleep(EVERY.min(duration.saturating_sub(started.elapsed())));
-        reloads += 1;
-        std::fs::write(&settings, SETTINGS[reloads % 2]).expect("writable settings file");
-        let _ = Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
+        check_table(addr, reloads, &counters);
         let scraped = scrape(metrics).unwrap_or_else(|error| {
             counters.error("metrics", error);
             String::new()
@@ -147,6 +147,9 @@ fn main() -> ExitCode {
             metric(&scraped, "zen_questions_answered_total{outcome=\"known\"}"),
         );
         samples.push(sample);
+        reloads += 1;
+        std::fs::write(&settings, SETTINGS[reloads % 2]).expect("writable settings file");
+        let _ = Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
     }
     stop.store(true, Relaxed);
     for worker in workers {
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
         "start (after 10 s): rss {} KiB, fds {}; peak rss {} KiB; end, load stopped: rss {} KiB, fds {}",
         first.1, first.2, peak_rss, settled.0, settled.1
     );
+    check_table(addr, reloads, &counters);
     let scraped = scrape(metrics).unwrap_or_else(|error| {
         counters.error("metrics", error);
         String::new()
@@ -192,6 +196,18 @@ fn main() -> ExitCode {
     let errors = counters.errors.load(Relaxed);
     println!("errors: {errors}; server drained and exited 0: {drained}");
     if errors == 0 && drained { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Checks that the table of the settings file the `reloads`-th reload wrote is the one in force:
+/// the second question is answered only while that file has it.
+fn check_table(addr: SocketAddr, reloads: usize, counters: &Counters) {
+    let expected: &[u8] = if reloads % 2 == 1 { b"Implicit." } else { b"Error: unknown aphorism." };
+    let result = connect(addr)
+        .ok_or_else(|| "connect failed".to_string())
+        .and_then(|mut stream| exchange(&mut stream, b"Explicit is better than?", expected));
+    if let Err(error) = result {
+        counters.error("reload", format!("after reload {reloads}: {error}"));
+    }
 }
 
 /// One HTTP GET of the server's metrics page.
