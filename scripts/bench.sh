@@ -42,13 +42,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# Cargo reads a relative CARGO_TARGET_DIR from where it runs: keep it meaning the directory the
-# caller named after the cd below.
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-  CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
-  export CARGO_TARGET_DIR
-fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/project.sh"
 
 if [ "$smoke" = 1 ]; then
   duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=1 many_conns=1000 sweep="50"
@@ -59,7 +53,6 @@ else
 fi
 
 cargo build --release --bins --examples
-target="${CARGO_TARGET_DIR:-target}"
 zen="$target/release/zen-server"
 reference="$target/release/examples/plain_tokio"
 client="$target/release/zen-client"

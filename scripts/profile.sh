@@ -36,13 +36,8 @@ for arg in "$@"; do
   esac
 done
 
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-  CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
-  export CARGO_TARGET_DIR
-fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/project.sh"
 cargo build --release --bins --examples
-target="${CARGO_TARGET_DIR:-target}"
 client="$target/release/zen-client"
 case "$server" in
   zen) binary="$target/release/zen-server" ;;

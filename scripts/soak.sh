@@ -18,13 +18,6 @@ for arg in "$@"; do
   esac
 done
 
-# Cargo reads a relative CARGO_TARGET_DIR from where it runs: keep it meaning the directory the
-# caller named after the cd below.
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-  CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
-  export CARGO_TARGET_DIR
-fi
-cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}"
+source "$(dirname "$0")/project.sh"
 cargo build --release --bins --examples
 exec "$target/release/examples/soak" --server "$target/release/zen-server" "$@"
