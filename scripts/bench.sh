@@ -31,11 +31,11 @@ usage() {
 
 reps=3
 smoke=0
-out=bench
+out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps="$2"; shift 2 ;;
-    --smoke) smoke=1; reps=1; out="$(mktemp -d)"; shift ;;
+    --smoke) smoke=1; reps=1; shift ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "usage: $0 [--reps N] [--smoke] [--out DIR] [--help]" >&2; exit 2 ;;
@@ -43,6 +43,10 @@ while [ $# -gt 0 ]; do
 done
 
 source "$(dirname "$0")/project.sh"
+# A brief run's report is not the project's: it goes to a temporary directory unless told.
+if [ -z "$out" ]; then
+  if [ "$smoke" = 1 ]; then out="$(mktemp -d)"; else out=bench; fi
+fi
 
 if [ "$smoke" = 1 ]; then
   duration=1 warmup=0.3 churn_duration=1 idle_conns=500 idle_hold=1 many_conns=1000 sweep="50"

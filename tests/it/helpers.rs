@@ -210,6 +210,12 @@ impl ZenServer {
     }
 
     /// Waits up to `deadline` for a log line containing every one of `parts`.
+    /// The address of the server's PROXY protocol listener, once it listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log(&["listening", "proxy=true"], DEADLINE).expect("a PROXY listener");
+        listening_addr(&line)
+    }
+
     pub fn wait_for_log(&self, parts: &[&str], deadline: Duration) -> Option<String> {
         let lines = self.log.wait_for_lines(deadline, 1, |line| parts.iter().all(|part| line.contains(part)))?;
         lines.into_iter().next()

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::helpers::{TempDir, run_server};
+use crate::helpers::{TempConfig, TempDir, run_server};
 
 const DIR: &str = "deploy/k8s";
 /// What `kustomization.yaml` applies, in its order.
@@ -225,10 +225,8 @@ fn prometheus_finds_the_metrics_port_the_settings_listen_on() {
 #[test]
 #[ignore = "needs kubernetes-validate: pip install kubernetes-validate"]
 fn the_configmap_settings_pass_check_config() {
-    let dir = TempDir::new("k8s");
-    let file = dir.path().join(SETTINGS_KEY);
-    std::fs::write(&file, configmap_settings()).unwrap();
-    let (status, stdout, stderr) = run_server(&["check-config", "--config", file.to_str().unwrap()], &[]);
+    let file = TempConfig::new(&configmap_settings());
+    let (status, stdout, stderr) = run_server(&["check-config", "--config", file.path()], &[]);
     assert_eq!(status.code(), Some(0), "{stderr}");
     for line in ["listen = [\"0.0.0.0:1060\"]", "output = \"stdout\"", "format = \"json\""] {
         assert!(stdout.lines().any(|l| l == line), "{line} missing from the effective settings:\n{stdout}");

@@ -159,9 +159,7 @@ fn promtool_accepts_the_exposition() {
 fn a_health_check_failed_while_draining_is_counted_like_any_connection() {
     let settings = "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[server]\nlame_duck_ms = 3000\n";
     let (server, _config, metrics) = server_with_metrics(settings);
-    let line = server.wait_for_log(&["listening", "proxy=true"], DEADLINE).expect("a PROXY listener");
-    let behind: SocketAddr =
-        line.split_whitespace().find_map(|word| word.strip_prefix("addr=")).unwrap().parse().unwrap();
+    let behind = server.proxy_addr();
     server.signal(Signal::SIGTERM);
     assert!(server.wait_for_log(&["failing health checks and still accepting"], DEADLINE).is_some());
     let mut check = connect(behind);

@@ -19,8 +19,7 @@ const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
 fn server_behind_proxy(settings: &str) -> (ZenServer, SocketAddr, TempConfig) {
     let config = TempConfig::new(&format!("[proxy]\nlisten = [\"127.0.0.1:0\"]\nheader_timeout_ms = 300\n{settings}"));
     let server = ZenServer::launch(Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]).listeners(2));
-    let line = server.wait_for_log(&["listening", "proxy=true"], DEADLINE).expect("a PROXY listener");
-    let addr = line.split_whitespace().find_map(|word| word.strip_prefix("addr=")).unwrap().parse().unwrap();
+    let addr = server.proxy_addr();
     (server, addr, config)
 }
 
@@ -88,8 +87,7 @@ fn a_missing_malformed_or_late_header_closes_the_connection_and_the_plain_listen
 #[test]
 fn a_connection_from_outside_the_trusted_ranges_is_closed() {
     let (server, behind, _config) = server_behind_proxy("trusted = [\"10.0.0.0/8\"]\n");
-    let mut stream = TcpStream::connect(behind).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut stream = connect(behind);
     stream.write_all(b"PROXY UNKNOWN\r\nBeautiful is better than?").unwrap();
     assert_eq!(read_to_close(&mut stream), b"");
     assert!(server.wait_for_log(&["is not in proxy.trusted"], DEADLINE).is_some(), "log:\n{}", server.log());

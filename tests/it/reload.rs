@@ -3,18 +3,18 @@
 //! answer and see no error.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect};
+use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, read_to_close};
 
 fn table(answer: &str) -> String {
     format!("[oracle]\nanswers = [{{ question = \"Beautiful is better than?\", answer = \"{answer}\" }}]\n")
@@ -96,9 +96,7 @@ fn a_lower_connection_limit_applies_to_new_clients_at_once() {
     file.write("[limits]\nmax_connections = 1\n");
     reload(&server, 1);
     let mut extra = connect(server.addr());
-    let mut refusal = Vec::new();
-    extra.read_to_end(&mut refusal).unwrap();
-    assert_eq!(refusal, b"Error: server busy.");
+    assert_eq!(read_to_close(&mut extra), b"Error: server busy.");
     assert_eq!(ask_like_the_book(&mut held, b"Simple is better than?"), b"Complex.", "those connected stay");
 }
 
@@ -127,15 +125,22 @@ fn twenty_reloads_under_pipelining_clients_lose_no_answer_and_give_no_error() {
             })
         })
         .collect();
+    let end = Instant::now() + DEADLINE;
+    while answered.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < end, "no client got answers");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let before = answered.load(Ordering::Relaxed);
     for count in 1..=20 {
         file.write(&table(if count % 2 == 1 { "Pretty." } else { "Ugly." }));
         reload(&server, count);
     }
+    let during = answered.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.join().expect("a client saw a wrong or missing answer");
     }
-    assert!(answered.load(Ordering::Relaxed) > 0);
+    assert!(during > 0, "no answer while the settings were reloaded");
     assert_eq!(server.log().matches("settings reloaded").count(), 20);
     assert!(!server.log().contains("ERROR"), "log:\n{}", server.log());
 }
