@@ -20,7 +20,7 @@ use crate::{
     notify::Notifier,
     oracle::{Oracle, TableError},
     server::{
-        ExitWhenIdle, Server,
+        ApplyLimits, ExitWhenIdle, Server,
         listener::{self, AcceptStream, ListenError},
         worker::Workers,
     },
@@ -116,11 +116,12 @@ impl App {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
         };
-        let options = settings.limits.connection_options();
+        let ApplyLimits { proxy, max_connections, shutdown_timeout, lame_duck, connection_options, session } =
+            settings.server_limits();
         let listeners = listeners
             .into_iter()
             .map(|Listener { socket, behind_proxy }| {
-                let stream = AcceptStream::new(socket, options)?;
+                let stream = AcceptStream::new(socket, connection_options)?;
                 Ok(if behind_proxy { stream.behind_proxy() } else { stream })
             })
             .collect::<io::Result<Vec<_>>>()
@@ -130,13 +131,13 @@ impl App {
             WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
         let arbiters = threads.arbiters();
         let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters, &metrics);
-        let workers = Workers::start(&arbiters, &oracle.shards, settings.session(), &metrics);
-        let admission = Admission::new(settings.limits.max_connections);
+        let workers = Workers::start(&arbiters, &oracle.shards, session, &metrics);
+        let admission = Admission::new(max_connections);
         let control_context = Context::<Control>::new();
-        let mut server = Server::new(listeners, workers, admission, settings.server.shutdown_timeout())
+        let mut server = Server::new(listeners, workers, admission, shutdown_timeout)
             .with_metrics(metrics.clone())
-            .with_proxy_policy(settings.proxy.policy())
-            .with_lame_duck(settings.server.lame_duck());
+            .with_proxy_policy(proxy)
+            .with_lame_duck(lame_duck);
         let serving = match connection {
             Some(connection) => {
                 server = server.with_inherited_connection(connection);

@@ -21,7 +21,10 @@ use crate::{
     oracle::{AnswerTable, OracleConfig, TableError},
     protocol::{QUESTION_END, Question, is_leading_whitespace},
     proxy::ProxyPolicy,
-    server::listener::{ConnectionOptions, Keepalive},
+    server::{
+        ApplyLimits,
+        listener::{ConnectionOptions, Keepalive},
+    },
     session::SessionConfig,
 };
 
@@ -43,21 +46,8 @@ pub const MAX_WORKERS: i64 = 1024;
 /// timer queues behind the timeouts reach about two years at most).
 pub const YEAR_SECS: i64 = 365 * 24 * 60 * 60;
 
-/// Settings a running daemon cannot change: a reload reports them as needing a restart.
-pub const RESTART_ONLY: [&str; 12] = [
-    "server.listen",
-    "server.workers",
-    "server.backlog",
-    "server.reuse_port",
-    "log.format",
-    "log.output",
-    "oracle.simulated_cost_ms",
-    "oracle.workers",
-    "oracle.panic_question",
-    "oracle.hang_question",
-    "metrics.listen",
-    "proxy.listen",
-];
+/// Where a value kept from the running settings on a reload comes from, in messages.
+const RUNNING_ORIGIN: &str = "the running settings (a restart is needed to change it)";
 
 /// Where the built-in layer's values come from, in messages.
 const BUILTIN_ORIGIN: &str = "built-in defaults";
@@ -433,6 +423,22 @@ impl Settings {
     ///
     /// [`ConfigError`] naming the layer, key and value at fault.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::load_over(sources, None).map(|(settings, _)| settings)
+    }
+
+    /// What a reload of a daemon running with `running` puts in effect: the settings from every
+    /// layer, with those a running daemon cannot change kept from `running`, validated as a
+    /// whole; and the keys whose new values were set aside until a restart.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the layer, key and value at fault ("the running settings" for a
+    /// value kept from `running`).
+    pub fn reload(sources: &Sources, running: &Settings) -> Result<(Self, Vec<String>), ConfigError> {
+        Self::load_over(sources, Some(running))
+    }
+
+    fn load_over(sources: &Sources, running: Option<&Settings>) -> Result<(Self, Vec<String>), ConfigError> {
         let builtin = File::from_str(BUILTIN_TOML, FileFormat::Toml);
         let known = builtin.collect()?;
         let file =
@@ -445,8 +451,17 @@ impl Settings {
         let config = builder.add_source(Layer(env.clone())).build()?;
         let mut settings: Settings = config.try_deserialize()?;
         settings.apply(&sources.overrides)?;
+        let mut set_aside = Vec::new();
+        if let Some(running) = running {
+            let kept = settings.clone().keeping_restart_only_of(running);
+            set_aside = kept.changed_keys(&settings);
+            settings = kept;
+        }
         // Which layer set a key: the last one that has it.
         let origin = |key: &str| -> String {
+            if set_aside.iter().any(|aside| aside == key) {
+                return RUNNING_ORIGIN.into();
+            }
             if let Some(value) = env.get(key) {
                 return value.origin().unwrap_or_default().to_owned();
             }
@@ -456,7 +471,7 @@ impl Settings {
             }
         };
         settings.check_together(origin, &sources.overrides)?;
-        Ok(settings)
+        Ok((settings, set_aside))
     }
 
     fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
@@ -531,6 +546,18 @@ impl Settings {
         Ok(())
     }
 
+    /// What the server applies from these settings, at start and on each reload.
+    pub fn server_limits(&self) -> ApplyLimits {
+        ApplyLimits {
+            proxy: self.proxy.policy(),
+            max_connections: self.limits.max_connections,
+            shutdown_timeout: self.server.shutdown_timeout(),
+            lame_duck: self.server.lame_duck(),
+            connection_options: self.limits.connection_options(),
+            session: self.session(),
+        }
+    }
+
     /// The limits one session enforces.
     pub fn session(&self) -> SessionConfig {
         SessionConfig {
@@ -567,10 +594,8 @@ impl Settings {
         mine.iter().zip(&theirs).filter(|((_, a), (_, b))| a != b).map(|((key, _), _)| key.clone()).collect()
     }
 
-    /// `self`, with the settings a running daemon cannot change taken from `running`: what a
-    /// reload puts in effect.
-    #[must_use]
-    pub fn keeping_restart_only_of(mut self, running: &Settings) -> Settings {
+    /// `self`, with the settings a running daemon cannot change taken from `running`.
+    fn keeping_restart_only_of(mut self, running: &Settings) -> Settings {
         self.server.listen.clone_from(&running.server.listen);
         self.server.workers = running.server.workers;
         self.server.backlog = running.server.backlog;
@@ -1130,13 +1155,26 @@ mod tests {
         let file = TempFile::new(
             "[server]\nworkers = 3\n[limits]\nmax_connections = 7\n[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }]\n",
         );
-        let new = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
+        let sources = Sources { file: Some(file.config()), ..Sources::default() };
+        let new = Settings::load(&sources).unwrap();
         assert_eq!(running.changed_keys(&new), ["limits.max_connections", "oracle.answers", "server.workers"]);
-        let applied = new.keeping_restart_only_of(&running);
+        let (applied, set_aside) = Settings::reload(&sources, &running).unwrap();
         assert_eq!(running.changed_keys(&applied), ["limits.max_connections", "oracle.answers"]);
-        for key in RESTART_ONLY {
-            assert!(lookup(&File::from_str(BUILTIN_TOML, FileFormat::Toml).collect().unwrap(), key).is_some(), "{key}");
-        }
+        assert_eq!(set_aside, ["server.workers"]);
+    }
+
+    #[test]
+    fn a_reload_is_validated_with_the_values_kept_from_the_running_settings() {
+        let file = TempFile::new("[oracle]\npanic_question = \"Is this a rather long question?\"\n");
+        let running = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
+        let changed = TempFile::new(
+            "[limits]\nmax_question_bytes = 16\n[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }]\n",
+        );
+        let sources = Sources { file: Some(changed.config()), ..Sources::default() };
+        Settings::load(&sources).expect("valid on its own: no fault question");
+        let error = Settings::reload(&sources, &running).unwrap_err().to_string();
+        assert!(error.contains("oracle.panic_question") && error.contains("the running settings"), "{error}");
+        assert!(error.contains("max_question_bytes (16 bytes)"), "{error}");
     }
 
     #[test]

@@ -17,11 +17,11 @@ use std::time::Duration;
 use actix::{fut::wrap_future, prelude::*};
 
 use crate::{
-    config::{RESTART_ONLY, Settings, Sources},
+    config::{Settings, Sources},
     metrics::Metrics,
     notify::Notifier,
     oracle::{self, Oracle, ReplaceTable},
-    server::{self, ApplyLimits, Drain, DrainReport, Server, ServerIdle},
+    server::{self, Drain, DrainReport, Server, ServerIdle},
     telemetry::LogControl,
 };
 
@@ -83,8 +83,8 @@ impl Control {
             return;
         };
         self.notifier.reloading();
-        let new = match Settings::load(&reload.sources) {
-            Ok(new) => new,
+        let (new, needs_restart) = match Settings::reload(&reload.sources, &self.settings) {
+            Ok(reloaded) => reloaded,
             Err(error) => {
                 tracing::error!(%error, "reload failed; serving on with the settings in use");
                 self.metrics.reloaded(false);
@@ -92,30 +92,20 @@ impl Control {
                 return;
             }
         };
-        let changed = self.settings.changed_keys(&new);
-        let (needs_restart, live): (Vec<&String>, Vec<&String>) =
-            changed.iter().partition(|key| RESTART_ONLY.contains(&key.as_str()));
-        let new = new.keeping_restart_only_of(&self.settings);
-        if live.iter().any(|key| *key == "oracle.answers")
+        let live = self.settings.changed_keys(&new);
+        if live.iter().any(|key| key == "oracle.answers")
             && let Ok(table) = new.oracle.table()
         {
             self.oracle.do_send(ReplaceTable(table));
         }
-        if live.iter().any(|key| *key == "log.level")
+        if live.iter().any(|key| key == "log.level")
             && let Some(log) = &reload.log
             && let Err(error) = log.set_level(&new.log.level)
         {
             tracing::error!(%error, "cannot change the log level");
         }
-        self.server.do_send(ApplyLimits {
-            proxy: new.proxy.policy(),
-            max_connections: new.limits.max_connections,
-            shutdown_timeout: new.server.shutdown_timeout(),
-            lame_duck: new.server.lame_duck(),
-            connection_options: new.limits.connection_options(),
-            session: new.session(),
-        });
-        let list = |keys: &[&String]| keys.iter().map(|key| key.as_str()).collect::<Vec<_>>().join(", ");
+        self.server.do_send(new.server_limits());
+        let list = |keys: &[String]| keys.join(", ");
         if !needs_restart.is_empty() {
             tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
         }
