@@ -147,11 +147,13 @@ impl Probe {
         Self { question: Question::from_static(question), answer: Answer::from_static(answer), proxy_header: false }
     }
 
-    /// What to probe for a server running with `settings`: its first listening address (a
-    /// wildcard address becomes the loopback address of its family) and the first entry of its
-    /// answer table, so a probe follows the configured port and answers.
-    pub fn for_settings(settings: &Settings) -> (Option<SocketAddr>, Self) {
-        let addr = settings.server.listen.first().map(|&addr| match addr.ip() {
+    /// What to probe for a server running with `settings`: its first listening address (in
+    /// `proxy.listen`, with a PROXY header, if `proxy_header`; a wildcard address becomes the
+    /// loopback address of its family) and the first entry of its answer table, so a probe
+    /// follows the configured ports and answers.
+    pub fn for_settings(settings: &Settings, proxy_header: bool) -> (Option<SocketAddr>, Self) {
+        let listen = if proxy_header { &settings.proxy.listen } else { &settings.server.listen };
+        let addr = listen.first().map(|&addr| match addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
             IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
             _ => addr,
@@ -161,7 +163,7 @@ impl Probe {
             answer: Answer::new(entry.answer.clone()),
             proxy_header: false,
         });
-        (addr, probe)
+        (addr, Self { proxy_header, ..probe })
     }
 }
 

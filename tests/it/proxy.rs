@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, read_to_close};
+use crate::helpers::{
+    DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, free_port, launch_on_free_port, read_to_close,
+};
 
 const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
 
@@ -107,4 +109,20 @@ fn during_the_lame_duck_period_clients_are_still_served_and_health_checks_fail()
     drop(client);
     assert_eq!(server.wait_exit(DEADLINE).and_then(|s| s.code()), Some(0), "log:\n{}", server.log());
     assert!(TcpStream::connect(behind).is_err(), "still listening after the exit");
+}
+
+#[test]
+fn probe_with_a_proxy_header_and_the_servers_settings_probes_its_proxy_listener() {
+    let proxy_port = free_port();
+    let (server, file, _port) = launch_on_free_port(|port| {
+        let file = TempConfig::new(&format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n"
+        ));
+        (Launch::args(&["--config", file.path()]), file)
+    });
+    assert_eq!(server.proxy_addr().port(), proxy_port);
+    for args in [&["probe"][..], &["probe", "--proxy-header"]] {
+        let output = Command::new(CLIENT_BIN).args(args).env("ZEN_CONFIG", file.path()).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
 }

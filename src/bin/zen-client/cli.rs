@@ -85,7 +85,8 @@ pub enum ClientCommand {
         /// The server's settings file, to find its address and a question it knows.
         #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", conflicts_with = "addr")]
         config: Option<PathBuf>,
-        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen.
+        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen (without
+        /// --addr: the first one in the settings).
         #[arg(long)]
         proxy_header: bool,
         /// Seconds to wait for the answer.

@@ -70,9 +70,10 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
             let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
             let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
                 .map_err(|error| anyhow!("the server's settings: {error}"))?;
-            let (addr, probe) = Probe::for_settings(&settings);
-            let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address"))?;
-            client::probe(addr, &Probe { proxy_header, ..probe }, timeout).await?;
+            let (addr, probe) = Probe::for_settings(&settings, proxy_header);
+            let key = if proxy_header { "proxy.listen" } else { "server.listen" };
+            let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address in {key}"))?;
+            client::probe(addr, &probe, timeout).await?;
         }
         ClientCommand::Bench { addr, mode, protocol, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
             let config = BenchConfig {
