@@ -130,9 +130,9 @@ enum Input {
 }
 
 /// One batch of answers, waiting for the oracle or ready to be written, and when its questions
-/// were read (for the latency metric).
+/// were read (for the latency metric; none for the server's own last answer).
 struct Slot {
-    read_at: Instant,
+    read_at: Option<Instant>,
     answers: Option<Answers>,
 }
 
@@ -218,7 +218,7 @@ impl ZenSession {
         let seq = self.first_seq + self.slots.len() as u64;
         let count = questions.len();
         self.last_question = Instant::now();
-        self.slots.push_back(Slot { read_at: self.last_question, answers: None });
+        self.slots.push_back(Slot { read_at: Some(self.last_question), answers: None });
         self.questions_at_oracle += count;
         if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
             self.flow.set_paused_for_oracle(true);
@@ -249,19 +249,22 @@ impl ZenSession {
     /// Queues a last answer from the server itself and takes no more questions.
     fn finish_with(&mut self, answer: Answer, input: Input) {
         self.phase = Phase::Finishing(input);
-        self.slots.push_back(Slot { read_at: Instant::now(), answers: Some(Answers::single(&answer)) });
+        self.slots.push_back(Slot { read_at: None, answers: Some(Answers::single(&answer)) });
         self.write_ready();
     }
 
     /// Sends the answers at the front of the queue that are ready.
     fn write_ready(&mut self) {
-        let measured = self.deps.metrics.is_enabled().then(Instant::now);
+        let mut now = None;
         while self.slots.front().is_some_and(|slot| slot.answers.is_some()) {
             let Some(Slot { read_at, answers: Some(answers) }) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
             self.sink.send(&answers);
-            if let Some(now) = measured {
+            if let Some(read_at) = read_at
+                && self.deps.metrics.is_enabled()
+            {
+                let now = *now.get_or_insert_with(Instant::now);
                 self.deps.metrics.record_latency(now - read_at);
             }
         }

@@ -101,9 +101,10 @@ fn a_scrape_after_known_traffic_has_exact_counts() {
             ("zen_oracle_panics_total", 0.0),
         ],
     );
-    // One latency sample per batch: at least the four reads that held questions, each quick.
+    // One latency sample per batch: at least the three reads that held questions (the refusal of
+    // the long one is the server's own answer, not sampled).
     let batches = value(&text, "zen_answer_latency_seconds_count").unwrap();
-    assert!(batches >= 4.0, "{batches}\n{text}");
+    assert!(batches >= 3.0, "{batches}\n{text}");
     assert_eq!(value(&text, "zen_answer_latency_seconds_bucket{le=\"+Inf\"}"), Some(batches));
     let version = format!("zen_build_info{{version=\"{}\",commit=", env!("CARGO_PKG_VERSION"));
     assert!(text.lines().any(|line| line.starts_with(&version) && line.ends_with("} 1")), "{text}");
