@@ -273,8 +273,10 @@ impl AnswersBuilder {
 
     /// Appends `answer`, copied.
     pub fn push(&mut self, answer: &[u8]) {
-        if let Some(first) = self.first.take() {
+        if self.bytes.is_empty() {
             self.bytes.reserve(self.expected.max(2) * 16);
+        }
+        if let Some(first) = self.first.take() {
             self.bytes.put_slice(&first);
         }
         self.bytes.put_slice(answer);

@@ -105,10 +105,12 @@ struct Shared {
     costly: Option<CostlyAnswers>,
 }
 
-/// The oracle's one owner: holds the answer table, replaces it, and checks its shards.
+/// The oracle's one owner: holds the answer table, replaces it, checks its shards, and reports
+/// the lookups that panicked.
 pub struct Oracle {
     shared: Arc<Shared>,
     shards: Vec<Addr<OracleShard>>,
+    metrics: Metrics,
 }
 
 /// The oracle's actors once started: the owner, and one shard per worker thread, in the order
@@ -141,13 +143,21 @@ impl Oracle {
             let (shared, metrics) = (shared.clone(), metrics.clone());
             OracleShard::start_in_arbiter(thread, move |_| OracleShard { shared, tally: Rc::default(), metrics })
         });
-        let oracle = Oracle { shared, shards: shards.iter().cloned().collect() }.start();
+        let oracle = Oracle { shared, shards: shards.iter().cloned().collect(), metrics: metrics.clone() }.start();
         StartedOracle { oracle, shards }
     }
 }
 
 impl Actor for Oracle {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.metrics.is_enabled() {
+            ctx.run_interval(FLUSH_INTERVAL, |oracle, _| {
+                oracle.metrics.set_oracle_panics(oracle.shared.lookup.panics());
+            });
+        }
+    }
 }
 
 impl Handler<ReplaceTable> for Oracle {
@@ -192,10 +202,7 @@ impl Actor for OracleShard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.metrics.is_enabled() {
-            ctx.run_interval(FLUSH_INTERVAL, |shard, _| {
-                shard.metrics.add(&shard.tally);
-                shard.metrics.set_oracle_panics(shard.shared.lookup.panics());
-            });
+            ctx.run_interval(FLUSH_INTERVAL, |shard, _| shard.metrics.add(&shard.tally));
         }
     }
 }
@@ -242,7 +249,7 @@ impl Handler<Ask> for OracleShard {
             let mut answers = AnswersBuilder::with_capacity(questions.len());
             for (question, costly) in questions.iter().zip(still_costly) {
                 let outcome = if costly && paid.is_err() {
-                    answers.push(Answer::INTERNAL_ERROR.as_bytes());
+                    answers.push_answer(&Answer::INTERNAL_ERROR);
                     Outcome::InternalError
                 } else {
                     shared.lookup.answer_into(&current.table, question, &mut answers)
