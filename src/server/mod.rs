@@ -99,10 +99,8 @@ pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
     /// Handles on the listening sockets, to change their options on a reload and to empty
-    /// their queues on a drain.
-    listening_sockets: Vec<std::net::TcpListener>,
-    /// Whether each of `listening_sockets` is behind a PROXY-speaking load balancer.
-    listener_kinds: Vec<bool>,
+    /// their queues on a drain, each with whether it is behind a PROXY-speaking load balancer.
+    listening_sockets: Vec<(std::net::TcpListener, bool)>,
     accepting: Vec<SpawnHandle>,
     workers: Workers,
     admission: Admission,
@@ -134,7 +132,6 @@ impl Server {
         Self {
             listeners,
             listening_sockets: Vec::new(),
-            listener_kinds: Vec::new(),
             accepting: Vec::new(),
             workers,
             admission,
@@ -198,8 +195,7 @@ impl Server {
         for handle in self.accepting.drain(..) {
             ctx.cancel_future(handle);
         }
-        let behind_proxy: Vec<bool> = self.listener_kinds.drain(..).collect();
-        for (socket, behind_proxy) in mem::take(&mut self.listening_sockets).into_iter().zip(behind_proxy) {
+        for (socket, behind_proxy) in mem::take(&mut self.listening_sockets) {
             while let Ok((socket, peer)) = socket.accept() {
                 match socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket)) {
                     Ok(stream) => self.admit(Accepted { stream, peer, behind_proxy }),
@@ -243,7 +239,7 @@ impl Server {
         }
         self.last_id += 1;
         let proxy = behind_proxy.then(|| self.proxy.clone());
-        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy, &self.metrics);
+        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy);
     }
 
     /// Tells a client over the limit that the server is busy, and closes. The socket is new,
@@ -278,10 +274,7 @@ impl Actor for Server {
             let (addr, proxy) = (listener.local_addr(), listener.is_behind_proxy());
             tracing::info!(%addr, workers = self.workers.count(), proxy, "listening");
             match listener.socket() {
-                Ok(socket) => {
-                    self.listening_sockets.push(socket);
-                    self.listener_kinds.push(proxy);
-                }
+                Ok(socket) => self.listening_sockets.push((socket, proxy)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep a handle on the listener; a reload cannot change its keepalive")
                 }
@@ -328,7 +321,7 @@ impl Handler<ApplyLimits> for Server {
         self.proxy = Arc::new(limits.proxy);
         self.shutdown_timeout = limits.shutdown_timeout;
         self.lame_duck = limits.lame_duck;
-        for socket in &self.listening_sockets {
+        for (socket, _) in &self.listening_sockets {
             if let Err(error) = limits.connection_options.apply(socket) {
                 tracing::warn!(%error, "cannot set the new keepalive on a listener");
             }

@@ -29,6 +29,8 @@ use crate::{
 pub struct Workers {
     workers: PerThread<Addr<Worker>>,
     next: usize,
+    /// Where a connection that cannot be handed over is counted.
+    metrics: Metrics,
 }
 
 impl Workers {
@@ -44,7 +46,7 @@ impl Workers {
             let (oracle, metrics) = (Addr::clone(shard).recipient(), metrics.clone());
             Worker::start_in_arbiter(arbiter, move |_| Worker::new(oracle, config, metrics))
         });
-        Self { workers, next: 0 }
+        Self { workers, next: 0, metrics: metrics.clone() }
     }
 
     /// How many workers there are.
@@ -54,15 +56,8 @@ impl Workers {
 
     /// Starts a session for `stream` on the next worker in turn; with `proxy`, once `stream`'s
     /// PROXY header has been read.
-    /// A connection that cannot be handed over is closed and counted in `metrics`.
-    pub fn adopt(
-        &mut self,
-        stream: TcpStream,
-        info: SessionInfo,
-        permit: Permit,
-        proxy: Option<Arc<ProxyPolicy>>,
-        metrics: &Metrics,
-    ) {
+    /// A connection that cannot be handed over is closed and counted.
+    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, proxy: Option<Arc<ProxyPolicy>>) {
         let index = self.next % self.count();
         self.next = self.next.wrapping_add(1);
         let Some(worker) = self.workers.get(index) else { return };
@@ -73,7 +68,7 @@ impl Workers {
                 Ok(socket) => Connection::HandedOver(socket),
                 Err(error) => {
                     tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
-                    metrics.closed_unserved(CloseReason::Error);
+                    self.metrics.closed_unserved(CloseReason::Error);
                     return;
                 }
             }
