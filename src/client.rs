@@ -73,12 +73,22 @@ pub async fn ask(
     questions: &[Question],
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClientError> {
-    tokio::time::timeout(timeout, exchange(addr, b"", questions)).await.map_err(|_| ClientError::TimedOut(timeout))?
+    exchange(addr, b"", questions, timeout).await
 }
 
 /// Sends `preamble` (such as a PROXY header), then every question in the same write; reads one
-/// answer per question.
+/// answer per question, within `timeout` for the whole exchange.
 async fn exchange(
+    addr: impl ToSocketAddrs + Display,
+    preamble: &[u8],
+    questions: &[Question],
+    timeout: Duration,
+) -> Result<Vec<Answer>, ClientError> {
+    let answers = tokio::time::timeout(timeout, exchange_untimed(addr, preamble, questions));
+    answers.await.map_err(|_| ClientError::TimedOut(timeout))?
+}
+
+async fn exchange_untimed(
     addr: impl ToSocketAddrs + Display,
     preamble: &[u8],
     questions: &[Question],
@@ -175,8 +185,7 @@ impl Probe {
 /// expected one.
 pub async fn probe(addr: impl ToSocketAddrs + Display, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
     let preamble = if probe.proxy_header { PROBE_PROXY_HEADER } else { b"" };
-    let exchange = exchange(addr, preamble, std::slice::from_ref(&probe.question));
-    let answers = tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::TimedOut(timeout))??;
+    let answers = exchange(addr, preamble, std::slice::from_ref(&probe.question), timeout).await?;
     match answers.first() {
         Some(answer) if *answer == probe.answer => Ok(()),
         other => Err(ClientError::WrongAnswer {

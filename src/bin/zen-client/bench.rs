@@ -359,7 +359,7 @@ struct Live {
 /// [`BenchError::Invalid`] if the configuration cannot describe a run; everything that goes
 /// wrong during the run is counted in [`BenchReport::errors`] instead.
 pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
-    if config.conns == 0 || (config.mode == BenchMode::Pipelined && config.depth == 0 && config.rate.is_none()) {
+    if config.conns == 0 || config.depth == 0 {
         return Err(BenchError::Invalid("connections and depth must be at least 1".into()));
     }
     let pacing = config.rate.map(|rate| pacing_interval(config.conns, rate)).transpose()?;
@@ -375,6 +375,9 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
+/// The longest a bench may last, and the longest pacing interval: a week.
+pub const A_WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The interval between one connection's questions when `conns` share `rate` questions per
 /// second: at least a microsecond, at most a week.
 pub fn pacing_interval(conns: usize, rate: f64) -> Result<Duration, BenchError> {
@@ -388,9 +391,7 @@ pub fn pacing_interval(conns: usize, rate: f64) -> Result<Duration, BenchError> 
         return Err(invalid());
     }
     match Duration::try_from_secs_f64(conns as f64 / rate) {
-        Ok(interval) if interval >= Duration::from_micros(1) && interval <= Duration::from_secs(7 * 24 * 3600) => {
-            Ok(interval)
-        }
+        Ok(interval) if interval >= Duration::from_micros(1) && interval <= A_WEEK => Ok(interval),
         _ => Err(invalid()),
     }
 }
@@ -592,7 +593,7 @@ async fn closed_loop(
     let mut ask = |request: &mut Vec<u8>, in_flight: &mut VecDeque<(Instant, usize)>, at: Instant| {
         request.extend_from_slice(exchanges.nth(next_question).0);
         in_flight.push_back((at, next_question));
-        next_question = (next_question + 1) % exchanges.pairs.len();
+        next_question = next_question.wrapping_add(1);
     };
     let now = Instant::now();
     for _ in 0..depth {
@@ -669,7 +670,7 @@ async fn paced(
             if intended_tx.send((intended, next)).is_err() || writer.write_all(exchanges.nth(next).0).await.is_err() {
                 return;
             }
-            next = (next + 1) % exchanges.pairs.len();
+            next = next.wrapping_add(1);
         }
     });
     let mut answers = AnswerReader::new(reader, exchanges);
@@ -713,7 +714,7 @@ async fn churn(
             let stream = connect(addr, source).await.ok()?;
             let (reader, mut writer) = stream.into_split();
             let mut answers = AnswerReader::new(reader, exchanges);
-            for asked in 0..questions.max(1) {
+            for asked in 0..questions {
                 let (question, expected) = exchanges.nth(first + asked);
                 writer.write_all(question).await.ok()?;
                 if !answers.check_next(expected).await? {
@@ -727,11 +728,11 @@ async fn churn(
             Some(true) => {
                 let now = Instant::now();
                 if window.contains(now) {
-                    tally.answers += questions.max(1) as u64;
+                    tally.answers += questions as u64;
                     tally.connections += 1;
                     tally.record(now - started);
                 }
-                live.answers.fetch_add(questions.max(1) as u64, Relaxed);
+                live.answers.fetch_add(questions as u64, Relaxed);
             }
             _ => tally.fail(&live, 1),
         }

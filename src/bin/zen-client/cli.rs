@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use zen_server::{Question, client};
 
-use crate::bench::{BenchMode, BenchProtocol};
+use crate::bench::{A_WEEK, BenchMode, BenchProtocol};
 
 /// `zen-client`: asks a Zen server questions.
 #[derive(Debug, Parser)]
@@ -112,14 +112,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The longest time any option takes: a week.
-const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
-
 /// Parses a number of seconds, zero and fractions allowed, up to a week.
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if seconds > MAX_SECONDS {
-        return Err(format!("{text:?} is more than a week ({MAX_SECONDS} seconds)"));
+    if seconds > A_WEEK.as_secs_f64() {
+        return Err(format!("{text:?} is more than a week ({} seconds)", A_WEEK.as_secs()));
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a number of seconds"))
 }
