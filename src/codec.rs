@@ -31,8 +31,11 @@ const MIN_READ_SPACE: usize = 128;
 pub enum Incoming {
     /// One or more complete questions, in the order they arrived.
     Questions(Questions),
-    /// The question being received is longer than the limit; nothing more will be decoded.
-    TooLong,
+    /// The question being received is longer than `limit` bytes; nothing more will be decoded.
+    TooLong {
+        /// The codec's `max_question_bytes`.
+        limit: usize,
+    },
     /// The stream ended in the middle of a question; these are its bytes.
     PartialAtEof(Bytes),
 }
@@ -77,7 +80,7 @@ impl ZenCodec {
         self.scanned = 0;
         if batch.is_empty() {
             self.state = DecodeState::Rejected;
-            Some(Incoming::TooLong)
+            Some(Incoming::TooLong { limit: self.max_question_bytes })
         } else {
             self.state = DecodeState::TooLongPending;
             Some(Incoming::Questions(batch))
@@ -103,7 +106,7 @@ impl Decoder for ZenCodec {
             DecodeState::TooLongPending => {
                 self.state = DecodeState::Rejected;
                 src.clear();
-                return Ok(Some(Incoming::TooLong));
+                return Ok(Some(Incoming::TooLong { limit: self.max_question_bytes }));
             }
             DecodeState::Rejected => {
                 src.clear();
@@ -233,7 +236,7 @@ mod tests {
                     assert_eq!(batch.iter().count(), batch.len());
                     Event::Questions(batch.iter().map(<[u8]>::to_vec).collect())
                 }
-                Incoming::TooLong => Event::TooLong,
+                Incoming::TooLong { .. } => Event::TooLong,
                 Incoming::PartialAtEof(bytes) => Event::PartialAtEof(bytes.to_vec()),
             }
         }

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(ending, Ending::Clean, "an event after the end");
         match event {
             Incoming::Questions(batch) => questions.extend(batch.iter().map(<[u8]>::to_vec)),
-            Incoming::TooLong => ending = Ending::TooLong,
+            Incoming::TooLong { .. } => ending = Ending::TooLong,
             Incoming::PartialAtEof(bytes) => ending = Ending::Partial(bytes.to_vec()),
         }
     }

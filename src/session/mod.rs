@@ -156,8 +156,6 @@ pub struct ZenSession {
     questions_at_oracle: usize,
     last_question: Instant,
     answers_written: u64,
-    /// The limit this session's decoder enforces (a reload changes it for later sessions only).
-    max_question_bytes: usize,
     /// Why the session ends, once that is known (the first reason wins).
     close_reason: Option<CloseReason>,
 }
@@ -196,7 +194,6 @@ impl ZenSession {
                 questions_at_oracle: 0,
                 last_question: now,
                 answers_written: 0,
-                max_question_bytes: config.max_question_bytes,
                 close_reason: None,
             }
         })
@@ -465,8 +462,8 @@ impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
         match item {
             Ok(Incoming::Questions(questions)) if self.taking_questions() => self.ask(questions),
             Ok(Incoming::Questions(_)) => {}
-            Ok(Incoming::TooLong) => {
-                tracing::info!(parent: &self.span(), limit = self.max_question_bytes, "question too long");
+            Ok(Incoming::TooLong { limit }) => {
+                tracing::info!(parent: &self.span(), limit, "question too long");
                 if self.taking_questions() {
                     self.ending(CloseReason::TooLong);
                     self.deps.tally.answered(Outcome::TooLong, 1);
