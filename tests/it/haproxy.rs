@@ -582,7 +582,8 @@ fn a_killed_backend_is_detected_by_the_health_check_and_traffic_moves_to_the_oth
     let killed = Instant::now();
 
     // Clients keep coming while HAProxy's checks find zen1 gone (two failed checks, 500 ms
-    // apart); the ones it still sends there are refused and sent to zen2.
+    // apart); the ones it still sends there are refused and tried again on zen2, or fail if
+    // its retries run out: those are only counted, for the report.
     let source = client_address(20);
     let mut failed = 0;
     while haproxy.status("zen1") != "DOWN" {
