@@ -1,6 +1,7 @@
 //! [`Admission`]: the connection limit. Each session holds a [`Permit`] for as long as it
 //! lives; at the limit the server refuses new clients, and a drain waits, without polling,
-//! until every permit has come back.
+//! until every permit has come back. It also knows when the last permit out came back, so
+//! that a server told to exit when idle exits that long after its last connection closed.
 //!
 //! A count of permits out, checked against the limit: so a reload can lower or raise the limit
 //! at once, without waiting for connections to end. Waiting for the count to reach zero admits
@@ -11,11 +12,12 @@ use std::{
     pin::pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 /// At most `limit` connections at once.
 #[derive(Debug, Clone)]
@@ -29,6 +31,17 @@ struct Shared {
     limit: AtomicU32,
     /// Told when the last permit out comes back.
     all_released: Notify,
+    /// When the admission was made, the origin of `released_at_nanos`.
+    created: Instant,
+    /// When the last permit out came back (or the admission was made), in nanoseconds after
+    /// `created`.
+    released_at_nanos: AtomicU64,
+}
+
+impl Shared {
+    fn released_at(&self) -> Instant {
+        self.created + Duration::from_nanos(self.released_at_nanos.load(Ordering::Acquire))
+    }
 }
 
 /// One admitted connection; given back when dropped, however its session ends.
@@ -40,6 +53,8 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.shared.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let nanos = self.shared.created.elapsed().as_nanos();
+            self.shared.released_at_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
             self.shared.all_released.notify_waiters();
         }
     }
@@ -48,8 +63,13 @@ impl Drop for Permit {
 impl Admission {
     /// Admits up to `limit` connections at once.
     pub fn new(limit: u32) -> Self {
-        let shared =
-            Shared { admitted: AtomicUsize::new(0), limit: AtomicU32::new(limit), all_released: Notify::new() };
+        let shared = Shared {
+            admitted: AtomicUsize::new(0),
+            limit: AtomicU32::new(limit),
+            all_released: Notify::new(),
+            created: Instant::now(),
+            released_at_nanos: AtomicU64::new(0),
+        };
         Self { shared: Arc::new(shared) }
     }
 
@@ -88,6 +108,19 @@ impl Admission {
                 return;
             }
             released.await;
+        }
+    }
+
+    /// Waits until no permit has been out for `quiet`: that long after the last one came back
+    /// (or after the admission was made, if none was ever taken), with none taken meanwhile.
+    pub async fn idle_for(&self, quiet: Duration) {
+        loop {
+            self.all_released().await;
+            let since = self.shared.released_at();
+            tokio::time::sleep_until(since + quiet).await;
+            if self.admitted() == 0 && self.shared.released_at() == since {
+                return;
+            }
         }
     }
 }
@@ -135,6 +168,34 @@ mod tests {
         drop(permit);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert_eq!(admission.admitted(), 0, "waiting holds nothing afterwards");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_is_counted_from_the_last_permit_back_however_many_came_and_went() {
+        let admission = Admission::new(3);
+        let start = Instant::now();
+        let idle = tokio::spawn({
+            let admission = admission.clone();
+            async move {
+                admission.idle_for(Duration::from_secs(2)).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held = admission.try_admit().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held); // at 2 s
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(admission.try_admit().unwrap()); // at 3.5 s, while the wait from 2 s runs
+        assert_eq!(idle.await.unwrap() - start, Duration::from_millis(5500), "2 s after the last one came back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_never_connected_to_is_idle_from_its_start() {
+        let admission = Admission::new(3);
+        let start = Instant::now();
+        admission.idle_for(Duration::from_secs(2)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test]

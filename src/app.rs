@@ -1,9 +1,10 @@
 //! Startup wiring: settings and sockets in, a running actor system out.
 //!
-//! [`App::start`] starts, on the current actix `System`, every actor of the daemon: the worker
-//! threads, the [`Oracle`] (on this thread) and its shard on each worker thread, a
-//! [`Worker`](crate::server::worker::Worker) on each worker thread, the [`Server`] and the
-//! [`Control`] actor (on this thread, which also runs sessions). [`run`] binds the configured
+//! [`App::start`] starts, on the current actix `System`, every actor of the daemon. The current
+//! thread is the control plane: it runs the [`Server`] (accept), the [`Control`] actor, the
+//! [`Oracle`]'s owner and, in [`serve`], the signal handlers, and no session. Each worker
+//! thread runs a [`Worker`](crate::server::worker::Worker), the oracle replica its sessions ask,
+//! and its sessions. [`run`] binds the configured
 //! addresses unless it is handed sockets, and [`serve`] adds the signal handlers and runs until
 //! a drain completes. Listeners are bound before anything else starts, so a bad address fails
 //! fast, and `serve` takes sockets bound elsewhere (tests, systemd, inetd).
@@ -28,8 +29,10 @@ use crate::{
     threads::WorkerThreads,
 };
 
-/// How long worker threads get to end once the actor system has stopped.
-pub const THREAD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long worker threads get to end once the actor system has stopped. Their sessions have
+/// been drained by then (or the shutdown timeout has passed), so ending takes them
+/// milliseconds; a thread wedged for good is left behind after this.
+pub const THREAD_STOP_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,7 @@ pub struct Options {
 pub struct App {
     /// Accepts and drains.
     pub server: Addr<Server>,
-    /// The one owner of the answer table.
+    /// The one owner of the answer table (each worker thread has a replica that reads it).
     pub oracle: Addr<Oracle>,
     /// The daemon's life: shutdown, readiness, watchdog.
     pub control: Addr<Control>,
@@ -129,9 +132,8 @@ impl App {
         let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
         let threads =
             WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
-        let arbiters = threads.arbiters();
-        let oracle = Oracle::start(table, settings.oracle.oracle_config(), &arbiters, &metrics);
-        let workers = Workers::start(&arbiters, &oracle.shards, session, &metrics);
+        let oracle = Oracle::start(table, settings.oracle.oracle_config(), &metrics);
+        let workers = Workers::start(&threads, &oracle, session, &metrics);
         let admission = Admission::new(max_connections);
         let control_context = Context::<Control>::new();
         let mut server = Server::new(listeners, workers, admission, shutdown_timeout)
@@ -154,9 +156,9 @@ impl App {
         let server = server.start();
         let notifier = Notifier::from_env();
         let control =
-            Control::new(server.clone(), oracle.oracle.clone(), notifier, serving, settings.clone(), reload, metrics);
+            Control::new(server.clone(), oracle.owner.clone(), notifier, serving, settings.clone(), reload, metrics);
         let control = control_context.run(control);
-        Ok(App { server, oracle: oracle.oracle, control, addrs, threads })
+        Ok(App { server, oracle: oracle.owner, control, addrs, threads })
     }
 
     /// Stops the worker threads and waits for them, up to [`THREAD_STOP_TIMEOUT`]: a thread

@@ -508,7 +508,7 @@ impl Settings {
                 format!("must be shorter than server.shutdown_timeout_secs ({} s)", self.server.shutdown_timeout_secs);
             return Err(invalid("server.lame_duck_ms", self.server.lame_duck_ms.to_string(), reason));
         }
-        let longest = self.oracle.table().map(|table| table.longest_question()).unwrap_or(0);
+        let longest = self.oracle.answers.iter().map(|entry| entry.question.len()).max().unwrap_or(0);
         if longest > limits.max_question_bytes {
             let reason = format!("is shorter than the longest question in oracle.answers ({longest} bytes)");
             return Err(invalid("limits.max_question_bytes", limits.max_question_bytes.to_string(), reason));

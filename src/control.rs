@@ -6,22 +6,27 @@
 //! actor system.
 //!
 //! A reload re-reads every layer (the file, the environment the daemon started with, its
-//! flags) and validates the whole result before anything changes. If it is valid, the answer
-//! table is swapped atomically for every worker, the log filter changes, and limits apply to new
-//! connections (timeouts to every connection); settings that cannot change live are named in
-//! one warning. If not, nothing changes, the error names the layer, key and value, and the
-//! daemon serves on with what it had.
+//! flags) and validates the whole result before anything changes. Reading, parsing, validating
+//! and building the answer table happen on a thread of their own, so that neither the worker
+//! threads nor accepting wait for them. If the result is valid, the answer table is swapped
+//! atomically for every worker, the log filter changes, and limits apply to new connections
+//! (timeouts to every connection); settings that cannot change live are named in one warning.
+//! Only once the new table is in force is the reload reported (the log's `settings reloaded`,
+//! the reload counter, `READY=1`). If the result is not valid, nothing changes, the error names
+//! the layer, key and value, and the daemon serves on with what it had. A SIGHUP that comes
+//! while a reload is under way starts one more reload once it is over.
 
 use std::time::Duration;
 
 use actix::{fut::wrap_future, prelude::*};
+use tokio::sync::oneshot;
 
 use crate::{
-    config::{Settings, Sources},
+    config::{ConfigError, Settings, Sources},
     metrics::Metrics,
     notify::Notifier,
-    oracle::{self, Oracle, ReplaceTable},
-    server::{self, Drain, DrainReport, Server, ServerIdle},
+    oracle::{AnswerTable, Oracle, ReplaceTable, TableError},
+    server::{CheckAlive, Drain, DrainReport, Server, ServerIdle},
     telemetry::LogControl,
 };
 
@@ -59,6 +64,51 @@ pub struct Control {
     reload: Option<ReloadSources>,
     metrics: Metrics,
     shutting_down: bool,
+    /// Whether a reload is under way, and whether another was asked for meanwhile.
+    reloading: Reloading,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reloading {
+    No,
+    Yes,
+    AndAgain,
+}
+
+/// Why a reload was not taken.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
+    #[error("invalid oracle.answers: {0}")]
+    Answers(#[from] TableError),
+    #[error("cannot start the thread reading the settings: {0}")]
+    Thread(std::io::Error),
+    #[error("the thread reading the settings ended without a result")]
+    Lost,
+}
+
+/// The new settings, read and validated, with what a reload does with them.
+struct Prepared {
+    settings: Settings,
+    /// Keys that changed and are applied now.
+    live: Vec<String>,
+    /// Keys that changed and need a restart.
+    needs_restart: Vec<String>,
+    /// The new answer table, if it changed.
+    table: Option<AnswerTable>,
+}
+
+/// Reads every layer again over `running` and builds what changed (on the calling thread,
+/// which is never one that serves clients).
+fn prepare(sources: &Sources, running: &Settings) -> Result<Prepared, ReloadError> {
+    let (settings, needs_restart) = Settings::reload(sources, running)?;
+    let live = running.changed_keys(&settings);
+    let table = match live.iter().any(|key| key == "oracle.answers") {
+        true => Some(settings.oracle.table()?),
+        false => None,
+    };
+    Ok(Prepared { settings, live, needs_restart, table })
 }
 
 impl Control {
@@ -74,17 +124,68 @@ impl Control {
         reload: Option<ReloadSources>,
         metrics: Metrics,
     ) -> Self {
-        Self { server, oracle, notifier, serving, settings, reload, metrics, shutting_down: false }
+        Self {
+            server,
+            oracle,
+            notifier,
+            serving,
+            settings,
+            reload,
+            metrics,
+            shutting_down: false,
+            reloading: Reloading::No,
+        }
     }
 
-    fn reload(&mut self) {
+    /// Starts a reload, or, if one is under way, asks for another once it is over.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
         let Some(reload) = &self.reload else {
             tracing::warn!("cannot reload: this server was not started from settings layers");
             return;
         };
+        if self.reloading != Reloading::No {
+            self.reloading = Reloading::AndAgain;
+            return;
+        }
+        self.reloading = Reloading::Yes;
         self.notifier.reloading();
-        let (new, needs_restart) = match Settings::reload(&reload.sources, &self.settings) {
-            Ok(reloaded) => reloaded,
+        let (sources, running) = (reload.sources.clone(), self.settings.clone());
+        let (done, prepared) = oneshot::channel();
+        let reader = std::thread::Builder::new()
+            .name("zen-reload".into())
+            .spawn(move || drop(done.send(prepare(&sources, &running))));
+        let (oracle, server, log) = (self.oracle.clone(), self.server.clone(), reload.log.clone());
+        let applied = async move {
+            reader.map_err(ReloadError::Thread)?;
+            let mut prepared = prepared.await.map_err(|_| ReloadError::Lost)??;
+            if let Some(table) = prepared.table.take() {
+                // Answered once the table is stored: in force for every replica's next batch.
+                if oracle.send(ReplaceTable(table)).await.is_err() {
+                    tracing::error!("the oracle's owner is gone; the answer table was not replaced");
+                }
+            }
+            if prepared.live.iter().any(|key| key == "log.level")
+                && let Some(log) = &log
+                && let Err(error) = log.set_level(&prepared.settings.log.level)
+            {
+                tracing::error!(%error, "cannot change the log level");
+            }
+            let _ = server.send(prepared.settings.server_limits()).await;
+            Ok(prepared)
+        };
+        ctx.spawn(wrap_future::<_, Self>(applied).map(|applied, control, ctx| {
+            control.reloaded(applied);
+            if std::mem::replace(&mut control.reloading, Reloading::No) == Reloading::AndAgain && !control.shutting_down
+            {
+                control.reload(ctx);
+            }
+        }));
+    }
+
+    /// Reports how a reload ended, once what it changed is in force.
+    fn reloaded(&mut self, applied: Result<Prepared, ReloadError>) {
+        let Prepared { settings, live, needs_restart, .. } = match applied {
+            Ok(prepared) => prepared,
             Err(error) => {
                 tracing::error!(%error, "reload failed; serving on with the settings in use");
                 self.metrics.reloaded(false);
@@ -92,26 +193,13 @@ impl Control {
                 return;
             }
         };
-        let live = self.settings.changed_keys(&new);
-        if live.iter().any(|key| key == "oracle.answers")
-            && let Ok(table) = new.oracle.table()
-        {
-            self.oracle.do_send(ReplaceTable(table));
-        }
-        if live.iter().any(|key| key == "log.level")
-            && let Some(log) = &reload.log
-            && let Err(error) = log.set_level(&new.log.level)
-        {
-            tracing::error!(%error, "cannot change the log level");
-        }
-        self.server.do_send(new.server_limits());
         let list = |keys: &[String]| keys.join(", ");
         if !needs_restart.is_empty() {
             tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
         }
         tracing::info!(changed = %list(&live), "settings reloaded");
         self.metrics.reloaded(true);
-        self.settings = new;
+        self.settings = settings;
         let status = match needs_restart.is_empty() {
             true => format!("{}; settings reloaded", self.serving),
             false => format!("{}; settings reloaded, a restart is needed for {}", self.serving, list(&needs_restart)),
@@ -119,16 +207,16 @@ impl Control {
         self.notifier.reloaded(&status);
     }
 
-    /// Asks every actor whether it is alive; feeds the watchdog if all answer within `within`.
+    /// Asks every worker thread whether it is alive (the control thread is, since this runs);
+    /// feeds the watchdog if all answer within `within`.
     fn check_alive(&mut self, within: Duration, ctx: &mut Context<Self>) {
-        let (server, oracle) = (self.server.send(server::CheckAlive), self.oracle.send(oracle::CheckAlive));
+        let check = self.server.send(CheckAlive);
         let checks = async move {
-            let server = async { server.await.map_err(|_| "server").and_then(|r| r.map_err(|_| "a worker thread")) };
-            let oracle = async { oracle.await.map_err(|_| "oracle").and_then(|r| r.map_err(|_| "an oracle shard")) };
-            match tokio::time::timeout(within, async { tokio::try_join!(server, oracle) }).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(which)) => Err(format!("{which} is gone")),
-                Err(_) => Err(format!("not every worker thread and oracle shard answered within {within:?}")),
+            match tokio::time::timeout(within, check).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(unresponsive))) => Err(unresponsive.to_string()),
+                Ok(Err(_)) => Err("the server is gone".to_owned()),
+                Err(_) => Err(format!("not every worker thread answered within {within:?}")),
             }
         };
         ctx.spawn(wrap_future::<_, Self>(checks).map(|result, control, _| match result {
@@ -186,9 +274,9 @@ impl Handler<Shutdown> for Control {
 impl Handler<Reload> for Control {
     type Result = ();
 
-    fn handle(&mut self, _: Reload, _ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Reload, ctx: &mut Self::Context) {
         if !self.shutting_down {
-            self.reload();
+            self.reload(ctx);
         }
     }
 }

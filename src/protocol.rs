@@ -136,7 +136,7 @@ impl From<String> for Answer {
 
 /// Complete questions received together, in order, kept as the bytes they arrived in (with
 /// any whitespace between them).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Questions {
     bytes: Bytes,
     count: usize,
@@ -190,6 +190,30 @@ impl Questions {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+
+    /// Takes the first of these questions, as many as fit in `room` bytes when each costs its
+    /// own bytes plus `per_question` (with `at_least_one`, the first whatever it costs);
+    /// returns them with their cost and leaves the rest, or `None` if not even one fits.
+    pub fn take_within(&mut self, room: usize, per_question: usize, at_least_one: bool) -> Option<(Questions, usize)> {
+        let cost = |bytes: usize, count: usize| bytes.saturating_add(count.saturating_mul(per_question));
+        let all = cost(self.bytes.len(), self.count);
+        if all <= room {
+            return Some((std::mem::take(self), all));
+        }
+        let (mut end, mut count) = (0, 0);
+        for question in self.iter() {
+            let question_end = question.as_ptr() as usize - self.bytes.as_ptr() as usize + question.len();
+            if cost(question_end, count + 1) > room && !(at_least_one && count == 0) {
+                break;
+            }
+            (end, count) = (question_end, count + 1);
+        }
+        if count == 0 {
+            return None;
+        }
+        self.count -= count;
+        Some((Questions { bytes: self.bytes.split_to(end), count }, cost(end, count)))
+    }
 }
 
 impl fmt::Debug for Questions {
@@ -219,6 +243,11 @@ impl Answers {
     /// All the answers' bytes, as they go on the wire.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// All the answers' bytes, as they go on the wire, shared.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
     }
 
     /// Each answer, `.` included (every answer holds exactly one `.`, its last byte).
@@ -317,6 +346,28 @@ mod tests {
         let list: Vec<&[u8]> = questions.iter().collect();
         assert_eq!(list, [&b"a?"[..], b"b c?", b"z?"]);
         assert_eq!(questions.question(list[1]).as_bytes(), b"b c?");
+    }
+
+    #[test]
+    fn questions_are_taken_as_far_as_their_cost_fits() {
+        let all = Questions::from_framed(Bytes::from_static(b"a? bb?\nccc?"), 3);
+        // Costs with 10 per question: "a?" 12, " bb?" 4 more and 10, "\nccc?" 5 more and 10.
+        let mut rest = all.clone();
+        let (taken, cost) = rest.take_within(100, 10, false).unwrap();
+        assert_eq!((taken, cost, rest.len()), (all.clone(), 11 + 30, 0), "everything fits");
+
+        let mut rest = all.clone();
+        let (taken, cost) = rest.take_within(26, 10, false).unwrap();
+        assert_eq!((taken.iter().collect::<Vec<_>>(), cost), (vec![&b"a?"[..], b"bb?"], 26));
+        assert_eq!(rest.iter().collect::<Vec<_>>(), [&b"ccc?"[..]]);
+        assert_eq!(rest.len(), 1);
+
+        let mut rest = all.clone();
+        assert_eq!(rest.take_within(11, 10, false), None, "not even the first");
+        assert_eq!(rest, all, "nothing taken");
+        let (taken, cost) = rest.take_within(11, 10, true).unwrap();
+        assert_eq!((taken.iter().collect::<Vec<_>>(), cost), (vec![&b"a?"[..]], 12), "the first, whatever it costs");
+        assert_eq!(rest.len(), 2);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Costly answers: the pool of threads that pays each answer's simulated cost, so that neither
-//! the oracle's shards nor the sessions on their threads ever block, and [`Computed`], the
+//! the oracle's replicas nor the sessions on their threads ever block, and [`Computed`], the
 //! questions of one table whose cost has been paid already (answered at once from then on).
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,13 +19,15 @@ use crate::protocol::{Question, Questions};
 #[derive(Debug, Clone)]
 pub struct CostlyAnswers {
     workers: Addr<CostWorker>,
+    /// Questions whose cost has been paid, in all.
+    paid: Arc<AtomicU64>,
 }
 
 impl CostlyAnswers {
     /// Starts `threads` threads, each paying `cost` per question; must be called inside a
     /// running actix `System`.
     pub fn start(cost: Duration, threads: usize) -> Self {
-        Self { workers: SyncArbiter::start(threads.max(1), move || CostWorker { cost }) }
+        Self { workers: SyncArbiter::start(threads.max(1), move || CostWorker { cost }), paid: Arc::default() }
     }
 
     /// Pays the cost of every one of `questions` on the pool.
@@ -31,7 +36,15 @@ impl CostlyAnswers {
     ///
     /// [`MailboxError`] if the pool's threads are gone.
     pub async fn pay_for(&self, questions: Questions) -> Result<(), MailboxError> {
-        self.workers.send(PayFor(questions)).await
+        let count = questions.len() as u64;
+        self.workers.send(PayFor(questions)).await?;
+        self.paid.fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many questions' costs have been paid so far.
+    pub fn paid(&self) -> u64 {
+        self.paid.load(Ordering::Relaxed)
     }
 }
 

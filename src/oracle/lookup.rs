@@ -1,6 +1,6 @@
 //! [`Lookup`]: answering one question from a table, with the oracle's fault injection (a
 //! question that panics, one that blocks its thread) and panic containment. Every lookup runs on
-//! a shard, on the asking session's thread; the costly-answer workers only pay the simulated cost.
+//! a replica, on the asking session's thread; the costly-answer workers only pay the simulated cost.
 
 use std::{
     panic::{self, AssertUnwindSafe},

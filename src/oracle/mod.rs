@@ -1,13 +1,13 @@
-//! The oracle: the one owner of the answer table, and the shards that answer from it.
+//! The oracle: one owner of the answer table, on the control thread, and a replica of it on
+//! each worker thread, which the sessions of that thread ask.
 //!
-//! [`Oracle`] is the single, shared oracle of the server: one actor with one address, which
-//! holds the current answer table and takes the control messages ([`ReplaceTable`],
-//! [`CheckAlive`]). Sessions do not ask it directly: asking an actor on another thread cost two
-//! thread switches per question and halved throughput on one core. Instead the oracle starts one
-//! [`OracleShard`] on each worker thread, and the sessions of that thread [`Ask`] their shard.
-//! Every shard reads the owner's one table (an [`ArcSwap`]), so one [`ReplaceTable`] changes
-//! the answers of every worker at once, and a batch of questions is always answered from one
-//! table, never a mix of two.
+//! [`Oracle`] is the owner: one actor with one address, which holds the current answer table
+//! and replaces it ([`ReplaceTable`]). Sessions do not ask it: asking an actor on another thread
+//! cost two thread switches per question and halved throughput on one core. Each worker thread
+//! has an [`OracleReplica`] instead (started with [`StartedOracle::start_replica`]), and the
+//! sessions of that thread [`Ask`] it. Every replica reads the owner's one table (an
+//! [`ArcSwap`]), so one [`ReplaceTable`] changes the answers of every worker at once, and a
+//! batch of questions is always answered from one table, never a mix of two.
 //!
 //! - [`table`]: [`AnswerTable`], validated on construction.
 //! - [`lookup`]: answering one question, with fault injection and panic containment.
@@ -17,7 +17,14 @@ pub mod costly;
 pub mod lookup;
 pub mod table;
 
-use std::{rc::Rc, sync::Arc, time::Duration};
+use std::{
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use actix::{fut::wrap_future, prelude::*};
 use actix_rt::ArbiterHandle;
@@ -31,8 +38,12 @@ use self::{
 use crate::{
     metrics::{FLUSH_INTERVAL, Metrics, Outcome, Tally},
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
-    threads::PerThread,
 };
+
+/// How long the owner keeps a table it replaced before dropping it: so that the last
+/// reference to an old table (and the work of freeing it) is the owner's, on the control
+/// thread, and not a replica's still finishing a batch with it on a worker thread.
+const RETIRED_TABLE_KEPT: Duration = Duration::from_secs(1);
 
 /// Asks for the answers to a batch of questions. The answers come back as a message of their
 /// own, [`Answered`], to `reply_to`: to the asking session's mailbox, where it is handled like
@@ -59,17 +70,11 @@ pub struct Answered {
     pub answers: Answers,
 }
 
-/// Replaces the whole answer table; questions asked afterwards, on every worker, get the new
-/// answers.
+/// Replaces the whole answer table; the reply comes once it is in force: every batch a replica
+/// answers from then on, on every worker, is answered from the new table.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ReplaceTable(pub AnswerTable);
-
-/// Asks the oracle and every one of its shards to answer; the reply comes once all have
-/// (liveness: a wedged shard or worker thread never lets it come).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), MailboxError>")]
-pub struct CheckAlive;
 
 /// How the oracle answers, beyond its table.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +87,35 @@ pub struct OracleConfig {
     pub panic_question: Option<Question>,
     /// Fault injection: asking this question blocks the thread looking it up, for good.
     pub hang_question: Option<Question>,
+}
+
+/// The longest answer the oracle can give right now, in bytes: the table's longest, or an
+/// error answer if that is longer. A session counts it for every question it has asked and
+/// not yet been answered (see [`crate::session`]'s memory bound).
+#[derive(Debug, Clone)]
+pub struct AnswerBound(Arc<AtomicUsize>);
+
+impl AnswerBound {
+    /// The bound for answers from `table`.
+    pub fn of(table: &AnswerTable) -> Self {
+        Self(Arc::new(AtomicUsize::new(Self::bytes(table))))
+    }
+
+    fn bytes(table: &AnswerTable) -> usize {
+        [table.longest_answer(), Answer::UNKNOWN_APHORISM.as_bytes().len(), Answer::INTERNAL_ERROR.as_bytes().len()]
+            .into_iter()
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The longest answer, in bytes.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, table: &AnswerTable) {
+        self.0.store(Self::bytes(table), Ordering::Relaxed);
+    }
 }
 
 /// The table in use and, if answers are costly, which of its questions are already computed.
@@ -97,54 +131,58 @@ impl Current {
     }
 }
 
-/// What the owner and every shard share.
+/// What the owner and every replica share.
 #[derive(Debug)]
 struct Shared {
     current: ArcSwap<Current>,
+    bound: AnswerBound,
     lookup: Lookup,
     costly: Option<CostlyAnswers>,
 }
 
-/// The oracle's one owner: holds the answer table, replaces it, checks its shards, and reports
-/// the lookups that panicked.
+/// The oracle's one owner: holds the answer table, replaces it, and reports the lookups that
+/// panicked.
 pub struct Oracle {
     shared: Arc<Shared>,
-    shards: Vec<Addr<OracleShard>>,
     metrics: Metrics,
 }
 
-/// The oracle's actors once started: the owner, and one shard per worker thread, in the order
-/// the threads were given.
-#[derive(Debug, Clone)]
+/// The oracle's owner once started, and what its replicas are started from.
+#[derive(Clone)]
 pub struct StartedOracle {
-    /// The owner, for control messages.
-    pub oracle: Addr<Oracle>,
-    /// Where each worker thread's sessions ask.
-    pub shards: PerThread<Addr<OracleShard>>,
+    /// The owner, for [`ReplaceTable`].
+    pub owner: Addr<Oracle>,
+    shared: Arc<Shared>,
+    metrics: Metrics,
 }
 
 impl Oracle {
-    /// Starts the oracle on the current arbiter and one shard on each of `threads`, counting
-    /// answers into `metrics`; must be called inside a running actix `System`.
-    pub fn start(
-        table: AnswerTable,
-        config: OracleConfig,
-        threads: &PerThread<ArbiterHandle>,
-        metrics: &Metrics,
-    ) -> StartedOracle {
+    /// Starts the oracle's owner on the current arbiter, counting answers into `metrics`; must
+    /// be called inside a running actix `System`.
+    pub fn start(table: AnswerTable, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
         let costly =
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
         let shared = Arc::new(Shared {
+            bound: AnswerBound::of(&table),
             current: ArcSwap::new(Current::new(table)),
             lookup: Lookup::new(config.panic_question, config.hang_question),
             costly,
         });
-        let shards = threads.map(|thread| {
-            let (shared, metrics) = (shared.clone(), metrics.clone());
-            OracleShard::start_in_arbiter(thread, move |_| OracleShard { shared, tally: Rc::default(), metrics })
-        });
-        let oracle = Oracle { shared, shards: shards.iter().cloned().collect(), metrics: metrics.clone() }.start();
-        StartedOracle { oracle, shards }
+        let owner = Oracle { shared: shared.clone(), metrics: metrics.clone() }.start();
+        StartedOracle { owner, shared, metrics: metrics.clone() }
+    }
+}
+
+impl StartedOracle {
+    /// Starts a replica on `thread`, for the sessions of that thread to ask.
+    pub fn start_replica(&self, thread: &ArbiterHandle) -> Addr<OracleReplica> {
+        let (shared, metrics) = (self.shared.clone(), self.metrics.clone());
+        OracleReplica::start_in_arbiter(thread, move |_| OracleReplica { shared, tally: Rc::default(), metrics })
+    }
+
+    /// The longest answer the oracle can give, kept up to date across replacements.
+    pub fn answer_bound(&self) -> AnswerBound {
+        self.shared.bound.clone()
     }
 }
 
@@ -163,62 +201,41 @@ impl Actor for Oracle {
 impl Handler<ReplaceTable> for Oracle {
     type Result = ();
 
-    fn handle(&mut self, ReplaceTable(table): ReplaceTable, _ctx: &mut Self::Context) {
+    fn handle(&mut self, ReplaceTable(table): ReplaceTable, ctx: &mut Self::Context) {
         tracing::debug!(questions = table.len(), "answer table replaced");
-        self.shared.current.store(Current::new(table));
-    }
-}
-
-impl Handler<CheckAlive> for Oracle {
-    type Result = ResponseFuture<Result<(), MailboxError>>;
-
-    fn handle(&mut self, _: CheckAlive, _ctx: &mut Self::Context) -> Self::Result {
-        let checks: Vec<_> = self.shards.iter().map(|shard| shard.send(ShardAlive)).collect();
-        Box::pin(async move {
-            for check in checks {
-                check.await?;
-            }
-            Ok(())
-        })
+        // The bound first: a question asked from now on is counted for the longer of the two
+        // tables' answers.
+        self.shared.bound.set(&table);
+        let retired = self.shared.current.swap(Current::new(table));
+        ctx.run_later(RETIRED_TABLE_KEPT, move |_, _| drop(retired));
     }
 }
 
 /// Answers the questions of one worker thread's sessions from the oracle's table.
 ///
 /// Lookups run inside `catch_unwind` ([`Lookup`]): a panic answers that question with
-/// [`Answer::INTERNAL_ERROR`], is logged and counted, and the shard keeps serving (actix would
+/// [`Answer::INTERNAL_ERROR`], is logged and counted, and the replica keeps serving (actix would
 /// otherwise lose the actor, and every later question of its sessions with it). With a
 /// simulated cost, known questions not computed yet are paid for by the [`CostlyAnswers`]
 /// pool and remembered; unknown and remembered questions are answered at once.
-pub struct OracleShard {
+pub struct OracleReplica {
     shared: Arc<Shared>,
     /// Answers given on this thread, by outcome, not yet added to `metrics`.
     tally: Rc<Tally>,
     metrics: Metrics,
 }
 
-impl Actor for OracleShard {
+impl Actor for OracleReplica {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.metrics.is_enabled() {
-            ctx.run_interval(FLUSH_INTERVAL, |shard, _| shard.metrics.add(&shard.tally));
+            ctx.run_interval(FLUSH_INTERVAL, |replica, _| replica.metrics.add(&replica.tally));
         }
     }
 }
 
-/// A shard's part of [`CheckAlive`].
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct ShardAlive;
-
-impl Handler<ShardAlive> for OracleShard {
-    type Result = ();
-
-    fn handle(&mut self, _: ShardAlive, _ctx: &mut Self::Context) {}
-}
-
-impl Handler<Ask> for OracleShard {
+impl Handler<Ask> for OracleReplica {
     type Result = ();
 
     fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
@@ -277,13 +294,11 @@ mod tests {
     use super::*;
     use crate::{oracle::table::book_table, threads::WorkerThreads};
 
-    fn start(table: AnswerTable, config: OracleConfig) -> StartedOracle {
-        Oracle::start(
-            table,
-            config,
-            &PerThread { here: Arbiter::current(), elsewhere: Vec::new() },
-            &Metrics::disabled(),
-        )
+    /// The oracle and one replica on the current thread.
+    fn start(table: AnswerTable, config: OracleConfig) -> (StartedOracle, Addr<OracleReplica>) {
+        let oracle = Oracle::start(table, config, &Metrics::disabled());
+        let replica = oracle.start_replica(&Arbiter::current());
+        (oracle, replica)
     }
 
     /// Receives answers in place of a session.
@@ -300,38 +315,49 @@ mod tests {
         }
     }
 
-    /// Asks `shard` and waits for the answers.
-    async fn ask(shard: &Addr<OracleShard>, questions: &[&[u8]]) -> Answers {
+    /// Asks `replica` and waits for the answers.
+    async fn ask(replica: &Addr<OracleReplica>, questions: &[&[u8]]) -> Answers {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let reply_to = Arc::new(Asker(sender).start().recipient());
-        shard.do_send(Ask { questions: Questions::from_list(questions.iter().copied()), seq: 7, reply_to });
+        replica.do_send(Ask { questions: Questions::from_list(questions.iter().copied()), seq: 7, reply_to });
         let answered = tokio::time::timeout(Duration::from_secs(5), receiver.recv()).await.unwrap().unwrap();
         assert_eq!(answered.seq, 7, "the batch's number comes back with its answers");
         answered.answers
     }
 
     #[actix::test]
-    async fn a_shard_answers_a_batch_in_order_through_its_address() {
-        let oracle = start(book_table(), OracleConfig::default());
+    async fn a_replica_answers_a_batch_in_order_through_its_address() {
+        let (_oracle, replica) = start(book_table(), OracleConfig::default());
         let questions = [&b"Explicit is better than?"[..], b"Why?", b"Beautiful is better than?"];
-        let answers = ask(&oracle.shards.here, &questions).await;
+        let answers = ask(&replica, &questions).await;
         assert_eq!(answers.len(), 3);
         assert_eq!(answers.iter().collect::<Vec<_>>(), [&b"Implicit."[..], b"Error: unknown aphorism.", b"Ugly."]);
     }
 
     #[actix::test]
-    async fn one_replacement_changes_the_answers_of_every_shard() {
+    async fn one_replacement_is_in_force_for_every_replica_once_acknowledged() {
         let threads = WorkerThreads::spawn(4.try_into().unwrap());
-        let started = Oracle::start(book_table(), OracleConfig::default(), &threads.arbiters(), &Metrics::disabled());
-        let new_table = AnswerTable::new([("Flat is better than?", "Nested.")]).unwrap();
-        started.oracle.send(ReplaceTable(new_table)).await.unwrap();
-        for shard in started.shards.iter() {
+        let oracle = Oracle::start(book_table(), OracleConfig::default(), &Metrics::disabled());
+        let replicas: Vec<_> = threads.arbiters().map(|thread| oracle.start_replica(&thread)).collect();
+        let new_table = AnswerTable::new([("Flat is better than?", "Nested and nested again.")]).unwrap();
+        oracle.owner.send(ReplaceTable(new_table)).await.unwrap();
+        assert_eq!(oracle.answer_bound().get(), "Nested and nested again.".len(), "the bound follows the table");
+        for replica in &replicas {
             let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
-            let answers = ask(shard, &questions).await;
-            assert_eq!(answers.as_bytes(), b"Nested.Error: unknown aphorism.");
+            let answers = ask(replica, &questions).await;
+            assert_eq!(answers.as_bytes(), b"Nested and nested again.Error: unknown aphorism.");
         }
-        started.oracle.send(CheckAlive).await.unwrap().unwrap();
         assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn the_answer_bound_is_the_longest_answer_or_the_longest_error() {
+        let (oracle, _) = start(book_table(), OracleConfig::default());
+        assert_eq!(oracle.answer_bound().get(), Answer::UNKNOWN_APHORISM.as_bytes().len());
+        let long = format!("{}.", "x".repeat(100_000));
+        let table = AnswerTable::new([("Big?".to_owned(), long)]).unwrap();
+        oracle.owner.send(ReplaceTable(table)).await.unwrap();
+        assert_eq!(oracle.answer_bound().get(), 100_001);
     }
 
     #[actix::test]
@@ -342,15 +368,22 @@ mod tests {
             panic_question: Some(Question::from_static(b"Poison?")),
             hang_question: None,
         };
-        let oracle = start(book_table(), config);
+        let (oracle, replica) = start(book_table(), config);
         let questions: [&[u8]; 5] =
             [b"Why?", b"Simple is better than?", b"Poison?", b"Beautiful is better than?", b"How?"];
         let expected = "Error: unknown aphorism.Complex.Error: internal error.Ugly.Error: unknown aphorism.";
+        let paid = || oracle.shared.costly.as_ref().map(CostlyAnswers::paid);
         for round in 0..2 {
-            // The second round answers the two known questions from what was computed.
-            let answers = ask(&oracle.shards.here, &questions).await;
+            let answers = ask(&replica, &questions).await;
             assert_eq!(answers.len(), 5, "round {round}");
             assert_eq!(String::from_utf8_lossy(answers.as_bytes()), expected, "round {round}");
+            // The two known questions and the poisoned one cost work the first time only: the
+            // second round answers them from what was computed.
+            assert_eq!(paid(), Some(3), "round {round}");
         }
+        // A new table has computed nothing yet.
+        oracle.owner.send(ReplaceTable(book_table())).await.unwrap();
+        ask(&replica, &[b"Simple is better than?"]).await;
+        assert_eq!(paid(), Some(4));
     }
 }

@@ -51,6 +51,8 @@ pub struct AnswerTable {
     /// dozen bytes. Flooding is no concern: the keys are the operator's few questions, so no
     /// client input can make a lookup cost more than comparing against them all.
     answers: FxHashMap<Question, (usize, Answer)>,
+    /// The longest answer, in bytes: what a question may cost a session (its byte budget).
+    longest_answer: usize,
 }
 
 impl AnswerTable {
@@ -67,6 +69,7 @@ impl AnswerTable {
         A: Into<Answer>,
     {
         let mut answers = FxHashMap::default();
+        let mut longest_answer = 0;
         for (index, (question, answer)) in entries.into_iter().enumerate() {
             let (question, answer) = (question.into(), answer.into());
             if !ends_with_its_only(question.as_bytes(), QUESTION_END) {
@@ -82,9 +85,10 @@ impl AnswerTable {
                 let first = *first;
                 return Err(TableError::Duplicate { index, first, question: question.to_string() });
             }
+            longest_answer = longest_answer.max(answer.as_bytes().len());
             answers.insert(question, (index, answer));
         }
-        Ok(Self { answers })
+        Ok(Self { answers, longest_answer })
     }
 
     /// The answer to `question`, or [`Answer::UNKNOWN_APHORISM`].
@@ -112,9 +116,9 @@ impl AnswerTable {
         self.answers.is_empty()
     }
 
-    /// The longest question in the table, in bytes.
-    pub fn longest_question(&self) -> usize {
-        self.answers.keys().map(|q| q.as_bytes().len()).max().unwrap_or(0)
+    /// The longest answer in the table, in bytes.
+    pub fn longest_answer(&self) -> usize {
+        self.longest_answer
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use self::{
     listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions},
-    worker::Workers,
+    worker::{Unresponsive, Workers},
 };
 use crate::{
     admission::Admission,
@@ -43,10 +43,10 @@ use crate::{
 #[rtype(result = "DrainReport")]
 pub struct Drain;
 
-/// Asks the server and every worker whether they are alive; the reply comes once all have
-/// answered.
+/// Asks every worker thread whether it is alive; the reply comes once all have answered (a
+/// wedged thread never lets it come).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), MailboxError>")]
+#[rtype(result = "Result<(), Unresponsive>")]
 pub struct CheckAlive;
 
 /// The server has been idle for as long as it was told to wait before exiting.
@@ -205,24 +205,15 @@ impl Server {
         }
     }
 
-    /// Waits until no connection is open, then for `after` more; reports idleness if no
-    /// connection arrived meanwhile, and waits again otherwise.
+    /// Reports idleness once no connection has been open for `after` since the last one
+    /// closed (or since the start).
     fn watch_idleness(&mut self, ctx: &mut Context<Self>) {
         let Some(ExitWhenIdle { after, .. }) = self.exit_when_idle else { return };
         let admission = self.admission.clone();
-        let quiet = async move {
-            admission.all_released().await;
-            tokio::time::sleep(after).await;
-        };
-        let seen = self.last_id;
-        ctx.spawn(wrap_future::<_, Self>(quiet).map(move |(), server, ctx| {
-            if server.last_id == seen && server.admission.admitted() == 0 {
-                if let Some(idle) = &server.exit_when_idle {
-                    let cause = if server.accepting.is_empty() { "the connection was served" } else { "idle" };
-                    idle.notify.do_send(ServerIdle { cause });
-                }
-            } else {
-                server.watch_idleness(ctx);
+        ctx.spawn(wrap_future::<_, Self>(async move { admission.idle_for(after).await }).map(|(), server, _| {
+            if let Some(idle) = &server.exit_when_idle {
+                let cause = if server.accepting.is_empty() { "the connection was served" } else { "idle" };
+                idle.notify.do_send(ServerIdle { cause });
             }
         }));
     }
@@ -331,7 +322,7 @@ impl Handler<ApplyLimits> for Server {
 }
 
 impl Handler<CheckAlive> for Server {
-    type Result = ResponseFuture<Result<(), MailboxError>>;
+    type Result = ResponseFuture<Result<(), Unresponsive>>;
 
     fn handle(&mut self, _: CheckAlive, _ctx: &mut Self::Context) -> Self::Result {
         Box::pin(self.workers.check_alive())
@@ -410,9 +401,8 @@ mod tests {
     fn start_server(threads: usize, idle_timeout: Duration) -> (Addr<Server>, SocketAddr, WorkerThreads) {
         let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(table, OracleConfig::default(), &threads.arbiters(), &Metrics::disabled());
-        let workers =
-            Workers::start(&threads.arbiters(), &oracle.shards, session_config(idle_timeout), &Metrics::disabled());
+        let oracle = Oracle::start(table, OracleConfig::default(), &Metrics::disabled());
+        let workers = Workers::start(&threads, &oracle, session_config(idle_timeout), &Metrics::disabled());
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();
@@ -472,25 +462,5 @@ mod tests {
         let mut extra = TcpStream::connect(addr).await.unwrap();
         assert_eq!(read_all(&mut extra).await, b"Error: server busy.");
         assert!(threads.stop_and_join(Duration::from_secs(5)));
-    }
-
-    /// Sessions started under a second actix `System` on the same thread get their timeouts
-    /// too: each System's workers own their registries.
-    #[test]
-    fn idle_timeouts_fire_under_each_of_two_systems_run_one_after_the_other_on_one_thread() {
-        for round in 0..2 {
-            let system = System::new();
-            let closed_after = system.block_on(async {
-                let (_server, addr, threads) = start_server(1, Duration::from_millis(200));
-                let mut client = TcpStream::connect(addr).await.unwrap();
-                let connected = Instant::now();
-                assert_eq!(read_all(&mut client).await, b"", "round {round}: nothing is said on an idle close");
-                assert!(threads.stop_and_join(Duration::from_secs(5)));
-                connected.elapsed()
-            });
-            assert!(closed_after >= Duration::from_millis(150), "round {round}: closed after {closed_after:?}");
-            System::current().stop();
-            system.run().unwrap();
-        }
     }
 }

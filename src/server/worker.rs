@@ -1,15 +1,14 @@
 //! [`Workers`]: where sessions run. One [`Worker`] actor on each worker thread starts the
-//! sessions handed to it and owns their [`SessionRegistry`]; the server hands connections to
-//! the workers in turn.
+//! sessions handed to it and owns their [`SessionRegistry`]; beside it on its thread runs the
+//! oracle's replica its sessions ask. The server hands connections to the workers in turn.
 //!
-//! A connection accepted on the server's own thread goes to that thread's worker as it is; one
-//! for another thread is taken off the accepting thread's reactor (`into_std`) and registered
-//! again on the worker's (`from_std`), so that each connection's I/O happens on one thread.
+//! The server accepts on the control thread; each connection is taken off that thread's
+//! reactor (`into_std`) and registered again on its worker's (`from_std`), so that all of a
+//! connection's I/O happens on one worker thread.
 
 use std::{cell::Cell, io::Cursor, rc::Rc, sync::Arc};
 
 use actix::{fut::wrap_future, prelude::*};
-use actix_rt::ArbiterHandle;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -18,107 +17,105 @@ use tokio::{
 use crate::{
     admission::Permit,
     metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
-    oracle::{Ask, OracleShard},
+    oracle::{AnswerBound, Ask, StartedOracle},
     protocol::Answer,
     proxy::{Proxied, ProxyPolicy},
     session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
-    threads::PerThread,
+    threads::WorkerThreads,
 };
 
 /// The worker of each worker thread, and whose turn it is.
 pub struct Workers {
-    workers: PerThread<Addr<Worker>>,
+    /// One per thread; never empty.
+    workers: Vec<Addr<Worker>>,
     next: usize,
     /// Where a connection that cannot be handed over is counted.
     metrics: Metrics,
 }
 
+/// A worker thread did not answer a liveness check as it should.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unresponsive {
+    /// The worker actor is gone.
+    #[error("a worker is gone")]
+    WorkerGone,
+    /// The worker's thread is alive but the oracle replica its sessions ask is gone.
+    #[error("an oracle replica is gone")]
+    ReplicaGone,
+}
+
 impl Workers {
-    /// Starts a worker on each of `arbiters`, whose sessions ask that thread's oracle shard,
-    /// follow `config`, and count into `metrics`.
-    pub fn start(
-        arbiters: &PerThread<ArbiterHandle>,
-        shards: &PerThread<Addr<OracleShard>>,
-        config: SessionConfig,
-        metrics: &Metrics,
-    ) -> Self {
-        let workers = arbiters.zip(shards).map(|(arbiter, shard)| {
-            let (oracle, metrics) = (Addr::clone(shard).recipient(), metrics.clone());
-            Worker::start_in_arbiter(arbiter, move |_| Worker::new(oracle, config, metrics))
-        });
+    /// Starts a worker and an oracle replica on each of `threads`; the worker's sessions ask
+    /// that replica, follow `config`, and count into `metrics`.
+    pub fn start(threads: &WorkerThreads, oracle: &StartedOracle, config: SessionConfig, metrics: &Metrics) -> Self {
+        let workers = threads
+            .arbiters()
+            .map(|thread| {
+                let replica = oracle.start_replica(&thread).recipient();
+                let (bound, metrics) = (oracle.answer_bound(), metrics.clone());
+                Worker::start_in_arbiter(&thread, move |_| Worker::new(replica, bound, config, metrics))
+            })
+            .collect();
         Self { workers, next: 0, metrics: metrics.clone() }
     }
 
     /// How many workers there are.
     pub fn count(&self) -> usize {
-        self.workers.len().get()
+        self.workers.len()
     }
 
     /// Starts a session for `stream` on the next worker in turn; with `proxy`, once `stream`'s
     /// PROXY header has been read.
     /// A connection that cannot be handed over is closed and counted.
     pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, proxy: Option<Arc<ProxyPolicy>>) {
-        let index = self.next % self.count();
+        let Some(worker) = self.workers.get(self.next % self.workers.len().max(1)) else { return };
         self.next = self.next.wrapping_add(1);
-        let Some(worker) = self.workers.get(index) else { return };
-        let connection = if index == 0 {
-            Connection::OnThisThread(stream)
-        } else {
-            match stream.into_std() {
-                Ok(socket) => Connection::HandedOver(socket),
-                Err(error) => {
-                    tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
-                    self.metrics.closed_unserved(CloseReason::Error);
-                    return;
-                }
+        match stream.into_std() {
+            Ok(socket) => worker.do_send(Adopt { socket, info, permit, proxy }),
+            Err(error) => {
+                tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
+                self.metrics.closed_unserved(CloseReason::Error);
             }
-        };
-        worker.do_send(Adopt { connection, info, permit, proxy });
+        }
     }
 
     /// Gives every worker new session limits (see [`SessionDeps::config`]).
     pub fn set_session_config(&self, config: SessionConfig) {
-        for worker in self.workers.iter() {
+        for worker in &self.workers {
             worker.do_send(SetSessionConfig(config));
         }
     }
 
     /// Tells every worker to drain its sessions.
     pub fn drain(&self) {
-        for worker in self.workers.iter() {
+        for worker in &self.workers {
             worker.do_send(DrainSessions);
         }
     }
 
-    /// Resolves once every worker has answered a liveness message.
+    /// Resolves once every worker thread has answered a liveness message, with its oracle
+    /// replica still there: one check per thread.
     ///
     /// # Errors
     ///
-    /// [`MailboxError`] if a worker is gone.
-    pub fn check_alive(&self) -> impl Future<Output = Result<(), MailboxError>> + use<> {
+    /// [`Unresponsive`] naming what is gone.
+    pub fn check_alive(&self) -> impl Future<Output = Result<(), Unresponsive>> + use<> {
         let checks: Vec<_> = self.workers.iter().map(|worker| worker.send(WorkerAlive)).collect();
         async move {
             for check in checks {
-                check.await?;
+                check.await.map_err(|_| Unresponsive::WorkerGone)??;
             }
             Ok(())
         }
     }
 }
 
-/// An accepted connection on its way to a worker.
-enum Connection {
-    /// Registered with the reactor of the worker's own thread already.
-    OnThisThread(TcpStream),
-    /// Taken off another thread's reactor, to be registered on the worker's.
-    HandedOver(std::net::TcpStream),
-}
-
 /// Starts a session for a connection on the worker's thread.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Adopt {
-    connection: Connection,
+    /// Taken off the control thread's reactor, to be registered on the worker's.
+    socket: std::net::TcpStream,
     info: SessionInfo,
     permit: Permit,
     /// Read a PROXY header first, as this policy says.
@@ -145,7 +142,7 @@ impl Handler<SetSessionConfig> for Worker {
 
 /// Answered at once: the worker's thread is not stuck.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Unresponsive>")]
 struct WorkerAlive;
 
 /// The sessions of one worker thread.
@@ -155,11 +152,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(oracle: Recipient<Ask>, config: SessionConfig, metrics: Metrics) -> Self {
+    fn new(oracle: Recipient<Ask>, answer_bound: AnswerBound, config: SessionConfig, metrics: Metrics) -> Self {
         let registry = SessionRegistry::new();
         Self {
             deps: Rc::new(SessionDeps {
                 oracle,
+                answer_bound,
                 config: Cell::new(config),
                 registry,
                 tally: Tally::default(),
@@ -183,17 +181,14 @@ impl Actor for Worker {
 impl Handler<Adopt> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Adopt { connection, info, permit, proxy }: Adopt, ctx: &mut Self::Context) {
-        let stream = match connection {
-            Connection::OnThisThread(stream) => stream,
-            Connection::HandedOver(socket) => match TcpStream::from_std(socket) {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
-                    self.deps.tally.closed(CloseReason::Error);
-                    return;
-                }
-            },
+    fn handle(&mut self, Adopt { socket, info, permit, proxy }: Adopt, ctx: &mut Self::Context) {
+        let stream = match TcpStream::from_std(socket) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(peer = %info.peer, %error, "could not register accepted connection");
+                self.deps.tally.closed(CloseReason::Error);
+                return;
+            }
         };
         let Some(proxy) = proxy else {
             ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
@@ -230,9 +225,11 @@ impl Handler<Adopt> for Worker {
 }
 
 impl Handler<WorkerAlive> for Worker {
-    type Result = ();
+    type Result = Result<(), Unresponsive>;
 
-    fn handle(&mut self, _: WorkerAlive, _ctx: &mut Self::Context) {}
+    fn handle(&mut self, _: WorkerAlive, _ctx: &mut Self::Context) -> Self::Result {
+        if self.deps.oracle.connected() { Ok(()) } else { Err(Unresponsive::ReplicaGone) }
+    }
 }
 
 impl Handler<DrainSessions> for Worker {

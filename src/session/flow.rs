@@ -1,11 +1,11 @@
-//! Flow control inside one session: reading stops while too many answers wait to be sent, or
-//! too many questions wait for the oracle, and resumes when neither is the case.
+//! Flow control inside one session: reading stops while the session owes its client too many
+//! bytes, or holds questions it has not asked yet, and resumes when neither is the case.
 //!
-//! The session reports its sink's backlog and its questions at the oracle to its [`Flow`];
-//! the [`GatedStream`] of questions yields nothing while `Flow` says reading is paused, and is
-//! woken when it may read again. Reading resumes only once the backlog is back under half the
-//! mark, so a client reading slowly does not flip reading on and off at every answer.
-//! Everything lives on the session's thread, so plain `Cell`s suffice.
+//! The session reports what it owes (see the memory bound in [`crate::session`]) to its
+//! [`Flow`]; the [`GatedStream`] of questions yields nothing while `Flow` says reading is
+//! paused, and is woken when it may read again. Reading resumes only once what is owed is back
+//! under half the mark, so a client reading slowly does not flip reading on and off at every
+//! answer. Everything lives on the session's thread, so plain `Cell`s suffice.
 
 use std::{
     cell::Cell,
@@ -16,68 +16,41 @@ use std::{
 
 use futures_core::Stream;
 
-/// Why reading is paused; reading resumes when no reason is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PauseReason {
-    /// Unsent answers are above the high-water mark.
-    Backlog,
-    /// Too many questions are waiting for the oracle.
-    Oracle,
-}
-
 /// Whether a session may read, shared by the session and its reader.
 pub struct Flow {
     high_water: usize,
-    paused_for_backlog: Cell<bool>,
-    paused_for_oracle: Cell<bool>,
+    paused: Cell<bool>,
     reader: Cell<Option<Waker>>,
 }
 
 impl Flow {
-    /// Flow control pausing reads while more than `high_water` bytes wait to be sent.
+    /// Flow control pausing reads while more than `high_water` bytes are owed.
     pub fn new(high_water: usize) -> Rc<Self> {
-        Rc::new(Self {
-            high_water,
-            paused_for_backlog: Cell::new(false),
-            paused_for_oracle: Cell::new(false),
-            reader: Cell::new(None),
-        })
+        Rc::new(Self { high_water, paused: Cell::new(false), reader: Cell::new(None) })
     }
 
-    /// Reports the bytes waiting to be sent: above the mark pauses reading, at or below half
-    /// of it resumes reading.
-    pub fn set_backlog(&self, backlog: usize) {
-        if backlog > self.high_water {
-            self.paused_for_backlog.set(true);
-        } else if self.paused_for_backlog.get() && backlog <= self.high_water / 2 {
-            self.paused_for_backlog.set(false);
-            self.wake_reader_if_free();
+    /// The mark above which reading pauses.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    /// Reports the bytes owed and whether questions read are held back unasked: owing more
+    /// than the mark, or holding questions, pauses reading; owing at most half the mark and
+    /// holding none resumes it.
+    pub fn set_owed(&self, owed: usize, holding_questions: bool) {
+        if owed > self.high_water || holding_questions {
+            self.paused.set(true);
+        } else if self.paused.get() && owed <= self.high_water / 2 {
+            self.paused.set(false);
+            if let Some(waker) = self.reader.take() {
+                waker.wake();
+            }
         }
     }
 
-    /// Pauses or resumes reading for the oracle.
-    pub fn set_paused_for_oracle(&self, paused: bool) {
-        self.paused_for_oracle.set(paused);
-        self.wake_reader_if_free();
-    }
-
-    /// Why reading is paused, if it is.
-    pub fn pause_reason(&self) -> Option<PauseReason> {
-        if self.paused_for_backlog.get() {
-            Some(PauseReason::Backlog)
-        } else if self.paused_for_oracle.get() {
-            Some(PauseReason::Oracle)
-        } else {
-            None
-        }
-    }
-
-    fn wake_reader_if_free(&self) {
-        if self.pause_reason().is_none()
-            && let Some(waker) = self.reader.take()
-        {
-            waker.wake();
-        }
+    /// Whether reading is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.get()
     }
 }
 
@@ -98,7 +71,7 @@ impl<S: Stream + Unpin> Stream for GatedStream<S> {
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        if self.flow.pause_reason().is_some() {
+        if self.flow.is_paused() {
             self.flow.reader.set(Some(cx.waker().clone()));
             return Poll::Pending;
         }
@@ -127,30 +100,28 @@ mod tests {
     }
 
     #[test]
-    fn backlog_above_the_mark_pauses_and_draining_to_half_resumes_with_a_wake() {
+    fn owing_more_than_the_mark_pauses_and_owing_half_resumes_with_a_wake() {
         let flow = Flow::new(100);
-        flow.set_backlog(100);
-        assert_eq!(flow.pause_reason(), None, "at the mark is not above it");
-        flow.set_backlog(101);
-        assert_eq!(flow.pause_reason(), Some(PauseReason::Backlog));
+        flow.set_owed(100, false);
+        assert!(!flow.is_paused(), "at the mark is not above it");
+        flow.set_owed(101, false);
+        assert!(flow.is_paused());
 
         let wakes = Arc::new(CountWakes(0.into()));
         flow.reader.set(Some(Waker::from(wakes.clone())));
-        flow.set_backlog(51);
-        assert_eq!(flow.pause_reason(), Some(PauseReason::Backlog), "51 is above half the mark");
-        flow.set_backlog(50);
-        assert_eq!(flow.pause_reason(), None);
+        flow.set_owed(51, false);
+        assert!(flow.is_paused(), "51 is above half the mark");
+        flow.set_owed(50, false);
+        assert!(!flow.is_paused());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
-    fn reading_resumes_only_when_every_reason_is_gone() {
+    fn held_questions_pause_reading_whatever_is_owed() {
         let flow = Flow::new(10);
-        flow.set_paused_for_oracle(true);
-        flow.set_backlog(11);
-        flow.set_backlog(0);
-        assert_eq!(flow.pause_reason(), Some(PauseReason::Oracle));
-        flow.set_paused_for_oracle(false);
-        assert_eq!(flow.pause_reason(), None);
+        flow.set_owed(0, true);
+        assert!(flow.is_paused());
+        flow.set_owed(0, false);
+        assert!(!flow.is_paused());
     }
 }

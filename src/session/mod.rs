@@ -15,12 +15,32 @@
 //! before is answered, when a question is too long (after saying so), when the server drains
 //! (after answering what was asked and saying so), on a timeout, or on any I/O error.
 //!
-//! Memory per session is bounded: the codec caps a question's bytes, and reading pauses
-//! ([`Flow`]) while more than `max_pending_bytes` of answers wait or too many questions wait
-//! for the oracle. The worker's [`SessionRegistry`] tells the session when its timeouts are
-//! due: a connection completing no question for `idle_timeout` is closed, a client reading
-//! nothing for `write_timeout` while answers wait is dropped. The connection's [`Permit`]
-//! goes back to the server's admission when the session is dropped, however it ends.
+//! # Memory
+//!
+//! What a connection can make the server hold is bounded in bytes. The session counts what it
+//! owes its client: for each question at the oracle, the question's bytes and the longest
+//! answer the oracle can give ([`AnswerBound`]); answers back from the oracle that wait for
+//! earlier ones; and answers the socket has not taken yet (the [`AnswerSink`]'s backlog). A
+//! batch of questions read is asked only as far as what is owed stays within
+//! `max_pending_bytes`; the rest of the batch is held back, and reading paused ([`Flow`]),
+//! until enough is written out. When nothing is owed, one question is asked whatever it costs
+//! (or a question whose answer is longer than the mark could never be asked). So a connection
+//! holds at most:
+//!
+//! - what it is owed: `max(max_pending_bytes, max_question_bytes + longest answer)`;
+//! - questions held back: at most one read's worth, as many bytes as the read buffer;
+//! - the read buffer: [`READ_BUFFER_BYTES`], grown to at most `max_question_bytes` plus
+//!   [`READ_BUFFER_BYTES`] while a long question arrives;
+//! - the session itself, its actor and its place in the registry (about 1.5 KiB).
+//!
+//! Questions and answers beyond that stay in the kernel's socket buffers (bounded by the
+//! kernel, not counted in the process's memory). A reload that makes the longest answer longer
+//! counts the new length for questions asked after it.
+//!
+//! The worker's [`SessionRegistry`] tells the session when its timeouts are due: a connection
+//! completing no question for `idle_timeout` is closed, a client reading nothing for
+//! `write_timeout` while answers wait is dropped. The connection's [`Permit`] goes back to the
+//! server's admission when the session is dropped, however it ends.
 //!
 //! - [`flow`]: pausing and resuming reading.
 //! - [`sink`]: the write half, with its backlog and explicit half-close.
@@ -49,12 +69,9 @@ use crate::{
     admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
     metrics::{CloseReason, Metrics, Outcome, Tally},
-    oracle::{Answered, Ask},
+    oracle::{AnswerBound, Answered, Ask},
     protocol::{Answer, Answers, Questions},
 };
-
-/// Questions a session may have waiting for the oracle before it stops reading.
-pub const MAX_QUESTIONS_AT_ORACLE: usize = 256;
 
 /// After refusing a too-long question, how long the session keeps reading (and discarding)
 /// so that closing with unread input does not reset the connection before the client has
@@ -66,7 +83,8 @@ pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
 pub struct SessionConfig {
     /// Longest question accepted, `?` included.
     pub max_question_bytes: usize,
-    /// Unsent answer bytes above which the session stops reading.
+    /// Bytes owed to the client (see the module's memory bound) above which the session stops
+    /// asking and reading.
     pub max_pending_bytes: usize,
     /// A connection completing no question for this long is closed.
     pub idle_timeout: Duration,
@@ -90,8 +108,10 @@ pub struct SessionInfo {
 /// What a session needs from its worker; one per worker thread, shared by its sessions (a
 /// copy in every session would cost each idle connection ~150 bytes).
 pub struct SessionDeps {
-    /// Where questions are answered: the oracle shard of this thread.
+    /// Where questions are answered: the oracle replica of this thread.
     pub oracle: Recipient<Ask>,
+    /// The longest answer the oracle can give, counted for every question asked.
+    pub answer_bound: AnswerBound,
     /// Limits. A reload may change them: sizes then apply to sessions that start later,
     /// timeouts to every session from its next check.
     pub config: Cell<SessionConfig>,
@@ -129,11 +149,21 @@ enum Input {
     Ended,
 }
 
-/// One batch of answers, waiting for the oracle or ready to be written, and when its questions
-/// were read (for the latency metric; none for the server's own last answer).
+/// One batch of questions on its way to answers, and when its questions were read (for the
+/// latency metric; none for the server's own last answer).
 struct Slot {
     read_at: Option<Instant>,
-    answers: Option<Answers>,
+    batch: Batch,
+}
+
+/// Where a batch is.
+enum Batch {
+    /// Read, held back until what is owed leaves room (only ever the last slot).
+    Unasked(Questions),
+    /// Asked; counted as `owed` bytes until its answers come.
+    AtOracle { owed: usize },
+    /// Answered, waiting for the batches before it.
+    Answered(Answers),
 }
 
 /// The actor serving one client.
@@ -153,7 +183,10 @@ pub struct ZenSession {
     slots: VecDeque<Slot>,
     /// Sequence number of the front slot; a batch's slot is `seq - first_seq`.
     first_seq: u64,
-    questions_at_oracle: usize,
+    /// Bytes owed to the client in `slots`: for batches at the oracle, their questions and
+    /// longest possible answers; for answered ones, their answers. (The sink's backlog is the
+    /// rest of what is owed.)
+    owed_in_slots: usize,
     last_question: Instant,
     answers_written: u64,
     /// Why the session ends, once that is known (the first reason wins).
@@ -191,7 +224,7 @@ impl ZenSession {
                 phase: Phase::Serving,
                 slots: VecDeque::new(),
                 first_seq: 0,
-                questions_at_oracle: 0,
+                owed_in_slots: 0,
                 last_question: now,
                 answers_written: 0,
                 close_reason: None,
@@ -211,21 +244,51 @@ impl ZenSession {
         tracing::info_span!("session", id = self.info.id, peer = %self.info.peer)
     }
 
+    /// Queues questions read, and asks for them as far as what is owed allows.
     fn ask(&mut self, questions: Questions) {
-        let seq = self.first_seq + self.slots.len() as u64;
-        let count = questions.len();
         self.last_question = Instant::now();
-        self.slots.push_back(Slot { read_at: Some(self.last_question), answers: None });
-        self.questions_at_oracle += count;
-        if self.questions_at_oracle >= MAX_QUESTIONS_AT_ORACLE {
-            self.flow.set_paused_for_oracle(true);
+        self.slots.push_back(Slot { read_at: Some(self.last_question), batch: Batch::Unasked(questions) });
+        self.ask_held_back();
+    }
+
+    /// Bytes owed to the client, in all.
+    fn owed(&self) -> usize {
+        self.owed_in_slots + self.sink.backlog()
+    }
+
+    /// Asks for the questions held back in the last slot, as many as fit within
+    /// `max_pending_bytes` of what is owed (one at least when nothing is owed); tells flow
+    /// control whether to read.
+    fn ask_held_back(&mut self) {
+        let owed = self.owed();
+        let room = self.flow.high_water().saturating_sub(owed);
+        let per_question = self.deps.answer_bound.get();
+        let next_seq = self.first_seq + self.slots.len() as u64;
+        if let Some(slot) = self.slots.back_mut()
+            && let Batch::Unasked(held) = &mut slot.batch
+            && let Some((questions, cost)) = held.take_within(room, per_question, owed == 0)
+        {
+            let rest = std::mem::take(held);
+            slot.batch = Batch::AtOracle { owed: cost };
+            let read_at = slot.read_at;
+            self.owed_in_slots += cost;
+            if !rest.is_empty() {
+                self.slots.push_back(Slot { read_at, batch: Batch::Unasked(rest) });
+            }
+            self.send_to_oracle(questions, next_seq - 1);
         }
-        // `do_send` ignores the shard's mailbox capacity (the session bounds what it has at the
-        // oracle itself) and reports nothing, so a gone shard is checked for first.
+        let holding = matches!(self.slots.back(), Some(Slot { batch: Batch::Unasked(_), .. }));
+        self.flow.set_owed(self.owed(), holding);
+    }
+
+    fn send_to_oracle(&mut self, questions: Questions, seq: u64) {
+        // `do_send` ignores the replica's mailbox capacity (the session bounds what it has at
+        // the oracle itself) and reports nothing, so a gone replica is checked for first.
         if self.deps.oracle.connected() {
             self.deps.oracle.do_send(Ask { questions, seq, reply_to: self.reply_to.clone() });
         } else {
             tracing::error!(parent: &self.span(), "oracle is gone; answering with internal errors");
+            let count = questions.len();
             self.deps.tally.answered(Outcome::InternalError, count as u64);
             self.fill(seq, Answers::repeated(&Answer::INTERNAL_ERROR, count));
         }
@@ -233,12 +296,11 @@ impl ZenSession {
 
     /// Puts the answers to batch `seq` in its slot and sends what is ready.
     fn fill(&mut self, seq: u64, answers: Answers) {
-        self.questions_at_oracle -= answers.len();
-        if self.questions_at_oracle < MAX_QUESTIONS_AT_ORACLE {
-            self.flow.set_paused_for_oracle(false);
-        }
-        if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize)) {
-            slot.answers = Some(answers);
+        if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|i| self.slots.get_mut(i as usize))
+            && let Batch::AtOracle { owed } = slot.batch
+        {
+            self.owed_in_slots = self.owed_in_slots - owed + answers.as_bytes().len();
+            slot.batch = Batch::Answered(answers);
         }
         self.write_ready();
     }
@@ -246,18 +308,20 @@ impl ZenSession {
     /// Queues a last answer from the server itself and takes no more questions.
     fn finish_with(&mut self, answer: Answer, input: Input) {
         self.phase = Phase::Finishing(input);
-        self.slots.push_back(Slot { read_at: None, answers: Some(Answers::single(&answer)) });
+        self.owed_in_slots += answer.as_bytes().len();
+        self.slots.push_back(Slot { read_at: None, batch: Batch::Answered(Answers::single(&answer)) });
         self.write_ready();
     }
 
     /// Sends the answers at the front of the queue that are ready.
     fn write_ready(&mut self) {
         let mut now = None;
-        while self.slots.front().is_some_and(|slot| slot.answers.is_some()) {
-            let Some(Slot { read_at, answers: Some(answers) }) = self.slots.pop_front() else { break };
+        while let Some(Slot { batch: Batch::Answered(_), .. }) = self.slots.front() {
+            let Some(Slot { read_at, batch: Batch::Answered(answers) }) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             self.answers_written += answers.len() as u64;
-            self.sink.send(&answers);
+            self.owed_in_slots -= answers.as_bytes().len();
+            self.sink.send(answers);
             if let Some(read_at) = read_at
                 && self.deps.metrics.is_enabled()
             {
@@ -283,9 +347,10 @@ impl ZenSession {
         matches!(self.phase, Phase::Serving | Phase::Draining(_))
     }
 
-    /// Tells flow control and the write timeout how many bytes wait for the client.
+    /// Asks for questions held back if the socket took enough answers, and tells the write
+    /// timeout since when the client has taken none.
     fn backlog_changed(&mut self) {
-        self.flow.set_backlog(self.sink.backlog());
+        self.ask_held_back();
         if let Some(since) = self.sink.stalled_since() {
             self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
         }
@@ -504,6 +569,7 @@ impl Handler<Answered> for ZenSession {
 
     fn handle(&mut self, Answered { seq, answers }: Answered, ctx: &mut Self::Context) {
         self.fill(seq, answers);
+        self.ask_held_back();
         if matches!(self.phase, Phase::Draining(_)) && self.slots.is_empty() {
             self.check_timeouts(ctx);
         }
@@ -578,8 +644,18 @@ mod tests {
     /// The duplex pipe's buffer, in each direction: what a socket's kernel buffers would hold.
     const PIPE_BYTES: usize = 4096;
 
-    /// Starts a session over an in-memory pipe, with a registry of its own whose timers run.
+    /// Starts a session over an in-memory pipe, with a registry of its own whose timers run,
+    /// asking `oracle`, whose answers are at most as long as the book's error answers.
     fn start_session(oracle: Recipient<Ask>, config: SessionConfig) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
+        start_session_bounded(oracle, AnswerBound::of(&crate::oracle::AnswerTable::default()), config)
+    }
+
+    /// [`start_session`] with answers at most `answer_bound` long.
+    fn start_session_bounded(
+        oracle: Recipient<Ask>,
+        answer_bound: AnswerBound,
+        config: SessionConfig,
+    ) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
         let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
         let (read, write) = tokio::io::split(server_side);
         let live = Admission::new(10);
@@ -588,6 +664,7 @@ mod tests {
         let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
         let deps = Rc::new(SessionDeps {
             oracle,
+            answer_bound,
             config: Cell::new(config),
             registry: registry.clone(),
             tally: Tally::default(),
@@ -624,6 +701,7 @@ mod tests {
 
     #[actix::test]
     async fn answers_go_out_in_question_order_even_when_the_oracle_replies_out_of_order() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.write_all(b"slow200?").await.unwrap();
         session.oracle_received(b"slow200?").await; // so the next question is another batch
@@ -634,6 +712,7 @@ mod tests {
 
     #[actix::test]
     async fn a_half_closed_client_gets_every_answer_then_end_of_file() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.write_all(b"a? b?\nc10?").await.unwrap();
         session.client.shutdown().await.unwrap();
@@ -643,6 +722,7 @@ mod tests {
 
     #[actix::test]
     async fn a_client_that_closes_without_asking_is_closed_and_counted() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"");
@@ -651,6 +731,7 @@ mod tests {
 
     #[actix::test]
     async fn a_partial_question_at_end_of_file_gets_no_answer() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.write_all(b"a?Beautiful is").await.unwrap();
         session.client.shutdown().await.unwrap();
@@ -659,6 +740,7 @@ mod tests {
 
     #[actix::test]
     async fn a_too_long_question_is_refused_after_the_questions_before_it() {
+        tokio::time::pause();
         let mut session = echo_session(config(8));
         session.client.write_all(b"a?bcdefghijk").await.unwrap();
         assert_eq!(read_to_end(&mut session.client).await, b"a.Error: question too long.");
@@ -666,6 +748,7 @@ mod tests {
 
     #[actix::test]
     async fn draining_answers_what_was_asked_then_says_so_and_closes() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.write_all(b"first300?").await.unwrap();
         session.oracle_received(b"first300?").await;
@@ -676,6 +759,7 @@ mod tests {
 
     #[actix::test]
     async fn a_client_asking_while_draining_is_answered_until_it_has_been_quiet_for_the_grace() {
+        tokio::time::pause();
         let mut session = echo_session(SessionConfig { drain_grace: Duration::from_millis(300), ..config(64) });
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
@@ -688,12 +772,14 @@ mod tests {
         }
         let quiet = Instant::now();
         assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
-        assert!(quiet.elapsed() >= Duration::from_millis(250), "closed after {:?} of quiet", quiet.elapsed());
+        let quiet = quiet.elapsed();
+        assert!(is_due_at(quiet, 300), "told after {quiet:?} of quiet, not the grace");
         ended(&session.live).await;
     }
 
     #[actix::test]
     async fn an_idle_session_closes_at_once_on_drain() {
+        tokio::time::pause();
         let mut session = echo_session(config(64));
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
@@ -703,6 +789,7 @@ mod tests {
 
     #[actix::test]
     async fn questions_get_internal_errors_when_the_oracle_is_gone() {
+        tokio::time::pause();
         struct Gone;
         impl Actor for Gone {
             type Context = Context<Self>;
@@ -728,6 +815,12 @@ mod tests {
         assert_eq!(read_to_end(&mut client).await, b"Error: internal error.Error: internal error.");
     }
 
+    /// Whether `elapsed` (on the paused clock) is `ms` milliseconds, as the timer wheel's
+    /// millisecond ticks give it: not earlier, and at most one tick later.
+    fn is_due_at(elapsed: Duration, ms: u64) -> bool {
+        (Duration::from_millis(ms)..=Duration::from_millis(ms + 1)).contains(&elapsed)
+    }
+
     /// Waits until the session has ended and given its permit back.
     async fn ended(live: &Admission) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -739,6 +832,7 @@ mod tests {
 
     #[actix::test]
     async fn a_client_that_reads_nothing_stops_being_read_until_it_reads() {
+        tokio::time::pause();
         let session = echo_session(SessionConfig { max_pending_bytes: 1024, ..config(64) });
         // 100 KB of questions: far more than the pipe plus the pending limit can hold.
         let questions = b"q?".repeat(50_000);
@@ -768,6 +862,7 @@ mod tests {
 
     #[actix::test]
     async fn a_client_that_reads_nothing_for_the_write_timeout_is_dropped() {
+        tokio::time::pause();
         let timeouts =
             SessionConfig { max_pending_bytes: 1024, write_timeout: Duration::from_millis(200), ..config(64) };
         let session = echo_session(timeouts);
@@ -778,6 +873,7 @@ mod tests {
 
     #[actix::test]
     async fn a_client_dribbling_a_question_is_closed_at_the_idle_timeout() {
+        tokio::time::pause();
         let mut session = echo_session(SessionConfig { idle_timeout: Duration::from_millis(300), ..config(64) });
         session.client.write_all(b"a?").await.unwrap();
         assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
@@ -791,12 +887,14 @@ mod tests {
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert_eq!(rest, b"", "nothing is said on an idle close");
-        assert!(started.elapsed() >= Duration::from_millis(250), "closed after {:?}", started.elapsed());
+        let idle = started.elapsed();
+        assert!(is_due_at(idle, 300), "closed after {idle:?}, not the idle timeout");
         dribble.abort();
     }
 
     #[actix::test]
     async fn a_session_that_keeps_asking_is_not_idle() {
+        tokio::time::pause();
         let mut session = echo_session(SessionConfig { idle_timeout: Duration::from_millis(200), ..config(64) });
         for _ in 0..8 {
             session.client.write_all(b"a?").await.unwrap();
@@ -804,6 +902,88 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
         assert_eq!(session.live.admitted(), 1, "closed while active");
+    }
+
+    /// Answers every question with the same answer of a given length, at once; reports how
+    /// many questions each batch it is asked holds.
+    struct SizedOracle {
+        answer: Answer,
+        batches: mpsc::UnboundedSender<usize>,
+    }
+
+    impl Actor for SizedOracle {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Ask> for SizedOracle {
+        type Result = ();
+
+        fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, _: &mut Self::Context) {
+            let _ = self.batches.send(questions.len());
+            let mut answers = AnswersBuilder::default();
+            for _ in 0..questions.len() {
+                answers.push_answer(&self.answer);
+            }
+            reply_to.do_send(Answered { seq, answers: answers.finish() });
+        }
+    }
+
+    /// A session whose oracle answers every question with `answer_bytes` bytes.
+    fn sized_session(
+        answer_bytes: usize,
+        max_pending_bytes: usize,
+    ) -> (DuplexStream, Admission, mpsc::UnboundedReceiver<usize>, Answer) {
+        let answer = Answer::new(format!("{}.", "x".repeat(answer_bytes - 1)));
+        let table = crate::oracle::AnswerTable::new([(
+            "q?".to_owned(),
+            String::from_utf8_lossy(answer.as_bytes()).into_owned(),
+        )]);
+        let (batches, asked) = mpsc::unbounded_channel();
+        let oracle = SizedOracle { answer: answer.clone(), batches }.start().recipient();
+        let config = SessionConfig { max_pending_bytes, ..config(64) };
+        let (client, live, _registry) = start_session_bounded(oracle, AnswerBound::of(&table.unwrap()), config);
+        (client, live, asked, answer)
+    }
+
+    /// Waits until the runtime has nothing left to do.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[actix::test]
+    async fn a_client_reading_nothing_is_asked_for_no_more_than_the_byte_budget_allows() {
+        tokio::time::pause();
+        const ANSWER: usize = 300;
+        const BUDGET: usize = 1000;
+        let (client, _live, mut asked, answer) = sized_session(ANSWER, BUDGET);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        writer.write_all(&b"q?".repeat(50)).await.unwrap();
+        settle().await;
+        let mut questions_asked = 0;
+        while let Ok(batch) = asked.try_recv() {
+            questions_asked += batch;
+        }
+        // Every answer is in the pipe or owed; owed stays within the budget (plus one question
+        // and its answer, when the budget is exceeded by the last one asked).
+        let most = (PIPE_BYTES + BUDGET + 2 + ANSWER) / ANSWER;
+        assert!(questions_asked <= most, "{questions_asked} questions asked, at most {most} expected");
+        assert!(questions_asked > PIPE_BYTES / ANSWER, "only {questions_asked} questions asked");
+        let mut received = vec![0; 50 * ANSWER];
+        tokio::time::timeout(Duration::from_secs(5), reader.read_exact(&mut received)).await.unwrap().unwrap();
+        assert_eq!(received, answer.as_bytes().repeat(50), "every answer, once the client reads");
+    }
+
+    #[actix::test]
+    async fn an_answer_longer_than_the_budget_is_asked_for_one_question_at_a_time() {
+        tokio::time::pause();
+        let (client, _live, mut asked, answer) = sized_session(5000, 1000);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        writer.write_all(&b"q?".repeat(5)).await.unwrap();
+        let mut received = vec![0; 5 * 5000];
+        tokio::time::timeout(Duration::from_secs(5), reader.read_exact(&mut received)).await.unwrap().unwrap();
+        assert_eq!(received, answer.as_bytes().repeat(5));
+        let batches: Vec<usize> = std::iter::from_fn(|| asked.try_recv().ok()).collect();
+        assert_eq!(batches, [1; 5], "one question asked at a time");
     }
 
     proptest::proptest! {
@@ -834,9 +1014,9 @@ mod tests {
             }
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
-                let threads = crate::threads::PerThread { here: Arbiter::current(), elsewhere: Vec::new() };
-                let oracle = Oracle::start(table, OracleConfig::default(), &threads, &Metrics::disabled());
-                let (client, _live, _registry) = start_session(oracle.shards.here.recipient(), config(max));
+                let oracle = Oracle::start(table, OracleConfig::default(), &Metrics::disabled());
+                let replica = oracle.start_replica(&Arbiter::current()).recipient();
+                let (client, _live, _registry) = start_session_bounded(replica, oracle.answer_bound(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {
                     for chunk in chunks {

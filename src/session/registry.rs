@@ -184,8 +184,15 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), notices.recv()).await.unwrap().unwrap()
     }
 
+    /// Whether the paused clock shows `ms` milliseconds since `start`, as the timer wheel's
+    /// millisecond ticks give it: not earlier, and at most one tick later.
+    fn is_at(start: Instant, ms: u64) -> bool {
+        (Duration::from_millis(ms)..=Duration::from_millis(ms + 1)).contains(&start.elapsed())
+    }
+
     #[actix::test]
     async fn deadlines_come_in_order_and_an_earlier_one_moves_a_session_forward() {
+        tokio::time::pause();
         let registry = SessionRegistry::new();
         actix_rt::spawn(registry.clone().run_timers());
         let now = Instant::now();
@@ -194,12 +201,15 @@ mod tests {
         let late_key = registry.register(late, now + Duration::from_secs(60));
         registry.register(early, now + Duration::from_millis(50));
         assert_eq!(next(&mut early_notices).await, "check");
+        assert!(is_at(now, 50), "told after {:?}", now.elapsed());
         registry.check_by(late_key, now + Duration::from_millis(100));
         registry.check_by(late_key, now + Duration::from_secs(30)); // later: no change
         assert_eq!(next(&mut late_notices).await, "check");
-        assert!(now.elapsed() >= Duration::from_millis(100));
-        registry.check_at(late_key, Instant::now() + Duration::from_millis(20));
+        assert!(is_at(now, 100), "told after {:?}", now.elapsed());
+        let moved = Instant::now();
+        registry.check_at(late_key, moved + Duration::from_millis(20));
         assert_eq!(next(&mut late_notices).await, "check");
+        assert!(is_at(moved, 20), "told after {:?}", moved.elapsed());
     }
 
     #[actix::test]
@@ -209,13 +219,16 @@ mod tests {
         let (second, mut second_notices) = listener();
         let far = Instant::now() + Duration::from_secs(60);
         registry.register(first, far);
-        let second_key = registry.register(second, far);
+        let second_key = registry.register(second.clone(), far);
         registry.unregister(second_key);
         assert!(!registry.is_draining());
         registry.drain();
         assert_eq!(next(&mut first_notices).await, "drain");
         assert!(registry.is_draining(), "sessions registering later are to drain at once");
         assert_eq!(registry.len(), 1);
-        assert!(second_notices.try_recv().is_err(), "an unregistered session was told");
+        // Handled after anything the registry sent it before: a wrongly sent drain would be
+        // the first notice.
+        second.send(Notice::CheckTimeouts).await.unwrap();
+        assert_eq!(next(&mut second_notices).await, "check", "an unregistered session was told to drain");
     }
 }

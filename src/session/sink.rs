@@ -1,11 +1,13 @@
 //! [`AnswerSink`]: the write half of a session's connection, as a sink of [`Answers`] (each
 //! batch already the exact bytes of its answers, the frames of the protocol's output).
 //!
-//! Answers are queued as they are sent and written out by [`AnswerSink::poll_write_out`],
-//! which the session's context polls as its last item: every answer sent while the session
-//! handles its messages or reads questions goes out in one write in the same poll, and what the
-//! socket does not take waits, in order, until the socket has room again. The sink knows exactly
-//! how many bytes wait ([`AnswerSink::backlog`]) and since when the client has taken none
+//! Answers are queued as they are sent, each batch as the bytes it already is (shared, not
+//! copied: a lone answer from the table is the table's own bytes), and written out by
+//! [`AnswerSink::poll_write_out`], which the session's context polls as its last item: every
+//! answer sent while the session handles its messages or reads questions goes out in one
+//! (vectored) write in the same poll, and what the socket does not take waits, in order, until
+//! the socket has room again. The sink knows exactly how many bytes wait
+//! ([`AnswerSink::backlog`]) and since when the client has taken none
 //! ([`AnswerSink::stalled_since`]): the session's flow control and write timeout read them.
 //! Closing is explicit: [`AnswerSink::poll_close`] writes out what waits, flushes, and shuts
 //! down the sending side, so the client sees end of file right after the last answer.
@@ -16,25 +18,31 @@
 //! `write()` defers the write to a later poll of the actor.
 
 use std::{
-    io,
+    collections::VecDeque,
+    io::{self, IoSlice},
     pin::Pin,
     task::{Context, Poll},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::{io::AsyncWrite, time::Instant};
 
 use crate::protocol::Answers;
 
-/// A waiting buffer grown beyond this is given back once it is empty again, so that a burst
-/// does not cost an idle connection memory for the rest of its life.
-const KEEP_BUFFER_BYTES: usize = 4096;
+/// Batches written in one system call at most (Linux takes up to 1024 in one `writev`).
+const MAX_SLICES_PER_WRITE: usize = 64;
+
+/// A queue that grew beyond this many batches is given back once it is empty again, so that a
+/// burst does not cost an idle connection memory for the rest of its life.
+const KEEP_QUEUE_SLOTS: usize = 16;
 
 /// The sending side of one client's connection.
 pub struct AnswerSink {
     io: Box<dyn AsyncWrite + Unpin>,
     /// Bytes handed to the sink that the socket has not taken yet, in order.
-    waiting: BytesMut,
+    waiting: VecDeque<Bytes>,
+    /// Their total.
+    backlog: usize,
     /// Since when bytes have waited without the socket taking any.
     stalled_since: Option<Instant>,
     closing: bool,
@@ -45,18 +53,20 @@ pub struct AnswerSink {
 impl AnswerSink {
     /// A sink writing to `io`.
     pub fn new(io: Box<dyn AsyncWrite + Unpin>) -> Self {
-        Self { io, waiting: BytesMut::new(), stalled_since: None, closing: false, sent: 0 }
+        Self { io, waiting: VecDeque::new(), backlog: 0, stalled_since: None, closing: false, sent: 0 }
     }
 
     /// Queues `answers` after everything sent before; [`AnswerSink::poll_write_out`] writes
     /// them. Answers sent during one poll of the session go out in one write.
-    pub fn send(&mut self, answers: &Answers) {
-        self.waiting.extend_from_slice(answers.as_bytes());
+    pub fn send(&mut self, answers: Answers) {
+        let bytes = answers.into_bytes();
+        self.backlog += bytes.len();
+        self.waiting.push_back(bytes);
     }
 
     /// Bytes sent to the sink that the socket has not taken yet.
     pub fn backlog(&self) -> usize {
-        self.waiting.len()
+        self.backlog
     }
 
     /// Since when answers have waited for the client without the socket taking any; `None`
@@ -88,14 +98,19 @@ impl AnswerSink {
     /// If the socket failed.
     pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut progress = false;
-        while !self.waiting.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.waiting) {
+        while let Some(front) = self.waiting.front() {
+            let written = if self.waiting.len() == 1 {
+                Pin::new(&mut self.io).poll_write(cx, front)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES_PER_WRITE];
+                let count =
+                    slices.iter_mut().zip(&self.waiting).map(|(slice, bytes)| *slice = IoSlice::new(bytes)).count();
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])
+            };
+            match written {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    // `advance`, not `split_to`: splitting would turn the buffer into a shared
-                    // one, an allocation per write.
-                    self.waiting.advance(n);
-                    self.sent += n;
+                    self.consume(n);
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -109,10 +124,24 @@ impl AnswerSink {
             }
         }
         self.stalled_since = None;
-        if self.waiting.capacity() > KEEP_BUFFER_BYTES {
-            self.waiting = BytesMut::new();
+        if self.waiting.capacity() > KEEP_QUEUE_SLOTS {
+            self.waiting = VecDeque::new();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Drops the first `n` bytes waiting: the socket took them.
+    fn consume(&mut self, mut n: usize) {
+        self.backlog -= n;
+        self.sent += n;
+        while let Some(front) = self.waiting.front_mut() {
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.waiting.pop_front();
+        }
     }
 
     /// Writes what waits, flushes, and shuts down the sending side (the half-close): the
@@ -145,10 +174,10 @@ mod tests {
     async fn answers_are_written_exactly_and_in_order_then_end_of_file() {
         let (mut client, server) = duplex(64);
         let mut sink = AnswerSink::new(Box::new(server));
-        sink.send(&answers(b"Ugly."));
+        sink.send(answers(b"Ugly."));
         assert_eq!(sink.backlog(), 5, "queued until written out");
         poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
-        sink.send(&answers(b"Error: unknown aphorism."));
+        sink.send(answers(b"Error: unknown aphorism."));
         sink.close();
         poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
         let mut received = Vec::new();
@@ -162,7 +191,7 @@ mod tests {
         let mut sink = AnswerSink::new(Box::new(server));
         assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_ready());
         assert_eq!(sink.stalled_since(), None, "nothing waits");
-        sink.send(&answers(b"0123456789abcdef."));
+        sink.send(answers(b"0123456789abcdef."));
         assert!(poll_fn(|cx| Poll::Ready(sink.poll_write_out(cx))).await.is_pending());
         assert_eq!(sink.backlog(), 9, "the pipe took 8 bytes");
         let since = sink.stalled_since().expect("the socket refused bytes");
@@ -177,5 +206,25 @@ mod tests {
         client.read_exact(&mut second).await.unwrap();
         poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
         assert_eq!((sink.backlog(), sink.stalled_since()), (0, None));
+    }
+
+    #[tokio::test]
+    async fn batches_queued_together_are_written_in_order_however_little_the_socket_takes() {
+        let (mut client, server) = duplex(3);
+        let mut sink = AnswerSink::new(Box::new(server));
+        for text in [&b"Ugly."[..], b"Implicit.", b"Complex."] {
+            sink.send(Answers::single(&Answer::new(text)));
+        }
+        assert_eq!(sink.backlog(), 22);
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        sink.close();
+        poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
+        assert_eq!((sink.backlog(), sink.take_sent()), (0, 22));
+        drop(sink);
+        assert_eq!(reader.await.unwrap(), b"Ugly.Implicit.Complex.");
     }
 }

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
+
 use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, has_arrived, read_answers};
 
 #[test]
@@ -164,4 +166,50 @@ fn running_out_of_file_descriptors_pauses_accepting_without_spinning_and_recover
         assert!(Instant::now() < deadline, "never recovered; log:\n{}", server.log());
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A server of two worker threads, both wedged for good by `oracle.hang_question`, and the
+/// clients that wedged them.
+fn server_with_every_worker_wedged(shutdown_timeout_secs: u64) -> (ZenServer, Vec<TcpStream>) {
+    let server = ZenServer::launch(Launch::with_env(&[
+        ("ZEN_SERVER__WORKERS", "2"),
+        ("ZEN_SERVER__SHUTDOWN_TIMEOUT_SECS", &shutdown_timeout_secs.to_string()),
+        ("ZEN_ORACLE__HANG_QUESTION", "Hang?"),
+    ]));
+    // Connections go to the workers in turn: four of them reach both twice.
+    let hung: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut client = connect(server.addr());
+            client.write_all(b"Hang?").unwrap();
+            client
+        })
+        .collect();
+    let wedged = |line: &str| line.contains("oracle.hang_question was asked");
+    assert!(server.wait_for_log_count(wedged, 2, DEADLINE), "both threads should be wedged; log:\n{}", server.log());
+    (server, hung)
+}
+
+#[test]
+fn sigterm_ends_a_server_whose_every_worker_is_wedged_within_the_shutdown_timeout() {
+    let (mut server, hung) = server_with_every_worker_wedged(2);
+    let asked = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(DEADLINE).unwrap_or_else(|| panic!("still running; log:\n{}", server.log()));
+    let took = asked.elapsed();
+    // A drain that gave up exits 0, with a warning naming the clients cut off.
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(took < Duration::from_secs(2 + 1), "exited {took:?} after SIGTERM; log:\n{}", server.log());
+    assert!(server.log().contains("unfinished=4"), "log:\n{}", server.log());
+    drop(hung);
+}
+
+#[test]
+fn a_second_sigterm_ends_a_server_whose_every_worker_is_wedged_at_once() {
+    let (mut server, hung) = server_with_every_worker_wedged(60);
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_for_log(&["shutting down"], DEADLINE).is_some(), "log:\n{}", server.log());
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(DEADLINE).unwrap_or_else(|| panic!("still running; log:\n{}", server.log()));
+    assert_eq!(status.code(), Some(143), "log:\n{}", server.log());
+    drop(hung);
 }

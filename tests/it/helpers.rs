@@ -256,11 +256,22 @@ impl ZenServer {
         let port = self.addr().port();
         let end = Instant::now() + DEADLINE;
         loop {
-            let unread = unread_bytes_on_port(port);
+            let unread = queued_bytes_on_port(port, Queue::Receive);
             if unread == 0 {
                 return;
             }
             assert!(Instant::now() < end, "the server left {unread} bytes unread; log:\n{}", self.log());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the server has written answers that a client has not taken: some of its
+    /// connections have bytes waiting in the kernel to be sent.
+    pub fn wait_until_answers_wait(&self) {
+        let port = self.addr().port();
+        let end = Instant::now() + DEADLINE;
+        while queued_bytes_on_port(port, Queue::Send) == 0 {
+            assert!(Instant::now() < end, "no answer waits for a client; log:\n{}", self.log());
             thread::sleep(Duration::from_millis(5));
         }
     }
@@ -281,24 +292,37 @@ impl ZenServer {
     }
 }
 
-/// Bytes received and not yet read on the established IPv4 connections whose local port is
-/// `port`, from `/proc/net/tcp` (columns: `sl local_address rem_address st tx_queue:rx_queue`,
-/// addresses and queues in hexadecimal, state `01` for established).
-fn unread_bytes_on_port(port: u16) -> u64 {
+/// A socket's queue in the kernel.
+#[derive(Clone, Copy)]
+enum Queue {
+    /// Bytes written and not yet taken by the peer.
+    Send,
+    /// Bytes received and not yet read.
+    Receive,
+}
+
+/// Bytes in `queue` of the established IPv4 connections whose local port is `port`, from
+/// `/proc/net/tcp` (columns: `sl local_address rem_address st tx_queue:rx_queue`, addresses
+/// and queues in hexadecimal, state `01` for established).
+fn queued_bytes_on_port(port: u16, queue: Queue) -> u64 {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let local_port = format!(":{port:04X}");
-    let mut unread = 0;
+    let mut total = 0;
     for line in table.lines().skip(1) {
         let mut columns = line.split_whitespace().skip(1);
         let (Some(local), Some(state), Some(queues)) = (columns.next(), columns.nth(1), columns.next()) else {
             continue;
         };
         if local.ends_with(&local_port) && state == "01" {
-            let (_, rx_queue) = queues.split_once(':').unwrap();
-            unread += u64::from_str_radix(rx_queue, 16).unwrap();
+            let (tx_queue, rx_queue) = queues.split_once(':').unwrap();
+            let bytes = match queue {
+                Queue::Send => tx_queue,
+                Queue::Receive => rx_queue,
+            };
+            total += u64::from_str_radix(bytes, 16).unwrap();
         }
     }
-    unread
+    total
 }
 
 /// The `listening` event, in text or JSON format.

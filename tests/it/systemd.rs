@@ -110,7 +110,7 @@ fn without_notify_socket_nothing_is_sent_and_the_server_runs() {
 }
 
 #[test]
-fn a_wedged_worker_thread_stops_the_watchdog_and_says_so() {
+fn wedged_worker_threads_stop_the_watchdog_and_the_control_thread_says_so() {
     let notify = NotifySocket::new();
     let env = [
         ("ZEN_SERVER__WORKERS", "2"),
@@ -119,14 +119,16 @@ fn a_wedged_worker_thread_stops_the_watchdog_and_says_so() {
     ];
     let mut server = notified_server(&notify, 400_000, &env);
     notify.wait_for("WATCHDOG=1");
-    // Connections go to the two workers in turn: the second one's thread is not the main one,
-    // which keeps running the liveness checks and can say what is wrong.
-    let mut on_main = connect(server.addr());
-    assert_eq!(ask_like_the_book(&mut on_main, b"Simple is better than?"), b"Complex.");
-    let mut on_other = connect(server.addr());
-    on_other.write_all(b"Hang?").unwrap();
-    let (unresponsive, _) =
-        notify.wait_for("STATUS=unresponsive: not every worker thread and oracle shard answered within 200ms");
+    // Connections go to the two workers in turn: both threads wedge. The liveness checks run
+    // on the control thread, which serves no client, and can say what is wrong.
+    let hung: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = connect(server.addr());
+            client.write_all(b"Hang?").unwrap();
+            client
+        })
+        .collect();
+    let (unresponsive, _) = notify.wait_for("STATUS=unresponsive: not every worker thread answered within 200ms");
     assert!(!unresponsive.contains("WATCHDOG=1"), "{unresponsive:?}");
     // From then on, no more pings: a full second is five periods of 200 ms.
     let quiet_until = Instant::now() + Duration::from_secs(1);
@@ -136,11 +138,13 @@ fn a_wedged_worker_thread_stops_the_watchdog_and_says_so() {
         }
     }
     assert!(server.log().contains("liveness check failed; not feeding the watchdog"), "log:\n{}", server.log());
-    // The wedged thread cannot drain; the shutdown timeout and the bounded join still end the
+    // The wedged threads cannot drain; the shutdown timeout and the bounded join still end the
     // process.
     server.signal(Signal::SIGTERM);
+    notify.wait_for("STOPPING=1");
     assert_eq!(server.wait_exit(DEADLINE).and_then(|s| s.code()), Some(0), "log:\n{}", server.log());
     assert!(server.log().contains("did not stop in time"), "log:\n{}", server.log());
+    drop(hung);
 }
 
 #[test]
