@@ -28,10 +28,12 @@
 //! holds at most:
 //!
 //! - what it is owed: `max(max_pending_bytes, max_question_bytes + longest answer)`;
-//! - questions held back: at most one read's worth, as many bytes as the read buffer;
-//! - the read buffer: [`READ_BUFFER_BYTES`], grown to at most `max_question_bytes` plus
-//!   [`READ_BUFFER_BYTES`] while a long question arrives;
-//! - the session itself, its actor and its place in the registry (about 1.5 KiB).
+//! - its read buffer: an unfinished question (less than `max_question_bytes`) and a read's
+//!   worth beyond it ([`READ_BUFFER_BYTES`]), in an allocation that grows by doubling;
+//! - questions held back: cut from one read buffer, so as many bytes at most;
+//! - the session itself: its actor, mailbox and place in the registry ([`SESSION_BYTES`]).
+//!
+//! [`SessionConfig::most_bytes_held`] adds these up.
 //!
 //! Questions and answers beyond that stay in the kernel's socket buffers (bounded by the
 //! kernel, not counted in the process's memory). A reload that makes the longest answer longer
@@ -73,6 +75,11 @@ use crate::{
     protocol::{Answer, Answers, Questions},
 };
 
+/// What a session costs besides its buffers: its actor, mailbox, write half and place in the
+/// registry. An idle connection measures about 2.4 KiB in all, its 256-byte read buffer
+/// included (`scripts/bench.sh`, 10,000 idle connections).
+pub const SESSION_BYTES: usize = 3 * 1024;
+
 /// After refusing a too-long question, how long the session keeps reading (and discarding)
 /// so that closing with unread input does not reset the connection before the client has
 /// read the refusal.
@@ -94,6 +101,17 @@ pub struct SessionConfig {
     /// the server is shutting down and closed (so that one between two questions is not cut
     /// off).
     pub drain_grace: Duration,
+}
+
+impl SessionConfig {
+    /// The most bytes one connection can make the server hold while the oracle's longest
+    /// answer is `longest_answer` bytes (see the module's memory bound).
+    pub fn most_bytes_held(&self, longest_answer: usize) -> usize {
+        let owed = self.max_pending_bytes.max(self.max_question_bytes + longest_answer);
+        let read_buffer = 2 * (self.max_question_bytes + READ_BUFFER_BYTES);
+        let held_back = read_buffer;
+        owed + read_buffer + held_back + SESSION_BYTES
+    }
 }
 
 /// Who the session serves.

@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    os::unix::net::UnixDatagram,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -479,6 +480,48 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The service manager's end of `NOTIFY_SOCKET`.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+impl NotifySocket {
+    pub fn new() -> Self {
+        let dir = TempDir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Self { socket, path, _dir: dir }
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The next notification, if one comes within `deadline`.
+    pub fn next(&self, deadline: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(deadline)).unwrap();
+        let mut buffer = [0; 4096];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+
+    /// Waits for a notification holding `line`; returns it with every one seen on the way.
+    pub fn wait_for(&self, line: &str) -> (String, Vec<String>) {
+        let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Some(message) = self.next(left) else { break };
+            if message.lines().any(|l| l == line) {
+                return (message, seen);
+            }
+            seen.push(message);
+        }
+        panic!("no {line:?} within {DEADLINE:?}; got {seen:?}");
     }
 }
 

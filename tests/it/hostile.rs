@@ -201,3 +201,43 @@ fn accepted_connections_get_the_configured_keepalive() {
     let sockets = String::from_utf8_lossy(&output.stdout);
     assert!(sockets.contains("timer:(keepalive,1min"), "no 77 s keepalive timer in:\n{sockets}");
 }
+
+#[test]
+fn clients_pipelining_for_long_answers_without_reading_hold_no_more_than_the_documented_bound_each() {
+    const CLIENTS: usize = 20;
+    const ANSWER_BYTES: usize = 100_000;
+    let answer = format!("{}.", "z".repeat(ANSWER_BYTES - 1));
+    let file = crate::helpers::TempConfig::new(&format!(
+        "[oracle]\nanswers = [{{ question = \"Big?\", answer = \"{answer}\" }}]\n"
+    ));
+    let server = ZenServer::launch(Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]));
+    // The settings' defaults, as the server runs with them.
+    let settings = zen_server::config::Settings::builtin().unwrap();
+    let per_connection = settings.session().most_bytes_held(ANSWER_BYTES);
+    let mut warm = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut warm, b"Big?").len(), ANSWER_BYTES);
+    let baseline_kib = server.rss_kib();
+
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = connect(server.addr());
+            client.write_all(&b"Big?".repeat(1024)).unwrap();
+            client
+        })
+        .collect();
+    // Once answers wait for every client, the server holds what it will hold; a while more
+    // shows whether it keeps growing.
+    server.wait_until_answers_wait();
+    let mut peak_kib = 0;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        peak_kib = peak_kib.max(server.rss_kib());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let grown = peak_kib.saturating_sub(baseline_kib) * 1024;
+    let bound = CLIENTS as u64 * per_connection as u64;
+    eprintln!("{CLIENTS} clients: RSS {baseline_kib} KiB before, peak {peak_kib} KiB; bound {bound} bytes");
+    assert!(grown <= bound, "the server grew by {grown} bytes, more than {CLIENTS} × {per_connection}");
+    assert_eq!(ask_like_the_book(&mut warm, b"Big?").len(), ANSWER_BYTES, "others are still served");
+    drop(clients);
+}

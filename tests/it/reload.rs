@@ -14,7 +14,9 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, read_to_close};
+use crate::helpers::{
+    DEADLINE, Launch, NotifySocket, TempConfig, ZenServer, ask_like_the_book, connect, read_to_close,
+};
 
 fn table(answer: &str) -> String {
     format!("[oracle]\nanswers = [{{ question = \"Beautiful is better than?\", answer = \"{answer}\" }}]\n")
@@ -143,4 +145,66 @@ fn twenty_reloads_under_pipelining_clients_lose_no_answer_and_give_no_error() {
     assert!(during > 0, "no answer while the settings were reloaded");
     assert_eq!(server.log().matches("settings reloaded").count(), 20);
     assert!(!server.log().contains("ERROR"), "log:\n{}", server.log());
+}
+
+/// A table of 50,000 questions besides the book's first, which `beautiful` answers.
+fn large_table(beautiful: &str) -> String {
+    let mut text = String::from("[server]\nworkers = 2\n[oracle]\nanswers = [\n");
+    text.push_str(&format!("{{ question = \"Beautiful is better than?\", answer = \"{beautiful}\" }},\n"));
+    for i in 0..50_000 {
+        text.push_str(&format!("{{ question = \"Question number {i}?\", answer = \"Answer number {i}.\" }},\n"));
+    }
+    text.push_str("]\n");
+    text
+}
+
+#[test]
+fn reloading_a_large_table_stalls_no_client_and_is_reported_once_in_force_on_every_worker() {
+    let file = TempConfig::new(&large_table("Ugly."));
+    let notify = NotifySocket::new();
+    let server = ZenServer::launch(
+        Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]).env("NOTIFY_SOCKET", notify.path()),
+    );
+    notify.wait_for("READY=1");
+    // Two connections on each of the two workers (they are handed out in turn) ask one
+    // question at a time, as the book's client does, and time each answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let askers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, mut stream) = (stop.clone(), connect(server.addr()));
+            thread::spawn(move || {
+                let mut slowest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let answer = ask_like_the_book(&mut stream, b"Beautiful is better than?");
+                    slowest = slowest.max(asked.elapsed());
+                    assert!(answer == b"Ugly." || answer == b"Pretty.", "{}", String::from_utf8_lossy(&answer));
+                }
+                slowest
+            })
+        })
+        .collect();
+    // And one connection on each worker asks right after the reload is reported.
+    let mut checkers: Vec<_> = (0..2).map(|_| connect(server.addr())).collect();
+    for checker in &mut checkers {
+        assert_eq!(ask_like_the_book(checker, b"Beautiful is better than?"), b"Ugly.");
+    }
+
+    file.write(&large_table("Pretty."));
+    let signalled = Instant::now();
+    server.signal(Signal::SIGHUP);
+    assert!(server.wait_for_log(&["settings reloaded"], DEADLINE).is_some(), "log:\n{}", server.log());
+    for checker in &mut checkers {
+        assert_eq!(ask_like_the_book(checker, b"Beautiful is better than?"), b"Pretty.", "after the log line");
+    }
+    let (ready, _) = notify.wait_for("READY=1");
+    assert!(ready.contains("settings reloaded"), "{ready:?}");
+    for checker in &mut checkers {
+        assert_eq!(ask_like_the_book(checker, b"Beautiful is better than?"), b"Pretty.", "after READY=1");
+    }
+    let reload_took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let slowest = askers.into_iter().map(|asker| asker.join().expect("a wrong answer")).max().unwrap_or_default();
+    eprintln!("reload of 50,001 entries reported after {reload_took:?}; slowest answer meanwhile {slowest:?}");
+    assert!(slowest <= Duration::from_millis(100), "an answer waited {slowest:?} during the reload");
 }

@@ -4,57 +4,14 @@
 
 use std::{
     io::Write,
-    os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{DEADLINE, Launch, TempDir, ZenServer, ask_like_the_book, connect, free_port};
-
-/// The service manager's end of `NOTIFY_SOCKET`.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-    _dir: TempDir,
-}
-
-impl NotifySocket {
-    fn new() -> Self {
-        let dir = TempDir::new("notify");
-        let path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        Self { socket, path, _dir: dir }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    /// The next notification, if one comes within `deadline`.
-    fn next(&self, deadline: Duration) -> Option<String> {
-        self.socket.set_read_timeout(Some(deadline)).unwrap();
-        let mut buffer = [0; 4096];
-        let n = self.socket.recv(&mut buffer).ok()?;
-        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
-    }
-
-    /// Waits for a notification holding `line`; returns it with every one seen on the way.
-    fn wait_for(&self, line: &str) -> (String, Vec<String>) {
-        let end = Instant::now() + DEADLINE;
-        let mut seen = Vec::new();
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            let Some(message) = self.next(left) else { break };
-            if message.lines().any(|l| l == line) {
-                return (message, seen);
-            }
-            seen.push(message);
-        }
-        panic!("no {line:?} within {DEADLINE:?}; got {seen:?}");
-    }
-}
+use crate::helpers::{DEADLINE, Launch, NotifySocket, TempDir, ZenServer, ask_like_the_book, connect, free_port};
 
 fn notified_server(notify: &NotifySocket, watchdog_usec: u32, extra: &[(&str, &str)]) -> ZenServer {
     let launch = extra.iter().fold(
