@@ -41,6 +41,13 @@ pub enum InheritError {
         /// Which mode would fit what was found, if any.
         hint: &'static str,
     },
+    /// A descriptor was named on the command line while the service manager passed listening
+    /// sockets as well.
+    #[error("{origin}: the service manager passed listening sockets too (LISTEN_FDS); use one or the other")]
+    AlsoActivated {
+        /// The flag naming a descriptor.
+        origin: &'static str,
+    },
     /// The system refused an operation on the socket.
     #[error("{origin}: descriptor {fd}: {source}")]
     Io {
@@ -102,8 +109,24 @@ pub fn connection_on_stdin() -> Result<TcpStream, InheritError> {
             hint: " (inetd's wait mode: use --listen-fd 0)",
         });
     }
+    // A client gone before the server started leaves a socket with no peer.
+    socket.peer_addr().map_err(|source| InheritError::Io { origin, fd, source })?;
     socket.set_nonblocking(true).map_err(|source| InheritError::Io { origin, fd, source })?;
     Ok(socket.into())
+}
+
+/// Whether standard error is the same socket as standard input: inetd's nowait mode (Debian's
+/// `openbsd-inetd`, busybox's) puts the client's connection on descriptors 0, 1 and 2, so that
+/// anything written to standard error goes to the client.
+pub fn stderr_is_the_connection() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let file = |fd: RawFd| std::fs::metadata(format!("/proc/self/fd/{fd}"));
+    match (file(0), file(2)) {
+        (Ok(input), Ok(error)) => {
+            input.file_type().is_socket() && (input.dev(), input.ino()) == (error.dev(), error.ino())
+        }
+        _ => false,
+    }
 }
 
 fn listener(owned: OwnedFd, origin: &'static str, fd: RawFd) -> Result<TcpListener, InheritError> {

@@ -1,13 +1,18 @@
 //! Logging: a `tracing` subscriber writing text or JSON lines, filtered by `log.level`, whose
-//! filter a reload can replace ([`LogControl`]).
+//! filter a reload can replace ([`LogControl`]), to standard error or output, or to the system
+//! log ([`Destination`]).
 //!
 //! Building the subscriber is separate from installing it, so tests can build one over any
 //! writer. Installing it also routes the `log` crate's records (actix logs through `log`)
 //! into `tracing`; replacing the filter moves the `log` crate's level along with it.
 
-use std::io::IsTerminal;
+use std::{
+    io::{self, IsTerminal, Write},
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+};
 
-use tracing::Subscriber;
+use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::{
     EnvFilter, Registry,
     fmt::{self, MakeWriter},
@@ -37,6 +42,110 @@ pub enum TelemetryError {
     Reload(#[from] reload::Error),
 }
 
+/// Where the system log listens for messages, on Linux.
+pub const SYSTEM_LOG_SOCKET: &str = "/dev/log";
+
+/// The longest message sent to the system log, in bytes: rsyslog's default limit; a longer
+/// event is cut there.
+const MAX_SYSLOG_MESSAGE: usize = 8192;
+
+/// Where log events are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard error or standard output, as `log.output` says.
+    Output(LogOutput),
+    /// The system log, at this socket.
+    Syslog(PathBuf),
+    /// Nowhere at all.
+    Nowhere,
+}
+
+impl Destination {
+    /// Where logs go when standard error is a client's connection (inetd's nowait mode puts
+    /// the connection on descriptors 0, 1 and 2): the system log if it listens at
+    /// [`SYSTEM_LOG_SOCKET`], nowhere otherwise; never the client.
+    pub fn away_from_the_client() -> Self {
+        let socket = Path::new(SYSTEM_LOG_SOCKET);
+        if socket.exists() { Self::Syslog(socket.to_owned()) } else { Self::Nowhere }
+    }
+}
+
+/// The system log: each event one datagram, as `logger` sends them (`<PRI>TAG[PID]: MESSAGE`),
+/// with the daemon facility and a severity from the event's level.
+#[derive(Debug)]
+pub struct Syslog {
+    socket: UnixDatagram,
+    tag: String,
+}
+
+impl Syslog {
+    /// Connects to the system log listening at `path`.
+    ///
+    /// # Errors
+    ///
+    /// If nothing listens there.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect(path)?;
+        Ok(Self { socket, tag: format!("zen-server[{}]", std::process::id()) })
+    }
+
+    /// Sends `message` at `level`; a message the system log does not take is lost (there is
+    /// nowhere else to say so).
+    pub fn send(&self, level: Level, message: &[u8]) {
+        // Facility 3 (daemon); severities err, warning, info, debug.
+        let severity = match level {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        let message = message.strip_suffix(b"\n").unwrap_or(message);
+        let message = &message[..message.len().min(MAX_SYSLOG_MESSAGE)];
+        let mut datagram = format!("<{}>{}: ", 3 * 8 + severity, self.tag).into_bytes();
+        datagram.extend_from_slice(message);
+        let _ = self.socket.send(&datagram);
+    }
+}
+
+/// One event on its way to the system log: sent whole when the formatter is done with it.
+pub struct SyslogEvent<'a> {
+    syslog: &'a Syslog,
+    level: Level,
+    text: Vec<u8>,
+}
+
+impl Write for SyslogEvent<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogEvent<'_> {
+    fn drop(&mut self) {
+        if !self.text.is_empty() {
+            self.syslog.send(self.level, &self.text);
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = SyslogEvent<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogEvent { syslog: self, level: Level::INFO, text: Vec::new() }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        SyslogEvent { syslog: self, level: *meta.level(), text: Vec::new() }
+    }
+}
+
 /// Replaces the log filter of a running subscriber.
 #[derive(Debug, Clone)]
 pub struct LogControl(reload::Handle<EnvFilter, Registry>);
@@ -56,6 +165,15 @@ fn parse_filter(level: &str) -> Result<EnvFilter, TelemetryError> {
     EnvFilter::try_new(level).map_err(|source| TelemetryError::Filter { level: level.to_owned(), source })
 }
 
+/// How text lines look.
+#[derive(Debug, Clone, Copy)]
+pub struct TextStyle {
+    /// Colours, for a terminal.
+    pub ansi: bool,
+    /// A timestamp first (the system log adds its own).
+    pub timestamps: bool,
+}
+
 /// A subscriber for `settings` writing to `writer`, and the control of its filter.
 ///
 /// # Errors
@@ -64,7 +182,7 @@ fn parse_filter(level: &str) -> Result<EnvFilter, TelemetryError> {
 pub fn subscriber<W>(
     settings: &LogSettings,
     writer: W,
-    ansi: bool,
+    style: TextStyle,
 ) -> Result<(Box<dyn Subscriber + Send + Sync>, LogControl), TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -73,27 +191,37 @@ where
     // tracing issue 1629).
     let (filter, control) = reload::Layer::new(parse_filter(&settings.level)?);
     let registry = tracing_subscriber::registry().with(filter);
+    let text = fmt::layer().with_writer(writer).with_ansi(style.ansi);
     let subscriber: Box<dyn Subscriber + Send + Sync> = match settings.format {
-        LogFormat::Text => Box::new(registry.with(fmt::layer().with_writer(writer).with_ansi(ansi))),
+        LogFormat::Text if style.timestamps => Box::new(registry.with(text)),
+        LogFormat::Text => Box::new(registry.with(text.without_time())),
         // The span list follows only the entered span, not an explicit `parent:`; the current
         // span honours both, and sessions log with `parent:`.
-        LogFormat::Json => {
-            Box::new(registry.with(fmt::layer().json().flatten_event(true).with_span_list(false).with_writer(writer)))
-        }
+        LogFormat::Json => Box::new(registry.with(text.json().flatten_event(true).with_span_list(false))),
     };
     Ok((subscriber, LogControl(control)))
 }
 
-/// Installs the subscriber for `settings` on standard error or output, process-wide, and reports
-/// panics as one `error` event each instead of the default multi-line message.
+/// Installs the subscriber for `settings`, writing to `destination`, process-wide, and
+/// reports panics as one `error` event each instead of the default multi-line message.
 ///
 /// # Errors
 ///
 /// [`TelemetryError`] if `log.level` does not parse or logging was already set up.
-pub fn init(settings: &LogSettings) -> Result<LogControl, TelemetryError> {
-    let (subscriber, control) = match settings.output {
-        LogOutput::Stderr => subscriber(settings, std::io::stderr, std::io::stderr().is_terminal())?,
-        LogOutput::Stdout => subscriber(settings, std::io::stdout, std::io::stdout().is_terminal())?,
+pub fn init(settings: &LogSettings, destination: &Destination) -> Result<LogControl, TelemetryError> {
+    let terminal = |ansi| TextStyle { ansi, timestamps: true };
+    let (subscriber, control) = match destination {
+        Destination::Output(LogOutput::Stderr) => {
+            subscriber(settings, std::io::stderr, terminal(std::io::stderr().is_terminal()))?
+        }
+        Destination::Output(LogOutput::Stdout) => {
+            subscriber(settings, std::io::stdout, terminal(std::io::stdout().is_terminal()))?
+        }
+        Destination::Syslog(path) => match Syslog::connect(path) {
+            Ok(syslog) => subscriber(settings, syslog, TextStyle { ansi: false, timestamps: false })?,
+            Err(_) => subscriber(settings, std::io::sink, terminal(false))?,
+        },
+        Destination::Nowhere => subscriber(settings, std::io::sink, terminal(false))?,
     };
     subscriber.try_init()?;
     std::panic::set_hook(Box::new(|info| {
@@ -132,7 +260,8 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let settings = LogSettings { level: level.into(), format, output: LogOutput::Stderr };
-        let (subscriber, _) = subscriber(&settings, move || writer.clone(), false).unwrap();
+        let style = TextStyle { ansi: false, timestamps: true };
+        let (subscriber, _) = subscriber(&settings, move || writer.clone(), style).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("session", id = 7, peer = "127.0.0.1:5000");
             tracing::info!(parent: &span, answers = 3, "connection closed");
@@ -168,7 +297,8 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let settings = LogSettings { level: "warn".into(), format: LogFormat::Text, output: LogOutput::Stderr };
-        let (subscriber, control) = subscriber(&settings, move || writer.clone(), false).unwrap();
+        let style = TextStyle { ansi: false, timestamps: true };
+        let (subscriber, control) = subscriber(&settings, move || writer.clone(), style).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("before");
             control.set_level("info").unwrap();
@@ -183,5 +313,33 @@ mod tests {
     fn the_level_filters_events() {
         assert!(log_with(LogFormat::Text, "debug").contains("hidden at info"));
         assert!(log_with(LogFormat::Text, "warn").is_empty());
+    }
+
+    #[test]
+    fn events_go_to_the_system_log_one_datagram_each_with_their_severity() {
+        let dir = std::env::temp_dir().join(format!("zen-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let _ = std::fs::remove_file(&path);
+        let system_log = UnixDatagram::bind(&path).unwrap();
+        let settings = LogSettings { level: "info".into(), format: LogFormat::Text, output: LogOutput::Stderr };
+        let syslog = Syslog::connect(&path).unwrap();
+        let (subscriber, _) = subscriber(&settings, syslog, TextStyle { ansi: false, timestamps: false }).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(peer = "127.0.0.1:5000", "serving the connection on standard input");
+            tracing::error!("oracle.hang_question was asked");
+        });
+        let mut buffer = [0; 1024];
+        let mut next = || {
+            let n = system_log.recv(&mut buffer).unwrap();
+            String::from_utf8_lossy(&buffer[..n]).into_owned()
+        };
+        let tag = format!("zen-server[{}]: ", std::process::id());
+        let first = next();
+        assert!(first.starts_with(&format!("<30>{tag} INFO ")), "{first:?}");
+        assert!(first.ends_with("serving the connection on standard input peer=\"127.0.0.1:5000\""), "{first:?}");
+        let second = next();
+        assert!(second.starts_with(&format!("<27>{tag}ERROR ")), "{second:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,28 +1,37 @@
 //! `zen-server`: take inherited sockets, parse the command line, load settings, set up logging,
 //! serve.
 //!
-//! Exit codes: 0 after a shutdown (also when the shutdown timeout cut clients off: a warning
-//! says how many); 2 for a command line that does not parse; 69 (EX_UNAVAILABLE) when an
-//! address cannot be listened on; 78 (EX_CONFIG) for bad settings or an inherited socket of
-//! the wrong kind; 130 or 143 when a second SIGINT or SIGTERM cut a drain short; 1 for
-//! anything else.
+//! Exit codes say what the cause was, so that a supervisor knows whether to try again: 0 after
+//! a shutdown (also when the shutdown timeout cut clients off: a warning says how many); 2 for
+//! a command line that does not parse; 78 (EX_CONFIG) when a setting is wrong, and only then
+//! (a value, a flag, an inherited socket of the wrong kind: trying again fails the same way);
+//! 69 (EX_UNAVAILABLE) when something a later try may find different is unavailable (an
+//! address in use or not on this host, a HOST that does not resolve, an inherited socket the
+//! system refused to work with); 130 or 143 when a second SIGINT or SIGTERM cut a drain short;
+//! 1 for anything else.
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::bail;
 use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+use tracing::Level;
 use zen_server::{
     app::{self, Listener, Options, RunError, Sockets},
-    cli::{ServerCli, ServerCommand},
-    config::{CONFIG_FILE_VAR, ConfigFile, LogOutput, Settings, Sources},
+    cli::{CliError, ServerCli, ServerCommand},
+    config::{CONFIG_FILE_VAR, ConfigError, ConfigFile, LogOutput, Settings, Sources},
     control::ReloadSources,
     inherit::{self, InheritError},
-    metrics::Metrics,
-    telemetry,
+    metrics::{Metrics, MetricsError},
+    telemetry::{self, Destination, Syslog, TelemetryError},
 };
 
 const EX_CONFIG: u8 = 78;
 const EX_UNAVAILABLE: u8 = 69;
+
+/// A setting is wrong in a way the typed errors cannot say: `--inetd` with logs on standard
+/// output, which is the client's connection in that mode.
+#[derive(Debug, thiserror::Error)]
+#[error("--inetd: log.output is \"stdout\", which is the client's connection in this mode; use \"stderr\"")]
+struct LogsOnTheConnection;
 
 fn main() -> ExitCode {
     // Sockets passed by a service manager, taken before any other thread starts (this also
@@ -30,61 +39,51 @@ fn main() -> ExitCode {
     let activated = inherit::activated_listeners();
     let matches = ServerCli::command().get_matches();
     let cli = ServerCli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // inetd's nowait mode may have put the connection on standard error too: then nothing,
+    // not even an error at start-up, may be written there.
+    let errors = match cli.inetd && inherit::stderr_is_the_connection() {
+        true => Destination::away_from_the_client(),
+        false => Destination::Output(LogOutput::Stderr),
+    };
+    match run(&cli, &matches, activated, &errors) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error, &errors),
+    }
+}
+
+fn run(
+    cli: &ServerCli,
+    matches: &clap::ArgMatches,
+    activated: Result<Vec<std::net::TcpListener>, InheritError>,
+    errors: &Destination,
+) -> anyhow::Result<()> {
     let named_by = match matches.value_source("config") {
         Some(ValueSource::EnvVariable) => CONFIG_FILE_VAR,
         _ => "--config",
     };
-    let (settings, sources) = match load_settings(&cli, named_by) {
-        Ok(loaded) => loaded,
-        Err(error) => return fail(EX_CONFIG, &error),
-    };
+    let file = cli.config.clone().map(|path| ConfigFile { path, named_by });
+    let sources = Sources::from_process(file, cli.overrides()?)?;
+    let settings = Settings::load(&sources)?;
     if let Some(ServerCommand::CheckConfig) = cli.command {
-        return match settings.to_toml() {
-            Ok(text) => {
-                print!("# effective zen-server settings\n{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(1, &error.into()),
-        };
+        print!("# effective zen-server settings\n{}", settings.to_toml()?);
+        return Ok(());
     }
-    let sockets = match sockets(&cli, activated, &settings) {
-        Ok(sockets) => sockets,
-        Err(error) => return fail(EX_CONFIG, &error),
+    let sockets = sockets(cli, activated, &settings)?;
+    let destination = match errors {
+        Destination::Output(_) => Destination::Output(settings.log.output),
+        away => away.clone(),
     };
-    let log = match telemetry::init(&settings.log) {
-        Ok(log) => log,
-        Err(error) => return fail(EX_CONFIG, &error.into()),
-    };
+    let log = telemetry::init(&settings.log, &destination)?;
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }
-    let metrics = match settings.metrics.addr().map(Metrics::serve).transpose() {
-        Ok(metrics) => metrics.unwrap_or_default(),
-        Err(error) => return fail(EX_UNAVAILABLE, &error.into()),
-    };
+    let metrics = settings.metrics.addr().map(Metrics::serve).transpose()?.unwrap_or_default();
     let options = Options {
         exit_when_idle: cli.exit_when_idle.map(Duration::from_secs),
         reload: Some(ReloadSources { sources, log: Some(log) }),
         metrics,
     };
-    match app::run(&settings, sockets, options) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let code = match error {
-                RunError::Listen(_) => EX_UNAVAILABLE,
-                RunError::Answers(_) => EX_CONFIG,
-                RunError::Runtime { .. } => 1,
-            };
-            fail(code, &error.into())
-        }
-    }
-}
-
-/// The settings, and the layers they came from (kept for reloads).
-fn load_settings(cli: &ServerCli, named_by: &'static str) -> anyhow::Result<(Settings, Sources)> {
-    let file = cli.config.clone().map(|path| ConfigFile { path, named_by });
-    let sources = Sources::from_process(file, cli.overrides()?)?;
-    Ok((Settings::load(&sources)?, sources))
+    Ok(app::run(&settings, sockets, options)?)
 }
 
 /// The sockets handed to this process, if it is to serve those instead of binding
@@ -99,11 +98,11 @@ fn sockets(
     if let Some(flag) = given
         && !activated.is_empty()
     {
-        bail!("{flag}: the service manager passed listening sockets too (LISTEN_FDS); use one or the other");
+        return Err(InheritError::AlsoActivated { origin: flag }.into());
     }
     if cli.inetd {
         if settings.log.output == LogOutput::Stdout {
-            bail!("--inetd: log.output is \"stdout\", which is the client's connection in this mode; use \"stderr\"");
+            return Err(LogsOnTheConnection.into());
         }
         return Ok(Some(Sockets::Connection(inherit::connection_on_stdin()?)));
     }
@@ -114,11 +113,48 @@ fn sockets(
     Ok((!activated.is_empty()).then_some(Sockets::Listeners(activated)))
 }
 
-/// Reports `error` on one line of standard error and returns `code`.
+/// The exit code for `error`, by its cause: whether a setting is wrong, something a later try
+/// may find different is unavailable, or neither.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.is::<ConfigError>() || error.is::<LogsOnTheConnection>() {
+        return EX_CONFIG;
+    }
+    if let Some(error) = error.downcast_ref::<CliError>() {
+        return match error {
+            CliError::Resolve { .. } => EX_UNAVAILABLE,
+            CliError::HostAndListen | CliError::BadListen(_) => EX_CONFIG,
+        };
+    }
+    if let Some(error) = error.downcast_ref::<InheritError>() {
+        return match error {
+            InheritError::Io { .. } => EX_UNAVAILABLE,
+            InheritError::NotOpen { .. } | InheritError::WrongKind { .. } | InheritError::AlsoActivated { .. } => {
+                EX_CONFIG
+            }
+        };
+    }
+    match (error.downcast_ref::<RunError>(), error.downcast_ref::<MetricsError>()) {
+        (Some(RunError::Listen(_)), _) | (_, Some(MetricsError::Exporter { .. })) => EX_UNAVAILABLE,
+        (Some(RunError::Answers(_)), _) => EX_CONFIG,
+        _ if matches!(error.downcast_ref::<TelemetryError>(), Some(TelemetryError::Filter { .. })) => EX_CONFIG,
+        _ => 1,
+    }
+}
+
+/// Reports `error` on one line where errors go, and returns its exit code.
 ///
 /// Every error's own message already says everything (layer, key, value, cause), so only the
-/// outermost one is printed, never the chain of causes it repeats.
-fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
-    eprintln!("zen-server: {error}");
-    ExitCode::from(code)
+/// outermost one is reported, never the chain of causes it repeats.
+fn fail(error: &anyhow::Error, errors: &Destination) -> ExitCode {
+    let line = format!("zen-server: {error}");
+    match errors {
+        Destination::Output(_) => eprintln!("{line}"),
+        Destination::Syslog(path) => {
+            if let Ok(syslog) = Syslog::connect(path) {
+                syslog.send(Level::ERROR, line.as_bytes());
+            }
+        }
+        Destination::Nowhere => {}
+    }
+    ExitCode::from(exit_code(error))
 }

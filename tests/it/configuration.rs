@@ -131,6 +131,16 @@ fn a_port_in_use_exits_69_with_one_line_naming_the_address() {
 }
 
 #[test]
+fn a_host_that_does_not_resolve_exits_69_with_one_line_naming_it() {
+    // A name lookup that fails may succeed later (the resolver was not up yet at boot): a
+    // supervisor is to try again, which 78 would forbid.
+    let (status, _, stderr) = run_server(&["no-such-host.invalid", "-p", "0"], &[]);
+    assert_eq!(status.code(), Some(EX_UNAVAILABLE), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot resolve HOST \"no-such-host.invalid\""), "{stderr}");
+}
+
+#[test]
 fn the_books_host_and_port_arguments_work() {
     let server = ZenServer::launch(Launch::args(&["127.0.0.1", "-p", "0"]));
     assert!(server.addr().ip().is_loopback());

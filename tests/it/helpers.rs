@@ -83,9 +83,11 @@ pub struct Launch {
     /// A command the server runs under (`systemd-socket-activate -l ADDR`, `unshare ...`): its
     /// words, then the server's path and arguments.
     pub wrapper: Vec<String>,
-    /// The server's standard input and output (nothing by default).
+    /// The server's standard input and output (nothing by default), and its standard error
+    /// (by default a pipe the test reads the log from).
     pub stdin: Option<Stdio>,
     pub stdout: Option<Stdio>,
+    pub stderr: Option<Stdio>,
     /// Log text that says the server is ready, instead of `listening` events.
     pub ready_when: Option<String>,
 }
@@ -127,6 +129,12 @@ impl Launch {
 
     pub fn stdout(mut self, stdout: impl Into<Stdio>) -> Self {
         self.stdout = Some(stdout.into());
+        self
+    }
+
+    /// Standard error elsewhere than the test's pipe: the server's log is then not seen.
+    pub fn stderr(mut self, stderr: impl Into<Stdio>) -> Self {
+        self.stderr = Some(stderr.into());
         self
     }
 
@@ -190,18 +198,20 @@ impl ZenServer {
         let mut command = server_command(&launch.args, &launch.env, launch.fd_limit, &launch.wrapper);
         let stdin = launch.stdin.take().unwrap_or_else(Stdio::null);
         let stdout = launch.stdout.take().unwrap_or_else(Stdio::null);
-        let mut child = command.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = launch.stderr.take().unwrap_or_else(Stdio::piped);
+        let mut child = command.stdin(stdin).stdout(stdout).stderr(stderr).spawn().unwrap();
         let log = Log::default();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                match line {
-                    Ok(line) => sink.push(line),
-                    Err(_) => break,
+        if let Some(stderr) = child.stderr.take() {
+            let sink = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    match line {
+                        Ok(line) => sink.push(line),
+                        Err(_) => break,
+                    }
                 }
-            }
-        });
+            });
+        }
         Self { child, log, addrs: Vec::new(), status: None }
     }
 

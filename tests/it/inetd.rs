@@ -13,6 +13,7 @@ use std::{
 use crate::helpers::{DEADLINE, Launch, ZenServer, ask_like_the_book, connect, free_port, read_answers, read_to_close};
 
 const EX_CONFIG: i32 = 78;
+const EX_UNAVAILABLE: i32 = 69;
 
 /// A connected pair: the client's end, and the server's end as accepted.
 fn accepted_pair() -> (TcpStream, TcpStream) {
@@ -114,6 +115,33 @@ fn inetd_mode_exits_at_once_after_its_connection_whatever_the_lame_duck_period()
     assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
     // Nothing listens, so there is no lame-duck period to wait out.
     assert!(closed.elapsed() < Duration::from_secs(3), "exited {:?} after its connection", closed.elapsed());
+}
+
+#[test]
+fn inetd_mode_with_the_connection_on_standard_error_too_sends_the_client_answers_only() {
+    let (mut client, accepted) = accepted_pair();
+    // As inetd does: the connection is standard input, output and error. The log goes to the
+    // system log, or nowhere where there is none, and never to the client.
+    let (output, error) = (OwnedFd::from(accepted.try_clone().unwrap()), OwnedFd::from(accepted.try_clone().unwrap()));
+    let launch = Launch::args(&["--inetd"]).stdin(OwnedFd::from(accepted)).stdout(output).stderr(error);
+    let mut server = ZenServer::spawn(launch);
+    client.write_all(b"Beautiful is better than?Why?").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut client), b"Ugly.Error: unknown aphorism.");
+    assert_eq!(exit_code(&mut server), Some(0));
+}
+
+#[test]
+fn a_client_gone_before_the_inetd_mode_server_started_is_a_one_line_error_and_a_retryable_exit() {
+    let (client, accepted) = accepted_pair();
+    // Reset: the accepted socket is left with no peer.
+    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(client);
+    let mut server = ZenServer::spawn(Launch::args(&["--inetd"]).stdin(OwnedFd::from(accepted)));
+    assert_eq!(exit_code(&mut server), Some(EX_UNAVAILABLE), "log:\n{}", server.log());
+    let log = server.log();
+    assert_eq!(log.trim_end().lines().count(), 1, "one line expected:\n{log}");
+    assert!(log.contains("--inetd: descriptor 0: Transport endpoint is not connected"), "{log}");
 }
 
 /// Runs the server with `stdin` and `args`, expecting it to refuse at once.
