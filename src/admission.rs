@@ -1,7 +1,10 @@
 //! [`Admission`]: the connection limit. Each session holds a [`Permit`] for as long as it
 //! lives; at the limit the server refuses new clients, and a drain waits, without polling,
-//! until every permit has come back. It also knows when the last permit out came back, so
-//! that a server told to exit when idle exits that long after its last connection closed.
+//! until every permit has come back. A session that has said its last words and only lingers
+//! (reading and discarding, so that closing does not reset the connection under them) marks
+//! its permit so: it is no longer waiting for anything, and a drain that gives up does not
+//! count it as cut off. The admission also knows when the last permit out came back, so that a
+//! server told to exit when idle exits that long after its last connection closed.
 //!
 //! A count of permits out, checked against the limit: so a reload can lower or raise the limit
 //! at once, without waiting for connections to end. Waiting for the count to reach zero admits
@@ -28,6 +31,8 @@ pub struct Admission {
 #[derive(Debug)]
 struct Shared {
     admitted: AtomicUsize,
+    /// Of those admitted, how many only linger.
+    lingering: AtomicUsize,
     limit: AtomicU32,
     /// Told when the last permit out comes back.
     all_released: Notify,
@@ -48,10 +53,24 @@ impl Shared {
 #[derive(Debug)]
 pub struct Permit {
     shared: Arc<Shared>,
+    lingering: bool,
+}
+
+impl Permit {
+    /// The connection has had every answer and only lingers until it closes.
+    pub fn linger(&mut self) {
+        if !self.lingering {
+            self.lingering = true;
+            self.shared.lingering.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if self.lingering {
+            self.shared.lingering.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.shared.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
             let nanos = self.shared.created.elapsed().as_nanos();
             self.shared.released_at_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
@@ -65,6 +84,7 @@ impl Admission {
     pub fn new(limit: u32) -> Self {
         let shared = Shared {
             admitted: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
             limit: AtomicU32::new(limit),
             all_released: Notify::new(),
             created: Instant::now(),
@@ -80,12 +100,17 @@ impl Admission {
             .admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| (admitted < limit).then_some(admitted + 1))
             .ok()
-            .map(|_| Permit { shared: self.shared.clone() })
+            .map(|_| Permit { shared: self.shared.clone(), lingering: false })
     }
 
     /// Connections admitted whose permit has not come back yet.
     pub fn admitted(&self) -> usize {
         self.shared.admitted.load(Ordering::Acquire)
+    }
+
+    /// Connections admitted that do not only linger: those still owed something.
+    pub fn unfinished(&self) -> usize {
+        self.admitted().saturating_sub(self.shared.lingering.load(Ordering::Acquire))
     }
 
     /// The most connections admitted at once.
@@ -141,6 +166,18 @@ mod tests {
         drop(first);
         assert_eq!(admission.admitted(), 1);
         assert!(admission.try_admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lingering_connection_is_admitted_but_not_unfinished() {
+        let admission = Admission::new(3);
+        let mut lingering = admission.try_admit().unwrap();
+        let _working = admission.try_admit().unwrap();
+        lingering.linger();
+        lingering.linger();
+        assert_eq!((admission.admitted(), admission.unfinished()), (2, 1));
+        drop(lingering);
+        assert_eq!((admission.admitted(), admission.unfinished()), (1, 1));
     }
 
     #[tokio::test]

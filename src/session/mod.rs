@@ -2,18 +2,19 @@
 //!
 //! The question's path: the socket's read half is a stream of [`Incoming`] batches decoded by
 //! [`ZenCodec`] (registered with `add_stream`, behind the [`GatedStream`] of flow control); each
-//! batch goes to the worker's oracle shard as one [`Ask`]; each reply fills the batch's slot in
+//! batch goes to the oracle replica of the session's thread as one [`Ask`]; each reply fills the batch's slot in
 //! a queue kept in question order, and the queue is written from the front to the
 //! [`AnswerSink`] as slots fill, whatever order the replies come back in.
 //!
 //! A session moves through phases (`Phase`): serving; draining (still taking questions while the
 //! client keeps asking, until it has been quiet for `drain_grace`); finishing (no new questions,
-//! answering those asked); closing (every answer with the sink, which writes them out and then shuts down the
-//! sending side); and, after refusing a question, lingering (reading and discarding until the
-//! client closes, so that closing with unread input does not reset the connection before the
-//! client has read the refusal). It ends when the client has closed and every question received
-//! before is answered, when a question is too long (after saying so), when the server drains
-//! (after answering what was asked and saying so), on a timeout, or on any I/O error.
+//! answering those asked); closing (every answer with the sink, which writes them out and then
+//! shuts down the sending side); and, after a last answer of the server's own (refusing a
+//! question, or saying the server is shutting down), lingering (reading and discarding until
+//! the client closes, so that closing with unread input does not reset the connection before
+//! the client has read that answer). It ends when the client has closed and every question
+//! received before is answered, when a question is too long (after saying so), when the server
+//! drains (after answering what was asked and saying so), on a timeout, or on any I/O error.
 //!
 //! # Memory
 //!
@@ -80,10 +81,10 @@ use crate::{
 /// included (`scripts/bench.sh`, 10,000 idle connections).
 pub const SESSION_BYTES: usize = 3 * 1024;
 
-/// After refusing a too-long question, how long the session keeps reading (and discarding)
-/// so that closing with unread input does not reset the connection before the client has
-/// read the refusal.
-pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
+/// After its last answer (refusing a too-long question, or telling the client the server is
+/// shutting down), how long the session keeps reading and discarding, so that closing with
+/// unread input does not reset the connection before the client has read that answer.
+pub const LINGER_AFTER_LAST_ANSWER: Duration = Duration::from_secs(2);
 
 /// Per-session limits.
 #[derive(Debug, Clone, Copy)]
@@ -153,15 +154,16 @@ enum Phase {
     Finishing(Input),
     /// Every answer is with the sink, which writes them out, then shuts down sending.
     Closing(Input),
-    /// Answered and shut down after a refusal; discarding input until the client closes or
-    /// [`LINGER_AFTER_REFUSAL`] has passed.
+    /// Shut down after a last answer of the server's own (a refusal, or the server shutting
+    /// down); discarding input until the client closes or [`LINGER_AFTER_LAST_ANSWER`] has
+    /// passed.
     Lingering,
 }
 
 /// Whether the client's input is still read once the session takes no more questions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Input {
-    /// Read and thrown away (after a refusal), until the client closes.
+    /// Read and thrown away (after the server's own last answer), until the client closes.
     Discarding,
     /// At end of file, failed, or no longer read.
     Ended,
@@ -192,7 +194,7 @@ pub struct ZenSession {
     /// This session, where the oracle sends its answers.
     reply_to: Arc<Recipient<Answered>>,
     /// Counts this connection as admitted until the session is dropped.
-    _permit: Permit,
+    permit: Permit,
     sink: AnswerSink,
     flow: Rc<Flow>,
     reader: SpawnHandle,
@@ -235,7 +237,7 @@ impl ZenSession {
                 key,
                 reply_to: Arc::new(ctx.address().recipient()),
                 deps,
-                _permit: permit,
+                permit,
                 sink: AnswerSink::new(Box::new(write)),
                 flow,
                 reader,
@@ -413,7 +415,10 @@ impl ZenSession {
     fn sending_shut_down(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Closing(Input::Discarding) {
             self.phase = Phase::Lingering;
-            ctx.run_later(LINGER_AFTER_REFUSAL, |_, ctx| ctx.stop());
+            self.permit.linger();
+            // Nothing is owed any more: read (and discard) whatever comes.
+            self.flow.set_owed(0, false);
+            ctx.run_later(LINGER_AFTER_LAST_ANSWER, |_, ctx| ctx.stop());
         } else {
             ctx.stop();
         }
@@ -461,9 +466,8 @@ impl ZenSession {
                 // Checked again when the answers are in (see `Answered`).
                 now + config.write_timeout
             } else if now >= due {
-                self.stop_reading(ctx);
                 self.ending(CloseReason::Shutdown);
-                self.finish_with(Answer::SHUTTING_DOWN, Input::Ended);
+                self.finish_with(Answer::SHUTTING_DOWN, Input::Discarding);
                 return;
             } else {
                 due
@@ -793,6 +797,36 @@ mod tests {
         let quiet = quiet.elapsed();
         assert!(is_due_at(quiet, 300), "told after {quiet:?} of quiet, not the grace");
         ended(&session.live).await;
+    }
+
+    #[actix::test]
+    async fn after_saying_the_server_is_shutting_down_a_session_lingers_reading_until_the_client_closes() {
+        tokio::time::pause();
+        let mut session = echo_session(config(64));
+        session.client.write_all(b"a?").await.unwrap();
+        assert_eq!(read_exactly(&mut session.client, 2).await, b"a.");
+        session.registry.drain();
+        assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
+        // A question sent just then is read and dropped, not met with a closed connection.
+        session.client.write_all(b"b?").await.unwrap();
+        settle().await;
+        assert_eq!((session.live.admitted(), session.live.unfinished()), (1, 0), "open, lingering, and owed nothing");
+        session.client.shutdown().await.unwrap();
+        ended(&session.live).await;
+    }
+
+    #[actix::test]
+    async fn a_session_lingers_after_its_last_answer_no_longer_than_the_linger_time() {
+        tokio::time::pause();
+        let mut session = echo_session(config(64));
+        session.registry.drain();
+        assert_eq!(read_to_end(&mut session.client).await, b"Error: server shutting down.");
+        let told = Instant::now();
+        ended(&session.live).await;
+        let lingered = told.elapsed();
+        // `ended` looks every 5 ms.
+        let linger = LINGER_AFTER_LAST_ANSWER..=LINGER_AFTER_LAST_ANSWER + Duration::from_millis(5);
+        assert!(linger.contains(&lingered), "lingered {lingered:?}");
     }
 
     #[actix::test]
