@@ -1,16 +1,23 @@
 //! The book's two inetd variants: one accepted connection on standard input (`--inetd`,
 //! inetd's nowait mode), and a listening socket on standard input (`--listen-fd 0
-//! --exit-when-idle SECS`, inetd's wait mode); the wrong kind of socket in either; and both
-//! driven by a real socket-passing tool, `systemd-socket-activate`.
+//! --exit-when-idle SECS`, inetd's wait mode); the wrong kind of socket in either; both driven
+//! by a real socket-passing tool, `systemd-socket-activate`; and the shipped lines of
+//! `deploy/inetd/inetd.conf` under the real inetd, Debian's `openbsd-inetd`.
 
 use std::{
-    io::Write,
+    io::{BufRead, BufReader, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::fs::PermissionsExt},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
     time::{Duration, Instant},
 };
 
-use crate::helpers::{DEADLINE, Launch, ZenServer, ask_like_the_book, connect, free_port, read_answers, read_to_close};
+use crate::helpers::{
+    DEADLINE, Launch, SERVER_BIN, TempDir, ZenServer, ask_like_the_book, connect, free_port, read_answers,
+    read_to_close,
+};
 
 const EX_CONFIG: i32 = 78;
 const EX_UNAVAILABLE: i32 = 69;
@@ -210,4 +217,122 @@ fn wait_mode_under_systemd_socket_activate_serves_then_exits_0_when_idle() {
         assert_eq!(ask_like_the_book(&mut client, b"Simple is better than?"), b"Complex.");
     }
     assert_eq!(exit_code(&mut server), Some(0), "log:\n{}", server.log());
+}
+
+/// Debian's `openbsd-inetd` in the foreground (`-d`), serving the shipped lines of
+/// `deploy/inetd/inetd.conf` with only their address and the server's path changed; stopped by
+/// its PID.
+struct Inetd {
+    child: Child,
+    /// Its debug lines, each with when it was read.
+    lines: mpsc::Receiver<(Instant, String)>,
+    seen: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Inetd {
+    /// Serves the nowait line on `nowait_port` and the wait line on `wait_port`.
+    fn start(nowait_port: u16, wait_port: u16) -> Self {
+        let dir = TempDir::new("inetd");
+        // inetd runs the server as `nobody`, who may not reach the build directory.
+        let server = dir.path().join("zen-server");
+        std::fs::copy(SERVER_BIN, &server).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let shipped = std::fs::read_to_string("deploy/inetd/inetd.conf").unwrap();
+        let service = |line: &str, port: u16| {
+            let line = line.trim_start_matches('#');
+            let line = line.replacen("zen\t", &format!("127.0.0.1:{port}\t"), 1);
+            line.replace("/usr/local/bin/zen-server", server.to_str().unwrap())
+        };
+        let nowait = shipped.lines().find(|line| line.starts_with("zen\t") && line.contains("\tnowait\t"));
+        let wait =
+            shipped.lines().find(|line| line.trim_start_matches('#').starts_with("zen\t") && line.contains("\twait\t"));
+        let (Some(nowait), Some(wait)) = (nowait, wait) else { panic!("the shipped lines are missing:\n{shipped}") };
+        let conf = dir.path().join("inetd.conf");
+        std::fs::write(&conf, format!("{}\n{}\n", service(nowait, nowait_port), service(wait, wait_port))).unwrap();
+        let mut child = Command::new("/usr/sbin/inetd")
+            .arg("-d")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send((Instant::now(), line));
+            }
+        });
+        let mut inetd = Self { child, lines, seen: Vec::new(), _dir: dir };
+        for port in [nowait_port, wait_port] {
+            inetd.wait_for(|line| line.starts_with(&format!("ADD: 127.0.0.1:{port} ")));
+        }
+        inetd
+    }
+
+    /// Waits for a line matching `predicate`; returns it and when it was read.
+    fn wait_for(&mut self, predicate: impl Fn(&str) -> bool) -> (Instant, String) {
+        let end = Instant::now() + DEADLINE;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Ok((at, line)) = self.lines.recv_timeout(left) else { break };
+            self.seen.push(line.clone());
+            if predicate(&line) {
+                return (at, line);
+            }
+        }
+        panic!("inetd did not say what was expected; it said:\n{}", self.seen.join("\n"));
+    }
+}
+
+impl Drop for Inetd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs openbsd-inetd: apt-get install openbsd-inetd"]
+fn the_shipped_lines_under_openbsd_inetd_answer_only_and_the_wait_mode_server_exits_when_idle() {
+    let (nowait_port, wait_port) = (free_port(), free_port());
+    let mut inetd = Inetd::start(nowait_port, wait_port);
+
+    // nowait: inetd puts the connection on standard input, output and error; the client gets
+    // its answers and nothing else.
+    for _ in 0..2 {
+        let mut client = connect(format!("127.0.0.1:{nowait_port}").parse().unwrap());
+        client.write_all(b"Beautiful is better than?Why?").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_close(&mut client), b"Ugly.Error: unknown aphorism.", "answers, and nothing else");
+    }
+    inetd.wait_for(|line| line.ends_with("reaped, status 0"));
+
+    // wait: one server takes the listening socket and serves every client, then exits SECS
+    // after the last one closed.
+    let shipped = std::fs::read_to_string("deploy/inetd/inetd.conf").unwrap();
+    let secs: u64 = shipped
+        .split("--exit-when-idle ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|secs| secs.parse().ok())
+        .expect("the wait line's --exit-when-idle");
+    let addr = format!("127.0.0.1:{wait_port}").parse().unwrap();
+    let mut first = connect(addr);
+    assert_eq!(ask_like_the_book(&mut first, b"Simple is better than?"), b"Complex.");
+    let (_, started) = inetd.wait_for(|line| line.contains(" execv "));
+    let pid = started.split_whitespace().next().unwrap().to_owned();
+    let mut second = connect(addr);
+    assert_eq!(ask_like_the_book(&mut second, b"Explicit is better than?"), b"Implicit.");
+    drop(first);
+    drop(second);
+    let closed = Instant::now();
+    let (reaped_at, reaped) = inetd.wait_for(|line| line.starts_with(&format!("{pid} reaped")));
+    assert!(reaped.ends_with("status 0"), "{reaped}");
+    let after = reaped_at - closed;
+    eprintln!("the wait-mode server (--exit-when-idle {secs}) exited {after:?} after its last client closed");
+    assert!(after >= Duration::from_secs(secs) - Duration::from_millis(100), "exited after {after:?}");
+    assert!(after <= Duration::from_secs(secs + 1), "exited after {after:?}");
 }
