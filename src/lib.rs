@@ -3,24 +3,27 @@
 //!
 //! A client sends questions ending with `?`; the server answers each with a line of the Zen
 //! of Python ending with `.`, in order, over one TCP connection. A [`Server`](server::Server)
-//! actor accepts connections and hands each to the [`Worker`](server::worker::Worker) of one
-//! of its threads, which starts a [`ZenSession`](session::ZenSession) actor for it; each session
-//! asks the [`Oracle`](oracle::Oracle) for answers, through the oracle's shard on its thread,
-//! and writes them back in order. The arrows point one way: `app` -> `server` -> `session` ->
-//! `oracle` -> `protocol`; nothing imports a module that imports it back.
+//! actor accepts connections on the main thread, the control plane, which runs no session, and
+//! hands each to the [`Worker`](server::worker::Worker) of one of the worker threads, which
+//! starts a [`ZenSession`](session::ZenSession) actor for it; each session asks the oracle's
+//! replica on its thread ([`OracleReplica`](oracle::OracleReplica), reading the one table the
+//! [`Oracle`](oracle::Oracle) owns) for answers, and writes them back in order. The arrows
+//! point one way: `app` -> `server` -> `session` -> `oracle` -> `protocol`; nothing imports a
+//! module that imports it back.
 //!
 //! # Layout
 //!
 //! - [`protocol`]: `Question`, `Answer`, their batches, the protocol's constants and errors.
 //! - [`codec`]: `ZenCodec`, framing questions (with a byte cap) and encoding answers.
-//! - [`oracle`]: the one `Oracle` owning the answer table, and its shard on each worker thread;
-//!   the validated `AnswerTable`, lookups with panic containment, the costly-answer pool.
+//! - [`oracle`]: the one `Oracle` owning the answer table, and the replica on each worker thread
+//!   that its sessions ask; the validated `AnswerTable`, lookups with panic containment, the
+//!   costly-answer pool.
 //! - [`session`]: the `ZenSession` actor, one per client: its flow control, its answer sink,
 //!   and the registry of one worker's sessions (drain, exact timeouts).
 //! - [`admission`]: the connection limit; sessions hold permits, a drain waits for them.
 //! - [`server`]: the `Server` actor (accepts, admits, drains), its listeners, and the
 //!   `Worker` actor on each thread that starts sessions.
-//! - [`threads`]: the worker threads, the accepting one first.
+//! - [`threads`]: the worker threads (the main thread is the control plane).
 //! - [`control`]: the daemon's life: reload, shutdown, readiness and the watchdog for systemd.
 //! - [`signals`]: SIGTERM/SIGINT (drain) and SIGHUP (reload) to `control`; a second SIGTERM or
 //!   SIGINT exits at once.
@@ -30,7 +33,8 @@
 //! - [`proxy`]: the PROXY protocol header on the listeners behind a load balancer.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: the command line of `zen-server`.
-//! - [`telemetry`]: the tracing subscriber (text or JSON).
+//! - [`telemetry`]: the tracing subscriber (text or JSON; to standard error or output, or the
+//!   system log).
 //! - [`app`]: starting every actor from settings; running until drained.
 //! - [`client`]: a small client for `zen-client` and tests.
 //!

@@ -1,7 +1,7 @@
 //! Prometheus metrics: what the daemon counts ([`Metrics`]), and the HTTP endpoint that serves
 //! them at `metrics.listen` (off unless set), from `metrics-exporter-prometheus`.
 //!
-//! Counting costs the question's path next to nothing: each worker thread and each oracle shard
+//! Counting costs the question's path next to nothing: each worker thread and each oracle replica
 //! keeps its counts in plain cells of its own ([`Tally`]) and adds them to the shared counters
 //! every [`FLUSH_INTERVAL`]; only the answer latency goes straight to its histogram, once per
 //! batch of questions, into the exporter's queue, which it sorts into buckets every 100 ms (at
