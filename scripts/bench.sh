@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks zen-server against the plain-tokio reference (examples/plain_tokio.rs), in the same
+# Benchmarks zen-server against the plain-tokio reference (src/bin/plain-tokio.rs), in the same
 # run, alternating which goes first, with the server pinned to CPU 0 and the load to CPU 1, then
 # unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians. Redis (redis-server,
 # asked PING with `zen-client bench --protocol redis-ping`) runs as a third server, in turn with
@@ -56,9 +56,9 @@ else
   placements="pinned unpinned"
 fi
 
-cargo build --release --bins --examples
+cargo build --release --features yardstick --bins
 zen="$target/release/zen-server"
-reference="$target/release/examples/plain_tokio"
+reference="$target/release/plain-tokio"
 client="$target/release/zen-client"
 redis="$(command -v redis-server || true)"
 if [ -z "$redis" ]; then

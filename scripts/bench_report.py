@@ -120,7 +120,7 @@ def main(raw_path, out_dir):
     lines = [
         "# Benchmark results",
         "",
-        "zen-server against the reference (`examples/plain_tokio.rs`: the same protocol and answer",
+        "zen-server against the reference (`src/bin/plain-tokio.rs`: the same protocol and answer",
         "table in plain tokio, one task per connection, no actors), measured in one run by",
         "`scripts/bench.sh`, alternating which server goes first. *pinned*: server on CPU 0, load",
         "generator on CPU 1 (`taskset`), so each server runs on one core; *unpinned*: both free.",

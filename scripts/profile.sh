@@ -12,7 +12,7 @@
 #                                             server's CPU time per answer, kernel included
 #   scripts/profile.sh --help                 this text
 #
-# SERVER is `zen` (default: target/release/zen-server), `reference` (examples/plain_tokio) or the
+# SERVER is `zen` (default: target/release/zen-server), `reference` (src/bin/plain-tokio.rs) or the
 # path of a zen-server binary (an older build, say). `--smoke` after the command runs briefly and
 # checks only that the tools work. Binaries are built into ${CARGO_TARGET_DIR:-target}/release/.
 # Needs: taskset, python3; valgrind for `instructions`, perf (Debian linux-perf) for `cpu`.
@@ -37,11 +37,11 @@ for arg in "$@"; do
 done
 
 source "$(dirname "$0")/project.sh"
-cargo build --release --bins --examples
+cargo build --release --features yardstick --bins
 client="$target/release/zen-client"
 case "$server" in
   zen) binary="$target/release/zen-server" ;;
-  reference) binary="$target/release/examples/plain_tokio" ;;
+  reference) binary="$target/release/plain-tokio" ;;
   *) binary="$server" ;;
 esac
 [ -x "$binary" ] || { echo "profile: $binary is not an executable" >&2; exit 2; }

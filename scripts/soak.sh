@@ -19,5 +19,8 @@ for arg in "$@"; do
 done
 
 source "$(dirname "$0")/project.sh"
-cargo build --release --bins --examples
+# The binaries are built on their own, and last: built with the examples, they would get the
+# features the examples' dev-dependencies ask for (tokio's test-util, the tests' paused clock).
+cargo build --release --examples
+cargo build --release --bins
 exec "$target/release/examples/soak" --server "$target/release/zen-server" "$@"

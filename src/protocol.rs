@@ -191,12 +191,17 @@ impl Questions {
         self.count == 0
     }
 
+    /// What these questions cost when each costs its own bytes plus `per_question`.
+    pub fn cost(&self, per_question: usize) -> usize {
+        self.bytes.len().saturating_add(self.count.saturating_mul(per_question))
+    }
+
     /// Takes the first of these questions, as many as fit in `room` bytes when each costs its
     /// own bytes plus `per_question` (with `at_least_one`, the first whatever it costs);
     /// returns them with their cost and leaves the rest, or `None` if not even one fits.
     pub fn take_within(&mut self, room: usize, per_question: usize, at_least_one: bool) -> Option<(Questions, usize)> {
         let cost = |bytes: usize, count: usize| bytes.saturating_add(count.saturating_mul(per_question));
-        let all = cost(self.bytes.len(), self.count);
+        let all = self.cost(per_question);
         if all <= room {
             return Some((std::mem::take(self), all));
         }

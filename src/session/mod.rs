@@ -264,11 +264,22 @@ impl ZenSession {
         tracing::info_span!("session", id = self.info.id, peer = %self.info.peer)
     }
 
-    /// Queues questions read, and asks for them as far as what is owed allows.
+    /// Asks for questions read, as far as what is owed allows; holds back the rest.
     fn ask(&mut self, questions: Questions) {
         self.last_question = Instant::now();
-        self.slots.push_back(Slot { read_at: Some(self.last_question), batch: Batch::Unasked(questions) });
-        self.ask_held_back();
+        let read_at = Some(self.last_question);
+        let (owed, cost) = (self.owed(), questions.cost(self.deps.answer_bound.get()));
+        if owed + cost <= self.flow.high_water() {
+            // The usual case, all at once.
+            let seq = self.first_seq + self.slots.len() as u64;
+            self.slots.push_back(Slot { read_at, batch: Batch::AtOracle { owed: cost } });
+            self.owed_in_slots += cost;
+            self.send_to_oracle(questions, seq);
+            self.flow.set_owed(self.owed(), false);
+        } else {
+            self.slots.push_back(Slot { read_at, batch: Batch::Unasked(questions) });
+            self.ask_held_back();
+        }
     }
 
     /// Bytes owed to the client, in all.
@@ -281,24 +292,37 @@ impl ZenSession {
     /// control whether to read.
     fn ask_held_back(&mut self) {
         let owed = self.owed();
-        let room = self.flow.high_water().saturating_sub(owed);
-        let per_question = self.deps.answer_bound.get();
         let next_seq = self.first_seq + self.slots.len() as u64;
+        let (room, per_question) = (self.flow.high_water().saturating_sub(owed), self.deps.answer_bound.get());
         if let Some(slot) = self.slots.back_mut()
             && let Batch::Unasked(held) = &mut slot.batch
             && let Some((questions, cost)) = held.take_within(room, per_question, owed == 0)
         {
-            let rest = std::mem::take(held);
+            let rest = (!held.is_empty()).then(|| std::mem::take(held));
             slot.batch = Batch::AtOracle { owed: cost };
             let read_at = slot.read_at;
             self.owed_in_slots += cost;
-            if !rest.is_empty() {
+            if let Some(rest) = rest {
                 self.slots.push_back(Slot { read_at, batch: Batch::Unasked(rest) });
             }
             self.send_to_oracle(questions, next_seq - 1);
         }
-        let holding = matches!(self.slots.back(), Some(Slot { batch: Batch::Unasked(_), .. }));
-        self.flow.set_owed(self.owed(), holding);
+        self.flow.set_owed(self.owed(), self.holds_questions());
+    }
+
+    /// Whether questions read are held back, unasked (only ever in the last slot).
+    fn holds_questions(&self) -> bool {
+        matches!(self.slots.back(), Some(Slot { batch: Batch::Unasked(_), .. }))
+    }
+
+    /// What is owed went down: asks for questions held back, if there are any, and tells flow
+    /// control.
+    fn owed_less(&mut self) {
+        if self.holds_questions() {
+            self.ask_held_back();
+        } else {
+            self.flow.set_owed(self.owed(), false);
+        }
     }
 
     fn send_to_oracle(&mut self, questions: Questions, seq: u64) {
@@ -367,15 +391,6 @@ impl ZenSession {
         matches!(self.phase, Phase::Serving | Phase::Draining(_))
     }
 
-    /// Asks for questions held back if the socket took enough answers, and tells the write
-    /// timeout since when the client has taken none.
-    fn backlog_changed(&mut self) {
-        self.ask_held_back();
-        if let Some(since) = self.sink.stalled_since() {
-            self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
-        }
-    }
-
     fn close_when_answered(&mut self) {
         if let Phase::Finishing(input) = self.phase
             && self.slots.is_empty()
@@ -394,14 +409,22 @@ impl ZenSession {
     fn poll_sink(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) -> task::Poll<()> {
         let closing = self.sink.is_closing();
         let result = if closing { self.sink.poll_close(task) } else { self.sink.poll_write_out(task) };
-        self.deps.tally.sent(self.sink.take_sent());
+        let sent = self.sink.take_sent();
+        if sent > 0 {
+            self.deps.tally.sent(sent);
+            self.owed_less();
+        }
         match result {
             task::Poll::Ready(Ok(())) if closing => {
                 self.sending_shut_down(ctx);
                 task::Poll::Ready(())
             }
-            task::Poll::Ready(Ok(())) | task::Poll::Pending => {
-                self.backlog_changed();
+            task::Poll::Ready(Ok(())) => task::Poll::Pending,
+            task::Poll::Pending => {
+                // The client takes nothing: its write timeout runs from when it stopped.
+                if let Some(since) = self.sink.stalled_since() {
+                    self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
+                }
                 task::Poll::Pending
             }
             task::Poll::Ready(Err(error)) => {
@@ -591,7 +614,7 @@ impl Handler<Answered> for ZenSession {
 
     fn handle(&mut self, Answered { seq, answers }: Answered, ctx: &mut Self::Context) {
         self.fill(seq, answers);
-        self.ask_held_back();
+        self.owed_less();
         if matches!(self.phase, Phase::Draining(_)) && self.slots.is_empty() {
             self.check_timeouts(ctx);
         }

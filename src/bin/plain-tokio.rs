@@ -6,8 +6,12 @@
 //! itself costs. With one thread (the default under `taskset -c 0`) it runs tokio's
 //! single-threaded scheduler; with more, the multi-threaded one.
 //!
+//! A binary built only when asked for (feature `yardstick`), not an example: examples are built
+//! with the dev-dependencies' features, and tokio's `test-util` (the tests' paused clock) would
+//! make every read of the time cost the yardstick more than it costs `zen-server`.
+//!
 //! ```sh
-//! cargo run --release --example plain_tokio -- --listen 127.0.0.1:1061 [--threads N]
+//! cargo run --release --features yardstick --bin plain-tokio -- --listen 127.0.0.1:1061 [--threads N]
 //! ```
 
 use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
@@ -31,7 +35,7 @@ const MAX_QUESTION_BYTES: usize = 1024;
 
 /// The Zen protocol in plain tokio: the benchmarks' reference server.
 #[derive(Debug, Parser)]
-#[command(name = "plain_tokio")]
+#[command(name = "plain-tokio")]
 struct Args {
     /// Address to listen on, IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1061")]
@@ -56,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let addr = args.listen;
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("plain_tokio: listening addr={} threads={threads}", listener.local_addr()?);
+        eprintln!("plain-tokio: listening addr={} threads={threads}", listener.local_addr()?);
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
