@@ -34,6 +34,7 @@ fn assert_clean(report: &serde_json::Value) {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn pipelined_bench_checks_every_answer_without_errors() {
     let server = ZenServer::start();
     let report = bench(server.addr(), &["--conns", "4", "--depth", "8", "--duration", "1"]);
@@ -42,6 +43,7 @@ fn pipelined_bench_checks_every_answer_without_errors() {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn paced_bench_never_sends_more_than_the_asked_rate() {
     let server = ZenServer::start();
     let report = bench(server.addr(), &["--conns", "4", "--rate", "2000", "--duration", "1"]);
@@ -53,6 +55,7 @@ fn paced_bench_never_sends_more_than_the_asked_rate() {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn with_the_server_pid_every_mode_reports_server_cpu_per_answer_and_the_clients_cpu_share() {
     let server = ZenServer::start();
     let pid = server.pid().to_string();
@@ -73,6 +76,7 @@ fn with_the_server_pid_every_mode_reports_server_cpu_per_answer_and_the_clients_
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn without_the_server_pid_only_the_clients_cpu_share_is_reported() {
     let server = ZenServer::start();
     let report = bench(server.addr(), &["--conns", "1", "--duration", "0.5"]);
@@ -84,6 +88,7 @@ fn without_the_server_pid_only_the_clients_cpu_share_is_reported() {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn churn_bench_counts_connections() {
     let server = ZenServer::start();
     let report = bench(server.addr(), &["--mode", "churn", "--conns", "4", "--duration", "1"]);
@@ -92,6 +97,7 @@ fn churn_bench_counts_connections() {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn idle_bench_holds_connections_and_reports_server_memory() {
     let server = ZenServer::start();
     let pid = server.pid().to_string();

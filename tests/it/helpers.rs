@@ -26,15 +26,29 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
 
-/// Lines the server has written to standard error so far.
+/// Lines the server has written to standard error so far, and whether that has ended.
 #[derive(Clone, Default)]
-struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
+struct Log(Arc<(Mutex<(Vec<String>, bool)>, Condvar)>);
 
 impl Log {
     fn push(&self, line: String) {
         let (lines, changed) = &*self.0;
-        lines.lock().unwrap().push(line);
+        lines.lock().unwrap().0.push(line);
         changed.notify_all();
+    }
+
+    /// Standard error was closed: every line is in.
+    fn end(&self) {
+        let (lines, changed) = &*self.0;
+        lines.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+
+    /// Waits up to `deadline` until every line is in; whether it is.
+    fn wait_for_end(&self, deadline: Duration) -> bool {
+        let (lines, changed) = &*self.0;
+        let guard = lines.lock().unwrap();
+        !changed.wait_timeout_while(guard, deadline, |(_, ended)| !*ended).unwrap().1.timed_out()
     }
 
     /// The first `count` lines matching `predicate`, waiting up to `deadline` for them.
@@ -48,7 +62,7 @@ impl Log {
         let end = Instant::now() + deadline;
         let mut guard = lines.lock().unwrap();
         loop {
-            let matching: Vec<String> = guard.iter().filter(|line| predicate(line)).take(count).cloned().collect();
+            let matching: Vec<String> = guard.0.iter().filter(|line| predicate(line)).take(count).cloned().collect();
             if matching.len() == count {
                 return Some(matching);
             }
@@ -58,7 +72,7 @@ impl Log {
     }
 
     fn text(&self) -> String {
-        self.0.0.lock().unwrap().join("\n")
+        self.0.0.lock().unwrap().0.join("\n")
     }
 }
 
@@ -210,7 +224,10 @@ impl ZenServer {
                         Err(_) => break,
                     }
                 }
+                sink.end();
             });
+        } else {
+            log.end();
         }
         Self { child, log, addrs: Vec::new(), status: None }
     }
@@ -287,12 +304,13 @@ impl ZenServer {
         }
     }
 
-    /// Waits up to `deadline` for the process to exit.
+    /// Waits up to `deadline` for the process to exit (and its log to be read to the end).
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let end = Instant::now() + deadline;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.status = Some(status);
+                self.log.wait_for_end(end.saturating_duration_since(Instant::now()));
                 return Some(status);
             }
             if Instant::now() >= end {

@@ -145,6 +145,7 @@ fn clients_over_max_connections_are_told_the_server_is_busy_until_others_leave()
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn a_client_that_pipelines_without_reading_is_bounded_and_dropped_while_others_are_served() {
     const QUESTIONS_BYTES: usize = 100 * 1024 * 1024;
     let server = ZenServer::launch(Launch::with_env(&[("ZEN_LIMITS__WRITE_TIMEOUT_SECS", "3")]));

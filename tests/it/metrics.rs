@@ -52,6 +52,15 @@ fn a_scrape_after_known_traffic_has_exact_counts() {
     partial.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close(&mut partial), b"");
     sent_by_clients += 12;
+    // Both have given their permits back (a session is counted as it stops, and its permit
+    // goes with it before the next flush): the limit of two has room again.
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_connections_closed_total{reason=\"eof\"}", 1.0),
+            ("zen_connections_closed_total{reason=\"partial\"}", 1.0),
+        ],
+    );
     // A question over the limit: refused, then the rest is read and thrown away.
     let mut long = connect(server.addr());
     long.write_all(&[b'x'; 300]).unwrap();

@@ -103,6 +103,7 @@ fn a_lower_connection_limit_applies_to_new_clients_at_once() {
 }
 
 #[test]
+#[ignore = "load test, seconds of full CPU: cargo test -- --ignored"]
 fn twenty_reloads_under_pipelining_clients_lose_no_answer_and_give_no_error() {
     const BATCH: usize = 50;
     let file = TempConfig::new(&table("Ugly."));
