@@ -19,7 +19,7 @@ use crate::{
     control::{Control, ReloadSources},
     metrics::Metrics,
     notify::Notifier,
-    oracle::{Oracle, TableError},
+    oracle::Oracle,
     server::{
         ApplyLimits, ExitWhenIdle, Server,
         listener::{self, AcceptStream, ListenError},
@@ -40,9 +40,6 @@ pub enum RunError {
     /// A configured address could not be listened on.
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// The answer table breaks the protocol's rules.
-    #[error("invalid oracle.answers: {0}")]
-    Answers(#[from] TableError),
     /// The runtime, a listener's registration or the signal handlers failed.
     #[error("{what}: {source}")]
     Runtime {
@@ -66,7 +63,7 @@ impl Listener {
     /// `socket`, behind a PROXY-speaking load balancer if `settings` list its address in
     /// `proxy.listen` (for sockets bound elsewhere: systemd's, inetd's).
     pub fn inherited(socket: std::net::TcpListener, settings: &Settings) -> Self {
-        let behind_proxy = socket.local_addr().is_ok_and(|addr| settings.proxy.listen.contains(&addr));
+        let behind_proxy = socket.local_addr().is_ok_and(|addr| settings.restart.proxy.listen.addrs().contains(&addr));
         Self { socket, behind_proxy }
     }
 }
@@ -111,10 +108,10 @@ impl App {
     ///
     /// # Errors
     ///
-    /// [`RunError`] if the answer table is invalid or a socket cannot be registered.
+    /// [`RunError`] if a socket cannot be registered.
     pub fn start(sockets: Sockets, settings: &Settings, options: Options) -> Result<App, RunError> {
         let Options { exit_when_idle, reload, metrics } = options;
-        let table = settings.oracle.table()?;
+        let table = settings.live.oracle.answers.clone();
         let (listeners, connection) = match sockets {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
@@ -130,9 +127,8 @@ impl App {
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
         let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
-        let threads =
-            WorkerThreads::spawn(NonZeroUsize::new(settings.server.worker_count()).unwrap_or(NonZeroUsize::MIN));
-        let oracle = Oracle::start(table, settings.oracle.oracle_config(), &metrics);
+        let threads = WorkerThreads::spawn(NonZeroUsize::new(settings.worker_count()).unwrap_or(NonZeroUsize::MIN));
+        let oracle = Oracle::start(table, settings.oracle_config(), &metrics);
         let workers = Workers::start(&threads, &oracle, session, &metrics);
         let admission = Admission::new(max_connections);
         let control_context = Context::<Control>::new();
@@ -180,11 +176,12 @@ pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> R
     let sockets = match sockets {
         Some(sockets) => sockets,
         None => {
-            let plain = settings.server.listen.iter().map(|addr| (addr, false));
-            let proxied = settings.proxy.listen.iter().map(|addr| (addr, true));
+            let server = &settings.restart.server;
+            let plain = server.listen.addrs().iter().map(|addr| (addr, false));
+            let proxied = settings.restart.proxy.listen.addrs().iter().map(|addr| (addr, true));
             let bind = |(&addr, behind_proxy)| {
-                listener::bind(addr, settings.server.backlog, settings.server.reuse_port)
-                    .map(|socket| Listener { socket, behind_proxy })
+                let backlog = u32::try_from(server.backlog.get()).unwrap_or(u32::MAX);
+                listener::bind(addr, backlog, server.reuse_port).map(|socket| Listener { socket, behind_proxy })
             };
             Sockets::Listeners(plain.chain(proxied).map(bind).collect::<Result<Vec<_>, _>>()?)
         }
@@ -197,7 +194,7 @@ pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> R
 ///
 /// # Errors
 ///
-/// [`RunError`] if the answer table is invalid or the runtime cannot be set up.
+/// [`RunError`] if the runtime cannot be set up.
 pub fn serve(sockets: Sockets, settings: &Settings, options: Options) -> Result<(), RunError> {
     let system = System::new();
     let app = system.block_on(async {
@@ -249,7 +246,7 @@ mod tests {
             clients.push(client);
         }
         let table = AnswerTable::new([("Beautiful is better than?", "Pretty.")]).unwrap();
-        app.oracle.send(ReplaceTable(table)).await.unwrap();
+        app.oracle.send(ReplaceTable(std::sync::Arc::new(table))).await.unwrap();
         for client in &mut clients {
             assert_eq!(ask(client, b"Beautiful is better than?", 7).await, b"Pretty.");
         }

@@ -162,13 +162,16 @@ impl Probe {
     /// loopback address of its family) and the first entry of its answer table, so a probe
     /// follows the configured ports and answers.
     pub fn for_settings(settings: &Settings, proxy_header: bool) -> (Option<SocketAddr>, Self) {
-        let listen = if proxy_header { &settings.proxy.listen } else { &settings.server.listen };
+        let listen = match proxy_header {
+            true => settings.restart.proxy.listen.addrs(),
+            false => settings.restart.server.listen.addrs(),
+        };
         let addr = listen.first().map(|&addr| match addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
             IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
             _ => addr,
         });
-        let probe = settings.oracle.answers.first().map_or_else(Self::book, |entry| Self {
+        let probe = settings.live.oracle.answers.entries().into_iter().next().map_or_else(Self::book, |entry| Self {
             question: Question::new(entry.question.clone()),
             answer: Answer::new(entry.answer.clone()),
             proxy_header: false,

@@ -1,29 +1,41 @@
-//! [`Settings`]: the daemon's configuration, one struct per TOML section, loaded in layers.
+//! [`Settings`]: the daemon's configuration, loaded in layers and validated by its types.
 //!
 //! Layers, later wins: the built-in `config/zen-server.toml` (compiled in), the operator's file,
 //! `ZEN_<SECTION>__<KEY>` environment variables, then command-line [`Overrides`]. Loading is a
 //! pure function of [`Sources`], so tests inject the environment and a reload builds a whole new
 //! `Settings` the same way.
 //!
-//! The built-in file lists every key there is, so every other layer is checked against it
-//! before anything is merged: a key it does not have, a value of another kind (`2.5` or `true`
-//! where a whole number belongs), or a value the key does not accept is a [`ConfigError`] naming
-//! the layer (the file's path, the environment variable, or the command line), the key and the
-//! value. Nothing is rounded, coerced or ignored.
+//! Every rule lives in the type that holds the value ([`Whole`] numbers within bounds,
+//! [`Listen`] addresses that do not overlap, [`LogLevel`], [`FaultQuestion`], [`AnswerTable`],
+//! ...), and serde builds them. What config-rs does not keep for such an error, the layer the
+//! value came from and the value as written, is looked up by its key in the layers. Before that,
+//! each layer's keys are checked against the built-in file, which lists every key there is, and
+//! its values' kinds against the built-in ones (config-rs would take `2.5` or `true` for a whole
+//! number). Every error names the layer (the file's path, the environment variable, or the
+//! command line), the key and the value; of several mistakes, the first is reported, in the order
+//! of the layers and of the file's lines. Nothing is rounded, coerced or ignored.
+//!
+//! [`RestartSettings`] are what a running daemon cannot change and [`LiveSettings`] what a
+//! reload applies: a reload keeps the running [`RestartSettings`] and names those it set aside.
 
-use std::{collections::HashMap, ffi::OsString, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::HashMap, ffi::OsString, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use config::{Config, File, FileFormat, Map, Source, Value, ValueKind};
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use config::{Config, FileFormat, Map, Source, Value, ValueKind};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub use crate::{
+    metrics::MetricsListen,
+    oracle::{lookup::FaultQuestion, table::AnswerEntry},
+    proxy::Trusted,
+    server::listener::Listen,
+    telemetry::{LogFormat, LogLevel, LogOutput},
+};
 use crate::{
-    oracle::{AnswerTable, OracleConfig, TableError},
-    protocol::{QUESTION_END, Question, is_leading_whitespace},
+    oracle::{AnswerTable, OracleConfig},
     proxy::ProxyPolicy,
     server::{
         ApplyLimits,
-        listener::{ConnectionOptions, Keepalive},
+        listener::{ConnectionOptions, Keepalive, ListenAddr, check_overlaps},
     },
     session::SessionConfig,
 };
@@ -45,6 +57,15 @@ pub const MAX_WORKERS: i64 = 1024;
 /// Upper bound on every duration setting: one year, in seconds. Longer is surely a mistake (the
 /// timer queues behind the timeouts reach about two years at most).
 pub const YEAR_SECS: i64 = 365 * 24 * 60 * 60;
+
+/// One year, in milliseconds.
+const YEAR_MS: i64 = YEAR_SECS * 1000;
+
+/// Linux's bound on the keepalive idle time and interval, in seconds (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`).
+const KEEPALIVE_SECS_MAX: i64 = 32_767;
+
+const U32_MAX: i64 = u32::MAX as i64;
 
 /// Where a value kept from the running settings on a reload comes from, in messages.
 const RUNNING_ORIGIN: &str = "the running settings (a restart is needed to change it)";
@@ -98,7 +119,7 @@ pub enum ConfigError {
         /// What is expected instead.
         reason: String,
     },
-    /// A layer could not be read or parsed (TOML syntax, permissions, a number out of range).
+    /// A layer could not be read as settings.
     #[error("{0}")]
     Load(#[from] config::ConfigError),
     /// An environment variable meant as a setting is not valid UTF-8.
@@ -106,252 +127,195 @@ pub enum ConfigError {
     NotUnicode(String),
 }
 
-/// Every setting of the daemon.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole number from `MIN` to `MAX`: a count, a size, a duration in the unit its key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Whole<const MIN: i64, const MAX: i64>(u64);
+
+impl<const MIN: i64, const MAX: i64> Whole<MIN, MAX> {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The number, as a count in memory.
+    pub fn count(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+
+    /// The number, as seconds.
+    pub fn secs(self) -> Duration {
+        Duration::from_secs(self.0)
+    }
+
+    /// The number, as milliseconds.
+    pub fn millis(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> TryFrom<i64> for Whole<MIN, MAX> {
+    type Error = String;
+
+    fn try_from(number: i64) -> Result<Self, String> {
+        match u64::try_from(number) {
+            _ if number < MIN => Err(format!("must be at least {MIN}")),
+            _ if number > MAX => Err(format!("must be at most {MAX}")),
+            Ok(number) => Ok(Self(number)),
+            Err(_) => Err(format!("must be at least {MIN}")),
+        }
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> From<Whole<MIN, MAX>> for i64 {
+    fn from(number: Whole<MIN, MAX>) -> i64 {
+        i64::try_from(number.0).unwrap_or(i64::MAX)
+    }
+}
+
+/// Every setting of the daemon: those only a restart changes, and those a reload applies.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Listening and worker threads.
-    pub server: ServerSettings,
-    /// What one client may cost the server.
-    pub limits: LimitSettings,
-    /// Logging.
-    pub log: LogSettings,
-    /// The answers.
-    pub oracle: OracleSettings,
+    /// What only a restart changes.
+    pub restart: RestartSettings,
+    /// What a reload applies.
+    pub live: LiveSettings,
+}
+
+/// The settings a running daemon cannot change: a reload keeps their running values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartSettings {
+    /// Listening and threads.
+    pub server: ServerRestart,
+    /// How and where logs are written.
+    pub log: LogRestart,
+    /// How the oracle computes answers, and its fault injection.
+    pub oracle: OracleRestart,
     /// Listeners behind a load balancer that speaks the PROXY protocol.
-    pub proxy: ProxySettings,
+    pub proxy: ProxyRestart,
     /// The Prometheus endpoint.
-    pub metrics: MetricsSettings,
+    pub metrics: MetricsRestart,
 }
 
-/// The `[proxy]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxySettings {
-    /// Addresses where every connection starts with a PROXY header.
-    pub listen: Vec<SocketAddr>,
-    /// Source ranges allowed to send one.
-    pub trusted: Vec<IpNet>,
-    /// How long a connection may take to send its header, in milliseconds.
-    pub header_timeout_ms: u64,
-}
-
-impl ProxySettings {
-    /// Who may send a header and how long it may take.
-    pub fn policy(&self) -> ProxyPolicy {
-        ProxyPolicy { trusted: self.trusted.clone(), header_timeout: Duration::from_millis(self.header_timeout_ms) }
-    }
-}
-
-/// The `[metrics]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// Where to serve Prometheus metrics over HTTP (`IP:PORT`); empty for nowhere.
-    pub listen: String,
-}
-
-impl MetricsSettings {
-    /// The address to serve metrics on, if any.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
-}
-
-/// The `[server]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
+/// The `[server]` settings only a restart changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRestart {
     /// Addresses to listen on.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Listen<true>,
     /// Session threads; 0 means one per CPU.
-    pub workers: usize,
+    pub workers: Whole<0, MAX_WORKERS>,
     /// Queue length of each listening socket.
-    pub backlog: u32,
-    /// Time clients get to receive their answers once shutdown starts.
-    pub shutdown_timeout_secs: u64,
-    /// Once shutdown starts, how long a client must have asked nothing before it is closed.
-    pub drain_grace_ms: u64,
-    /// Once shutdown starts, how long to keep accepting while failing health checks.
-    pub lame_duck_ms: u64,
+    pub backlog: Whole<0, U32_MAX>,
     /// Listen with `SO_REUSEPORT`, so that a new server can bind the same addresses while this
     /// one runs (an upgrade without refusing anyone).
     pub reuse_port: bool,
 }
 
-impl ServerSettings {
-    /// The number of session threads to run: `workers`, or one per CPU when it is 0.
-    pub fn worker_count(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
-
-    /// `shutdown_timeout_secs` as a duration.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
-    }
-
-    /// `lame_duck_ms` as a duration.
-    pub fn lame_duck(&self) -> Duration {
-        Duration::from_millis(self.lame_duck_ms)
-    }
-}
-
-/// The `[limits]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitSettings {
-    /// Longest question accepted, `?` included.
-    pub max_question_bytes: usize,
-    /// A connection completing no question for this long is closed.
-    pub idle_timeout_secs: u64,
-    /// Connections served at once.
-    pub max_connections: u32,
-    /// Unsent answer bytes above which a client's questions are no longer read.
-    pub max_pending_bytes: usize,
-    /// A client reading nothing for this long while answers wait is disconnected.
-    pub write_timeout_secs: u64,
-    /// Seconds of silence before the first keepalive probe; 0 turns keepalive off.
-    pub keepalive_idle_secs: u64,
-    /// Seconds between keepalive probes.
-    pub keepalive_interval_secs: u64,
-    /// Unanswered probes before the connection is dropped.
-    pub keepalive_retries: u32,
-}
-
-impl LimitSettings {
-    /// The options accepted connections get.
-    pub fn connection_options(&self) -> ConnectionOptions {
-        let keepalive = (self.keepalive_idle_secs > 0).then(|| Keepalive {
-            idle: Duration::from_secs(self.keepalive_idle_secs),
-            interval: Duration::from_secs(self.keepalive_interval_secs),
-            retries: self.keepalive_retries,
-        });
-        ConnectionOptions { keepalive }
-    }
-}
-
-/// The `[log]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSettings {
-    /// A level or tracing-subscriber `EnvFilter` directives.
-    pub level: String,
+/// The `[log]` settings only a restart changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRestart {
     /// How each event is written.
     pub format: LogFormat,
     /// Where events are written.
     pub output: LogOutput,
 }
 
-/// How log events are written; read in any case (`JSON` is `json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Where log events are written; read in any case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum LogOutput {
-    /// Standard error, the default.
-    Stderr,
-    /// Standard output (what container engines collect).
-    Stdout,
-}
-
-impl FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.to_ascii_lowercase().as_str() {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err("expected \"text\" or \"json\"".into()),
-        }
-    }
-}
-
-impl TryFrom<String> for LogFormat {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl FromStr for LogOutput {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.to_ascii_lowercase().as_str() {
-            "stderr" => Ok(Self::Stderr),
-            "stdout" => Ok(Self::Stdout),
-            _ => Err("expected \"stderr\" or \"stdout\"".into()),
-        }
-    }
-}
-
-impl TryFrom<String> for LogOutput {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-/// The `[oracle]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OracleSettings {
+/// The `[oracle]` settings only a restart changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OracleRestart {
     /// Blocking work per computed answer, in milliseconds.
-    pub simulated_cost_ms: u64,
+    pub simulated_cost_ms: Whole<0, YEAR_MS>,
     /// Threads computing costly answers.
-    pub workers: usize,
-    /// A question that makes the oracle panic (fault injection); empty for none.
-    pub panic_question: String,
-    /// A question that blocks the thread answering it for good (fault injection); empty for
-    /// none.
-    pub hang_question: String,
-    /// The question-and-answer table, in order.
-    pub answers: Vec<AnswerEntry>,
+    pub workers: Whole<1, MAX_WORKERS>,
+    /// A question that makes the oracle panic (fault injection).
+    pub panic_question: FaultQuestion,
+    /// A question that blocks the thread answering it for good (fault injection).
+    pub hang_question: FaultQuestion,
 }
 
-impl OracleSettings {
-    /// How the oracle answers: its cost, workers and fault injection.
-    pub fn oracle_config(&self) -> OracleConfig {
-        let question = |text: &String| (!text.is_empty()).then(|| Question::new(text.clone()));
-        OracleConfig {
-            simulated_cost: Duration::from_millis(self.simulated_cost_ms),
-            workers: self.workers,
-            panic_question: question(&self.panic_question),
-            hang_question: question(&self.hang_question),
-        }
-    }
-
-    /// The answers as a validated table.
-    ///
-    /// # Errors
-    ///
-    /// [`TableError`] naming the first entry that breaks the protocol's rules.
-    pub fn table(&self) -> Result<AnswerTable, TableError> {
-        AnswerTable::new(self.answers.iter().map(|e| (e.question.clone(), e.answer.clone())))
-    }
+/// The `[proxy]` settings only a restart changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyRestart {
+    /// Addresses where every connection starts with a PROXY header.
+    pub listen: Listen<false>,
 }
 
-/// One entry of `oracle.answers`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnswerEntry {
-    /// The question, ending with `?`.
-    pub question: String,
-    /// Its answer, ending with `.`.
-    pub answer: String,
+/// The `[metrics]` settings (only a restart changes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRestart {
+    /// Where to serve Prometheus metrics over HTTP; nowhere if empty.
+    pub listen: MetricsListen,
+}
+
+/// The settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveSettings {
+    /// Shutting down.
+    pub server: ServerLive,
+    /// What one client may cost the server.
+    pub limits: LimitSettings,
+    /// What is logged.
+    pub log: LogLive,
+    /// The answers.
+    pub oracle: OracleLive,
+    /// Who may send PROXY headers.
+    pub proxy: ProxyLive,
+}
+
+/// The `[server]` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerLive {
+    /// Time clients get to receive their answers once shutdown starts.
+    pub shutdown_timeout_secs: Whole<0, YEAR_SECS>,
+    /// Once shutdown starts, how long a client must have asked nothing before it is closed.
+    pub drain_grace_ms: Whole<0, YEAR_MS>,
+    /// Once shutdown starts, how long to keep accepting while failing health checks.
+    pub lame_duck_ms: Whole<0, YEAR_MS>,
+}
+
+/// The `[limits]` section (a reload applies it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitSettings {
+    /// Longest question accepted, `?` included.
+    pub max_question_bytes: Whole<1, { i64::MAX }>,
+    /// A connection completing no question for this long is closed.
+    pub idle_timeout_secs: Whole<1, YEAR_SECS>,
+    /// Connections served at once.
+    pub max_connections: Whole<1, U32_MAX>,
+    /// Bytes owed to a client above which its questions are no longer asked or read.
+    pub max_pending_bytes: Whole<1, { i64::MAX }>,
+    /// A client reading nothing for this long while answers wait is disconnected.
+    pub write_timeout_secs: Whole<1, YEAR_SECS>,
+    /// Seconds of silence before the first keepalive probe; 0 turns keepalive off.
+    pub keepalive_idle_secs: Whole<0, KEEPALIVE_SECS_MAX>,
+    /// Seconds between keepalive probes.
+    pub keepalive_interval_secs: Whole<1, KEEPALIVE_SECS_MAX>,
+    /// Unanswered probes before the connection is dropped (Linux's `TCP_KEEPCNT` bound).
+    pub keepalive_retries: Whole<1, 127>,
+}
+
+/// The `[log]` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLive {
+    /// A level or tracing-subscriber `EnvFilter` directives.
+    pub level: LogLevel,
+}
+
+/// The `[oracle]` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OracleLive {
+    /// The question-and-answer table, shared: a reload compares it and hands it to the oracle
+    /// without copying it.
+    pub answers: Arc<AnswerTable>,
+}
+
+/// The `[proxy]` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyLive {
+    /// Source ranges allowed to send a PROXY header.
+    pub trusted: Trusted,
+    /// How long a connection may take to send its header, in milliseconds.
+    pub header_timeout_ms: Whole<1, YEAR_MS>,
 }
 
 /// Settings given on the command line; they win over every other layer.
@@ -381,6 +345,9 @@ pub struct Sources {
     pub env: HashMap<String, String>,
     /// Command-line settings.
     pub overrides: Overrides,
+    /// `ZEN_*` variables that are no settings but Kubernetes' links to a service named `zen`
+    /// or `zen-server`, left aside (to be warned about once logging is set up).
+    pub service_links: Vec<String>,
 }
 
 impl Sources {
@@ -390,21 +357,155 @@ impl Sources {
     ///
     /// [`ConfigError::NotUnicode`] if a `ZEN_*` variable is not valid UTF-8.
     pub fn from_process(file: Option<ConfigFile>, overrides: Overrides) -> Result<Self, ConfigError> {
-        Ok(Self { file, env: zen_vars(std::env::vars_os())?, overrides })
+        let (env, service_links) = zen_vars(std::env::vars_os())?;
+        Ok(Self { file, env, overrides, service_links })
     }
 }
 
-fn zen_vars(vars: impl Iterator<Item = (OsString, OsString)>) -> Result<HashMap<String, String>, ConfigError> {
+/// The `ZEN_*` variables that are meant as settings, and those that are Kubernetes' service
+/// links instead.
+fn zen_vars(
+    vars: impl Iterator<Item = (OsString, OsString)>,
+) -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
     let prefix = format!("{ENV_PREFIX}_");
-    let mut zen = HashMap::new();
+    let (mut settings, mut links) = (HashMap::new(), Vec::new());
     for (name, value) in vars {
         let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix) && *n != CONFIG_FILE_VAR) else {
             continue;
         };
+        if is_service_link(name) {
+            links.push(name.to_owned());
+            continue;
+        }
         let value = value.into_string().map_err(|_| ConfigError::NotUnicode(name.to_owned()))?;
-        zen.insert(name.to_owned(), value);
+        settings.insert(name.to_owned(), value);
     }
-    Ok(zen)
+    links.sort();
+    Ok((settings, links))
+}
+
+/// Whether `name` has the shape of a variable Kubernetes sets for a service of the namespace
+/// (`ZEN_PORT`, `ZEN_SERVER_SERVICE_HOST`, `ZEN_SERVER_PORT_1060_TCP_ADDR`, ...): no `__`, and
+/// one of the endings those have.
+fn is_service_link(name: &str) -> bool {
+    let protocol_port = |rest: &str| {
+        let mut parts = rest.split('_');
+        let number = parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let protocol = parts.next().is_some_and(|p| ["TCP", "UDP", "SCTP"].contains(&p));
+        let field = parts.next().is_none_or(|f| ["ADDR", "PORT", "PROTO"].contains(&f));
+        number && protocol && field && parts.next().is_none()
+    };
+    !name.contains("__")
+        && (name.ends_with("_SERVICE_HOST")
+            || name.ends_with("_SERVICE_PORT")
+            || name.contains("_SERVICE_PORT_")
+            || name.ends_with("_PORT")
+            || name.split_once("_PORT_").is_some_and(|(_, rest)| protocol_port(rest)))
+}
+
+/// A settings layer's values, in the order they are written; each value knows where it comes
+/// from (the file's path, the environment variable), but the built-in ones.
+type Layer = Map<String, Value>;
+
+/// Where the value of `key` in `layer` comes from, for messages.
+fn origin(layer: &Layer, key: &str) -> String {
+    lookup(layer, key).and_then(Value::origin).unwrap_or(BUILTIN_ORIGIN).to_owned()
+}
+
+/// The layers of one load, lowest first, and the keys the command line and the running settings
+/// decided: what errors are blamed on.
+struct Layers {
+    layers: Vec<Layer>,
+    /// Keys whose values the command line set.
+    command_line: Vec<&'static str>,
+    /// Keys whose values a reload kept from the running settings.
+    running: Vec<String>,
+}
+
+impl Layers {
+    /// The layer that set `key`: the last that has it.
+    fn origin(&self, key: &str) -> String {
+        if self.running.iter().any(|kept| key == kept || key.starts_with(&format!("{kept}["))) {
+            return RUNNING_ORIGIN.into();
+        }
+        if self.command_line.iter().any(|set| key == *set || key.starts_with(&format!("{set}["))) {
+            return COMMAND_LINE_ORIGIN.into();
+        }
+        self.layers.iter().rev().find(|layer| lookup(layer, key).is_some()).map_or_else(String::new, |l| origin(l, key))
+    }
+
+    /// `key`'s value as written in the layer that set it.
+    fn shown(&self, key: &str) -> String {
+        let value = self.layers.iter().rev().find_map(|layer| lookup(layer, key));
+        value.map(|value| Shown(value).to_string()).unwrap_or_default()
+    }
+
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin(key),
+            key: key.into(),
+            value: self.shown(key),
+            reason: reason.into(),
+        }
+    }
+
+    /// The mistake to report of `mistakes`: the first, by layer, then by its place in the
+    /// layer (the file's order).
+    fn first(&self, mistakes: Vec<ConfigError>) -> Option<ConfigError> {
+        let rank = |error: &ConfigError| match error {
+            ConfigError::Invalid { key, .. } | ConfigError::UnknownKey { key, .. } => self.rank(key),
+            _ => (usize::MAX, 0, 0),
+        };
+        mistakes.into_iter().min_by_key(rank)
+    }
+
+    /// Where a mistake at `key` is: its layer, then its section's and its own place there.
+    fn rank(&self, key: &str) -> (usize, usize, usize) {
+        let (section, name) = key.split('[').next().unwrap_or(key).split_once('.').unwrap_or((key, ""));
+        let position = |values: &Map<String, Value>| {
+            let section_at = values.get_index_of(section)?;
+            let at = match &values.get(section)?.kind {
+                ValueKind::Table(table) => table.get_index_of(name).unwrap_or(0),
+                _ => 0,
+            };
+            Some((section_at, at))
+        };
+        let found = self.layers.iter().enumerate().rev().find_map(|(index, layer)| Some((index, position(layer)?)));
+        found.map_or((usize::MAX, 0, 0), |(index, (section_at, at))| (index, section_at, at))
+    }
+
+    /// A config-rs error about a key, named with its layer and value.
+    fn explain(&self, error: config::ConfigError) -> ConfigError {
+        match error {
+            config::ConfigError::At { key: Some(key), error, .. } => self.invalid(&key, error.to_string()),
+            config::ConfigError::Type { key: Some(key), expected, .. } => {
+                self.invalid(&key, format!("expected {expected}"))
+            }
+            error => ConfigError::Load(error),
+        }
+    }
+}
+
+/// The built-in value of dotted `key` (`section.name`, `section.name[2]`,
+/// `section.name[2].field`), if there is such a key.
+fn lookup<'a>(values: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut value = values.get(parts.next()?)?;
+    for part in parts {
+        let (name, indices) = part.split_once('[').map_or((part, ""), |(name, rest)| (name, rest));
+        value = match &value.kind {
+            ValueKind::Table(table) => table.get(name)?,
+            _ => return None,
+        };
+        for index in indices.split('[').filter(|i| !i.is_empty()) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            value = match &value.kind {
+                ValueKind::Array(items) => items.get(index)?,
+                _ => return None,
+            };
+        }
+    }
+    Some(value)
 }
 
 impl Settings {
@@ -427,8 +528,8 @@ impl Settings {
     }
 
     /// What a reload of a daemon running with `running` puts in effect: the settings from every
-    /// layer, with those a running daemon cannot change kept from `running`, validated as a
-    /// whole; and the keys whose new values were set aside until a restart.
+    /// layer, with the [`RestartSettings`] kept from `running`, validated as a whole; and the
+    /// keys whose new values were set aside until a restart.
     ///
     /// # Errors
     ///
@@ -439,176 +540,186 @@ impl Settings {
     }
 
     fn load_over(sources: &Sources, running: Option<&Settings>) -> Result<(Self, Vec<String>), ConfigError> {
-        let builtin = File::from_str(BUILTIN_TOML, FileFormat::Toml);
-        let known = builtin.collect()?;
-        let file =
-            sources.file.as_ref().map(|file| Ok::<_, ConfigError>((file_layer(file, &known)?, file))).transpose()?;
-        let env = env_layer(&sources.env, &known)?;
-        let mut builder = Config::builder().add_source(builtin);
-        if let Some((values, _)) = &file {
-            builder = builder.add_source(Layer(values.clone()));
+        let builtin = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
+        let file = sources.file.as_ref().map(file_layer).transpose()?;
+        let env = env_layer(&sources.env, &builtin)?;
+        let mut layers = Layers { layers: Vec::new(), command_line: Vec::new(), running: Vec::new() };
+        // Every mistake found, the first reported: keys and kinds of each layer, then values.
+        let mut mistakes = Vec::new();
+        for layer in file.iter().chain([&env]) {
+            check_keys(layer, &builtin, "", &mut mistakes);
         }
-        let config = builder.add_source(Layer(env.clone())).build()?;
-        let mut settings: Settings = config.try_deserialize()?;
-        settings.apply(&sources.overrides)?;
-        let mut set_aside = Vec::new();
-        if let Some(running) = running {
-            let kept = settings.clone().keeping_restart_only_of(running);
-            set_aside = kept.changed_keys(&settings);
-            settings = kept;
+        layers.layers = [Some(builtin), file, Some(env)].into_iter().flatten().collect();
+
+        if mistakes.is_empty() {
+            let mut builder = Config::builder();
+            for layer in &layers.layers {
+                builder = builder.add_source(Values(layer.clone()));
+            }
+            let merged = builder.build()?;
+            let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
+            let live = deserialize::<LiveSettings>(&merged, &layers, &mut mistakes);
+            if let (Some(restart), Some(live)) = (restart, live) {
+                let mut settings = Settings { restart, live };
+                settings.apply(&sources.overrides, &mut layers)?;
+                let mut set_aside = Vec::new();
+                if let Some(running) = running {
+                    set_aside = changed_keys(&running.restart, &settings.restart);
+                    settings.restart = running.restart.clone();
+                    layers.running.clone_from(&set_aside);
+                }
+                settings.check_together(&layers, &sources.overrides)?;
+                return Ok((settings, set_aside));
+            }
         }
-        // Which layer set a key: the last one that has it.
-        let origin = |key: &str| -> String {
-            if set_aside.iter().any(|aside| aside == key) {
-                return RUNNING_ORIGIN.into();
-            }
-            if let Some(value) = env.get(key) {
-                return value.origin().unwrap_or_default().to_owned();
-            }
-            match &file {
-                Some((values, file)) if lookup(values, key).is_some() => file.path.display().to_string(),
-                _ => BUILTIN_ORIGIN.into(),
-            }
-        };
-        settings.check_together(origin, &sources.overrides)?;
-        Ok((settings, set_aside))
+        Err(layers.first(mistakes).unwrap_or_else(|| {
+            ConfigError::Load(config::ConfigError::Message("the settings could not be read".into()))
+        }))
     }
 
-    fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
-        if let Some(listen) = &overrides.listen {
-            self.server.listen.clone_from(listen);
-        }
+    fn apply(&mut self, overrides: &Overrides, layers: &mut Layers) -> Result<(), ConfigError> {
+        let configured: Vec<SocketAddr> = self.restart.server.listen.addrs().to_vec();
+        let mut listen = overrides.listen.clone().unwrap_or_else(|| configured.clone());
         if let Some(port) = overrides.port {
-            self.server.listen.iter_mut().for_each(|addr| addr.set_port(port));
+            listen.iter_mut().for_each(|addr| addr.set_port(port));
         }
-        if overrides.listen.is_some() || overrides.port.is_some() {
-            let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
-            check_listen(&listen).map_err(|reason| ConfigError::Invalid {
-                origin: COMMAND_LINE_ORIGIN.into(),
-                key: "server.listen".into(),
-                value: format!("{listen:?}"),
-                reason,
-            })?;
+        if overrides.listen.is_none() && overrides.port.is_none() {
+            return Ok(());
+        }
+        layers.command_line.push("server.listen");
+        let shown = format!("{:?}", listen.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let invalid = |reason: String| ConfigError::Invalid {
+            origin: COMMAND_LINE_ORIGIN.into(),
+            key: "server.listen".into(),
+            value: shown.clone(),
+            reason,
+        };
+        match (overrides.listen.is_some(), Listen::try_from(listen.into_iter().map(ListenAddr).collect::<Vec<_>>())) {
+            (_, Ok(listen)) => self.restart.server.listen = listen,
+            (true, Err(reason)) => return Err(invalid(reason)),
+            (false, Err(reason)) => {
+                let origin = layers.origin("server.listen");
+                let configured: Vec<String> = configured.iter().map(ToString::to_string).collect();
+                let port = overrides.port.unwrap_or_default();
+                return Err(invalid(format!(
+                    "{reason}: -p {port} gave the same port to the addresses of server.listen in {origin} ({})",
+                    configured.join(", ")
+                )));
+            }
         }
         Ok(())
     }
 
     /// The rules that tie several settings together, checked on the merged result and blamed
     /// on the layer that set the value named.
-    fn check_together(&self, origin: impl Fn(&str) -> String, overrides: &Overrides) -> Result<(), ConfigError> {
-        let invalid = |key: &str, value: String, reason: String| ConfigError::Invalid {
-            origin: origin(key),
-            key: key.into(),
-            value,
-            reason,
-        };
-        let limits = &self.limits;
-        if self.server.lame_duck() >= self.server.shutdown_timeout() && !self.server.lame_duck().is_zero() {
-            let reason =
-                format!("must be shorter than server.shutdown_timeout_secs ({} s)", self.server.shutdown_timeout_secs);
-            return Err(invalid("server.lame_duck_ms", self.server.lame_duck_ms.to_string(), reason));
+    fn check_together(&self, layers: &Layers, overrides: &Overrides) -> Result<(), ConfigError> {
+        let (restart, live) = (&self.restart, &self.live);
+        let max_question = live.limits.max_question_bytes.count();
+        let (lame_duck, shutdown) = (live.server.lame_duck_ms.millis(), live.server.shutdown_timeout_secs.secs());
+        if !lame_duck.is_zero() && lame_duck >= shutdown {
+            let reason = format!(
+                "must be shorter than server.shutdown_timeout_secs ({} s)",
+                live.server.shutdown_timeout_secs.get()
+            );
+            return Err(layers.invalid("server.lame_duck_ms", reason));
         }
-        let longest = self.oracle.answers.iter().map(|entry| entry.question.len()).max().unwrap_or(0);
-        if longest > limits.max_question_bytes {
+        let longest = live.oracle.answers.longest_question();
+        if longest > max_question {
             let reason = format!("is shorter than the longest question in oracle.answers ({longest} bytes)");
-            return Err(invalid("limits.max_question_bytes", limits.max_question_bytes.to_string(), reason));
-        }
-        if overrides.listen.is_none() && overrides.port.is_none() {
-            let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
-            check_listen(&listen).map_err(|reason| invalid("server.listen", format!("{listen:?}"), reason))?;
-        }
-        let both: Vec<String> = self.server.listen.iter().chain(&self.proxy.listen).map(ToString::to_string).collect();
-        if let Err(reason) = check_listen(&both) {
-            let value = format!("{:?}", self.proxy.listen.iter().map(ToString::to_string).collect::<Vec<_>>());
-            let (origin, with) = if overrides.listen.is_some() || overrides.port.is_some() {
-                (
-                    format!("{} and {COMMAND_LINE_ORIGIN}", origin("proxy.listen")),
-                    "the addresses given on the command line",
-                )
-            } else {
-                (origin("proxy.listen"), "server.listen")
-            };
-            let reason = format!("{reason} (with {with})");
-            return Err(ConfigError::Invalid { origin, key: "proxy.listen".into(), value, reason });
+            return Err(layers.invalid("limits.max_question_bytes", reason));
         }
         for (key, question) in [
-            ("oracle.panic_question", &self.oracle.panic_question),
-            ("oracle.hang_question", &self.oracle.hang_question),
+            ("oracle.panic_question", &restart.oracle.panic_question),
+            ("oracle.hang_question", &restart.oracle.hang_question),
         ] {
-            if question.len() > limits.max_question_bytes {
+            if question.len() > max_question {
                 let reason = format!(
-                    "is longer than limits.max_question_bytes ({} bytes), so no client could ask it",
-                    limits.max_question_bytes
+                    "is longer than limits.max_question_bytes ({max_question} bytes), so no client could ask it"
                 );
-                return Err(invalid(key, format!("{question:?}"), reason));
+                return Err(layers.invalid(key, reason));
             }
+        }
+        // No two listeners on one address: the plain ones, the PROXY ones, the metrics endpoint.
+        let plain = restart.server.listen.addrs();
+        let from_command_line = overrides.listen.is_some() || overrides.port.is_some();
+        for (key, others) in
+            [("proxy.listen", restart.proxy.listen.addrs()), ("metrics.listen", restart.metrics.listen.0.as_slice())]
+        {
+            let all: Vec<SocketAddr> = plain.iter().chain(others).copied().collect();
+            if let Err(reason) = check_overlaps(&all) {
+                let (origin, with) = match from_command_line {
+                    true => (
+                        format!("{} and {COMMAND_LINE_ORIGIN}", layers.origin(key)),
+                        "the addresses given on the command line",
+                    ),
+                    false => (layers.origin(key), "server.listen"),
+                };
+                let reason = format!("{reason} (with {with})");
+                return Err(ConfigError::Invalid { origin, key: key.into(), value: layers.shown(key), reason });
+            }
+        }
+        if let Some(metrics) = restart.metrics.listen.0
+            && let Err(reason) = check_overlaps(&[restart.proxy.listen.addrs(), &[metrics]].concat())
+        {
+            return Err(layers.invalid("metrics.listen", format!("{reason} (with proxy.listen)")));
         }
         Ok(())
     }
 
     /// What the server applies from these settings, at start and on each reload.
     pub fn server_limits(&self) -> ApplyLimits {
+        let live = &self.live;
         ApplyLimits {
-            proxy: self.proxy.policy(),
-            max_connections: self.limits.max_connections,
-            shutdown_timeout: self.server.shutdown_timeout(),
-            lame_duck: self.server.lame_duck(),
-            connection_options: self.limits.connection_options(),
+            proxy: ProxyPolicy {
+                trusted: live.proxy.trusted.ranges().to_vec(),
+                header_timeout: live.proxy.header_timeout_ms.millis(),
+            },
+            max_connections: u32::try_from(live.limits.max_connections.get()).unwrap_or(u32::MAX),
+            shutdown_timeout: live.server.shutdown_timeout_secs.secs(),
+            lame_duck: live.server.lame_duck_ms.millis(),
+            connection_options: live.limits.connection_options(),
             session: self.session(),
         }
     }
 
     /// The limits one session enforces.
     pub fn session(&self) -> SessionConfig {
+        let limits = &self.live.limits;
         SessionConfig {
-            max_question_bytes: self.limits.max_question_bytes,
-            max_pending_bytes: self.limits.max_pending_bytes,
-            idle_timeout: Duration::from_secs(self.limits.idle_timeout_secs),
-            write_timeout: Duration::from_secs(self.limits.write_timeout_secs),
-            drain_grace: Duration::from_millis(self.server.drain_grace_ms),
+            max_question_bytes: limits.max_question_bytes.count(),
+            max_pending_bytes: limits.max_pending_bytes.count(),
+            idle_timeout: limits.idle_timeout_secs.secs(),
+            write_timeout: limits.write_timeout_secs.secs(),
+            drain_grace: self.live.server.drain_grace_ms.millis(),
+        }
+    }
+
+    /// The number of session threads to run: `server.workers`, or one per CPU when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.restart.server.workers.count() {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// How the oracle answers: its cost, workers and fault injection.
+    pub fn oracle_config(&self) -> OracleConfig {
+        let oracle = &self.restart.oracle;
+        OracleConfig {
+            simulated_cost: oracle.simulated_cost_ms.millis(),
+            workers: oracle.workers.count(),
+            panic_question: oracle.panic_question.question().cloned(),
+            hang_question: oracle.hang_question.question().cloned(),
         }
     }
 
     /// The dotted keys whose values differ between `self` and `other` (a list, such as
-    /// `oracle.answers`, counts as one key).
+    /// `oracle.answers`, counts as one key), in order.
     pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
-        fn leaves(value: toml::Value, prefix: &str, into: &mut Vec<(String, toml::Value)>) {
-            match value {
-                toml::Value::Table(table) => {
-                    for (name, value) in table {
-                        let key = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
-                        leaves(value, &key, into);
-                    }
-                }
-                value => into.push((prefix.to_owned(), value)),
-            }
-        }
-        let flatten = |settings: &Settings| {
-            let mut all = Vec::new();
-            if let Ok(value) = toml::Value::try_from(settings) {
-                leaves(value, "", &mut all);
-            }
-            all
-        };
-        let (mine, theirs) = (flatten(self), flatten(other));
-        mine.iter().zip(&theirs).filter(|((_, a), (_, b))| a != b).map(|((key, _), _)| key.clone()).collect()
-    }
-
-    /// `self`, with the settings a running daemon cannot change taken from `running`.
-    fn keeping_restart_only_of(mut self, running: &Settings) -> Settings {
-        self.server.listen.clone_from(&running.server.listen);
-        self.server.workers = running.server.workers;
-        self.server.backlog = running.server.backlog;
-        self.server.reuse_port = running.server.reuse_port;
-        self.log.format = running.log.format;
-        self.log.output = running.log.output;
-        self.oracle.simulated_cost_ms = running.oracle.simulated_cost_ms;
-        self.oracle.workers = running.oracle.workers;
-        self.oracle.panic_question.clone_from(&running.oracle.panic_question);
-        self.oracle.hang_question.clone_from(&running.oracle.hang_question);
-        self.metrics.listen.clone_from(&running.metrics.listen);
-        self.proxy.listen.clone_from(&running.proxy.listen);
-        self
+        let mut keys = changed_keys(&self.restart, &other.restart);
+        keys.extend(changed_keys(&self.live, &other.live));
+        keys.sort();
+        keys
     }
 
     /// The settings as TOML, as `check-config` prints them.
@@ -617,15 +728,66 @@ impl Settings {
     ///
     /// Only if serialization fails, which the test suite rules out.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string_pretty(self)
+        let mut all = toml::Table::try_from(&self.restart)?;
+        for (section, values) in toml::Table::try_from(&self.live)? {
+            match (all.get_mut(&section), values) {
+                (Some(toml::Value::Table(merged)), toml::Value::Table(values)) => merged.extend(values),
+                (_, values) => drop(all.insert(section, values)),
+            }
+        }
+        toml::to_string_pretty(&all)
     }
+}
+
+impl LimitSettings {
+    /// The options accepted connections get.
+    pub fn connection_options(&self) -> ConnectionOptions {
+        let keepalive = (self.keepalive_idle_secs.get() > 0).then(|| Keepalive {
+            idle: self.keepalive_idle_secs.secs(),
+            interval: self.keepalive_interval_secs.secs(),
+            retries: u32::try_from(self.keepalive_retries.get()).unwrap_or(u32::MAX),
+        });
+        ConnectionOptions { keepalive }
+    }
+}
+
+/// Deserializes `merged` into `T`, or records the mistake.
+fn deserialize<T: DeserializeOwned>(merged: &Config, layers: &Layers, mistakes: &mut Vec<ConfigError>) -> Option<T> {
+    merged.clone().try_deserialize().map_err(|error| mistakes.push(layers.explain(error))).ok()
+}
+
+/// The dotted keys whose values differ between `a` and `b`, sorted.
+fn changed_keys<T: Serialize>(a: &T, b: &T) -> Vec<String> {
+    fn leaves(value: toml::Value, prefix: &str, into: &mut Vec<(String, toml::Value)>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (name, value) in table {
+                    let key = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
+                    leaves(value, &key, into);
+                }
+            }
+            value => into.push((prefix.to_owned(), value)),
+        }
+    }
+    let flatten = |settings: &T| {
+        let mut all = Vec::new();
+        if let Ok(value) = toml::Value::try_from(settings) {
+            leaves(value, "", &mut all);
+        }
+        all
+    };
+    let (mine, theirs) = (flatten(a), flatten(b));
+    let mut keys: Vec<String> =
+        mine.iter().zip(&theirs).filter(|((_, a), (_, b))| a != b).map(|((key, _), _)| key.clone()).collect();
+    keys.sort();
+    keys
 }
 
 /// A layer of values already read and checked.
 #[derive(Debug, Clone)]
-struct Layer(Map<String, Value>);
+struct Values(Map<String, Value>);
 
-impl Source for Layer {
+impl Source for Values {
     fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
         Box::new(self.clone())
     }
@@ -635,51 +797,53 @@ impl Source for Layer {
     }
 }
 
-/// Reads the operator's file and checks it against the built-in keys.
-fn file_layer(file: &ConfigFile, known: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
-    let fail = |reason: &str| ConfigError::File {
-        named_by: file.named_by,
-        path: file.path.display().to_string(),
-        reason: reason.into(),
-    };
+/// Reads and parses the operator's file.
+fn file_layer(file: &ConfigFile) -> Result<Map<String, Value>, ConfigError> {
+    let fail =
+        |reason: String| ConfigError::File { named_by: file.named_by, path: file.path.display().to_string(), reason };
     match std::fs::metadata(&file.path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(fail("no such file")),
-        Err(error) => return Err(fail(&error.to_string())),
-        Ok(metadata) if metadata.is_dir() => return Err(fail("is a directory, not a settings file")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(fail("no such file".into())),
+        Err(error) => return Err(fail(error.to_string())),
+        Ok(metadata) if metadata.is_dir() => return Err(fail("is a directory, not a settings file".into())),
         Ok(metadata) if !metadata.is_file() => {
-            return Err(fail("is not a regular file (a device, FIFO or socket holds no settings)"));
+            return Err(fail("is not a regular file (a device, FIFO or socket holds no settings)".into()));
         }
         Ok(_) => {}
     }
-    let text = std::fs::read_to_string(&file.path).map_err(|error| fail(&error.to_string()))?;
+    let bytes = std::fs::read(&file.path).map_err(|error| fail(error.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        fail(format!("line {line} is not valid UTF-8 (a settings file is UTF-8 text)"))
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|error| fail(parse_error(&error, &text)))?;
     let origin = file.path.display().to_string();
-    let values =
-        File::from_str(&text, FileFormat::Toml).collect().map_err(|error| fail(&one_line(&error.to_string())))?;
-    let values = with_origin(values, &origin);
-    check_table(&values, known, &origin, "")?;
-    Ok(values)
+    Ok(table.into_iter().map(|(key, value)| (key, from_toml(value, &origin))).collect())
 }
 
-/// A TOML syntax error's message on one line: the quoted source lines (`1 | ...`, `  |   ^`)
-/// go, since the line and column are in the message already.
-fn one_line(message: &str) -> String {
-    let is_excerpt = |line: &str| {
-        line.is_empty() || line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|')
+/// A TOML parse error of `text` on one line: the line's number, the line, and what is wrong.
+fn parse_error(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim_end_matches('\n').replace('\n', "; ");
+    let Some(span) = error.span() else { return message };
+    let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
+    let written = text.lines().nth(line - 1).unwrap_or_default().trim();
+    format!("line {line}, `{written}`: {message}")
+}
+
+/// A TOML value as a config-rs value from `origin`.
+fn from_toml(value: toml::Value, origin: &String) -> Value {
+    let kind = match value {
+        toml::Value::String(text) => ValueKind::String(text),
+        toml::Value::Integer(number) => ValueKind::I64(number),
+        toml::Value::Float(number) => ValueKind::Float(number),
+        toml::Value::Boolean(flag) => ValueKind::Boolean(flag),
+        toml::Value::Datetime(time) => ValueKind::String(time.to_string()),
+        toml::Value::Array(items) => ValueKind::Array(items.into_iter().map(|item| from_toml(item, origin)).collect()),
+        toml::Value::Table(table) => {
+            ValueKind::Table(table.into_iter().map(|(key, value)| (key, from_toml(value, origin))).collect())
+        }
     };
-    message.lines().map(str::trim).filter(|line| !is_excerpt(line)).collect::<Vec<_>>().join(" ")
-}
-
-/// `values`, each saying it came from `origin` (for messages about merged settings).
-fn with_origin(values: Map<String, Value>, origin: &String) -> Map<String, Value> {
-    fn relabel(value: Value, origin: &String) -> Value {
-        let kind = match value.kind {
-            ValueKind::Table(table) => ValueKind::Table(with_origin(table, origin)),
-            ValueKind::Array(items) => ValueKind::Array(items.into_iter().map(|item| relabel(item, origin)).collect()),
-            kind => kind,
-        };
-        Value::new(Some(origin), kind)
-    }
-    values.into_iter().map(|(key, value)| (key, relabel(value, origin))).collect()
+    Value::new(Some(origin), kind)
 }
 
 /// Turns `ZEN_<SECTION>__<KEY>` variables into values of the kinds the built-in keys have.
@@ -697,12 +861,13 @@ fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Resu
                 "{ENV_PREFIX}_* variables are settings, named {ENV_PREFIX}_<SECTION>__<KEY> (such as ZEN_SERVER__WORKERS), apart from {CONFIG_FILE_VAR}"
             )));
         };
-        let key = format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let model = lookup(known, &key).ok_or_else(|| unknown(format!("there is no setting {key}")))?;
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let model = lookup(known, &format!("{section}.{key}"))
+            .ok_or_else(|| unknown(format!("there is no setting {section}.{key}")))?;
         let origin = format!("environment variable {name}");
         let invalid = |reason: &str| ConfigError::Invalid {
             origin: origin.clone(),
-            key: key.clone(),
+            key: format!("{section}.{key}"),
             value: format!("{text:?}"),
             reason: reason.into(),
         };
@@ -719,237 +884,82 @@ fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Resu
                     text.split(',').map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())));
                 ValueKind::Array(items.collect())
             }
-            _ => return Err(unknown(format!("{key} can only be set in a settings file"))),
+            _ => return Err(unknown(format!("{section}.{key} can only be set in a settings file"))),
         };
-        let value = Value::new(Some(&origin), kind);
-        check_value(&key, &value, model, &origin)?;
-        layer.insert(key, value);
+        let section = layer.entry(section).or_insert_with(|| Value::new(None, ValueKind::Table(Map::new())));
+        if let ValueKind::Table(table) = &mut section.kind {
+            table.insert(key, Value::new(Some(&origin), kind));
+        }
     }
     Ok(layer)
 }
 
-/// The built-in value of dotted `key`, if there is such a key.
-fn lookup<'a>(known: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    let (section, name) = key.split_once('.')?;
-    match &known.get(section)?.kind {
-        ValueKind::Table(table) => table.get(name),
-        _ => None,
-    }
-}
-
-/// Checks every key of `values` against the built-in `known` ones, and every value against its
-/// key.
-fn check_table(
-    values: &Map<String, Value>,
-    known: &Map<String, Value>,
-    origin: &str,
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    let mut names: Vec<&String> = values.keys().collect();
-    names.sort();
-    for name in names {
+/// Records every key of `values` the built-in `known` ones do not have, and every value of
+/// another kind than the built-in one.
+fn check_keys(values: &Layer, known: &Layer, prefix: &str, mistakes: &mut Vec<ConfigError>) {
+    for (name, value) in values {
         let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
         let Some(model) = known.get(name) else {
             let mut keys: Vec<&str> = known.keys().map(String::as_str).collect();
             keys.sort_unstable();
             let within = if prefix.is_empty() { "sections".to_owned() } else { format!("keys of {prefix}") };
             let hint = format!(" (the {within} are: {})", keys.join(", "));
-            return Err(ConfigError::UnknownKey { origin: origin.into(), key, hint });
+            mistakes.push(ConfigError::UnknownKey { origin: value.origin().unwrap_or_default().to_owned(), key, hint });
+            continue;
         };
-        check_value(&key, &values[name], model, origin)?;
+        check_kind(&key, value, model, mistakes);
     }
-    Ok(())
 }
 
-/// Checks that `value` has the kind of the built-in `model` and is accepted by `key`.
-fn check_value(key: &str, value: &Value, model: &Value, origin: &str) -> Result<(), ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        origin: origin.into(),
-        key: key.into(),
-        value: Shown(value).to_string(),
-        reason,
+/// Records a `value` of another kind than the built-in `model`.
+fn check_kind(key: &str, value: &Value, model: &Value, mistakes: &mut Vec<ConfigError>) {
+    let whole = |kind: &ValueKind| {
+        matches!(kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_))
     };
-    match (&model.kind, &value.kind) {
-        (ValueKind::Table(known), ValueKind::Table(values)) => return check_table(values, known, origin, key),
+    let expected = match (&model.kind, &value.kind) {
+        (ValueKind::Table(known), ValueKind::Table(values)) => return check_keys(values, known, key, mistakes),
         (ValueKind::Array(models), ValueKind::Array(items)) => {
             if let Some(model) = models.first() {
                 for (index, item) in items.iter().enumerate() {
-                    check_value(&format!("{key}[{index}]"), item, model, origin)?;
+                    check_kind(&format!("{key}[{index}]"), item, model, mistakes);
                 }
             }
+            return;
         }
-        (ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_), kind)
-            if !matches!(kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_)) =>
-        {
-            return Err(invalid("expected a whole number".into()));
-        }
-        (ValueKind::String(_), kind) if !matches!(kind, ValueKind::String(_)) => {
-            return Err(invalid("expected a string, in quotes".into()));
-        }
-        (ValueKind::Boolean(_), kind) if !matches!(kind, ValueKind::Boolean(_)) => {
-            return Err(invalid("expected true or false".into()));
-        }
-        (ValueKind::Table(_), _) => return Err(invalid("expected a section of settings".into())),
-        (ValueKind::Array(_), _) => return Err(invalid("expected a list in [brackets]".into())),
-        _ => {}
-    }
-    check_rule(key, value).map_err(invalid)
-}
-
-/// The rule of each key that has one, on a value of the right kind.
-fn check_rule(key: &str, value: &Value) -> Result<(), String> {
-    let number = || value.clone().into_int().unwrap_or(-1);
-    let text = || value.clone().into_string().unwrap_or_default();
-    let strings = || -> Vec<String> {
-        value.clone().into_array().unwrap_or_default().into_iter().filter_map(|v| v.into_string().ok()).collect()
+        (model, kind) if whole(model) && !whole(kind) => "expected a whole number",
+        (ValueKind::String(_), kind) if !matches!(kind, ValueKind::String(_)) => "expected a string, in quotes",
+        (ValueKind::Boolean(_), kind) if !matches!(kind, ValueKind::Boolean(_)) => "expected true or false",
+        (ValueKind::Table(_), _) => "expected a section of settings",
+        (ValueKind::Array(_), _) => "expected a list in [brackets]",
+        _ => return,
     };
-    let at_least = |min: i64| if number() < min { Err(format!("must be at least {min}")) } else { Ok(()) };
-    let at_most = |max: i64| if number() > max { Err(format!("must be at most {max}")) } else { Ok(()) };
-    match key {
-        "server.workers" => match number() {
-            n if n < 0 => Err("must be at least 0 (0 means one per CPU)".into()),
-            n if n > MAX_WORKERS => Err(format!("is more than {MAX_WORKERS}")),
-            _ => Ok(()),
-        },
-        "oracle.workers" => match number() {
-            n if !(1..=MAX_WORKERS).contains(&n) => Err(format!("must be from 1 to {MAX_WORKERS}")),
-            _ => Ok(()),
-        },
-        "limits.max_connections" => at_least(1).and_then(|()| at_most(u32::MAX.into())),
-        "server.backlog" => at_least(0).and_then(|()| at_most(u32::MAX.into())),
-        "limits.max_question_bytes" | "limits.max_pending_bytes" => at_least(1),
-        "limits.idle_timeout_secs" | "limits.write_timeout_secs" => at_least(1).and_then(|()| at_most(YEAR_SECS)),
-        "server.shutdown_timeout_secs" => at_least(0).and_then(|()| at_most(YEAR_SECS)),
-        "server.drain_grace_ms" | "server.lame_duck_ms" | "oracle.simulated_cost_ms" => {
-            at_least(0).and_then(|()| at_most(YEAR_SECS * 1000))
-        }
-        // Linux's own bounds (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); idle 0 turns keepalive off.
-        "limits.keepalive_idle_secs" => at_least(0).and_then(|()| at_most(32_767)),
-        "limits.keepalive_interval_secs" => at_least(1).and_then(|()| at_most(32_767)),
-        "limits.keepalive_retries" => at_least(1).and_then(|()| at_most(127)),
-        "server.listen" => check_listen(&strings()),
-        "proxy.trusted" if strings().is_empty() => {
-            Err("at least one range is needed (proxy.listen without trusted senders would accept no one)".into())
-        }
-        _ if key.starts_with("proxy.trusted[") => text()
-            .parse::<IpNet>()
-            .map(drop)
-            .map_err(|_| "expected an address range such as 10.0.0.0/8 or ::1/128".into()),
-        "proxy.header_timeout_ms" => at_least(1).and_then(|()| at_most(YEAR_SECS * 1000)),
-        "proxy.listen" => match strings() {
-            entries if entries.is_empty() => Ok(()),
-            entries => check_listen(&entries),
-        },
-        _ if key.starts_with("server.listen[") || key.starts_with("proxy.listen[") => text()
-            .parse::<SocketAddr>()
-            .map(drop)
-            .map_err(|_| "expected an IP address and port, such as 127.0.0.1:1060 or [::1]:1060".into()),
-        "log.level" => check_log_level(&text()),
-        "log.format" => text().parse::<LogFormat>().map(drop),
-        "log.output" => text().parse::<LogOutput>().map(drop),
-        "oracle.panic_question" | "oracle.hang_question" => check_fault_question(&text()),
-        "oracle.answers" => check_answers(value),
-        "metrics.listen" => match text() {
-            text if text.is_empty() || text.parse::<SocketAddr>().is_ok() => Ok(()),
-            _ => Err("expected an IP address and port, such as 127.0.0.1:9106, or \"\" for no metrics".into()),
-        },
-        _ if matches!(value.kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_)) => {
-            at_least(0)
-        }
-        _ => Ok(()),
-    }
+    let error = ConfigError::Invalid {
+        origin: value.origin().unwrap_or_default().to_owned(),
+        key: key.into(),
+        value: Shown(value).to_string(),
+        reason: expected.into(),
+    };
+    mistakes.push(error);
 }
 
-/// `server.listen`: IP addresses with ports, at least one, none listed twice or covered by a
-/// wildcard address on the same port (port 0, "any free port", never clashes).
-fn check_listen(entries: &[String]) -> Result<(), String> {
-    if entries.is_empty() {
-        return Err("at least one address is needed".into());
-    }
-    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(entries.len());
-    for (index, entry) in entries.iter().enumerate() {
-        let addr: SocketAddr = entry.parse().map_err(|_| {
-            format!("entry {index}, {entry:?}, is not an IP address and port, such as 127.0.0.1:1060 or [::1]:1060")
-        })?;
-        if let Some(other) = addrs.iter().find(|other| {
-            addr.port() != 0
-                && other.port() == addr.port()
-                && other.is_ipv4() == addr.is_ipv4()
-                && (**other == addr || other.ip().is_unspecified() || addr.ip().is_unspecified())
-        }) {
-            return Err(if *other == addr {
-                format!("{addr} is listed twice")
-            } else {
-                format!("{other} and {addr} overlap: one is every address of its family on the same port")
-            });
-        }
-        addrs.push(addr);
-    }
-    Ok(())
-}
-
-/// `log.level`: levels and `target=level` directives. A bare word that is not a level would be
-/// taken as a target, at which nothing logs: that is refused, not obeyed silently.
-fn check_log_level(text: &str) -> Result<(), String> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let expected = "expected a level (off, error, warn, info, debug, trace) or directives such as \"info,zen_server::session=debug\"";
-    if text.trim().is_empty() {
-        return Err(expected.into());
-    }
-    for directive in text.split(',').map(str::trim) {
-        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
-        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(format!("{level:?} is not a level; {expected}"));
-        }
-    }
-    tracing_subscriber::EnvFilter::try_new(text).map(drop).map_err(|error| format!("{error}; {expected}"))
-}
-
-/// A fault-injection question: empty, or a question a client can ask.
-fn check_fault_question(text: &str) -> Result<(), String> {
-    let bytes = text.as_bytes();
-    let ends_with_its_only_mark =
-        bytes.last() == Some(&QUESTION_END) && bytes.iter().filter(|&&b| b == QUESTION_END).count() == 1;
-    if text.is_empty() || (ends_with_its_only_mark && !bytes.first().copied().is_some_and(is_leading_whitespace)) {
-        Ok(())
-    } else {
-        Err("a question no client can ask (it must end with its only '?' and not start with whitespace), so it could never trigger; leave it empty for none".into())
-    }
-}
-
-/// `oracle.answers`: a table that follows the protocol's rules, with at least one entry.
-fn check_answers(value: &Value) -> Result<(), String> {
-    let entries: Vec<(String, String)> = value
-        .clone()
-        .into_array()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|entry| {
-            let entry = entry.into_table().ok()?;
-            let field = |name: &str| entry.get(name).and_then(|v| v.clone().into_string().ok()).unwrap_or_default();
-            Some((field("question"), field("answer")))
-        })
-        .collect();
-    if entries.is_empty() {
-        return Err("the table is empty: the server would know no answer at all; list at least one".into());
-    }
-    AnswerTable::new(entries).map(drop).map_err(|error| error.to_string())
-}
-
-/// A value as an operator would write it.
+/// A value as an operator would write it; a long list is cut short.
 struct Shown<'a>(&'a Value);
 
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN_ITEMS: usize = 4;
         match &self.0.kind {
             ValueKind::String(text) => write!(f, "{text:?}"),
             ValueKind::Array(items) => {
                 f.write_str("[")?;
-                for (index, item) in items.iter().enumerate() {
+                for (index, item) in items.iter().take(SHOWN_ITEMS).enumerate() {
                     if index > 0 {
                         f.write_str(", ")?;
                     }
                     write!(f, "{}", Shown(item))?;
+                }
+                if items.len() > SHOWN_ITEMS {
+                    write!(f, ", ... {} in all", items.len())?;
                 }
                 f.write_str("]")
             }
@@ -959,7 +969,6 @@ impl fmt::Display for Shown<'_> {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -1007,9 +1016,9 @@ mod tests {
     #[test]
     fn builtin_defaults_listen_on_loopback_1060_and_know_the_book_answers() {
         let settings = Settings::builtin().unwrap();
-        assert_eq!(settings.server.listen, ["127.0.0.1:1060".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(settings.log.format, LogFormat::Text);
-        let table = settings.oracle.table().unwrap();
+        assert_eq!(settings.restart.server.listen.addrs(), ["127.0.0.1:1060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(settings.restart.log.format, LogFormat::Text);
+        let table = &settings.live.oracle.answers;
         assert_eq!(table.answer(b"Beautiful is better than?").as_bytes(), b"Ugly.");
         assert_eq!(table.answer(b"Explicit is better than?").as_bytes(), b"Implicit.");
         assert_eq!(table.answer(b"Simple is better than?").as_bytes(), b"Complex.");
@@ -1025,12 +1034,13 @@ mod tests {
             file: Some(file.config()),
             env: env(&[("ZEN_SERVER__WORKERS", "3"), ("ZEN_SERVER__LISTEN", "127.0.0.2:3000,[::1]:3001")]),
             overrides: Overrides { listen: None, port: Some(4000) },
+            ..Sources::default()
         };
         let settings = Settings::load(&sources).unwrap();
-        assert_eq!(settings.server.backlog, 7, "file beats built-in");
-        assert_eq!(settings.log.level, "debug", "file beats built-in");
-        assert_eq!(settings.server.workers, 3, "env beats file");
-        let listen: Vec<String> = settings.server.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(settings.restart.server.backlog.get(), 7, "file beats built-in");
+        assert_eq!(settings.live.log.level.as_str(), "debug", "file beats built-in");
+        assert_eq!(settings.restart.server.workers.get(), 3, "env beats file");
+        let listen: Vec<String> = settings.restart.server.listen.addrs().iter().map(|a| a.to_string()).collect();
         assert_eq!(listen, ["127.0.0.2:4000", "[::1]:4000"], "env list, then the -p port");
     }
 
@@ -1042,14 +1052,14 @@ mod tests {
             overrides: Overrides { listen: Some(vec![addr]), port: None },
             ..Sources::default()
         };
-        assert_eq!(Settings::load(&sources).unwrap().server.listen, [addr]);
+        assert_eq!(Settings::load(&sources).unwrap().restart.server.listen.addrs(), [addr]);
     }
 
     #[test]
     fn a_file_answer_list_replaces_the_builtin_one() {
         let file = TempFile::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Because.\" }]\n");
         let settings = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
-        let table = settings.oracle.table().unwrap();
+        let table = &settings.live.oracle.answers;
         assert_eq!(table.len(), 1);
         assert_eq!(table.answer(b"Beautiful is better than?"), Answer::UNKNOWN_APHORISM);
     }
@@ -1125,14 +1135,14 @@ mod tests {
     #[test]
     fn limits_come_from_the_environment_too() {
         let sources = Sources { env: env(&[("ZEN_LIMITS__MAX_CONNECTIONS", "5")]), ..Sources::default() };
-        assert_eq!(Settings::load(&sources).unwrap().limits.max_connections, 5);
+        assert_eq!(Settings::load(&sources).unwrap().live.limits.max_connections.get(), 5);
     }
 
     #[test]
     fn keepalive_zero_turns_it_off() {
         let sources = Sources { env: env(&[("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "0")]), ..Sources::default() };
-        assert!(Settings::load(&sources).unwrap().limits.connection_options().keepalive.is_none());
-        assert!(Settings::builtin().unwrap().limits.connection_options().keepalive.is_some());
+        assert!(Settings::load(&sources).unwrap().live.limits.connection_options().keepalive.is_none());
+        assert!(Settings::builtin().unwrap().live.limits.connection_options().keepalive.is_some());
     }
 
     #[test]
@@ -1146,7 +1156,7 @@ mod tests {
     fn only_zen_variables_except_the_file_variable_are_settings() {
         let vars = [("ZEN_CONFIG", "x.toml"), ("PATH", "/bin"), ("ZEN_LOG__LEVEL", "debug"), ("ZENITH", "1")]
             .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        assert_eq!(zen_vars(vars.into_iter()).unwrap(), env(&[("ZEN_LOG__LEVEL", "debug")]));
+        assert_eq!(zen_vars(vars.into_iter()).unwrap(), (env(&[("ZEN_LOG__LEVEL", "debug")]), Vec::new()));
     }
 
     #[test]
@@ -1234,7 +1244,7 @@ mod tests {
         assert!(!error.contains("enum") && !error.contains("LogFormat"), "{error}");
         let sources =
             Sources { env: env(&[("ZEN_LOG__FORMAT", "JSON"), ("ZEN_LOG__OUTPUT", "StdOut")]), ..Sources::default() };
-        let log = Settings::load(&sources).unwrap().log;
+        let log = Settings::load(&sources).unwrap().restart.log;
         assert_eq!((log.format, log.output), (LogFormat::Json, LogOutput::Stdout));
     }
 
@@ -1249,7 +1259,8 @@ mod tests {
     fn spaces_around_commas_in_the_listen_variable_are_accepted() {
         let sources =
             Sources { env: env(&[("ZEN_SERVER__LISTEN", "127.0.0.1:7001, [::1]:7002")]), ..Sources::default() };
-        let listen = Settings::load(&sources).unwrap().server.listen;
+        let settings = Settings::load(&sources).unwrap();
+        let listen = settings.restart.server.listen.addrs();
         assert_eq!(listen, ["127.0.0.1:7001".parse::<SocketAddr>().unwrap(), "[::1]:7002".parse().unwrap()]);
     }
 

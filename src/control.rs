@@ -16,7 +16,7 @@
 //! the layer, key and value, and the daemon serves on with what it had. A SIGHUP that comes
 //! while a reload is under way starts one more reload once it is over.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use actix::{fut::wrap_future, prelude::*};
 use tokio::sync::oneshot;
@@ -25,7 +25,7 @@ use crate::{
     config::{ConfigError, Settings, Sources},
     metrics::Metrics,
     notify::Notifier,
-    oracle::{AnswerTable, Oracle, ReplaceTable, TableError},
+    oracle::{AnswerTable, Oracle, ReplaceTable},
     server::{CheckAlive, Drain, DrainReport, Server, ServerIdle},
     telemetry::LogControl,
 };
@@ -80,8 +80,6 @@ enum Reloading {
 enum ReloadError {
     #[error(transparent)]
     Settings(#[from] ConfigError),
-    #[error("invalid oracle.answers: {0}")]
-    Answers(#[from] TableError),
     #[error("cannot start the thread reading the settings: {0}")]
     Thread(std::io::Error),
     #[error("the thread reading the settings ended without a result")]
@@ -96,18 +94,15 @@ struct Prepared {
     /// Keys that changed and need a restart.
     needs_restart: Vec<String>,
     /// The new answer table, if it changed.
-    table: Option<AnswerTable>,
+    table: Option<Arc<AnswerTable>>,
 }
 
-/// Reads every layer again over `running` and builds what changed (on the calling thread,
-/// which is never one that serves clients).
+/// Reads every layer again over `running`, and builds and validates the result (on the calling
+/// thread, which is never one that serves clients).
 fn prepare(sources: &Sources, running: &Settings) -> Result<Prepared, ReloadError> {
     let (settings, needs_restart) = Settings::reload(sources, running)?;
     let live = running.changed_keys(&settings);
-    let table = match live.iter().any(|key| key == "oracle.answers") {
-        true => Some(settings.oracle.table()?),
-        false => None,
-    };
+    let table = live.iter().any(|key| key == "oracle.answers").then(|| settings.live.oracle.answers.clone());
     Ok(Prepared { settings, live, needs_restart, table })
 }
 
@@ -166,7 +161,7 @@ impl Control {
             }
             if prepared.live.iter().any(|key| key == "log.level")
                 && let Some(log) = &log
-                && let Err(error) = log.set_level(&prepared.settings.log.level)
+                && let Err(error) = log.set_level(prepared.settings.live.log.level.as_str())
             {
                 tracing::error!(%error, "cannot change the log level");
             }

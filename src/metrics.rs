@@ -15,6 +15,7 @@ use std::{cell::Cell, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+use serde::{Deserialize, Serialize};
 
 /// How often per-thread counts are added to the shared counters.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -365,6 +366,31 @@ impl Tally {
 
 fn add(cell: &Cell<u64>, count: u64) {
     cell.set(cell.get() + count);
+}
+
+/// `metrics.listen`: where to serve metrics, or `""` for nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "" => Ok(Self(None)),
+            text => text
+                .parse()
+                .map(|addr| Self(Some(addr)))
+                .map_err(|_| "expected an IP address and port, such as 127.0.0.1:9106, or \"\" for no metrics".into()),
+        }
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(listen: MetricsListen) -> String {
+        listen.0.map(|addr| addr.to_string()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::{io, net::SocketAddr, time::Duration};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use ppp::{HeaderResult, PartialResult, v1, v2};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The longest header accepted: version 2's 16 bytes and a payload with addresses and a few
@@ -132,6 +133,56 @@ fn v2_client(header: &v2::Header<'_>) -> Option<SocketAddr> {
         (v2::Command::Proxy, v2::Addresses::IPv4(ip)) => Some(SocketAddr::from((ip.source_address, ip.source_port))),
         (v2::Command::Proxy, v2::Addresses::IPv6(ip)) => Some(SocketAddr::from((ip.source_address, ip.source_port))),
         _ => None,
+    }
+}
+
+/// A source range allowed to send PROXY headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrustedRange(pub IpNet);
+
+impl TryFrom<String> for TrustedRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse().map(Self).map_err(|_| "expected an address range such as 10.0.0.0/8 or ::1/128".into())
+    }
+}
+
+impl From<TrustedRange> for String {
+    fn from(range: TrustedRange) -> String {
+        range.0.to_string()
+    }
+}
+
+/// `proxy.trusted`: at least one range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<TrustedRange>", into = "Vec<TrustedRange>")]
+pub struct Trusted(Vec<IpNet>);
+
+impl Trusted {
+    /// The ranges.
+    pub fn ranges(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<TrustedRange>> for Trusted {
+    type Error = String;
+
+    fn try_from(ranges: Vec<TrustedRange>) -> Result<Self, String> {
+        if ranges.is_empty() {
+            return Err(
+                "at least one range is needed (proxy.listen without trusted senders would accept no one)".into()
+            );
+        }
+        Ok(Self(ranges.into_iter().map(|range| range.0).collect()))
+    }
+}
+
+impl From<Trusted> for Vec<TrustedRange> {
+    fn from(trusted: Trusted) -> Self {
+        trusted.0.into_iter().map(TrustedRange).collect()
     }
 }
 

@@ -10,8 +10,10 @@ use std::{
     io::{self, IsTerminal, Write},
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
+use serde::{Deserialize, Serialize};
 use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::{
     EnvFilter, Registry,
@@ -20,8 +22,6 @@ use tracing_subscriber::{
     reload,
     util::SubscriberInitExt,
 };
-
-use crate::config::{LogFormat, LogOutput, LogSettings};
 
 /// Logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -174,13 +174,15 @@ pub struct TextStyle {
     pub timestamps: bool,
 }
 
-/// A subscriber for `settings` writing to `writer`, and the control of its filter.
+/// A subscriber filtering by `level` and writing `format` to `writer`, and the control of its
+/// filter.
 ///
 /// # Errors
 ///
-/// [`TelemetryError::Filter`] if `log.level` does not parse.
+/// [`TelemetryError::Filter`] if `level` does not parse.
 pub fn subscriber<W>(
-    settings: &LogSettings,
+    level: &str,
+    format: LogFormat,
     writer: W,
     style: TextStyle,
 ) -> Result<(Box<dyn Subscriber + Send + Sync>, LogControl), TelemetryError>
@@ -189,10 +191,10 @@ where
 {
     // The filter itself is what reloads, not a filtered layer (reloading one of those panics,
     // tracing issue 1629).
-    let (filter, control) = reload::Layer::new(parse_filter(&settings.level)?);
+    let (filter, control) = reload::Layer::new(parse_filter(level)?);
     let registry = tracing_subscriber::registry().with(filter);
     let text = fmt::layer().with_writer(writer).with_ansi(style.ansi);
-    let subscriber: Box<dyn Subscriber + Send + Sync> = match settings.format {
+    let subscriber: Box<dyn Subscriber + Send + Sync> = match format {
         LogFormat::Text if style.timestamps => Box::new(registry.with(text)),
         LogFormat::Text => Box::new(registry.with(text.without_time())),
         // The span list follows only the entered span, not an explicit `parent:`; the current
@@ -202,26 +204,27 @@ where
     Ok((subscriber, LogControl(control)))
 }
 
-/// Installs the subscriber for `settings`, writing to `destination`, process-wide, and
-/// reports panics as one `error` event each instead of the default multi-line message.
+/// Installs the subscriber filtering by `level` and writing `format` to `destination`,
+/// process-wide, and reports panics as one `error` event each instead of the default
+/// multi-line message.
 ///
 /// # Errors
 ///
-/// [`TelemetryError`] if `log.level` does not parse or logging was already set up.
-pub fn init(settings: &LogSettings, destination: &Destination) -> Result<LogControl, TelemetryError> {
+/// [`TelemetryError`] if `level` does not parse or logging was already set up.
+pub fn init(level: &str, format: LogFormat, destination: &Destination) -> Result<LogControl, TelemetryError> {
     let terminal = |ansi| TextStyle { ansi, timestamps: true };
     let (subscriber, control) = match destination {
         Destination::Output(LogOutput::Stderr) => {
-            subscriber(settings, std::io::stderr, terminal(std::io::stderr().is_terminal()))?
+            subscriber(level, format, std::io::stderr, terminal(std::io::stderr().is_terminal()))?
         }
         Destination::Output(LogOutput::Stdout) => {
-            subscriber(settings, std::io::stdout, terminal(std::io::stdout().is_terminal()))?
+            subscriber(level, format, std::io::stdout, terminal(std::io::stdout().is_terminal()))?
         }
         Destination::Syslog(path) => match Syslog::connect(path) {
-            Ok(syslog) => subscriber(settings, syslog, TextStyle { ansi: false, timestamps: false })?,
-            Err(_) => subscriber(settings, std::io::sink, terminal(false))?,
+            Ok(syslog) => subscriber(level, format, syslog, TextStyle { ansi: false, timestamps: false })?,
+            Err(_) => subscriber(level, format, std::io::sink, terminal(false))?,
         },
-        Destination::Nowhere => subscriber(settings, std::io::sink, terminal(false))?,
+        Destination::Nowhere => subscriber(level, format, std::io::sink, terminal(false))?,
     };
     subscriber.try_init()?;
     std::panic::set_hook(Box::new(|info| {
@@ -235,6 +238,105 @@ pub fn init(settings: &LogSettings, destination: &Destination) -> Result<LogCont
         tracing::error!(message, location, "panic");
     }));
     Ok(control)
+}
+
+/// `log.level`: levels and `target=level` directives. A bare word that is not a level would be
+/// taken as a target, at which nothing logs: that is refused, not obeyed silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    /// The directives, as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        let expected = "expected a level (off, error, warn, info, debug, trace) or directives such as \"info,zen_server::session=debug\"";
+        if text.trim().is_empty() {
+            return Err(expected.into());
+        }
+        for directive in text.split(',').map(str::trim) {
+            let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+            if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                return Err(format!("{level:?} is not a level; {expected}"));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&text).map_err(|error| format!("{error}; {expected}"))?;
+        Ok(Self(text))
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(level: LogLevel) -> String {
+        level.0
+    }
+}
+
+/// How log events are written; read in any case (`JSON` is `json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected \"text\" or \"json\"".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+/// Where log events are written; read in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogOutput {
+    /// Standard error, the default.
+    Stderr,
+    /// Standard output (what container engines collect).
+    Stdout,
+}
+
+impl FromStr for LogOutput {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "stderr" => Ok(Self::Stderr),
+            "stdout" => Ok(Self::Stdout),
+            _ => Err("expected \"stderr\" or \"stdout\"".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for LogOutput {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
 }
 
 #[cfg(test)]
@@ -259,9 +361,8 @@ mod tests {
     fn log_with(format: LogFormat, level: &str) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
-        let settings = LogSettings { level: level.into(), format, output: LogOutput::Stderr };
         let style = TextStyle { ansi: false, timestamps: true };
-        let (subscriber, _) = subscriber(&settings, move || writer.clone(), style).unwrap();
+        let (subscriber, _) = subscriber(level, format, move || writer.clone(), style).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("session", id = 7, peer = "127.0.0.1:5000");
             tracing::info!(parent: &span, answers = 3, "connection closed");
@@ -296,9 +397,8 @@ mod tests {
     fn a_new_level_takes_effect_at_once() {
         let captured = Captured::default();
         let writer = captured.clone();
-        let settings = LogSettings { level: "warn".into(), format: LogFormat::Text, output: LogOutput::Stderr };
         let style = TextStyle { ansi: false, timestamps: true };
-        let (subscriber, control) = subscriber(&settings, move || writer.clone(), style).unwrap();
+        let (subscriber, control) = subscriber("warn", LogFormat::Text, move || writer.clone(), style).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("before");
             control.set_level("info").unwrap();
@@ -322,9 +422,9 @@ mod tests {
         let path = dir.join("log");
         let _ = std::fs::remove_file(&path);
         let system_log = UnixDatagram::bind(&path).unwrap();
-        let settings = LogSettings { level: "info".into(), format: LogFormat::Text, output: LogOutput::Stderr };
         let syslog = Syslog::connect(&path).unwrap();
-        let (subscriber, _) = subscriber(&settings, syslog, TextStyle { ansi: false, timestamps: false }).unwrap();
+        let style = TextStyle { ansi: false, timestamps: false };
+        let (subscriber, _) = subscriber("info", LogFormat::Text, syslog, style).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(peer = "127.0.0.1:5000", "serving the connection on standard input");
             tracing::error!("oracle.hang_question was asked");

@@ -70,14 +70,18 @@ fn run(
     }
     let sockets = sockets(cli, activated, &settings)?;
     let destination = match errors {
-        Destination::Output(_) => Destination::Output(settings.log.output),
+        Destination::Output(_) => Destination::Output(settings.restart.log.output),
         away => away.clone(),
     };
-    let log = telemetry::init(&settings.log, &destination)?;
+    let log = telemetry::init(settings.live.log.level.as_str(), settings.restart.log.format, &destination)?;
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }
-    let metrics = settings.metrics.addr().map(Metrics::serve).transpose()?.unwrap_or_default();
+    if !sources.service_links.is_empty() {
+        let names = sources.service_links.join(", ");
+        tracing::warn!(%names, "ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out)");
+    }
+    let metrics = settings.restart.metrics.listen.0.map(Metrics::serve).transpose()?.unwrap_or_default();
     let options = Options {
         exit_when_idle: cli.exit_when_idle.map(Duration::from_secs),
         reload: Some(ReloadSources { sources, log: Some(log) }),
@@ -101,7 +105,7 @@ fn sockets(
         return Err(InheritError::AlsoActivated { origin: flag }.into());
     }
     if cli.inetd {
-        if settings.log.output == LogOutput::Stdout {
+        if settings.restart.log.output == LogOutput::Stdout {
             return Err(LogsOnTheConnection.into());
         }
         return Ok(Some(Sockets::Connection(inherit::connection_on_stdin()?)));
@@ -135,7 +139,6 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     match (error.downcast_ref::<RunError>(), error.downcast_ref::<MetricsError>()) {
         (Some(RunError::Listen(_)), _) | (_, Some(MetricsError::Exporter { .. })) => EX_UNAVAILABLE,
-        (Some(RunError::Answers(_)), _) => EX_CONFIG,
         _ if matches!(error.downcast_ref::<TelemetryError>(), Some(TelemetryError::Filter { .. })) => EX_CONFIG,
         _ => 1,
     }

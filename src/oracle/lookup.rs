@@ -7,10 +7,12 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     metrics::Outcome,
     oracle::table::AnswerTable,
-    protocol::{Answer, AnswersBuilder, Question},
+    protocol::{Answer, AnswersBuilder, QUESTION_END, Question, is_leading_whitespace},
 };
 
 /// How questions are looked up: which questions are poisoned (fault injection) and how many
@@ -73,5 +75,50 @@ impl Lookup {
                 Outcome::InternalError
             }
         }
+    }
+}
+
+/// A fault-injection question: none (`""`), or a question a client can ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FaultQuestion(Option<Question>);
+
+impl FaultQuestion {
+    /// The question, if there is one.
+    pub fn question(&self) -> Option<&Question> {
+        self.0.as_ref()
+    }
+
+    /// Its length in bytes (0 for none).
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |question| question.as_bytes().len())
+    }
+
+    /// Whether there is no question.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl TryFrom<String> for FaultQuestion {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bytes = text.as_bytes();
+        let ends_with_its_only_mark =
+            bytes.last() == Some(&QUESTION_END) && bytes.iter().filter(|&&b| b == QUESTION_END).count() == 1;
+        match text.is_empty() {
+            true => Ok(Self(None)),
+            false if ends_with_its_only_mark && !bytes.first().copied().is_some_and(is_leading_whitespace) => {
+                Ok(Self(Some(Question::new(text))))
+            }
+            false => Err("a question no client can ask (it must end with its only '?' and not start with whitespace), so it could never trigger; leave it empty for none".into()),
+        }
+    }
+}
+
+impl From<FaultQuestion> for String {
+    fn from(question: FaultQuestion) -> String {
+        question.0.map(|question| String::from_utf8_lossy(question.as_bytes()).into_owned()).unwrap_or_default()
     }
 }

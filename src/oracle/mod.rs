@@ -74,7 +74,7 @@ pub struct Answered {
 /// answers from then on, on every worker, is answered from the new table.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ReplaceTable(pub AnswerTable);
+pub struct ReplaceTable(pub Arc<AnswerTable>);
 
 /// How the oracle answers, beyond its table.
 #[derive(Debug, Clone, Default)]
@@ -121,12 +121,12 @@ impl AnswerBound {
 /// The table in use and, if answers are costly, which of its questions are already computed.
 #[derive(Debug)]
 struct Current {
-    table: AnswerTable,
+    table: Arc<AnswerTable>,
     computed: Computed,
 }
 
 impl Current {
-    fn new(table: AnswerTable) -> Arc<Self> {
+    fn new(table: Arc<AnswerTable>) -> Arc<Self> {
         Arc::new(Self { table, computed: Computed::default() })
     }
 }
@@ -159,7 +159,7 @@ pub struct StartedOracle {
 impl Oracle {
     /// Starts the oracle's owner on the current arbiter, counting answers into `metrics`; must
     /// be called inside a running actix `System`.
-    pub fn start(table: AnswerTable, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
+    pub fn start(table: Arc<AnswerTable>, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
         let costly =
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
         let shared = Arc::new(Shared {
@@ -296,7 +296,7 @@ mod tests {
 
     /// The oracle and one replica on the current thread.
     fn start(table: AnswerTable, config: OracleConfig) -> (StartedOracle, Addr<OracleReplica>) {
-        let oracle = Oracle::start(table, config, &Metrics::disabled());
+        let oracle = Oracle::start(Arc::new(table), config, &Metrics::disabled());
         let replica = oracle.start_replica(&Arbiter::current());
         (oracle, replica)
     }
@@ -337,10 +337,10 @@ mod tests {
     #[actix::test]
     async fn one_replacement_is_in_force_for_every_replica_once_acknowledged() {
         let threads = WorkerThreads::spawn(4.try_into().unwrap());
-        let oracle = Oracle::start(book_table(), OracleConfig::default(), &Metrics::disabled());
+        let oracle = Oracle::start(Arc::new(book_table()), OracleConfig::default(), &Metrics::disabled());
         let replicas: Vec<_> = threads.arbiters().map(|thread| oracle.start_replica(&thread)).collect();
         let new_table = AnswerTable::new([("Flat is better than?", "Nested and nested again.")]).unwrap();
-        oracle.owner.send(ReplaceTable(new_table)).await.unwrap();
+        oracle.owner.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
         assert_eq!(oracle.answer_bound().get(), "Nested and nested again.".len(), "the bound follows the table");
         for replica in &replicas {
             let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(oracle.answer_bound().get(), Answer::UNKNOWN_APHORISM.as_bytes().len());
         let long = format!("{}.", "x".repeat(100_000));
         let table = AnswerTable::new([("Big?".to_owned(), long)]).unwrap();
-        oracle.owner.send(ReplaceTable(table)).await.unwrap();
+        oracle.owner.send(ReplaceTable(Arc::new(table))).await.unwrap();
         assert_eq!(oracle.answer_bound().get(), 100_001);
     }
 
@@ -382,7 +382,7 @@ mod tests {
             assert_eq!(paid(), Some(3), "round {round}");
         }
         // A new table has computed nothing yet.
-        oracle.owner.send(ReplaceTable(book_table())).await.unwrap();
+        oracle.owner.send(ReplaceTable(Arc::new(book_table()))).await.unwrap();
         ask(&replica, &[b"Simple is better than?"]).await;
         assert_eq!(paid(), Some(4));
     }

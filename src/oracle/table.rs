@@ -1,13 +1,19 @@
 //! [`AnswerTable`]: the questions the oracle knows and their answers, every entry checked
-//! against the protocol's rules when the table is built, so a table that exists is valid.
+//! against the protocol's rules when the table is built, so a table that exists is valid. The
+//! settings build it from their list of [`AnswerEntry`]s, which serde reads.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace};
 
-/// Why a set of entries cannot be an answer table; names the entry by its position.
+/// Why a set of entries cannot be an answer table; names the entry by its position (from zero)
+/// and quotes its question.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
+    /// There is no entry at all.
+    #[error("the table is empty: the server would know no answer at all; list at least one")]
+    Empty,
     /// A question is not a run of bytes ending with its only `?`.
     #[error("entry {index}: question \"{question}\" must end with '?' and contain no other '?'")]
     BadQuestion {
@@ -25,10 +31,12 @@ pub enum TableError {
         question: String,
     },
     /// An answer is not a run of bytes ending with its only `.`.
-    #[error("entry {index}: answer \"{answer}\" must end with '.' and contain no other '.'")]
+    #[error("entry {index} (question \"{question}\"): answer \"{answer}\" must end with '.' and contain no other '.'")]
     BadAnswer {
         /// Position of the entry, from zero.
         index: usize,
+        /// Its question, escaped.
+        question: String,
         /// The answer, escaped.
         answer: String,
     },
@@ -44,8 +52,18 @@ pub enum TableError {
     },
 }
 
+/// One entry of `oracle.answers`, as the settings list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerEntry {
+    /// The question, ending with `?`.
+    pub question: String,
+    /// Its answer, ending with `.`.
+    pub answer: String,
+}
+
 /// Questions and their answers, every entry checked against the protocol's rules.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<AnswerEntry>", into = "Vec<AnswerEntry>")]
 pub struct AnswerTable {
     /// FxHash (`rustc-hash`): about three times cheaper than SipHash or FNV on questions of a few
     /// dozen bytes. Flooding is no concern: the keys are the operator's few questions, so no
@@ -79,7 +97,11 @@ impl AnswerTable {
                 return Err(TableError::LeadingWhitespace { index, question: question.to_string() });
             }
             if !ends_with_its_only(answer.as_bytes(), ANSWER_END) {
-                return Err(TableError::BadAnswer { index, answer: answer.to_string() });
+                return Err(TableError::BadAnswer {
+                    index,
+                    question: question.to_string(),
+                    answer: answer.to_string(),
+                });
             }
             if let Some((first, _)) = answers.get(&question) {
                 let first = *first;
@@ -116,9 +138,47 @@ impl AnswerTable {
         self.answers.is_empty()
     }
 
+    /// The entries, in the order they were listed.
+    pub fn entries(&self) -> Vec<AnswerEntry> {
+        let mut entries: Vec<_> =
+            self.answers.iter().map(|(question, (index, answer))| (*index, question, answer)).collect();
+        entries.sort_unstable_by_key(|(index, ..)| *index);
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        entries
+            .into_iter()
+            .map(|(_, question, answer)| AnswerEntry {
+                question: text(question.as_bytes()),
+                answer: text(answer.as_bytes()),
+            })
+            .collect()
+    }
+
+    /// The longest question in the table, in bytes.
+    pub fn longest_question(&self) -> usize {
+        self.answers.keys().map(|question| question.as_bytes().len()).max().unwrap_or(0)
+    }
+
     /// The longest answer in the table, in bytes.
     pub fn longest_answer(&self) -> usize {
         self.longest_answer
+    }
+}
+
+impl TryFrom<Vec<AnswerEntry>> for AnswerTable {
+    type Error = TableError;
+
+    /// A table of at least one entry.
+    fn try_from(entries: Vec<AnswerEntry>) -> Result<Self, TableError> {
+        if entries.is_empty() {
+            return Err(TableError::Empty);
+        }
+        Self::new(entries.into_iter().map(|AnswerEntry { question, answer }| (question, answer)))
+    }
+}
+
+impl From<AnswerTable> for Vec<AnswerEntry> {
+    fn from(table: AnswerTable) -> Self {
+        table.entries()
     }
 }
 
@@ -178,6 +238,24 @@ mod tests {
     fn a_question_starting_with_whitespace_is_rejected() {
         let error = AnswerTable::new([(" Why?", "Because.")]).unwrap_err();
         assert!(matches!(error, TableError::LeadingWhitespace { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_bad_answer_is_named_with_its_question() {
+        let error = AnswerTable::new([("Why?", "Because. Really.")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "entry 0 (question \"Why?\"): answer \"Because. Really.\" must end with '.' and contain no other '.'"
+        );
+    }
+
+    #[test]
+    fn entries_come_back_in_their_order_and_an_empty_list_is_no_table() {
+        let entry = |question: &str, answer: &str| AnswerEntry { question: question.into(), answer: answer.into() };
+        let entries = vec![entry("B?", "Two."), entry("A?", "One."), entry("C?", "Three.")];
+        let table = AnswerTable::try_from(entries.clone()).unwrap();
+        assert_eq!(table.entries(), entries);
+        assert_eq!(AnswerTable::try_from(Vec::new()), Err(TableError::Empty));
     }
 
     #[test]

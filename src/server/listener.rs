@@ -17,6 +17,7 @@ use std::{
 };
 
 use futures_core::Stream;
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -216,6 +217,84 @@ impl Stream for AcceptStream {
             Err(source) => Err(AcceptError::Connection(source)),
         }))
     }
+}
+
+/// An IP address and port to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+            .map(Self)
+            .map_err(|_| "expected an IP address and port, such as 127.0.0.1:1060 or [::1]:1060".into())
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(addr: ListenAddr) -> String {
+        addr.0.to_string()
+    }
+}
+
+/// Addresses to listen on, none listed twice or covered by a wildcard address on the same port
+/// (port 0, "any free port", never clashes); at least one if `REQUIRED`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<ListenAddr>", into = "Vec<ListenAddr>")]
+pub struct Listen<const REQUIRED: bool>(Vec<SocketAddr>);
+
+impl<const REQUIRED: bool> Listen<REQUIRED> {
+    /// The addresses, in order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0
+    }
+}
+
+impl<const REQUIRED: bool> TryFrom<Vec<ListenAddr>> for Listen<REQUIRED> {
+    type Error = String;
+
+    fn try_from(addrs: Vec<ListenAddr>) -> Result<Self, String> {
+        let addrs: Vec<SocketAddr> = addrs.into_iter().map(|addr| addr.0).collect();
+        if REQUIRED && addrs.is_empty() {
+            return Err("at least one address is needed".into());
+        }
+        check_overlaps(&addrs)?;
+        Ok(Self(addrs))
+    }
+}
+
+impl<const REQUIRED: bool> From<Listen<REQUIRED>> for Vec<ListenAddr> {
+    fn from(listen: Listen<REQUIRED>) -> Self {
+        listen.0.into_iter().map(ListenAddr).collect()
+    }
+}
+
+/// Whether two of `addrs` are the same address, or one is every address of its family on the
+/// other's port.
+///
+/// # Errors
+///
+/// A message naming the two addresses.
+pub fn check_overlaps(addrs: &[SocketAddr]) -> Result<(), String> {
+    for (index, addr) in addrs.iter().enumerate() {
+        let overlapping = |other: &&SocketAddr| {
+            addr.port() != 0
+                && other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (*other == addr || other.ip().is_unspecified() || addr.ip().is_unspecified())
+        };
+        if let Some(other) = addrs[..index].iter().find(overlapping) {
+            return Err(if other == addr {
+                format!("{addr} is listed twice")
+            } else {
+                format!("{other} and {addr} overlap: one is every address of its family on the same port")
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -402,7 +402,7 @@ mod tests {
     fn start_server(threads: usize, idle_timeout: Duration) -> (Addr<Server>, SocketAddr, WorkerThreads) {
         let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(table, OracleConfig::default(), &Metrics::disabled());
+        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
         let workers = Workers::start(&threads, &oracle, session_config(idle_timeout), &Metrics::disabled());
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();

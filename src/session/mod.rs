@@ -1089,7 +1089,7 @@ mod tests {
             }
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
-                let oracle = Oracle::start(table, OracleConfig::default(), &Metrics::disabled());
+                let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
                 let replica = oracle.start_replica(&Arbiter::current()).recipient();
                 let (client, _live, _registry) = start_session_bounded(replica, oracle.answer_bound(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);

@@ -28,7 +28,10 @@ pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_zen-server");
 
 /// Lines the server has written to standard error so far, and whether that has ended.
 #[derive(Clone, Default)]
-struct Log(Arc<(Mutex<(Vec<String>, bool)>, Condvar)>);
+struct Log(Arc<(Mutex<Lines>, Condvar)>);
+
+/// The lines, and whether standard error was closed.
+type Lines = (Vec<String>, bool);
 
 impl Log {
     fn push(&self, line: String) {

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::helpers::{TempConfig, TempDir, run_server};
+use crate::helpers::{DEADLINE, Launch, TempConfig, TempDir, ZenServer, run_server};
 
 const DIR: &str = "deploy/k8s";
 /// What `kustomization.yaml` applies, in its order.
@@ -151,7 +151,8 @@ fn a_leaving_pod_drops_out_of_the_service_then_drains_within_its_grace_period() 
     let settings: toml::Table = configmap_settings().parse().unwrap();
     let drain = match settings.get("server").and_then(|server| server.get("shutdown_timeout_secs")) {
         Some(secs) => secs.as_integer().expect("a whole number of seconds"),
-        None => i64::try_from(zen_server::config::Settings::builtin().unwrap().server.shutdown_timeout_secs).unwrap(),
+        None => i64::try_from(zen_server::config::Settings::builtin().unwrap().live.server.shutdown_timeout_secs.get())
+            .unwrap(),
     };
     let grace = int(&pod["terminationGracePeriodSeconds"]);
     assert!(grace > pre_stop + drain, "grace {grace} s, preStop {pre_stop} s, drain {drain} s");
@@ -233,16 +234,42 @@ fn the_configmap_settings_pass_check_config() {
     }
 }
 
+/// What a pod gets for Services named `zen` and `zen-server` in its namespace, unless
+/// `enableServiceLinks` is false.
+const SERVICE_LINKS: [(&str, &str); 10] = [
+    ("ZEN_SERVER_SERVICE_HOST", "10.96.0.10"),
+    ("ZEN_SERVER_SERVICE_PORT", "1060"),
+    ("ZEN_SERVER_SERVICE_PORT_ZEN", "1060"),
+    ("ZEN_SERVER_PORT", "tcp://10.96.0.10:1060"),
+    ("ZEN_SERVER_PORT_1060_TCP", "tcp://10.96.0.10:1060"),
+    ("ZEN_SERVER_PORT_1060_TCP_ADDR", "10.96.0.10"),
+    ("ZEN_SERVER_PORT_1060_TCP_PORT", "1060"),
+    ("ZEN_SERVER_PORT_1060_TCP_PROTO", "tcp"),
+    ("ZEN_PORT", "tcp://10.96.0.11:1060"),
+    ("ZEN_SERVICE_HOST", "10.96.0.11"),
+];
+
 #[test]
-fn kubernetes_service_link_variables_would_stop_the_server() {
-    // What a pod gets for a Service named zen-server unless enableServiceLinks is false.
-    let env = [
-        ("ZEN_SERVER_SERVICE_HOST", "10.96.0.10"),
-        ("ZEN_SERVER_SERVICE_PORT", "1060"),
-        ("ZEN_SERVER_PORT", "tcp://10.96.0.10:1060"),
-        ("ZEN_SERVER_PORT_1060_TCP", "tcp://10.96.0.10:1060"),
-    ];
-    let (status, _, stderr) = run_server(&["check-config"], &env);
+fn kubernetes_service_links_are_no_settings_and_are_named_in_one_warning() {
+    let (status, _, stderr) = run_server(&["check-config"], &SERVICE_LINKS);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let server = ZenServer::launch(
+        SERVICE_LINKS.iter().fold(Launch::with_env(&[]), |launch, (name, value)| launch.env(name, value)),
+    );
+    let warning = server
+        .wait_for_log(&["WARN", "not settings"], DEADLINE)
+        .unwrap_or_else(|| panic!("no warning; log:\n{}", server.log()));
+    for (name, _) in SERVICE_LINKS {
+        assert!(warning.contains(name), "{name} missing from {warning}");
+    }
+    assert_eq!(server.log().matches("not settings").count(), 1, "one warning:\n{}", server.log());
+    // A setting misspelt stays a mistake, service links or not.
+    let mut misspelt = SERVICE_LINKS.to_vec();
+    misspelt.push(("ZEN_SERVER__WORKERZ", "2"));
+    let (status, _, stderr) = run_server(&["check-config"], &misspelt);
     assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("unknown environment variable ZEN_SERVER_"), "{stderr}");
+    assert!(
+        stderr.contains("ZEN_SERVER__WORKERZ") && stderr.contains("there is no setting server.workerz"),
+        "{stderr}"
+    );
 }
