@@ -9,23 +9,44 @@ use std::{
     path::PathBuf,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{config::Overrides, protocol::DEFAULT_PORT};
 
+/// What `zen-server --help` says after the flags.
+const SERVER_HELP: &str = "\
+Examples:
+  zen-server                            serve on server.listen (built in: 127.0.0.1:1060)
+  zen-server '' -p 1060                 every IPv4 interface, port 1060, as the book's servers
+  zen-server --listen 0.0.0.0:1060 --listen '[::]:1060'
+  zen-server --config /etc/zen-server/zen-server.toml
+  zen-server check-config --config zen-server.toml    print the effective settings, or what is wrong
+
+Settings, later wins: built-in defaults, the file (--config or ZEN_CONFIG), ZEN_<SECTION>__<KEY>
+variables (ZEN_SERVER__WORKERS=4, ZEN_LOG__LEVEL=debug, ZEN_SERVER__LISTEN=127.0.0.1:1060,[::1]:1060),
+then these flags. `zen-server check-config` prints every setting.
+
+Signals: SIGTERM or SIGINT drains (every question received is answered, clients are told
+\"Error: server shutting down.\") and exits 0; a second one exits at once (143, 130). SIGHUP
+reloads the settings.
+
+Exit codes: 0 stopped as asked; 1 anything else; 2 bad command line; 69 unavailable, a later try
+may work (address in use, HOST not resolved); 78 a setting is wrong (do not restart).";
+
 /// `zen-server`: serves the Zen of Python over TCP.
 #[derive(Debug, Parser)]
-#[command(name = "zen-server", version, about)]
+#[command(name = "zen-server", version, about, after_help = SERVER_HELP)]
 pub struct ServerCli {
     /// What to do; without a command, serve.
     #[command(subcommand)]
     pub command: Option<ServerCommand>,
-    /// Interface to listen on, as in the book's servers: an IP address or host name, or ''
-    /// for every IPv4 interface. Replaces server.listen; the port is -p or 1060.
-    #[arg(value_name = "HOST")]
+    /// Interface to listen on, as in the book's servers: an IP address or host name (no port:
+    /// that is -p), or '' for every IPv4 interface. Replaces server.listen (built in:
+    /// 127.0.0.1:1060); the port is -p or 1060.
+    #[arg(value_name = "HOST", value_parser = parse_host, conflicts_with = "listen")]
     pub host: Option<String>,
-    /// Port to listen on (replaces the port of every listening address).
-    #[arg(short = 'p', long = "port", value_name = "PORT", global = true)]
+    /// Port to listen on (replaces the port of every address of server.listen, or HOST's).
+    #[arg(short = 'p', long = "port", value_name = "PORT", global = true, conflicts_with = "listen")]
     pub port: Option<u16>,
     /// Settings file (TOML), layered over the built-in defaults.
     #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", global = true)]
@@ -43,8 +64,8 @@ pub struct ServerCli {
     /// (inetd's wait mode passes it as 0).
     #[arg(long, value_name = "FD", conflicts_with_all = ["host", "listen", "port"])]
     pub listen_fd: Option<i32>,
-    /// Exit once no connection has been open or has arrived for SECS seconds.
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Exit SECS seconds after the last connection closed (or after starting, if none came).
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_idle_secs)]
     pub exit_when_idle: Option<u64>,
 }
 
@@ -66,9 +87,6 @@ pub enum CliError {
         /// Why it failed.
         reason: String,
     },
-    /// HOST and --listen were both given.
-    #[error("give either HOST or --listen, not both")]
-    HostAndListen,
     /// A --listen value is not an IP address and port.
     #[error("invalid --listen {0:?}: expected an IP address and port such as 127.0.0.1:1060 or [::1]:1060")]
     BadListen(String),
@@ -83,7 +101,6 @@ impl ServerCli {
     /// value is not an address.
     pub fn overrides(&self) -> Result<Overrides, CliError> {
         match &self.host {
-            Some(_) if !self.listen.is_empty() => Err(CliError::HostAndListen),
             Some(host) => {
                 let addrs = resolve_host(host, self.port.unwrap_or(DEFAULT_PORT))?;
                 Ok(Overrides { listen: Some(addrs), port: None })
@@ -94,6 +111,51 @@ impl ServerCli {
                 Ok(Overrides { listen: Some(addrs.collect::<Result<_, _>>()?), port: self.port })
             }
         }
+    }
+}
+
+/// Checks HOST before it is looked up: an address with a port, or a word that is a command
+/// misspelt, is a command-line mistake.
+fn parse_host(host: &str) -> Result<String, String> {
+    if host.parse::<SocketAddr>().is_ok()
+        || host.rsplit_once(':').is_some_and(|(name, port)| !name.contains(':') && port.parse::<u16>().is_ok())
+    {
+        return Err(format!(
+            "HOST takes no port: give it with -p (zen-server HOST -p PORT), or use --listen {host}"
+        ));
+    }
+    let commands: Vec<String> =
+        ServerCli::command().get_subcommands().map(|command| command.get_name().to_owned()).collect();
+    if host.len() >= 3 && commands.iter().any(|command| command.starts_with(host) || edit_distance(host, command) <= 3) {
+        return Err(format!(
+            "{host:?} is not a command (the commands are: {}); a HOST is an IP address or a host name",
+            commands.join(", ")
+        ));
+    }
+    Ok(host.to_owned())
+}
+
+/// How many single-character edits turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, a) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, &b) in b.iter().enumerate() {
+            let substituted = previous + usize::from(a != b);
+            previous = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `--exit-when-idle`: a whole number of seconds, at least 1.
+fn parse_idle_secs(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(secs) if secs >= 1 => Ok(secs),
+        _ => Err(format!("{text:?} is not a whole number of seconds of at least 1")),
     }
 }
 
@@ -151,10 +213,44 @@ mod tests {
         assert!(error.to_string().contains("\"localhost:1060\""), "{error}");
     }
 
+    /// The message of the command-line error `args` make, which must be one (exit 2).
+    fn refused(args: &[&str]) -> String {
+        let error = ServerCli::try_parse_from(std::iter::once("zen-server").chain(args.iter().copied())).unwrap_err();
+        assert_eq!(error.exit_code(), 2, "{error}");
+        error.to_string()
+    }
+
     #[test]
-    fn host_and_listen_together_are_refused() {
-        let error = server(&["127.0.0.1", "--listen", "127.0.0.1:0"]).overrides().unwrap_err();
-        assert!(matches!(error, CliError::HostAndListen));
+    fn host_or_a_port_with_listen_is_a_command_line_mistake() {
+        let error = refused(&["127.0.0.1", "--listen", "127.0.0.1:0"]);
+        assert!(error.contains("--listen") && error.contains("HOST"), "{error}");
+        let error = refused(&["-p", "30100", "--listen", "127.0.0.1:30101"]);
+        assert!(error.contains("--port") && error.contains("--listen"), "{error}");
+    }
+
+    #[test]
+    fn a_host_with_a_port_or_a_misspelt_command_is_a_command_line_mistake() {
+        let error = refused(&["127.0.0.1:30100"]);
+        assert!(error.contains("HOST takes no port") && error.contains("-p"), "{error}");
+        let error = refused(&["localhost:30100"]);
+        assert!(error.contains("HOST takes no port"), "{error}");
+        for word in ["check", "check_config", "chek-config"] {
+            let error = refused(&[word]);
+            assert!(error.contains("is not a command") && error.contains("check-config"), "{error}");
+        }
+        for host in ["localhost", "::1", "example.com", "db"] {
+            assert_eq!(server(&[host]).host.as_deref(), Some(host));
+        }
+    }
+
+    #[test]
+    fn exit_when_idle_takes_whole_seconds_and_says_so_in_plain_words() {
+        for secs in ["-1", "0", "1.5"] {
+            let error = refused(&["--exit-when-idle", secs]);
+            assert!(error.contains("is not a whole number of seconds of at least 1"), "{error}");
+            assert!(!error.contains("-- -1") && !error.contains("18446744073709551615"), "{error}");
+        }
+        assert_eq!(server(&["--exit-when-idle", "8"]).exit_when_idle, Some(8));
     }
 
     #[test]

@@ -40,12 +40,16 @@ pub enum ClientError {
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
     /// The server closed the connection before answering every question.
-    #[error("server closed the connection after {answered} of {asked} answers")]
+    #[error("{addr} closed the connection after {answered} of {asked} answers{hint}")]
     ClosedEarly {
+        /// The address as it was given.
+        addr: String,
         /// Answers received.
         answered: usize,
         /// Questions asked.
         asked: usize,
+        /// What may be wrong, when nothing at all was answered.
+        hint: &'static str,
     },
     /// A question to ask does not end with `?`.
     #[error("{0:?} does not end with '?': the server would wait for the rest of it")]
@@ -61,7 +65,8 @@ pub enum ClientError {
 }
 
 /// Sends every question in one write to `addr` (an address, or a host name and port, such as
-/// `"127.0.0.1:1060"` or a `SocketAddr`), then reads one answer per question.
+/// `"127.0.0.1:1060"` or a `SocketAddr`), after a PROXY header if `proxy_header` (for a
+/// listener in `proxy.listen`), then reads one answer per question.
 ///
 /// # Errors
 ///
@@ -72,8 +77,9 @@ pub async fn ask(
     addr: impl ToSocketAddrs + Display,
     questions: &[Question],
     timeout: Duration,
+    proxy_header: bool,
 ) -> Result<Vec<Answer>, ClientError> {
-    exchange(addr, b"", questions, timeout).await
+    exchange(addr, if proxy_header { PROXY_HEADER } else { b"" }, questions, timeout).await
 }
 
 /// Sends `preamble` (such as a PROXY header), then every question in the same write; reads one
@@ -110,7 +116,19 @@ async fn exchange_untimed(
             return Ok(answers);
         }
         if stream.read_buf(&mut buffer).await? == 0 {
-            return Err(ClientError::ClosedEarly { answered: answers.len(), asked: questions.len() });
+            // A PROXY listener closes, without a word, a connection that starts with no header.
+            let hint = match (answers.is_empty(), preamble.is_empty()) {
+                (true, true) => {
+                    "; if it is a PROXY listener (proxy.listen), use --proxy-header or the server's plain address (server.listen)"
+                }
+                _ => "",
+            };
+            return Err(ClientError::ClosedEarly {
+                addr: addr.to_string(),
+                answered: answers.len(),
+                asked: questions.len(),
+                hint,
+            });
         }
     }
 }
@@ -147,8 +165,9 @@ pub struct Probe {
     pub proxy_header: bool,
 }
 
-/// The PROXY header a probe sends: version 1, no address relayed.
-pub const PROBE_PROXY_HEADER: &[u8] = b"PROXY UNKNOWN\r\n";
+/// The PROXY header sent with `--proxy-header`: version 1, no address relayed (the server keeps
+/// the socket's own peer).
+pub const PROXY_HEADER: &[u8] = b"PROXY UNKNOWN\r\n";
 
 impl Probe {
     /// The book's first question, `Beautiful is better than?`, expecting `Ugly.`.
@@ -187,7 +206,7 @@ impl Probe {
 /// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
 /// expected one.
 pub async fn probe(addr: impl ToSocketAddrs + Display, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
-    let preamble = if probe.proxy_header { PROBE_PROXY_HEADER } else { b"" };
+    let preamble = if probe.proxy_header { PROXY_HEADER } else { b"" };
     let answers = exchange(addr, preamble, std::slice::from_ref(&probe.question), timeout).await?;
     match answers.first() {
         Some(answer) if *answer == probe.answer => Ok(()),

@@ -125,6 +125,24 @@ pub enum ConfigError {
     /// An environment variable meant as a setting is not valid UTF-8.
     #[error("environment variable {0} is not valid UTF-8")]
     NotUnicode(String),
+    /// [`CONFIG_FILE_VAR`] is set, to nothing.
+    #[error("{CONFIG_FILE_VAR} is set but empty: set it to the path of a settings file, or unset it")]
+    EmptyConfigVar,
+}
+
+impl ConfigError {
+    /// [`ConfigError::EmptyConfigVar`] if the environment has [`CONFIG_FILE_VAR`] set to
+    /// nothing (which the command line parser would report as a flag without its value).
+    ///
+    /// # Errors
+    ///
+    /// As said.
+    pub fn check_config_var() -> Result<(), ConfigError> {
+        match std::env::var_os(CONFIG_FILE_VAR) {
+            Some(path) if path.is_empty() => Err(ConfigError::EmptyConfigVar),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A whole number from `MIN` to `MAX`: a count, a size, a duration in the unit its key names.
@@ -550,27 +568,24 @@ impl Settings {
             check_keys(layer, &builtin, "", &mut mistakes);
         }
         layers.layers = [Some(builtin), file, Some(env)].into_iter().flatten().collect();
-
-        if mistakes.is_empty() {
-            let mut builder = Config::builder();
-            for layer in &layers.layers {
-                builder = builder.add_source(Values(layer.clone()));
+        let mut builder = Config::builder();
+        for layer in &layers.layers {
+            builder = builder.add_source(Values(layer.clone()));
+        }
+        let merged = builder.build()?;
+        let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
+        let live = deserialize::<LiveSettings>(&merged, &layers, &mut mistakes);
+        if let (true, Some(restart), Some(live)) = (mistakes.is_empty(), restart, live) {
+            let mut settings = Settings { restart, live };
+            settings.apply(&sources.overrides, &mut layers)?;
+            let mut set_aside = Vec::new();
+            if let Some(running) = running {
+                set_aside = changed_keys(&running.restart, &settings.restart);
+                settings.restart = running.restart.clone();
+                layers.running.clone_from(&set_aside);
             }
-            let merged = builder.build()?;
-            let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
-            let live = deserialize::<LiveSettings>(&merged, &layers, &mut mistakes);
-            if let (Some(restart), Some(live)) = (restart, live) {
-                let mut settings = Settings { restart, live };
-                settings.apply(&sources.overrides, &mut layers)?;
-                let mut set_aside = Vec::new();
-                if let Some(running) = running {
-                    set_aside = changed_keys(&running.restart, &settings.restart);
-                    settings.restart = running.restart.clone();
-                    layers.running.clone_from(&set_aside);
-                }
-                settings.check_together(&layers, &sources.overrides)?;
-                return Ok((settings, set_aside));
-            }
+            settings.check_together(&layers, &sources.overrides)?;
+            return Ok((settings, set_aside));
         }
         Err(layers.first(mistakes).unwrap_or_else(|| {
             ConfigError::Load(config::ConfigError::Message("the settings could not be read".into()))
@@ -586,6 +601,7 @@ impl Settings {
         if overrides.listen.is_none() && overrides.port.is_none() {
             return Ok(());
         }
+        let configured_in = layers.origin("server.listen");
         layers.command_line.push("server.listen");
         let shown = format!("{:?}", listen.iter().map(ToString::to_string).collect::<Vec<_>>());
         let invalid = |reason: String| ConfigError::Invalid {
@@ -598,11 +614,10 @@ impl Settings {
             (_, Ok(listen)) => self.restart.server.listen = listen,
             (true, Err(reason)) => return Err(invalid(reason)),
             (false, Err(reason)) => {
-                let origin = layers.origin("server.listen");
                 let configured: Vec<String> = configured.iter().map(ToString::to_string).collect();
                 let port = overrides.port.unwrap_or_default();
                 return Err(invalid(format!(
-                    "{reason}: -p {port} gave the same port to the addresses of server.listen in {origin} ({})",
+                    "{reason}: -p {port} gave the same port to the addresses of server.listen in {configured_in} ({})",
                     configured.join(", ")
                 )));
             }

@@ -192,7 +192,8 @@ impl Control {
         if !needs_restart.is_empty() {
             tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
         }
-        tracing::info!(changed = %list(&live), "settings reloaded");
+        let changed = if live.is_empty() { "nothing".to_owned() } else { list(&live) };
+        tracing::info!(%changed, "settings reloaded");
         self.metrics.reloaded(true);
         self.settings = settings;
         let status = match needs_restart.is_empty() {
@@ -245,7 +246,12 @@ impl Handler<Shutdown> for Control {
             return;
         }
         self.shutting_down = true;
-        tracing::info!(cause, "shutting down: no new connections, answering what was asked");
+        match self.settings.live.server.lame_duck_ms.get() {
+            0 => tracing::info!(cause, "shutting down: no new connections, answering what was asked"),
+            lame_duck_ms => {
+                tracing::info!(cause, lame_duck_ms, "shutting down: answering what was asked, after a lame-duck period")
+            }
+        }
         self.notifier.stopping(&format!("draining ({cause})"));
         ctx.spawn(wrap_future::<_, Self>(self.server.send(Drain)).map(|report, _, _| {
             match report {

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     // Sockets passed by a service manager, taken before any other thread starts (this also
     // removes the LISTEN_* variables, so that no child process sees them).
     let activated = inherit::activated_listeners();
+    if let Err(error) = ConfigError::check_config_var() {
+        return fail(&error.into(), &Destination::Output(LogOutput::Stderr));
+    }
     let matches = ServerCli::command().get_matches();
     let cli = ServerCli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // inetd's nowait mode may have put the connection on standard error too: then nothing,
@@ -81,7 +84,14 @@ fn run(
         let names = sources.service_links.join(", ");
         tracing::warn!(%names, "ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out)");
     }
-    let metrics = settings.restart.metrics.listen.0.map(Metrics::serve).transpose()?.unwrap_or_default();
+    let metrics = match settings.restart.metrics.listen.0 {
+        Some(addr) => {
+            let metrics = Metrics::serve(addr)?;
+            tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+            metrics
+        }
+        None => Metrics::default(),
+    };
     let options = Options {
         exit_when_idle: cli.exit_when_idle.map(Duration::from_secs),
         reload: Some(ReloadSources { sources, log: Some(log) }),
@@ -126,7 +136,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(error) = error.downcast_ref::<CliError>() {
         return match error {
             CliError::Resolve { .. } => EX_UNAVAILABLE,
-            CliError::HostAndListen | CliError::BadListen(_) => EX_CONFIG,
+            CliError::BadListen(_) => EX_CONFIG,
         };
     }
     if let Some(error) = error.downcast_ref::<InheritError>() {

@@ -56,3 +56,38 @@ fn a_bad_command_line_exits_2() {
     assert_eq!(zen_client(&["probe", "--timeout", "0"]).status.code(), Some(2));
     assert_eq!(zen_client(&["--help"]).status.code(), Some(0));
 }
+
+#[test]
+fn an_address_without_a_port_is_a_command_line_mistake() {
+    let output = zen_client(&["probe", "--addr", "127.0.0.1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected HOST:PORT"));
+}
+
+#[test]
+fn asking_a_proxy_listener_without_a_header_names_it_and_says_what_to_do() {
+    let file = crate::helpers::TempConfig::new("[proxy]\nlisten = [\"127.0.0.1:0\"]\n");
+    let server = ZenServer::launch(
+        crate::helpers::Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]).listeners(2),
+    );
+    let behind = server.proxy_addr().to_string();
+    let output = zen_client(&["ask", "--addr", &behind, "Why?"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&behind) && stderr.contains("--proxy-header"), "{stderr}");
+    let output = zen_client(&["ask", "--proxy-header", "--addr", &behind, "Why?"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Why? Error: unknown aphorism.\n");
+}
+
+#[test]
+fn each_help_opens_with_its_own_description_and_gives_examples_signals_exit_codes_and_variables() {
+    let help = String::from_utf8(zen_client(&["--help"]).stdout).unwrap();
+    assert!(help.starts_with("Asks a Zen server questions"), "{help}");
+    assert!(help.contains("Examples:") && help.contains("Exit codes:"), "{help}");
+    let output = Command::new(crate::helpers::SERVER_BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for part in ["Examples:", "127.0.0.1:1060", "SIGHUP", "SIGTERM", "ZEN_<SECTION>__<KEY>", "Exit codes:", "78"] {
+        assert!(help.contains(part), "{part} missing from zen-server --help:\n{help}");
+    }
+}

@@ -172,3 +172,65 @@ fn json_log_format_writes_one_object_per_line() {
     assert!(line.contains("\"answers\":0") && line.contains("\"peer\":\"127.0.0.1:"), "{line}");
     assert!(server.log().lines().all(|l| l.starts_with('{')), "{}", server.log());
 }
+
+#[test]
+fn a_port_with_listen_host_with_listen_a_host_with_a_port_or_a_misspelt_command_exits_2() {
+    for (args, says) in [
+        (&["-p", "30100", "--listen", "127.0.0.1:30101"][..], "--listen"),
+        (&["127.0.0.1", "--listen", "127.0.0.1:30101"], "--listen"),
+        (&["127.0.0.1:30100"], "HOST takes no port"),
+        (&["check"], "is not a command (the commands are: check-config)"),
+    ] {
+        let (status, _, stderr) = run_server(args, &[]);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {says} missing from {stderr}");
+    }
+}
+
+#[test]
+fn a_port_that_makes_two_configured_addresses_equal_is_blamed_on_the_port() {
+    let file = TempConfig::new("[server]\nlisten = [\"127.0.0.1:30101\", \"127.0.0.1:30102\"]\n");
+    assert_config_error(
+        &["check-config", "--config", file.path(), "-p", "30100"],
+        &[],
+        &["-p 30100 gave the same port to the addresses of server.listen in", file.path(), "127.0.0.1:30101"],
+    );
+}
+
+#[test]
+fn metrics_on_a_listening_address_is_a_settings_error_naming_both_keys() {
+    let file = TempConfig::new("[server]\nlisten = [\"127.0.0.1:30103\"]\n[metrics]\nlisten = \"127.0.0.1:30103\"\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["metrics.listen", "server.listen", file.path()]);
+}
+
+#[test]
+fn an_empty_config_variable_is_named() {
+    let (status, _, stderr) = run_server(&["check-config"], &[("ZEN_CONFIG", "")]);
+    assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
+    assert_eq!(stderr.trim_end(), "zen-server: ZEN_CONFIG is set but empty: set it to the path of a settings file, or unset it");
+}
+
+#[test]
+fn of_several_mistakes_in_a_file_the_first_is_reported() {
+    let file = TempConfig::new("[server]\nworkers = 2.5\nbacklog = -1\n[limits]\nmax_connections = 0\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["server.workers = 2.5"]);
+    let file = TempConfig::new("[limits]\nmax_connections = 0\n[server]\nbacklog = -1\nworkers = \"x\"\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["limits.max_connections = 0"]);
+}
+
+#[test]
+fn a_number_too_large_and_bytes_that_are_not_utf_8_name_their_line() {
+    let file = TempConfig::new("[server]\nworkers = 99999999999999999999\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &[file.path(), "line 2", "workers ="]);
+    let file = TempConfig::new("");
+    std::fs::write(&file.0, b"[server]\nworkers = 2\n# caf\xe9\n").unwrap();
+    assert_config_error(&["check-config", "--config", file.path()], &[], &[file.path(), "line 3", "UTF-8"]);
+}
+
+#[test]
+fn an_answer_breaking_the_rules_is_named_with_its_question() {
+    let file = TempConfig::new(
+        "[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }, { question = \"Why?\", answer = \"Be. Cause.\" }]\n",
+    );
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["question \"Why?\"", "Be. Cause."]);
+}

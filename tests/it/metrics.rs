@@ -120,6 +120,13 @@ fn a_scrape_after_known_traffic_has_exact_counts() {
 }
 
 #[test]
+fn the_log_says_where_metrics_are_served() {
+    let (server, _config, metrics) = server_with_metrics("");
+    let line = server.wait_for_log(&["serving metrics"], DEADLINE).unwrap_or_default();
+    assert!(line.contains(&format!("http://{metrics}/metrics")), "log:\n{}", server.log());
+}
+
+#[test]
 fn reloads_and_contained_panics_are_counted() {
     let (server, config, metrics) = server_with_metrics("[oracle]\npanic_question = \"Poison?\"\n");
     let mut client = connect(server.addr());

@@ -100,6 +100,11 @@ fn during_the_lame_duck_period_clients_are_still_served_and_health_checks_fail()
     let (mut server, behind, _config) = server_behind_proxy("[server]\nlame_duck_ms = 1500\n");
     server.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(server.wait_for_log(&["failing health checks and still accepting"], DEADLINE).is_some());
+    let shutting_down = server.wait_for_log(&["shutting down"], DEADLINE).unwrap_or_default();
+    assert!(
+        !shutting_down.contains("no new connections") && shutting_down.contains("lame-duck period"),
+        "the log says what happens: {shutting_down}"
+    );
     let mut check = connect(behind);
     check.write_all(b"PROXY UNKNOWN\r\nBeautiful is better than?").unwrap();
     assert_eq!(read_to_close(&mut check), b"Error: server shutting down.");

@@ -46,6 +46,14 @@ fn a_new_table_on_disk_answers_on_the_same_open_connection_after_sighup() {
 }
 
 #[test]
+fn a_reload_that_changes_nothing_says_so() {
+    let file = TempConfig::new(&table("Ugly."));
+    let server = launch_with(&file);
+    reload(&server, 1);
+    assert!(server.log().contains("settings reloaded changed=nothing"), "log:\n{}", server.log());
+}
+
+#[test]
 fn a_broken_file_keeps_the_old_table_the_process_and_every_connection() {
     let file = TempConfig::new(&table("Ugly."));
     let mut server = launch_with(&file);

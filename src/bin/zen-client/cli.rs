@@ -10,9 +10,26 @@ use zen_server::{Question, client};
 
 use crate::bench::{A_WEEK, BenchMode, BenchProtocol};
 
-/// `zen-client`: asks a Zen server questions.
+/// What `zen-client --help` says after the commands.
+const CLIENT_HELP: &str = "\
+Examples:
+  zen-client ask \"Beautiful is better than?\" \"Why?\"      print each question with its answer
+  zen-client ask --addr 10.0.0.5:1060 \"Simple is better than?\"
+  zen-client probe && echo healthy                       the address and question from the
+                                                         server's settings (ZEN_CONFIG, ZEN_*)
+  zen-client bench --conns 50 --rate 50000 --server-pid \"$(pidof zen-server)\"
+
+Exit codes: 0 success; 1 the server did not answer, or not as expected (probe), or some answer
+of a bench was wrong or missing; 2 bad command line.";
+
+/// `zen-client`: asks a Zen server questions, checks its health, or measures it.
 #[derive(Debug, Parser)]
-#[command(name = "zen-client", version, about)]
+#[command(
+    name = "zen-client",
+    version,
+    about = "Asks a Zen server questions, checks its health, or measures it",
+    after_help = CLIENT_HELP
+)]
 pub struct ClientCli {
     /// What to do.
     #[command(subcommand)]
@@ -25,8 +42,11 @@ pub enum ClientCommand {
     /// Send the questions pipelined on one connection and print each with its answer.
     Ask {
         /// Server address, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060")]
+        #[arg(long, default_value = "127.0.0.1:1060", value_parser = parse_host_port)]
         addr: String,
+        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen.
+        #[arg(long)]
+        proxy_header: bool,
         /// Seconds to wait for every answer.
         #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
         timeout: Duration,
@@ -80,7 +100,7 @@ pub enum ClientCommand {
     /// entry of its answer table; with --addr, the book's first question is asked.
     Probe {
         /// Server address, HOST:PORT.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_host_port)]
         addr: Option<String>,
         /// The server's settings file, to find its address and a question it knows.
         #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", conflicts_with = "addr")]
@@ -119,6 +139,19 @@ fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is more than a week ({} seconds)", A_WEEK.as_secs()));
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a number of seconds"))
+}
+
+/// Parses a server's address: a host (an IP address, a host name, an IPv6 address in
+/// brackets) and a port.
+fn parse_host_port(text: &str) -> Result<String, String> {
+    let has_port = text.rsplit_once(':').is_some_and(|(host, port)| {
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        !host.is_empty() && (bracketed || !host.contains(':')) && port.parse::<u16>().is_ok()
+    });
+    match has_port {
+        true => Ok(text.to_owned()),
+        false => Err(format!("{text:?} has no port: expected HOST:PORT, such as 127.0.0.1:1060 or [::1]:1060")),
+    }
 }
 
 /// Parses a count of at least 1.
@@ -206,6 +239,19 @@ mod tests {
             panic!("valid questions");
         };
         assert_eq!(questions.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+    }
+
+    #[test]
+    fn an_address_without_a_port_is_a_command_line_mistake() {
+        for addr in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.1:", "127.0.0.1:99999"] {
+            let error = client(&["probe", "--addr", addr]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{addr}: {error}");
+            assert!(error.to_string().contains("expected HOST:PORT"), "{error}");
+            assert!(client(&["ask", "--addr", addr, "Why?"]).is_err(), "{addr}");
+        }
+        for addr in ["127.0.0.1:1060", "localhost:1060", "[::1]:1060"] {
+            assert!(client(&["probe", "--addr", addr]).is_ok(), "{addr}");
+        }
     }
 
     #[test]

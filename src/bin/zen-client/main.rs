@@ -17,7 +17,7 @@ use clap::{CommandFactory, Parser};
 use zen_server::{
     Question,
     client::{self, Probe},
-    config::{ConfigFile, Overrides, Settings, Sources},
+    config::{ConfigError, ConfigFile, Overrides, Settings, Sources},
 };
 
 use crate::{
@@ -26,6 +26,10 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    if let Err(error) = ConfigError::check_config_var() {
+        eprintln!("zen-client: {error}");
+        return ExitCode::from(2);
+    }
     // Exits 2 on a bad command line, 0 after --help.
     let cli = ClientCli::parse();
     if let ClientCommand::Bench { conns, rate: Some(rate), .. } = &cli.command
@@ -56,9 +60,9 @@ fn run(command: ClientCommand) -> anyhow::Result<()> {
 
 async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
     match command {
-        ClientCommand::Ask { addr, timeout, questions } => {
+        ClientCommand::Ask { addr, proxy_header, timeout, questions } => {
             let questions: Vec<Question> = questions.into_iter().flatten().collect();
-            let answers = client::ask(addr.as_str(), &questions, timeout).await?;
+            let answers = client::ask(addr.as_str(), &questions, timeout, proxy_header).await?;
             for (question, answer) in questions.iter().zip(&answers) {
                 println!("{question} {answer}");
             }
