@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where a server's time goes per answer, on one core: the server pinned to CPU 0, the load
-# generator (zen-client bench) on CPU 1. The figures behind README's "Where the time goes".
+# generator (zen-client bench) on CPU 1. The figures behind "Where the time goes" in docs/performance.md.
 #
 #   scripts/profile.sh instructions [SERVER]  callgrind (valgrind): user-space instructions per
 #                                             answer by component, at one answer per wake-up

@@ -120,13 +120,12 @@ fn parse_host(host: &str) -> Result<String, String> {
     if host.parse::<SocketAddr>().is_ok()
         || host.rsplit_once(':').is_some_and(|(name, port)| !name.contains(':') && port.parse::<u16>().is_ok())
     {
-        return Err(format!(
-            "HOST takes no port: give it with -p (zen-server HOST -p PORT), or use --listen {host}"
-        ));
+        return Err(format!("HOST takes no port: give it with -p (zen-server HOST -p PORT), or use --listen {host}"));
     }
     let commands: Vec<String> =
         ServerCli::command().get_subcommands().map(|command| command.get_name().to_owned()).collect();
-    if host.len() >= 3 && commands.iter().any(|command| command.starts_with(host) || edit_distance(host, command) <= 3) {
+    if host.len() >= 3 && commands.iter().any(|command| command.starts_with(host) || edit_distance(host, command) <= 3)
+    {
         return Err(format!(
             "{host:?} is not a command (the commands are: {}); a HOST is an IP address or a host name",
             commands.join(", ")

@@ -200,14 +200,21 @@ fn a_port_that_makes_two_configured_addresses_equal_is_blamed_on_the_port() {
 #[test]
 fn metrics_on_a_listening_address_is_a_settings_error_naming_both_keys() {
     let file = TempConfig::new("[server]\nlisten = [\"127.0.0.1:30103\"]\n[metrics]\nlisten = \"127.0.0.1:30103\"\n");
-    assert_config_error(&["check-config", "--config", file.path()], &[], &["metrics.listen", "server.listen", file.path()]);
+    assert_config_error(
+        &["check-config", "--config", file.path()],
+        &[],
+        &["metrics.listen", "server.listen", file.path()],
+    );
 }
 
 #[test]
 fn an_empty_config_variable_is_named() {
     let (status, _, stderr) = run_server(&["check-config"], &[("ZEN_CONFIG", "")]);
     assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
-    assert_eq!(stderr.trim_end(), "zen-server: ZEN_CONFIG is set but empty: set it to the path of a settings file, or unset it");
+    assert_eq!(
+        stderr.trim_end(),
+        "zen-server: ZEN_CONFIG is set but empty: set it to the path of a settings file, or unset it"
+    );
 }
 
 #[test]

@@ -164,6 +164,16 @@ fn supervisord_starts_restarts_after_a_kill_and_stops_with_a_drain() {
 }
 
 #[test]
+fn the_user_the_program_runs_as_is_created_by_the_command_its_file_and_the_docs_give() {
+    let shipped = std::fs::read_to_string("deploy/supervisord/zen-server.conf").unwrap();
+    let user = shipped.lines().find_map(|line| line.strip_prefix("user=")).expect("a user= line");
+    let useradd = format!("useradd --system --no-create-home --shell /usr/sbin/nologin {user}");
+    assert!(shipped.contains(&useradd), "the file does not say how to create {user}");
+    let docs = std::fs::read_to_string("docs/deployment.md").unwrap();
+    assert!(docs.contains(&useradd), "docs/deployment.md does not say how to create {user}");
+}
+
+#[test]
 #[ignore = "needs supervisord: apt-get install supervisor"]
 fn a_settings_error_ends_fatal_instead_of_restarting_in_a_loop() {
     let (supervisor, _config) = Supervisord::start("[limits]\nmax_connections = 0\n");
