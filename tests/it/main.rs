@@ -23,4 +23,5 @@ mod reload;
 mod standins;
 mod supervisor;
 mod systemd;
+mod systemd_pid1;
 mod upgrade;
