@@ -6,19 +6,28 @@
 //! count it as cut off. The admission also knows when the last permit out came back, so that a
 //! server told to exit when idle exits that long after its last connection closed.
 //!
+//! It also keeps each client's share: at most `limits.max_connections_per_client` connections
+//! from one source address (IPv6: one /64, what one host or site is typically given) at once.
+//! A connection claims its share once its client is known, which behind a PROXY listener is
+//! only after the header has been read; the claim is given back with the permit.
+//!
 //! A count of permits out, checked against the limit: so a reload can lower or raise the limit
 //! at once, without waiting for connections to end. Waiting for the count to reach zero admits
 //! no fewer clients meanwhile (a semaphore's `acquire_many` would take every free permit while
 //! it waits). Only the server admits, from one thread; permits come back from any thread.
 
 use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
     pin::pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
+
+use rustc_hash::FxHashMap;
 
 use tokio::{sync::Notify, time::Instant};
 
@@ -41,6 +50,56 @@ struct Shared {
     /// When the last permit out came back (or the admission was made), in nanoseconds after
     /// `created`.
     released_at_nanos: AtomicU64,
+    /// Connections one client may hold at once; 0 for no such limit.
+    per_client: AtomicU32,
+    /// Connections each client holds now; a client holding none has no entry.
+    shares: Mutex<FxHashMap<Client, Share>>,
+}
+
+/// What one client holds.
+#[derive(Debug, Default)]
+struct Share {
+    held: u32,
+    /// Connections refused since it reached its limit, for one log line per episode.
+    refused: u64,
+}
+
+/// A client, as far as its share goes: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Client(IpAddr);
+
+impl Client {
+    /// The client `ip` belongs to (an IPv4-mapped IPv6 address is its IPv4 address).
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => Self(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
+            },
+            v4 => Self(v4),
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// A client already holds as many connections as one may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{client} already holds {limit} connections, the most one client may")]
+pub struct OverShare {
+    /// The client.
+    pub client: Client,
+    /// `limits.max_connections_per_client`.
+    pub limit: u32,
+    /// Whether this is the first refusal since the client reached its limit.
+    pub first: bool,
 }
 
 impl Shared {
@@ -54,9 +113,34 @@ impl Shared {
 pub struct Permit {
     shared: Arc<Shared>,
     lingering: bool,
+    /// The client whose share this connection counts in, once claimed.
+    client: Option<Client>,
 }
 
 impl Permit {
+    /// Counts this connection in the share of `ip`'s client, if the client has room.
+    ///
+    /// # Errors
+    ///
+    /// [`OverShare`] if the client holds `limits.max_connections_per_client` already; the
+    /// permit is then still to be dropped by the caller.
+    pub fn claim_share(&mut self, ip: IpAddr) -> Result<(), OverShare> {
+        let limit = self.shared.per_client.load(Ordering::Relaxed);
+        if limit == 0 || self.client.is_some() {
+            return Ok(());
+        }
+        let client = Client::of(ip);
+        let mut shares = self.shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        let share = shares.entry(client).or_default();
+        if share.held >= limit {
+            share.refused += 1;
+            return Err(OverShare { client, limit, first: share.refused == 1 });
+        }
+        share.held += 1;
+        self.client = Some(client);
+        Ok(())
+    }
+
     /// The connection has had every answer and only lingers until it closes.
     pub fn linger(&mut self) {
         if !self.lingering {
@@ -68,6 +152,15 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some(client) = self.client {
+            let mut shares = self.shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(share) = shares.get_mut(&client) {
+                share.held -= 1;
+                if share.held == 0 {
+                    shares.remove(&client);
+                }
+            }
+        }
         if self.lingering {
             self.shared.lingering.fetch_sub(1, Ordering::AcqRel);
         }
@@ -89,6 +182,8 @@ impl Admission {
             all_released: Notify::new(),
             created: Instant::now(),
             released_at_nanos: AtomicU64::new(0),
+            per_client: AtomicU32::new(0),
+            shares: Mutex::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -100,7 +195,7 @@ impl Admission {
             .admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| (admitted < limit).then_some(admitted + 1))
             .ok()
-            .map(|_| Permit { shared: self.shared.clone(), lingering: false })
+            .map(|_| Permit { shared: self.shared.clone(), lingering: false, client: None })
     }
 
     /// Connections admitted whose permit has not come back yet.
@@ -121,6 +216,12 @@ impl Admission {
     /// Changes the limit for connections admitted from now on; those already admitted stay.
     pub fn set_limit(&self, limit: u32) {
         self.shared.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Limits each client to `limit` connections at once from now on (0: no such limit);
+    /// connections already held stay.
+    pub fn set_per_client_limit(&self, limit: u32) {
+        self.shared.per_client.store(limit, Ordering::Relaxed);
     }
 
     /// Waits until no permit is out.
@@ -190,6 +291,45 @@ mod tests {
         admission.set_limit(5);
         assert!(admission.try_admit().is_some());
         drop(held);
+    }
+
+    #[test]
+    fn a_client_over_its_share_is_refused_and_others_are_not() {
+        let admission = Admission::new(10);
+        admission.set_per_client_limit(2);
+        let claim = |ip: &str| {
+            let mut permit = admission.try_admit().unwrap();
+            permit.claim_share(ip.parse().unwrap()).map(|()| permit)
+        };
+        let first = claim("127.0.0.2").unwrap();
+        let _second = claim("::ffff:127.0.0.2").unwrap();
+        let refused = claim("127.0.0.2").unwrap_err();
+        assert_eq!(
+            (refused.to_string(), refused.first),
+            ("127.0.0.2 already holds 2 connections, the most one client may".into(), true)
+        );
+        assert!(!claim("127.0.0.2").unwrap_err().first, "one log line per episode");
+        let _other = claim("127.0.0.3").unwrap();
+        let _v6 = claim("2001:db8::1").unwrap();
+        let _same_64 = claim("2001:db8::ffff:2").unwrap();
+        assert_eq!(claim("2001:db8::3").unwrap_err().client.to_string(), "2001:db8::/64");
+        let _next_64 = claim("2001:db8:0:1::1").unwrap();
+        drop(first);
+        let _again = claim("127.0.0.2").expect("a connection given back makes room");
+        assert_eq!(admission.admitted(), 6);
+    }
+
+    #[test]
+    fn without_a_per_client_limit_one_client_may_take_every_connection() {
+        let admission = Admission::new(3);
+        let held: Vec<Permit> = (0..3)
+            .map(|_| {
+                let mut permit = admission.try_admit().unwrap();
+                permit.claim_share("127.0.0.2".parse().unwrap()).unwrap();
+                permit
+            })
+            .collect();
+        assert_eq!(held.len(), 3);
     }
 
     #[tokio::test]

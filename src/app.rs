@@ -22,11 +22,12 @@ use crate::{
     oracle::Oracle,
     server::{
         ApplyLimits, ExitWhenIdle, Server,
-        listener::{self, AcceptStream, ListenError},
+        listener::{self, AcceptStream, ListenError, ListenerKind},
         worker::Workers,
     },
     signals,
     threads::WorkerThreads,
+    tls,
 };
 
 /// How long worker threads get to end once the actor system has stopped. Their sessions have
@@ -55,16 +56,22 @@ pub enum RunError {
 pub struct Listener {
     /// The socket.
     pub socket: std::net::TcpListener,
-    /// Whether its connections start with a PROXY header (`proxy.listen`).
-    pub behind_proxy: bool,
+    /// What its connections begin with.
+    pub kind: ListenerKind,
 }
 
 impl Listener {
-    /// `socket`, behind a PROXY-speaking load balancer if `settings` list its address in
-    /// `proxy.listen` (for sockets bound elsewhere: systemd's, inetd's).
+    /// `socket`, a plain listener.
+    pub fn plain(socket: std::net::TcpListener) -> Self {
+        Self { socket, kind: ListenerKind::default() }
+    }
+
+    /// `socket`, of the kind `settings` give its address (for sockets bound elsewhere:
+    /// systemd's, inetd's): behind a PROXY-speaking load balancer if it is in `proxy.listen`,
+    /// TLS if in `tls.listen`, both if in `tls.proxy_listen`.
     pub fn inherited(socket: std::net::TcpListener, settings: &Settings) -> Self {
-        let behind_proxy = socket.local_addr().is_ok_and(|addr| settings.restart.proxy.listen.addrs().contains(&addr));
-        Self { socket, behind_proxy }
+        let kind = socket.local_addr().map_or(ListenerKind::default(), |addr| settings.listener_kind(addr));
+        Self { socket, kind }
     }
 }
 
@@ -116,21 +123,35 @@ impl App {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
         };
-        let ApplyLimits { proxy, max_connections, shutdown_timeout, lame_duck, connection_options, session } =
-            settings.server_limits();
+        let ApplyLimits {
+            proxy,
+            max_connections,
+            max_connections_per_client,
+            shutdown_timeout,
+            lame_duck,
+            connection_options,
+            session,
+        } = settings.server_limits();
         let listeners = listeners
             .into_iter()
-            .map(|Listener { socket, behind_proxy }| {
-                let stream = AcceptStream::new(socket, connection_options)?;
-                Ok(if behind_proxy { stream.behind_proxy() } else { stream })
-            })
+            .map(|Listener { socket, kind }| Ok(AcceptStream::new(socket, connection_options)?.with_kind(kind)))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
         let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
+        let acceptor = settings.tls.as_ref().map(|identity| {
+            let tls_addrs = listeners.iter().filter(|listener| listener.kind().tls).map(AcceptStream::local_addr);
+            for addr in tls_addrs {
+                tracing::info!(%addr, subject = %identity.subject, expires = %identity.expires, "serving TLS");
+            }
+            identity.warn_if_expiring();
+            metrics.set_certificate_expiry(identity.not_after);
+            tls::Acceptor::new(identity, settings.live.tls.handshake_timeout_ms.millis())
+        });
         let threads = WorkerThreads::spawn(NonZeroUsize::new(settings.worker_count()).unwrap_or(NonZeroUsize::MIN));
         let oracle = Oracle::start(table, settings.oracle_config(), &metrics);
-        let workers = Workers::start(&threads, &oracle, session, &metrics);
+        let workers = Workers::start(&threads, &oracle, session, &metrics, acceptor.as_ref());
         let admission = Admission::new(max_connections);
+        admission.set_per_client_limit(max_connections_per_client);
         let control_context = Context::<Control>::new();
         let mut server = Server::new(listeners, workers, admission, shutdown_timeout)
             .with_metrics(metrics.clone())
@@ -151,8 +172,9 @@ impl App {
         }
         let server = server.start();
         let notifier = Notifier::from_env();
-        let control =
-            Control::new(server.clone(), oracle.owner.clone(), notifier, serving, settings.clone(), reload, metrics);
+        let control = Control::new(server.clone(), oracle.owner.clone(), notifier, serving, settings.clone(), reload)
+            .with_metrics(metrics)
+            .with_tls(acceptor);
         let control = control_context.run(control);
         Ok(App { server, oracle: oracle.owner, control, addrs, threads })
     }
@@ -166,8 +188,8 @@ impl App {
     }
 }
 
-/// Serves `sockets`, or binds every address of `settings.server.listen` and `proxy.listen` when
-/// there are none, until the daemon shuts down (see [`serve`]).
+/// Serves `sockets`, or binds every address of `server.listen`, `proxy.listen`, `tls.listen`
+/// and `tls.proxy_listen` when there are none, until the daemon shuts down (see [`serve`]).
 ///
 /// # Errors
 ///
@@ -177,13 +199,12 @@ pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> R
         Some(sockets) => sockets,
         None => {
             let server = &settings.restart.server;
-            let plain = server.listen.addrs().iter().map(|addr| (addr, false));
-            let proxied = settings.restart.proxy.listen.addrs().iter().map(|addr| (addr, true));
-            let bind = |(&addr, behind_proxy)| {
+            let bind = |(addr, kind)| {
                 let backlog = u32::try_from(server.backlog.get()).unwrap_or(u32::MAX);
-                listener::bind(addr, backlog, server.reuse_port).map(|socket| Listener { socket, behind_proxy })
+                listener::bind(addr, backlog, server.reuse_port).map(|socket| Listener { socket, kind })
             };
-            Sockets::Listeners(plain.chain(proxied).map(bind).collect::<Result<Vec<_>, _>>()?)
+            let listeners = settings.listen_addrs().into_iter().map(bind).collect::<Result<Vec<_>, _>>()?;
+            Sockets::Listeners(listeners)
         }
     };
     serve(sockets, settings, options)
@@ -236,7 +257,7 @@ mod tests {
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64, false).unwrap();
-        let listener = Listener { socket: listener, behind_proxy: false };
+        let listener = Listener::plain(listener);
         let app = App::start(Sockets::Listeners(vec![listener]), &settings, Options::default()).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();

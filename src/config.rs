@@ -18,7 +18,15 @@
 //! [`RestartSettings`] are what a running daemon cannot change and [`LiveSettings`] what a
 //! reload applies: a reload keeps the running [`RestartSettings`] and names those it set aside.
 
-use std::{collections::HashMap, ffi::OsString, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use config::{Config, FileFormat, Map, Source, Value, ValueKind};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -35,9 +43,10 @@ use crate::{
     proxy::ProxyPolicy,
     server::{
         ApplyLimits,
-        listener::{ConnectionOptions, Keepalive, ListenAddr, check_overlaps},
+        listener::{ConnectionOptions, Keepalive, ListenAddr, ListenerKind, check_overlaps},
     },
     session::SessionConfig,
+    tls::{Identity, TlsError, TlsFile},
 };
 
 /// The documented defaults, also the lowest configuration layer.
@@ -191,13 +200,16 @@ impl<const MIN: i64, const MAX: i64> From<Whole<MIN, MAX>> for i64 {
     }
 }
 
-/// Every setting of the daemon: those only a restart changes, and those a reload applies.
-#[derive(Debug, Clone, PartialEq)]
+/// Every setting of the daemon: those only a restart changes, and those a reload applies; and
+/// the TLS identity their files hold, read and checked once, if a listener speaks TLS.
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// What only a restart changes.
     pub restart: RestartSettings,
     /// What a reload applies.
     pub live: LiveSettings,
+    /// The certificate and key of `tls.cert_file` and `tls.key_file`, when TLS is used.
+    pub tls: Option<Arc<Identity>>,
 }
 
 /// The settings a running daemon cannot change: a reload keeps their running values.
@@ -211,6 +223,8 @@ pub struct RestartSettings {
     pub oracle: OracleRestart,
     /// Listeners behind a load balancer that speaks the PROXY protocol.
     pub proxy: ProxyRestart,
+    /// Listeners that speak TLS.
+    pub tls: TlsRestart,
     /// The Prometheus endpoint.
     pub metrics: MetricsRestart,
 }
@@ -258,6 +272,22 @@ pub struct ProxyRestart {
     pub listen: Listen<false>,
 }
 
+/// The `[tls]` settings only a restart changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsRestart {
+    /// Addresses where every connection speaks TLS.
+    pub listen: Listen<false>,
+    /// Addresses where every connection begins with a PROXY header, then speaks TLS.
+    pub proxy_listen: Listen<false>,
+}
+
+impl TlsRestart {
+    /// Whether any listener speaks TLS.
+    pub fn is_used(&self) -> bool {
+        !self.listen.addrs().is_empty() || !self.proxy_listen.addrs().is_empty()
+    }
+}
+
 /// The `[metrics]` settings (only a restart changes them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRestart {
@@ -278,6 +308,8 @@ pub struct LiveSettings {
     pub oracle: OracleLive,
     /// Who may send PROXY headers.
     pub proxy: ProxyLive,
+    /// The TLS listeners' identity.
+    pub tls: TlsLive,
 }
 
 /// The `[server]` settings a reload applies.
@@ -300,6 +332,8 @@ pub struct LimitSettings {
     pub idle_timeout_secs: Whole<1, YEAR_SECS>,
     /// Connections served at once.
     pub max_connections: Whole<1, U32_MAX>,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; 0 for no limit.
+    pub max_connections_per_client: Whole<0, U32_MAX>,
     /// Bytes owed to a client above which its questions are no longer asked or read.
     pub max_pending_bytes: Whole<1, { i64::MAX }>,
     /// A client reading nothing for this long while answers wait is disconnected.
@@ -334,6 +368,19 @@ pub struct ProxyLive {
     pub trusted: Trusted,
     /// How long a connection may take to send its header, in milliseconds.
     pub header_timeout_ms: Whole<1, YEAR_MS>,
+}
+
+/// The `[tls]` settings a reload applies: a reload reads the files again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsLive {
+    /// The certificate and the rest of its chain (PEM).
+    pub cert_file: String,
+    /// The certificate's private key (PEM).
+    pub key_file: String,
+    /// The CA client certificates must chain to (PEM); empty for no client certificates.
+    pub client_ca_file: String,
+    /// How long a client may take to complete its handshake, in milliseconds.
+    pub handshake_timeout_ms: Whole<1, YEAR_MS>,
 }
 
 /// Settings given on the command line; they win over every other layer.
@@ -576,7 +623,7 @@ impl Settings {
         let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
         let live = deserialize::<LiveSettings>(&merged, &layers, &mut mistakes);
         if let (true, Some(restart), Some(live)) = (mistakes.is_empty(), restart, live) {
-            let mut settings = Settings { restart, live };
+            let mut settings = Settings { restart, live, tls: None };
             settings.apply(&sources.overrides, &mut layers)?;
             let mut set_aside = Vec::new();
             if let Some(running) = running {
@@ -585,6 +632,7 @@ impl Settings {
                 layers.running.clone_from(&set_aside);
             }
             settings.check_together(&layers, &sources.overrides)?;
+            settings.tls = settings.load_identity(&layers)?.map(Arc::new);
             return Ok((settings, set_aside));
         }
         Err(layers.first(mistakes).unwrap_or_else(|| {
@@ -657,9 +705,12 @@ impl Settings {
         // No two listeners on one address: the plain ones, the PROXY ones, the metrics endpoint.
         let plain = restart.server.listen.addrs();
         let from_command_line = overrides.listen.is_some() || overrides.port.is_some();
-        for (key, others) in
-            [("proxy.listen", restart.proxy.listen.addrs()), ("metrics.listen", restart.metrics.listen.0.as_slice())]
-        {
+        for (key, others) in [
+            ("proxy.listen", restart.proxy.listen.addrs()),
+            ("tls.listen", restart.tls.listen.addrs()),
+            ("tls.proxy_listen", restart.tls.proxy_listen.addrs()),
+            ("metrics.listen", restart.metrics.listen.0.as_slice()),
+        ] {
             let all: Vec<SocketAddr> = plain.iter().chain(others).copied().collect();
             if let Err(reason) = check_overlaps(&all) {
                 let (origin, with) = match from_command_line {
@@ -681,6 +732,53 @@ impl Settings {
         Ok(())
     }
 
+    /// The identity of the TLS listeners, read from its files, if there are such listeners.
+    fn load_identity(&self, layers: &Layers) -> Result<Option<Identity>, ConfigError> {
+        if !self.restart.tls.is_used() {
+            return Ok(None);
+        }
+        let tls = &self.live.tls;
+        for (key, path) in [("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+            if path.is_empty() {
+                return Err(layers.invalid(key, "a TLS listener needs it (tls.listen, tls.proxy_listen)"));
+            }
+        }
+        let client_ca = (!tls.client_ca_file.is_empty()).then(|| Path::new(&tls.client_ca_file));
+        let identity = Identity::load(Path::new(&tls.cert_file), Path::new(&tls.key_file), client_ca);
+        identity.map(Some).map_err(|TlsError { file, reason, .. }| {
+            let key = match file {
+                TlsFile::Certificate => "tls.cert_file",
+                TlsFile::Key => "tls.key_file",
+                TlsFile::ClientCa => "tls.client_ca_file",
+            };
+            layers.invalid(key, reason)
+        })
+    }
+
+    /// Every address to listen on, with what its connections begin with: `server.listen`,
+    /// `proxy.listen`, `tls.listen`, `tls.proxy_listen`, in that order.
+    pub fn listen_addrs(&self) -> Vec<(SocketAddr, ListenerKind)> {
+        let restart = &self.restart;
+        let kind = |proxy, tls| ListenerKind { proxy, tls };
+        [
+            (restart.server.listen.addrs(), kind(false, false)),
+            (restart.proxy.listen.addrs(), kind(true, false)),
+            (restart.tls.listen.addrs(), kind(false, true)),
+            (restart.tls.proxy_listen.addrs(), kind(true, true)),
+        ]
+        .into_iter()
+        .flat_map(|(addrs, kind)| addrs.iter().map(move |&addr| (addr, kind)))
+        .collect()
+    }
+
+    /// What connections to `addr`, a socket bound elsewhere, begin with, by the list it is in.
+    pub fn listener_kind(&self, addr: SocketAddr) -> ListenerKind {
+        let tls = &self.restart.tls;
+        let proxy = self.restart.proxy.listen.addrs().contains(&addr) || tls.proxy_listen.addrs().contains(&addr);
+        let tls = tls.listen.addrs().contains(&addr) || tls.proxy_listen.addrs().contains(&addr);
+        ListenerKind { proxy, tls }
+    }
+
     /// What the server applies from these settings, at start and on each reload.
     pub fn server_limits(&self) -> ApplyLimits {
         let live = &self.live;
@@ -690,6 +788,7 @@ impl Settings {
                 header_timeout: live.proxy.header_timeout_ms.millis(),
             },
             max_connections: u32::try_from(live.limits.max_connections.get()).unwrap_or(u32::MAX),
+            max_connections_per_client: u32::try_from(live.limits.max_connections_per_client.get()).unwrap_or(u32::MAX),
             shutdown_timeout: live.server.shutdown_timeout_secs.secs(),
             lame_duck: live.server.lame_duck_ms.millis(),
             connection_options: live.limits.connection_options(),

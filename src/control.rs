@@ -10,7 +10,9 @@
 //! and building the answer table happen on a thread of their own, so that neither the worker
 //! threads nor accepting wait for them. If the result is valid, the answer table is swapped
 //! atomically for every worker, the log filter changes, and limits apply to new connections
-//! (timeouts to every connection); settings that cannot change live are named in one warning.
+//! (timeouts to every connection), and new TLS handshakes use the certificate and key read
+//! again from their files (a pair that cannot be used fails the reload, and the old one stays);
+//! settings that cannot change live are named in one warning.
 //! Only once the new table is in force is the reload reported (the log's `settings reloaded`,
 //! the reload counter, `READY=1`). If the result is not valid, nothing changes, the error names
 //! the layer, key and value, and the daemon serves on with what it had. A SIGHUP that comes
@@ -28,6 +30,7 @@ use crate::{
     oracle::{AnswerTable, Oracle, ReplaceTable},
     server::{CheckAlive, Drain, DrainReport, Server, ServerIdle},
     telemetry::LogControl,
+    tls,
 };
 
 /// Drain the server and stop the daemon.
@@ -63,6 +66,8 @@ pub struct Control {
     settings: Settings,
     reload: Option<ReloadSources>,
     metrics: Metrics,
+    /// The TLS listeners' handshakes, whose identity a reload replaces.
+    tls: Option<tls::Acceptor>,
     shutting_down: bool,
     /// Whether a reload is under way, and whether another was asked for meanwhile.
     reloading: Reloading,
@@ -107,9 +112,9 @@ fn prepare(sources: &Sources, running: &Settings) -> Result<Prepared, ReloadErro
 }
 
 impl Control {
-    /// Control over `server` and `oracle` running with `settings`, reporting to `notifier` and
-    /// counting reloads in `metrics`; `serving` describes what is served, for the service
-    /// manager's status line. Without `reload`, a [`Reload`] is refused with a warning.
+    /// Control over `server` and `oracle` running with `settings`, reporting to `notifier`;
+    /// `serving` describes what is served, for the service manager's status line. Without
+    /// `reload`, a [`Reload`] is refused with a warning.
     pub fn new(
         server: Addr<Server>,
         oracle: Addr<Oracle>,
@@ -117,7 +122,6 @@ impl Control {
         serving: String,
         settings: Settings,
         reload: Option<ReloadSources>,
-        metrics: Metrics,
     ) -> Self {
         Self {
             server,
@@ -126,10 +130,25 @@ impl Control {
             serving,
             settings,
             reload,
-            metrics,
+            metrics: Metrics::disabled(),
+            tls: None,
             shutting_down: false,
             reloading: Reloading::No,
         }
+    }
+
+    /// Counts reloads (and the certificate's expiry) in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Gives every reload's TLS identity to `tls`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<tls::Acceptor>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Starts a reload, or, if one is under way, asks for another once it is over.
@@ -150,9 +169,16 @@ impl Control {
             .name("zen-reload".into())
             .spawn(move || drop(done.send(prepare(&sources, &running))));
         let (oracle, server, log) = (self.oracle.clone(), self.server.clone(), reload.log.clone());
+        let (acceptor, metrics) = (self.tls.clone(), self.metrics.clone());
         let applied = async move {
             reader.map_err(ReloadError::Thread)?;
             let mut prepared = prepared.await.map_err(|_| ReloadError::Lost)??;
+            if let (Some(acceptor), Some(identity)) = (&acceptor, &prepared.settings.tls) {
+                acceptor.replace(identity, prepared.settings.live.tls.handshake_timeout_ms.millis());
+                metrics.set_certificate_expiry(identity.not_after);
+                tracing::info!(subject = %identity.subject, expires = %identity.expires, "TLS certificate loaded");
+                identity.warn_if_expiring();
+            }
             if let Some(table) = prepared.table.take() {
                 // Answered once the table is stored: in force for every replica's next batch.
                 if oracle.send(ReplaceTable(table)).await.is_err() {

@@ -31,6 +31,7 @@
 //! - [`notify`]: systemd's notify protocol (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`).
 //! - [`inherit`]: sockets handed over by systemd or inetd instead of bound.
 //! - [`proxy`]: the PROXY protocol header on the listeners behind a load balancer.
+//! - [`tls`]: TLS on the listeners that speak it: the server's identity, the handshake.
 //! - [`config`]: `Settings`, layered from built-in TOML, a file, `ZEN_*` env and flags.
 //! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON; to standard error or output, or the
@@ -62,5 +63,6 @@ pub mod session;
 pub mod signals;
 pub mod telemetry;
 pub mod threads;
+pub mod tls;
 
 pub use protocol::{Answer, Question};

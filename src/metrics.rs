@@ -51,11 +51,15 @@ pub enum CloseReason {
     Shutdown,
     /// A PROXY protocol header was missing, malformed, late, or from an untrusted source.
     Proxy,
+    /// A TLS handshake did not complete.
+    TlsHandshake,
+    /// Refused: the client already held `limits.max_connections_per_client`.
+    PerClientLimit,
 }
 
 impl CloseReason {
     /// Every reason, in the order of the label values.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         Self::Eof,
         Self::Partial,
         Self::IdleTimeout,
@@ -65,6 +69,8 @@ impl CloseReason {
         Self::Error,
         Self::Shutdown,
         Self::Proxy,
+        Self::TlsHandshake,
+        Self::PerClientLimit,
     ];
 
     /// The label value.
@@ -79,6 +85,8 @@ impl CloseReason {
             Self::Error => "error",
             Self::Shutdown => "shutdown",
             Self::Proxy => "proxy",
+            Self::TlsHandshake => "tls_handshake",
+            Self::PerClientLimit => "per_client_limit",
         }
     }
 }
@@ -110,6 +118,10 @@ impl Outcome {
         }
     }
 }
+
+/// How TLS handshakes end: the label values of `zen_tls_handshakes_total`, the names of
+/// [`HandshakeError`](crate::tls::HandshakeError)'s kinds and `ok`.
+pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "timeout", "bad_client_hello", "client_certificate_refused", "error"];
 
 /// The metrics endpoint could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +161,9 @@ struct Handles {
     oracle_panics: Counter,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    handshakes: [Counter; HANDSHAKE_RESULTS.len()],
+    tls_active: Gauge,
+    certificate_expiry: Gauge,
 }
 
 impl Metrics {
@@ -233,6 +248,13 @@ impl Metrics {
         );
         described("zen_reloads_total", None, "Reloads of the settings, by result.");
         described("zen_build_info", None, "The running build: version and commit.");
+        described("zen_tls_handshakes_total", None, "TLS handshakes, by result.");
+        described("zen_tls_connections_active", None, "Connections open over TLS now, handshakes under way included.");
+        described(
+            "zen_tls_certificate_expiry_timestamp_seconds",
+            Some(Unit::Seconds),
+            "When the certificate served now expires, in seconds since the Unix epoch; 0 without TLS.",
+        );
         let label = |name: &'static str, value: &'static str| vec![Label::new(name, value)];
         let handles = Handles {
             accepted: counter("zen_connections_accepted_total", vec![]),
@@ -247,11 +269,14 @@ impl Metrics {
             oracle_panics: counter("zen_oracle_panics_total", vec![]),
             reloads_ok: counter("zen_reloads_total", label("result", "ok")),
             reloads_failed: counter("zen_reloads_total", label("result", "failed")),
+            handshakes: HANDSHAKE_RESULTS.map(|result| counter("zen_tls_handshakes_total", label("result", result))),
+            tls_active: gauge("zen_tls_connections_active", vec![]),
+            certificate_expiry: gauge("zen_tls_certificate_expiry_timestamp_seconds", vec![]),
         };
         let build = vec![Label::new("version", env!("CARGO_PKG_VERSION")), Label::new("commit", env!("BUILD_COMMIT"))];
         gauge("zen_build_info", build).set(1.0);
         // Every series exists from the start, at zero, so rates and absences are well defined.
-        for counter in handles.closed.iter().chain(&handles.answered) {
+        for counter in handles.closed.iter().chain(&handles.answered).chain(&handles.handshakes) {
             counter.increment(0);
         }
         for counter in [
@@ -312,6 +337,30 @@ impl Metrics {
         }
     }
 
+    /// A TLS handshake ended with `result`, one of [`HANDSHAKE_RESULTS`].
+    pub fn handshake(&self, result: &str) {
+        if let Some(handles) = &self.handles {
+            let index =
+                HANDSHAKE_RESULTS.iter().position(|&known| known == result).unwrap_or(HANDSHAKE_RESULTS.len() - 1);
+            handles.handshakes[index].increment(1);
+        }
+    }
+
+    /// Counts one more connection served over TLS until the guard is dropped.
+    pub fn tls_connection(&self) -> TlsConnection {
+        if let Some(handles) = &self.handles {
+            handles.tls_active.increment(1.0);
+        }
+        TlsConnection { metrics: self.clone() }
+    }
+
+    /// The certificate served from now on expires at `not_after` (seconds since the epoch).
+    pub fn set_certificate_expiry(&self, not_after: i64) {
+        if let Some(handles) = &self.handles {
+            handles.certificate_expiry.set(not_after as f64);
+        }
+    }
+
     /// How long a batch of questions took, from being read to its answers being sent.
     pub fn record_latency(&self, latency: Duration) {
         if let Some(handles) = &self.handles {
@@ -330,6 +379,19 @@ impl Metrics {
         }
         handles.received_bytes.increment(tally.received_bytes.take());
         handles.sent_bytes.increment(tally.sent_bytes.take());
+    }
+}
+
+/// One connection served over TLS, counted in `zen_tls_connections_active` while it lives.
+pub struct TlsConnection {
+    metrics: Metrics,
+}
+
+impl Drop for TlsConnection {
+    fn drop(&mut self) {
+        if let Some(handles) = &self.metrics.handles {
+            handles.tls_active.decrement(1.0);
+        }
     }
 }
 

@@ -77,6 +77,8 @@ impl Answer {
     pub const QUESTION_TOO_LONG: Answer = Answer::from_static(b"Error: question too long.");
     /// Sent, before closing, to a client that connects while the server is full.
     pub const SERVER_BUSY: Answer = Answer::from_static(b"Error: server busy.");
+    /// Sent, before closing, to a client that already holds as many connections as one may.
+    pub const TOO_MANY_FROM_CLIENT: Answer = Answer::from_static(b"Error: too many connections from your address.");
     /// Sent, before closing, to every client still connected when the server drains.
     pub const SHUTTING_DOWN: Answer = Answer::from_static(b"Error: server shutting down.");
     /// Sent when the oracle failed to answer a question.
@@ -336,6 +338,7 @@ mod tests {
             Answer::UNKNOWN_APHORISM,
             Answer::QUESTION_TOO_LONG,
             Answer::SERVER_BUSY,
+            Answer::TOO_MANY_FROM_CLIENT,
             Answer::SHUTTING_DOWN,
             Answer::INTERNAL_ERROR,
         ] {

@@ -22,6 +22,7 @@ use zen_server::{
     inherit::{self, InheritError},
     metrics::{Metrics, MetricsError},
     telemetry::{self, Destination, Syslog, TelemetryError},
+    tls::EXPIRY_WARNING,
 };
 
 const EX_CONFIG: u8 = 78;
@@ -68,6 +69,12 @@ fn run(
     let sources = Sources::from_process(file, cli.overrides()?)?;
     let settings = Settings::load(&sources)?;
     if let Some(ServerCommand::CheckConfig) = cli.command {
+        if let Some(identity) = settings.tls.as_ref().filter(|identity| identity.expires_within(EXPIRY_WARNING)) {
+            let (file, expires) = (&settings.live.tls.cert_file, &identity.expires);
+            eprintln!(
+                "zen-server: warning: tls.cert_file {file:?}: the certificate expires on {expires}, within 14 days"
+            );
+        }
         print!("# effective zen-server settings\n{}", settings.to_toml()?);
         return Ok(());
     }

@@ -109,6 +109,15 @@ impl ConnectionOptions {
     }
 }
 
+/// What a listener's connections begin with before the first question.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerKind {
+    /// A PROXY header (`proxy.listen`, `tls.proxy_listen`).
+    pub proxy: bool,
+    /// A TLS handshake, after the header if there is one (`tls.listen`, `tls.proxy_listen`).
+    pub tls: bool,
+}
+
 /// One accepted connection.
 #[derive(Debug)]
 pub struct Accepted {
@@ -116,8 +125,8 @@ pub struct Accepted {
     pub stream: TcpStream,
     /// The client's address (a load balancer's, behind a PROXY listener).
     pub peer: SocketAddr,
-    /// Accepted on a listener where connections start with a PROXY header.
-    pub behind_proxy: bool,
+    /// What the connection begins with.
+    pub kind: ListenerKind,
 }
 
 /// Why one accept attempt failed.
@@ -141,7 +150,7 @@ pub enum AcceptError {
 pub struct AcceptStream {
     listener: TcpListener,
     local_addr: SocketAddr,
-    behind_proxy: bool,
+    kind: ListenerKind,
     pause: Option<Pin<Box<Sleep>>>,
     next_pause: Duration,
 }
@@ -158,19 +167,19 @@ impl AcceptStream {
         options.apply(&listener)?;
         let local_addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
-        Ok(Self { listener, local_addr, behind_proxy: false, pause: None, next_pause: MIN_ACCEPT_PAUSE })
+        Ok(Self { listener, local_addr, kind: ListenerKind::default(), pause: None, next_pause: MIN_ACCEPT_PAUSE })
     }
 
-    /// Marks the listener as one where connections start with a PROXY header.
+    /// Marks the listener as one whose connections begin as `kind` says.
     #[must_use]
-    pub fn behind_proxy(mut self) -> Self {
-        self.behind_proxy = true;
+    pub fn with_kind(mut self, kind: ListenerKind) -> Self {
+        self.kind = kind;
         self
     }
 
-    /// Whether connections here start with a PROXY header.
-    pub fn is_behind_proxy(&self) -> bool {
-        self.behind_proxy
+    /// What connections here begin with.
+    pub fn kind(&self) -> ListenerKind {
+        self.kind
     }
 
     /// The address the listener is bound to (with the real port when bound to port 0).
@@ -206,7 +215,7 @@ impl Stream for AcceptStream {
         Poll::Ready(Some(match result {
             Ok((stream, peer)) => {
                 self.next_pause = MIN_ACCEPT_PAUSE;
-                Ok(Accepted { stream, peer, behind_proxy: self.behind_proxy })
+                Ok(Accepted { stream, peer, kind: self.kind })
             }
             Err(source) if is_resource_exhaustion(&source) => {
                 let pause = self.next_pause;

@@ -9,9 +9,12 @@
 //! or has arrived for that long (inetd's modes: one inherited connection, served, is all).
 //!
 //! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
+//! - [`opening`]: what a connection goes through before its session: a PROXY header, the
+//!   client's share, a TLS handshake.
 //! - [`worker`]: the workers that run sessions, one per thread.
 
 pub mod listener;
+pub mod opening;
 pub mod worker;
 
 use std::{
@@ -26,7 +29,8 @@ use actix::{fut::wrap_future, prelude::*};
 use tokio::net::TcpStream;
 
 use self::{
-    listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions},
+    listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions, ListenerKind},
+    opening::Opening,
     worker::{Unresponsive, Workers},
 };
 use crate::{
@@ -75,6 +79,8 @@ pub struct ApplyLimits {
     pub proxy: ProxyPolicy,
     /// Connections served at once.
     pub max_connections: u32,
+    /// Connections one client may hold at once (0: no limit).
+    pub max_connections_per_client: u32,
     /// How long a drain waits.
     pub shutdown_timeout: Duration,
     /// How long a drain keeps accepting first.
@@ -100,8 +106,8 @@ pub struct Server {
     /// Moved into the actor's context when it starts.
     listeners: Vec<AcceptStream>,
     /// Handles on the listening sockets, to change their options on a reload and to empty
-    /// their queues on a drain, each with whether it is behind a PROXY-speaking load balancer.
-    listening_sockets: Vec<(std::net::TcpListener, bool)>,
+    /// their queues on a drain, each with what its connections begin with.
+    listening_sockets: Vec<(std::net::TcpListener, ListenerKind)>,
     accepting: Vec<SpawnHandle>,
     workers: Workers,
     admission: Admission,
@@ -196,10 +202,10 @@ impl Server {
         for handle in self.accepting.drain(..) {
             ctx.cancel_future(handle);
         }
-        for (socket, behind_proxy) in mem::take(&mut self.listening_sockets) {
+        for (socket, kind) in mem::take(&mut self.listening_sockets) {
             while let Ok((socket, peer)) = socket.accept() {
                 match socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket)) {
-                    Ok(stream) => self.admit(Accepted { stream, peer, behind_proxy }),
+                    Ok(stream) => self.admit(Accepted { stream, peer, kind }),
                     Err(error) => tracing::debug!(%peer, %error, "cannot take a queued connection"),
                 }
             }
@@ -219,7 +225,7 @@ impl Server {
         }));
     }
 
-    fn admit(&mut self, Accepted { stream, peer, behind_proxy }: Accepted) {
+    fn admit(&mut self, Accepted { stream, peer, kind }: Accepted) {
         self.metrics.accepted();
         let Some(permit) = self.admission.try_admit() else {
             self.refuse(stream, peer);
@@ -230,8 +236,8 @@ impl Server {
             self.refused_while_full = 0;
         }
         self.last_id += 1;
-        let proxy = behind_proxy.then(|| self.proxy.clone());
-        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, proxy);
+        let opening = Opening { proxy: kind.proxy.then(|| self.proxy.clone()), tls: kind.tls };
+        self.workers.adopt(stream, SessionInfo { id: self.last_id, peer }, permit, opening);
     }
 
     /// Tells a client over the limit that the server is busy, and closes. The socket is new,
@@ -263,10 +269,10 @@ impl Actor for Server {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
-            let (addr, proxy) = (listener.local_addr(), listener.is_behind_proxy());
-            tracing::info!(%addr, workers = self.workers.count(), proxy, "listening");
+            let (addr, kind) = (listener.local_addr(), listener.kind());
+            tracing::info!(%addr, workers = self.workers.count(), proxy = kind.proxy, tls = kind.tls, "listening");
             match listener.socket() {
-                Ok(socket) => self.listening_sockets.push((socket, proxy)),
+                Ok(socket) => self.listening_sockets.push((socket, kind)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep a handle on the listener; a reload cannot change its keepalive")
                 }
@@ -274,9 +280,9 @@ impl Actor for Server {
             self.accepting.push(ctx.add_stream(listener));
         }
         if let Some(connection) = self.inherited.take() {
-            let accepted = connection
-                .peer_addr()
-                .and_then(|peer| Ok(Accepted { stream: TcpStream::from_std(connection)?, peer, behind_proxy: false }));
+            let accepted = connection.peer_addr().and_then(|peer| {
+                Ok(Accepted { stream: TcpStream::from_std(connection)?, peer, kind: ListenerKind::default() })
+            });
             match accepted {
                 Ok(accepted) => {
                     tracing::info!(peer = %accepted.peer, "serving the connection on standard input");
@@ -310,6 +316,7 @@ impl Handler<ApplyLimits> for Server {
 
     fn handle(&mut self, limits: ApplyLimits, _ctx: &mut Self::Context) {
         self.admission.set_limit(limits.max_connections);
+        self.admission.set_per_client_limit(limits.max_connections_per_client);
         self.proxy = Arc::new(limits.proxy);
         self.shutdown_timeout = limits.shutdown_timeout;
         self.lame_duck = limits.lame_duck;
@@ -403,7 +410,7 @@ mod tests {
         let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
         let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-        let workers = Workers::start(&threads, &oracle, session_config(idle_timeout), &Metrics::disabled());
+        let workers = Workers::start(&threads, &oracle, session_config(idle_timeout), &Metrics::disabled(), None);
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();

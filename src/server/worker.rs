@@ -6,22 +6,19 @@
 //! reactor (`into_std`) and registered again on its worker's (`from_std`), so that all of a
 //! connection's I/O happens on one worker thread.
 
-use std::{cell::Cell, io::Cursor, rc::Rc, sync::Arc};
+use std::{cell::Cell, rc::Rc};
 
 use actix::{fut::wrap_future, prelude::*};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
+use super::opening::{self, Opening};
 use crate::{
     admission::Permit,
     metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
     oracle::{AnswerBound, Ask, StartedOracle},
-    protocol::Answer,
-    proxy::{Proxied, ProxyPolicy},
-    session::{SessionConfig, SessionDeps, SessionInfo, ZenSession, registry::SessionRegistry},
+    session::{SessionConfig, SessionDeps, SessionInfo, registry::SessionRegistry},
     threads::WorkerThreads,
+    tls,
 };
 
 /// The worker of each worker thread, and whose turn it is.
@@ -46,14 +43,21 @@ pub enum Unresponsive {
 
 impl Workers {
     /// Starts a worker and an oracle replica on each of `threads`; the worker's sessions ask
-    /// that replica, follow `config`, and count into `metrics`.
-    pub fn start(threads: &WorkerThreads, oracle: &StartedOracle, config: SessionConfig, metrics: &Metrics) -> Self {
+    /// that replica, follow `config`, and count into `metrics`; handshakes on TLS listeners use
+    /// `tls`.
+    pub fn start(
+        threads: &WorkerThreads,
+        oracle: &StartedOracle,
+        config: SessionConfig,
+        metrics: &Metrics,
+        tls: Option<&tls::Acceptor>,
+    ) -> Self {
         let workers = threads
             .arbiters()
             .map(|thread| {
                 let replica = oracle.start_replica(&thread).recipient();
-                let (bound, metrics) = (oracle.answer_bound(), metrics.clone());
-                Worker::start_in_arbiter(&thread, move |_| Worker::new(replica, bound, config, metrics))
+                let (bound, metrics, tls) = (oracle.answer_bound(), metrics.clone(), tls.cloned());
+                Worker::start_in_arbiter(&thread, move |_| Worker::new(replica, bound, config, metrics, tls))
             })
             .collect();
         Self { workers, next: 0, metrics: metrics.clone() }
@@ -64,14 +68,13 @@ impl Workers {
         self.workers.len()
     }
 
-    /// Starts a session for `stream` on the next worker in turn; with `proxy`, once `stream`'s
-    /// PROXY header has been read.
-    /// A connection that cannot be handed over is closed and counted.
-    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, proxy: Option<Arc<ProxyPolicy>>) {
+    /// Starts a session for `stream` on the next worker in turn, once it is through its
+    /// `opening`. A connection that cannot be handed over is closed and counted.
+    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, opening: Opening) {
         let Some(worker) = self.workers.get(self.next % self.workers.len().max(1)) else { return };
         self.next = self.next.wrapping_add(1);
         match stream.into_std() {
-            Ok(socket) => worker.do_send(Adopt { socket, info, permit, proxy }),
+            Ok(socket) => worker.do_send(Adopt { socket, info, permit, opening }),
             Err(error) => {
                 tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
                 self.metrics.closed_unserved(CloseReason::Error);
@@ -118,8 +121,7 @@ struct Adopt {
     socket: std::net::TcpStream,
     info: SessionInfo,
     permit: Permit,
-    /// Read a PROXY header first, as this policy says.
-    proxy: Option<Arc<ProxyPolicy>>,
+    opening: Opening,
 }
 
 /// Tells the worker's sessions to drain, and the ones it starts later too.
@@ -149,10 +151,18 @@ struct WorkerAlive;
 pub struct Worker {
     /// Shared by every session of this worker.
     deps: Rc<SessionDeps>,
+    /// Handshakes on TLS listeners, if there are any.
+    tls: Option<tls::Acceptor>,
 }
 
 impl Worker {
-    fn new(oracle: Recipient<Ask>, answer_bound: AnswerBound, config: SessionConfig, metrics: Metrics) -> Self {
+    fn new(
+        oracle: Recipient<Ask>,
+        answer_bound: AnswerBound,
+        config: SessionConfig,
+        metrics: Metrics,
+        tls: Option<tls::Acceptor>,
+    ) -> Self {
         let registry = SessionRegistry::new();
         Self {
             deps: Rc::new(SessionDeps {
@@ -163,6 +173,7 @@ impl Worker {
                 tally: Tally::default(),
                 metrics,
             }),
+            tls,
         }
     }
 }
@@ -181,7 +192,7 @@ impl Actor for Worker {
 impl Handler<Adopt> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Adopt { socket, info, permit, proxy }: Adopt, ctx: &mut Self::Context) {
+    fn handle(&mut self, Adopt { socket, info, permit, opening }: Adopt, ctx: &mut Self::Context) {
         let stream = match TcpStream::from_std(socket) {
             Ok(stream) => stream,
             Err(error) => {
@@ -190,37 +201,10 @@ impl Handler<Adopt> for Worker {
                 return;
             }
         };
-        let Some(proxy) = proxy else {
-            ZenSession::start_tcp(stream, info, self.deps.clone(), permit);
-            return;
-        };
-        let deps = self.deps.clone();
-        ctx.spawn(wrap_future(async move {
-            let (mut read, write) = stream.into_split();
-            match proxy.read_header(&mut read, info.peer).await {
-                Ok(Proxied { client: None, header_bytes, .. }) if deps.registry.is_draining() => {
-                    // A load balancer's health check: tell it this server is going away.
-                    tracing::debug!(peer = %info.peer, "failing a health check while draining");
-                    deps.tally.received(header_bytes);
-                    let mut write = write;
-                    if write.write_all(Answer::SHUTTING_DOWN.as_bytes()).await.is_ok() {
-                        deps.tally.sent(Answer::SHUTTING_DOWN.as_bytes().len());
-                    }
-                    deps.tally.closed(CloseReason::Shutdown);
-                    drop(permit);
-                }
-                Ok(Proxied { client, header_bytes, rest }) => {
-                    deps.tally.received(header_bytes);
-                    tracing::debug!(proxy = %info.peer, client = ?client, "PROXY header read");
-                    let info = SessionInfo { peer: client.unwrap_or(info.peer), ..info };
-                    ZenSession::start(Cursor::new(rest).chain(read), write, info, deps, permit);
-                }
-                Err(error) => {
-                    tracing::info!(peer = %info.peer, %error, "closing a connection without a valid PROXY header");
-                    deps.tally.closed(CloseReason::Proxy);
-                }
-            }
-        }));
+        if let Some((stream, info, permit)) = opening::start_plain(stream, info, permit, &opening, &self.deps) {
+            let opened = opening::open(stream, info, permit, opening, self.tls.clone(), self.deps.clone());
+            ctx.spawn(wrap_future(opened));
+        }
     }
 }
 

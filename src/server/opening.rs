@@ -1,0 +1,242 @@
+//! What a connection goes through on its worker's thread before its session starts: on a PROXY
+//! listener, the header naming the client; then the client's share of connections
+//! (`limits.max_connections_per_client`); then, on a TLS listener, the handshake.
+//!
+//! A plain connection whose client has room starts its session at once, without a task. The
+//! others run [`open`] as a task of the worker: the header and the handshake each have their
+//! own timeout, so a client that stalls in either is closed then. A client over its share is
+//! told `Error: too many connections from your address.` and closed; on a TLS listener it is
+//! told so over TLS, after the handshake, since nothing else reaches a TLS client readably.
+
+use std::{
+    io::{self, Cursor},
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::{
+    admission::{OverShare, Permit},
+    metrics::{CloseReason, TlsConnection},
+    protocol::Answer,
+    proxy::{Proxied, ProxyPolicy},
+    session::{SessionDeps, SessionInfo, ZenSession},
+    tls,
+};
+
+/// How long a refused TLS client gets to take its refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a connection begins with, as its listener says.
+#[derive(Clone, Default)]
+pub struct Opening {
+    /// A PROXY header, accepted as this policy says.
+    pub proxy: Option<Arc<ProxyPolicy>>,
+    /// A TLS handshake, after the header if there is one.
+    pub tls: bool,
+}
+
+/// Starts the session of a plain connection whose client has room, and returns `None`; or
+/// returns what is left to do, for [`open`].
+pub fn start_plain(
+    stream: TcpStream,
+    info: SessionInfo,
+    mut permit: Permit,
+    opening: &Opening,
+    deps: &Rc<SessionDeps>,
+) -> Option<(TcpStream, SessionInfo, Permit)> {
+    if opening.proxy.is_some() || opening.tls {
+        return Some((stream, info, permit));
+    }
+    match permit.claim_share(info.peer.ip()) {
+        Ok(()) => {
+            ZenSession::start_tcp(stream, info, deps.clone(), permit);
+        }
+        Err(over) => refuse_plain(&stream, &info, &over, deps),
+    }
+    None
+}
+
+/// Reads the PROXY header, claims the client's share, completes the TLS handshake, as
+/// `opening` says, and starts the session; or closes the connection, counted and logged.
+pub async fn open(
+    mut stream: TcpStream,
+    info: SessionInfo,
+    mut permit: Permit,
+    opening: Opening,
+    acceptor: Option<tls::Acceptor>,
+    deps: Rc<SessionDeps>,
+) {
+    let (info, rest) = match &opening.proxy {
+        None => (info, Bytes::new()),
+        Some(policy) => match policy.read_header(&mut stream, info.peer).await {
+            Ok(Proxied { client: None, header_bytes, .. }) if deps.registry.is_draining() && !opening.tls => {
+                // A load balancer's health check: tell it this server is going away.
+                tracing::debug!(peer = %info.peer, "failing a health check while draining");
+                deps.tally.received(header_bytes);
+                if stream.write_all(Answer::SHUTTING_DOWN.as_bytes()).await.is_ok() {
+                    deps.tally.sent(Answer::SHUTTING_DOWN.as_bytes().len());
+                }
+                deps.tally.closed(CloseReason::Shutdown);
+                return;
+            }
+            Ok(Proxied { client, header_bytes, rest }) => {
+                deps.tally.received(header_bytes);
+                tracing::debug!(proxy = %info.peer, client = ?client, "PROXY header read");
+                (SessionInfo { peer: client.unwrap_or(info.peer), ..info }, rest)
+            }
+            Err(error) => {
+                tracing::info!(peer = %info.peer, %error, "closing a connection without a valid PROXY header");
+                deps.tally.closed(CloseReason::Proxy);
+                close_sending(&stream);
+                return;
+            }
+        },
+    };
+    let over_share = permit.claim_share(info.peer.ip()).err();
+    if !opening.tls {
+        match over_share {
+            Some(over) => refuse_plain(&stream, &info, &over, &deps),
+            None => {
+                let (read, write) = stream.into_split();
+                ZenSession::start(Cursor::new(rest).chain(read), write, info, deps, permit);
+            }
+        }
+        return;
+    }
+    let Some(acceptor) = acceptor else {
+        tracing::error!(peer = %info.peer, "a TLS listener without a certificate; closing the connection");
+        deps.tally.closed(CloseReason::TlsHandshake);
+        return;
+    };
+    let io = Prefixed { rest: Cursor::new(rest), inner: stream, _counted: deps.metrics.tls_connection() };
+    let mut stream = match acceptor.accept(io).await {
+        Ok(stream) => {
+            deps.metrics.handshake("ok");
+            stream
+        }
+        Err(error) => {
+            deps.metrics.handshake(error.name());
+            tracing::debug!(peer = %info.peer, %error, "TLS handshake failed");
+            deps.tally.closed(CloseReason::TlsHandshake);
+            return;
+        }
+    };
+    match over_share {
+        None => {
+            let (read, write) = tokio::io::split(stream);
+            ZenSession::start(EndWithoutCloseNotify(read), write, info, deps, permit);
+        }
+        Some(over) => {
+            log_refusal(&info, &over);
+            let refusal = Answer::TOO_MANY_FROM_CLIENT;
+            let told = async {
+                stream.write_all(refusal.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_TIMEOUT, told).await {
+                deps.tally.sent(refusal.as_bytes().len());
+            }
+            deps.tally.closed(CloseReason::PerClientLimit);
+        }
+    }
+}
+
+/// Tells a plain client over its share so in one non-blocking write (the socket is new, so its
+/// send buffer has room), and closes, as a client over the connection limit is.
+fn refuse_plain(stream: &TcpStream, info: &SessionInfo, over: &OverShare, deps: &SessionDeps) {
+    log_refusal(info, over);
+    if let Ok(sent) = stream.try_write(Answer::TOO_MANY_FROM_CLIENT.as_bytes()) {
+        deps.tally.sent(sent);
+    }
+    close_sending(stream);
+    deps.tally.closed(CloseReason::PerClientLimit);
+}
+
+/// Ends the sending side, so that the client reads the end of the connection before it is
+/// closed with bytes it sent still unread (which makes the kernel send a reset).
+fn close_sending(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+fn log_refusal(info: &SessionInfo, over: &OverShare) {
+    if over.first {
+        tracing::warn!(client = %over.client, limit = over.limit, "a client holds its share of connections; refusing it more");
+    } else {
+        tracing::debug!(peer = %info.peer, "client over its share refused");
+    }
+}
+
+/// A TLS stream's reading side on which a client that closes its connection without a TLS
+/// `close_notify` has simply closed it, as most clients do. Questions end with `?`, so a
+/// connection cut short cannot pass for a shorter conversation: a question cut in half is
+/// still reported as one.
+struct EndWithoutCloseNotify<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for EndWithoutCloseNotify<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+/// A connection whose first bytes were read with its PROXY header: those, then the rest; counted
+/// as a TLS connection while it lives, and its sending side ended when it is dropped (after a
+/// failed handshake too).
+struct Prefixed {
+    rest: Cursor<Bytes>,
+    inner: TcpStream,
+    _counted: TlsConnection,
+}
+
+impl Drop for Prefixed {
+    fn drop(&mut self) {
+        close_sending(&self.inner);
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if (this.rest.position() as usize) < this.rest.get_ref().len() {
+            return Pin::new(&mut this.rest).poll_read(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
