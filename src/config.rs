@@ -233,7 +233,7 @@ pub struct RestartSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerRestart {
     /// Addresses to listen on.
-    pub listen: Listen<true>,
+    pub listen: Listen,
     /// Session threads; 0 means one per CPU.
     pub workers: Whole<0, MAX_WORKERS>,
     /// Queue length of each listening socket.
@@ -269,16 +269,16 @@ pub struct OracleRestart {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyRestart {
     /// Addresses where every connection starts with a PROXY header.
-    pub listen: Listen<false>,
+    pub listen: Listen,
 }
 
 /// The `[tls]` settings only a restart changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TlsRestart {
     /// Addresses where every connection speaks TLS.
-    pub listen: Listen<false>,
+    pub listen: Listen,
     /// Addresses where every connection begins with a PROXY header, then speaks TLS.
-    pub proxy_listen: Listen<false>,
+    pub proxy_listen: Listen,
 }
 
 impl TlsRestart {
@@ -702,32 +702,32 @@ impl Settings {
                 return Err(layers.invalid(key, reason));
             }
         }
-        // No two listeners on one address: the plain ones, the PROXY ones, the metrics endpoint.
-        let plain = restart.server.listen.addrs();
-        let from_command_line = overrides.listen.is_some() || overrides.port.is_some();
-        for (key, others) in [
+        // At least one listener, and no two on one address.
+        let lists = [
+            ("server.listen", restart.server.listen.addrs()),
             ("proxy.listen", restart.proxy.listen.addrs()),
             ("tls.listen", restart.tls.listen.addrs()),
             ("tls.proxy_listen", restart.tls.proxy_listen.addrs()),
-            ("metrics.listen", restart.metrics.listen.0.as_slice()),
-        ] {
-            let all: Vec<SocketAddr> = plain.iter().chain(others).copied().collect();
-            if let Err(reason) = check_overlaps(&all) {
-                let (origin, with) = match from_command_line {
-                    true => (
+        ];
+        if lists.iter().all(|(_, addrs)| addrs.is_empty()) {
+            let reason = "at least one address is needed (here, or in proxy.listen, tls.listen or tls.proxy_listen)";
+            return Err(layers.invalid("server.listen", reason));
+        }
+        let metrics = ("metrics.listen", restart.metrics.listen.0.as_slice());
+        let from_command_line = overrides.listen.is_some() || overrides.port.is_some();
+        for (index, &(key, addrs)) in lists.iter().chain([&metrics]).enumerate().skip(1) {
+            for &(earlier, earlier_addrs) in &lists[..index.min(lists.len())] {
+                let Err(reason) = check_overlaps(&[earlier_addrs, addrs].concat()) else { continue };
+                let (origin, with) = match (earlier, from_command_line) {
+                    ("server.listen", true) => (
                         format!("{} and {COMMAND_LINE_ORIGIN}", layers.origin(key)),
                         "the addresses given on the command line",
                     ),
-                    false => (layers.origin(key), "server.listen"),
+                    _ => (layers.origin(key), earlier),
                 };
                 let reason = format!("{reason} (with {with})");
                 return Err(ConfigError::Invalid { origin, key: key.into(), value: layers.shown(key), reason });
             }
-        }
-        if let Some(metrics) = restart.metrics.listen.0
-            && let Err(reason) = check_overlaps(&[restart.proxy.listen.addrs(), &[metrics]].concat())
-        {
-            return Err(layers.invalid("metrics.listen", format!("{reason} (with proxy.listen)")));
         }
         Ok(())
     }
@@ -994,8 +994,11 @@ fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Resu
             }
             ValueKind::String(_) => ValueKind::String(text.clone()),
             ValueKind::Array(items) if items.iter().all(|item| matches!(item.kind, ValueKind::String(_))) => {
-                let items =
-                    text.split(',').map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())));
+                // An empty variable is an empty list.
+                let items = text
+                    .split(',')
+                    .filter(|_| !text.trim().is_empty())
+                    .map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())));
                 ValueKind::Array(items.collect())
             }
             _ => return Err(unknown(format!("{section}.{key} can only be set in a settings file"))),
@@ -1125,6 +1128,64 @@ mod tests {
 
     fn load_error(sources: &Sources) -> String {
         Settings::load(sources).unwrap_err().to_string()
+    }
+
+    fn env_sources(vars: &[(&str, &str)]) -> Sources {
+        Sources { env: env(vars), ..Sources::default() }
+    }
+
+    #[test]
+    fn a_tls_only_server_loads_its_identity_and_a_server_with_no_listener_is_refused() {
+        let pki = crate::tls::tests::Pki::new();
+        let (cert, key) = pki.issue("server", 2100, false);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let tls_only = [
+            ("ZEN_SERVER__LISTEN", ""),
+            ("ZEN_TLS__LISTEN", "127.0.0.1:1061"),
+            ("ZEN_TLS__CERT_FILE", cert),
+            ("ZEN_TLS__KEY_FILE", key),
+        ];
+        let settings = Settings::load(&env_sources(&tls_only)).unwrap();
+        assert_eq!(settings.tls.as_ref().map(|identity| identity.subject.as_str()), Some("CN=server"));
+        assert_eq!(
+            settings.listen_addrs(),
+            [("127.0.0.1:1061".parse().unwrap(), ListenerKind { proxy: false, tls: true })]
+        );
+        let error = load_error(&env_sources(&[("ZEN_SERVER__LISTEN", "")]));
+        assert!(
+            error.starts_with(
+                "invalid server.listen = [] in environment variable ZEN_SERVER__LISTEN: at least one address is needed"
+            ),
+            "{error}"
+        );
+        let error = load_error(&env_sources(&[("ZEN_TLS__LISTEN", "127.0.0.1:1061"), ("ZEN_TLS__CERT_FILE", cert)]));
+        assert!(error.starts_with("invalid tls.key_file = \"\" in "), "{error}");
+        assert!(error.ends_with(": a TLS listener needs it (tls.listen, tls.proxy_listen)"), "{error}");
+        let (_, other_key) = pki.issue("other", 2100, false);
+        let mismatched = [
+            ("ZEN_TLS__PROXY_LISTEN", "127.0.0.1:1061"),
+            ("ZEN_TLS__CERT_FILE", cert),
+            ("ZEN_TLS__KEY_FILE", other_key.to_str().unwrap()),
+        ];
+        let error = load_error(&env_sources(&mismatched));
+        assert!(error.starts_with("invalid tls.key_file = "), "{error}");
+        assert!(
+            error.ends_with("in environment variable ZEN_TLS__KEY_FILE: is not the key of the certificate"),
+            "{error}"
+        );
+        // Without a TLS listener, the files are not read.
+        assert!(Settings::load(&env_sources(&[("ZEN_TLS__CERT_FILE", "/nowhere")])).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn two_kinds_of_listener_on_one_address_are_refused_naming_both() {
+        let error =
+            load_error(&env_sources(&[("ZEN_PROXY__LISTEN", "127.0.0.1:1070"), ("ZEN_TLS__LISTEN", "0.0.0.0:1070")]));
+        assert!(
+            error.starts_with("invalid tls.listen = [\"0.0.0.0:1070\"] in environment variable ZEN_TLS__LISTEN: "),
+            "{error}"
+        );
+        assert!(error.ends_with("(with proxy.listen)"), "{error}");
     }
 
     #[test]

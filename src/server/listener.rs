@@ -250,33 +250,30 @@ impl From<ListenAddr> for String {
 }
 
 /// Addresses to listen on, none listed twice or covered by a wildcard address on the same port
-/// (port 0, "any free port", never clashes); at least one if `REQUIRED`.
+/// (port 0, "any free port", never clashes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<ListenAddr>", into = "Vec<ListenAddr>")]
-pub struct Listen<const REQUIRED: bool>(Vec<SocketAddr>);
+pub struct Listen(Vec<SocketAddr>);
 
-impl<const REQUIRED: bool> Listen<REQUIRED> {
+impl Listen {
     /// The addresses, in order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.0
     }
 }
 
-impl<const REQUIRED: bool> TryFrom<Vec<ListenAddr>> for Listen<REQUIRED> {
+impl TryFrom<Vec<ListenAddr>> for Listen {
     type Error = String;
 
     fn try_from(addrs: Vec<ListenAddr>) -> Result<Self, String> {
         let addrs: Vec<SocketAddr> = addrs.into_iter().map(|addr| addr.0).collect();
-        if REQUIRED && addrs.is_empty() {
-            return Err("at least one address is needed".into());
-        }
         check_overlaps(&addrs)?;
         Ok(Self(addrs))
     }
 }
 
-impl<const REQUIRED: bool> From<Listen<REQUIRED>> for Vec<ListenAddr> {
-    fn from(listen: Listen<REQUIRED>) -> Self {
+impl From<Listen> for Vec<ListenAddr> {
+    fn from(listen: Listen) -> Self {
         listen.0.into_iter().map(ListenAddr).collect()
     }
 }

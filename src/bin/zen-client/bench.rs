@@ -39,12 +39,14 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     sync::mpsc,
     task::JoinSet,
     time::MissedTickBehavior,
 };
+
+use zen_server::client::TlsClient;
 
 use crate::procfs;
 
@@ -133,10 +135,12 @@ impl BenchProtocol {
 }
 
 /// A benchmark run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BenchConfig {
     /// The server.
     pub addr: SocketAddr,
+    /// Speak TLS to it, so.
+    pub tls: Option<TlsClient>,
     /// What to ask and expect.
     pub protocol: BenchProtocol,
     /// The kind of load.
@@ -158,6 +162,12 @@ pub struct BenchConfig {
     pub server_pid: Option<u32>,
     /// Print progress to standard error every second.
     pub progress: bool,
+}
+
+impl BenchConfig {
+    fn dialer(&self) -> Dialer {
+        Dialer { addr: self.addr, tls: self.tls.clone() }
+    }
 }
 
 /// Latency percentiles, in microseconds.
@@ -421,15 +431,15 @@ async fn run_timed(config: &BenchConfig, pacing: Option<Duration>, live: &Arc<Li
     let exchanges = config.protocol.exchanges();
     let mut tasks = JoinSet::new();
     for index in 0..config.conns {
-        let (addr, source, live) = (config.addr, source_for(config.addr, index), live.clone());
+        let (dialer, source, live) = (config.dialer(), source_for(config.addr, index), live.clone());
         match (config.mode, pacing) {
-            (BenchMode::Churn, _) => tasks.spawn(churn(addr, exchanges, index, config.depth, window, live)),
+            (BenchMode::Churn, _) => tasks.spawn(churn(dialer, exchanges, index, config.depth, window, live)),
             (_, Some(interval)) => {
                 // Spread the connections' schedules over one interval.
                 let offset = interval.mul_f64(index as f64 / config.conns as f64);
-                tasks.spawn(paced(addr, source, exchanges, interval, offset, window, live))
+                tasks.spawn(paced(dialer, source, exchanges, interval, offset, window, live))
             }
-            (_, None) => tasks.spawn(closed_loop(addr, source, exchanges, config.depth, window, live)),
+            (_, None) => tasks.spawn(closed_loop(dialer, source, exchanges, config.depth, window, live)),
         };
     }
     let mut total = Tally::new();
@@ -509,20 +519,45 @@ fn source_for(target: SocketAddr, index: usize) -> Option<IpAddr> {
     }
 }
 
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let attempt = async {
-        let stream = match source {
-            Some(source) => {
-                let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-                socket.bind(SocketAddr::new(source, 0))?;
-                socket.connect(addr).await?
-            }
-            None => TcpStream::connect(addr).await?,
+/// The reading side of a connection, plain or TLS.
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+/// The writing side of a connection, plain or TLS.
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// How to open a connection to the server.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    tls: Option<TlsClient>,
+}
+
+impl Dialer {
+    /// Connects from `source` (if given), completes the TLS handshake if there is TLS, within
+    /// [`EXCHANGE_TIMEOUT`].
+    async fn connect(&self, source: Option<IpAddr>) -> io::Result<(Reader, Writer)> {
+        let attempt = async {
+            let stream = match source {
+                Some(source) => {
+                    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                    socket.bind(SocketAddr::new(source, 0))?;
+                    socket.connect(self.addr).await?
+                }
+                None => TcpStream::connect(self.addr).await?,
+            };
+            stream.set_nodelay(true)?;
+            Ok::<(Reader, Writer), io::Error>(match &self.tls {
+                None => {
+                    let (read, write) = stream.into_split();
+                    (Box::new(read), Box::new(write))
+                }
+                Some(tls) => {
+                    let (read, write) = tokio::io::split(tls.connect(stream).await?);
+                    (Box::new(read), Box::new(write))
+                }
+            })
         };
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        tokio::time::timeout(EXCHANGE_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
 }
 
 /// Reads from a connection and hands out the answers in it, one at a time, each ending with
@@ -573,7 +608,7 @@ impl<R: AsyncRead + Unpin> AnswerReader<R> {
 /// Closed loop: `depth` questions in flight; each answer lets the next question go. A server
 /// that stops answering fails the connection [`EXCHANGE_TIMEOUT`] after the window.
 async fn closed_loop(
-    addr: SocketAddr,
+    dialer: Dialer,
     source: Option<IpAddr>,
     exchanges: Exchanges,
     depth: usize,
@@ -581,11 +616,10 @@ async fn closed_loop(
     live: Arc<Live>,
 ) -> Tally {
     let mut tally = Tally::new();
-    let Ok(stream) = connect(addr, source).await else {
+    let Ok((reader, mut writer)) = dialer.connect(source).await else {
         tally.fail(&live, 1);
         return tally;
     };
-    let (reader, mut writer) = stream.into_split();
     let mut answers = AnswerReader::new(reader, exchanges);
     let mut in_flight: VecDeque<(Instant, usize)> = VecDeque::with_capacity(depth);
     let mut next_question = 0;
@@ -642,7 +676,7 @@ async fn closed_loop(
 /// Open loop: one question every `interval` from `window.start - warmup + offset`, whatever
 /// the server does; latency counts from when each question should have been sent.
 async fn paced(
-    addr: SocketAddr,
+    dialer: Dialer,
     source: Option<IpAddr>,
     exchanges: Exchanges,
     interval: Duration,
@@ -651,11 +685,10 @@ async fn paced(
     live: Arc<Live>,
 ) -> Tally {
     let mut tally = Tally::new();
-    let Ok(stream) = connect(addr, source).await else {
+    let Ok((reader, mut writer)) = dialer.connect(source).await else {
         tally.fail(&live, 1);
         return tally;
     };
-    let (reader, mut writer) = stream.into_split();
     let (intended_tx, mut intended_rx) = mpsc::unbounded_channel::<(Instant, usize)>();
     let sender = tokio::spawn(async move {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
@@ -697,7 +730,7 @@ async fn paced(
 
 /// Connect, ask, read the answer, close; again until the window ends.
 async fn churn(
-    addr: SocketAddr,
+    dialer: Dialer,
     exchanges: Exchanges,
     index: usize,
     questions: usize,
@@ -708,11 +741,11 @@ async fn churn(
     let mut round = index;
     while Instant::now() < window.end {
         let started = Instant::now();
-        let (source, first) = (source_for(addr, round), round);
+        let (source, first) = (source_for(dialer.addr, round), round);
+        let dialer = &dialer;
         // Like the book's client: each question in one write, its answer read before the next.
         let exchange = async move {
-            let stream = connect(addr, source).await.ok()?;
-            let (reader, mut writer) = stream.into_split();
+            let (reader, mut writer) = dialer.connect(source).await.ok()?;
             let mut answers = AnswerReader::new(reader, exchanges);
             for asked in 0..questions {
                 let (question, expected) = exchanges.nth(first + asked);
@@ -753,15 +786,15 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     for first in (0..config.conns).step_by(IDLE_OPEN_CONCURRENCY) {
         let mut batch = JoinSet::new();
         for index in first..(first + IDLE_OPEN_CONCURRENCY).min(config.conns) {
-            let (addr, source) = (config.addr, source_for(config.addr, index));
+            let (dialer, source) = (config.dialer(), source_for(config.addr, index));
             batch.spawn(async move {
                 let started = Instant::now();
                 let (question, expected) = exchanges.nth(index);
-                let mut stream = connect(addr, source).await.ok()?;
-                stream.write_all(question).await.ok()?;
+                let (mut reader, mut writer) = dialer.connect(source).await.ok()?;
+                writer.write_all(question).await.ok()?;
                 let mut answer = vec![0; expected.len()];
-                tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read_exact(&mut answer)).await.ok()?.ok()?;
-                (answer == expected).then(|| (stream, started.elapsed()))
+                tokio::time::timeout(EXCHANGE_TIMEOUT, reader.read_exact(&mut answer)).await.ok()?.ok()?;
+                (answer == expected).then(|| ((reader, writer), started.elapsed()))
             });
         }
         while let Some(result) = batch.join_next().await {
@@ -855,6 +888,7 @@ mod tests {
     fn config() -> BenchConfig {
         BenchConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 1060)),
+            tls: None,
             protocol: BenchProtocol::Zen,
             mode: BenchMode::Pipelined,
             conns: 50,

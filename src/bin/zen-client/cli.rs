@@ -5,8 +5,11 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
-use zen_server::{Question, client};
+use clap::{Args, Parser, Subcommand};
+use zen_server::{
+    Question,
+    client::{self, TlsOptions, Trust},
+};
 
 use crate::bench::{A_WEEK, BenchMode, BenchProtocol};
 
@@ -18,6 +21,9 @@ Examples:
   zen-client probe && echo healthy                       the address and question from the
                                                          server's settings (ZEN_CONFIG, ZEN_*)
   zen-client bench --conns 50 --rate 50000 --server-pid \"$(pidof zen-server)\"
+  zen-client ask --tls --ca ca.pem --addr zen.example.net:1061 \"Flat is better than?\"
+  zen-client probe --tls          over TLS when the settings list only TLS listeners, trusting
+                                  the certificate in the server's tls.cert_file
 
 Exit codes: 0 success; 1 the server did not answer, or not as expected (probe), or some answer
 of a bench was wrong or missing; 2 bad command line.";
@@ -47,6 +53,8 @@ pub enum ClientCommand {
         /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen.
         #[arg(long)]
         proxy_header: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Seconds to wait for every answer.
         #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
         timeout: Duration,
@@ -93,6 +101,8 @@ pub enum ClientCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Exit 0 only if the server gives a known question its right answer in time. Without
     /// --addr, the address and the question come from the server's own settings (built-in,
@@ -109,10 +119,47 @@ pub enum ClientCommand {
         /// --addr: the first one in the settings).
         #[arg(long)]
         proxy_header: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Seconds to wait for the answer.
         #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
         timeout: Duration,
     },
+}
+
+/// How to speak TLS, for every command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Speak TLS (after the PROXY header, with --proxy-header). Without --ca, the server's
+    /// certificate must chain to the system's CAs; `probe` without --addr speaks TLS by
+    /// itself when the settings list only TLS listeners, and trusts the server's own
+    /// certificate (tls.cert_file).
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificates (PEM) the server's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM, with the rest of its chain), for a server that asks for one
+    /// (tls.client_ca_file).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry (by default, the host of --addr).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS options these flags give, if --tls; `trust` when no --ca is given.
+    pub fn options(&self, trust: Trust) -> TlsOptions {
+        TlsOptions {
+            trust: self.ca.clone().map_or(trust, Trust::Ca),
+            identity: self.cert.clone().zip(self.key.clone()),
+            server_name: self.server_name.clone(),
+        }
+    }
 }
 
 /// Parses one argument of questions: each must end with '?'.
@@ -187,6 +234,16 @@ mod tests {
         assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
         assert!(parse_seconds_or_zero("1e19").is_err(), "more than a week");
         assert!(parse_seconds_or_zero("604800").is_ok(), "a week");
+    }
+
+    #[test]
+    fn tls_files_and_names_need_tls_and_a_certificate_needs_its_key() {
+        assert!(client(&["ask", "--ca", "ca.pem", "A?"]).is_err());
+        assert!(client(&["ask", "--tls", "--cert", "c.pem", "A?"]).is_err());
+        assert!(client(&["ask", "--tls", "--key", "c.key", "A?"]).is_err());
+        assert!(client(&["probe", "--server-name", "zen"]).is_err());
+        assert!(client(&["bench", "--tls", "--cert", "c.pem", "--key", "c.key", "--ca", "ca.pem"]).is_ok());
+        assert!(client(&["probe", "--tls", "--server-name", "zen"]).is_ok());
     }
 
     #[test]

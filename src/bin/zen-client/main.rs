@@ -16,13 +16,13 @@ use anyhow::{anyhow, bail};
 use clap::{CommandFactory, Parser};
 use zen_server::{
     Question,
-    client::{self, Probe},
+    client::{self, Probe, Target, TlsClient, Trust},
     config::{ConfigError, ConfigFile, Overrides, Settings, Sources},
 };
 
 use crate::{
     bench::BenchConfig,
-    cli::{ClientCli, ClientCommand},
+    cli::{ClientCli, ClientCommand, TlsArgs},
 };
 
 fn main() -> ExitCode {
@@ -58,30 +58,89 @@ fn run(command: ClientCommand) -> anyhow::Result<()> {
     runtime.block_on(dispatch(command))
 }
 
+/// The target `addr` with the command line's PROXY header and TLS flags.
+fn target(addr: String, proxy_header: bool, tls: &TlsArgs) -> anyhow::Result<Target> {
+    let tls = match tls.tls {
+        true => Some(TlsClient::new(&tls.options(Trust::System), &addr)?),
+        false => None,
+    };
+    Ok(Target { addr, proxy_header, tls })
+}
+
+/// The target and question of a probe that follows the server's own settings.
+fn target_from_settings(
+    config: Option<std::path::PathBuf>,
+    proxy_header: bool,
+    tls: &TlsArgs,
+) -> anyhow::Result<(Target, Probe)> {
+    let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
+    let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
+        .map_err(|error| anyhow!("the server's settings: {error}"))?;
+    let (addr, probe) = Probe::for_settings(&settings, proxy_header, tls.tls);
+    let Some((addr, kind)) = addr else {
+        let keys = match (proxy_header, tls.tls) {
+            (true, true) => "tls.proxy_listen",
+            (true, false) => "proxy.listen or tls.proxy_listen",
+            (false, true) => "tls.listen",
+            (false, false) => "server.listen or tls.listen",
+        };
+        bail!("the server's settings list no address in {keys}");
+    };
+    let addr = addr.to_string();
+    let tls = match kind.tls {
+        false => None,
+        true => {
+            let server = &settings.live.tls;
+            if !server.client_ca_file.is_empty() && tls.cert.is_none() {
+                bail!(
+                    "the server asks TLS clients for a certificate (tls.client_ca_file {:?}): give --cert and --key",
+                    server.client_ca_file
+                );
+            }
+            let options = tls.options(Trust::Certificate(server.cert_file.clone().into()));
+            Some(TlsClient::new(&options, &addr)?)
+        }
+    };
+    Ok((Target { addr, proxy_header, tls }, probe))
+}
+
 async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
     match command {
-        ClientCommand::Ask { addr, proxy_header, timeout, questions } => {
+        ClientCommand::Ask { addr, proxy_header, tls, timeout, questions } => {
             let questions: Vec<Question> = questions.into_iter().flatten().collect();
-            let answers = client::ask(addr.as_str(), &questions, timeout, proxy_header).await?;
+            let answers = client::ask(&target(addr, proxy_header, &tls)?, &questions, timeout).await?;
             for (question, answer) in questions.iter().zip(&answers) {
                 println!("{question} {answer}");
             }
         }
-        ClientCommand::Probe { addr: Some(addr), timeout, proxy_header, .. } => {
-            client::probe(addr.as_str(), &Probe { proxy_header, ..Probe::book() }, timeout).await?;
+        ClientCommand::Probe { addr: Some(addr), timeout, proxy_header, tls, .. } => {
+            client::probe(&target(addr, proxy_header, &tls)?, &Probe::book(), timeout).await?;
         }
-        ClientCommand::Probe { addr: None, config, timeout, proxy_header } => {
-            let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
-            let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
-                .map_err(|error| anyhow!("the server's settings: {error}"))?;
-            let (addr, probe) = Probe::for_settings(&settings, proxy_header);
-            let key = if proxy_header { "proxy.listen" } else { "server.listen" };
-            let addr = addr.ok_or_else(|| anyhow!("the server's settings list no address in {key}"))?;
-            client::probe(addr, &probe, timeout).await?;
+        ClientCommand::Probe { addr: None, config, timeout, proxy_header, tls } => {
+            let (target, probe) = target_from_settings(config, proxy_header, &tls)?;
+            client::probe(&target, &probe, timeout).await?;
         }
-        ClientCommand::Bench { addr, mode, protocol, conns, depth, duration, warmup, rate, hold, server_pid, json } => {
+        ClientCommand::Bench {
+            addr,
+            mode,
+            protocol,
+            conns,
+            depth,
+            duration,
+            warmup,
+            rate,
+            hold,
+            server_pid,
+            json,
+            tls,
+        } => {
+            let tls = match tls.tls {
+                true => Some(TlsClient::new(&tls.options(Trust::System), &addr.to_string())?),
+                false => None,
+            };
             let config = BenchConfig {
                 addr,
+                tls,
                 protocol,
                 mode,
                 conns,

@@ -1,22 +1,27 @@
 //! A small client: sends questions pipelined on one connection and reads one answer per
-//! question, each ending with `.`. Used by `zen-client` and by the tests.
+//! question, each ending with `.`, in plain text or over TLS ([`tls`]), after a PROXY header
+//! if asked. Used by `zen-client` and by the tests.
+
+pub mod tls;
 
 use std::{
-    fmt::Display,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
     time::Duration,
 };
 
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, ToSocketAddrs},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
 };
 
+pub use self::tls::{TlsClient, TlsOptions, Trust};
 use crate::{
     config::Settings,
     protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace},
+    server::listener::ListenerKind,
 };
 
 /// The question [`probe`] asks, and the answer it expects.
@@ -36,6 +41,17 @@ pub enum ClientError {
     /// Writing the questions or reading the answers failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The TLS settings cannot be used (a file, a name).
+    #[error("{0}")]
+    Tls(String),
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The address as it was given.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
     /// No complete answer came in time.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
@@ -64,47 +80,64 @@ pub enum ClientError {
     },
 }
 
-/// Sends every question in one write to `addr` (an address, or a host name and port, such as
-/// `"127.0.0.1:1060"` or a `SocketAddr`), after a PROXY header if `proxy_header` (for a
-/// listener in `proxy.listen`), then reads one answer per question.
+/// A server to ask, and how to speak to it.
+#[derive(Clone)]
+pub struct Target {
+    /// `HOST:PORT` (a host name, an IP address, an IPv6 address in brackets).
+    pub addr: String,
+    /// Start with a PROXY header ([`PROXY_HEADER`]), for a listener in `proxy.listen` or
+    /// `tls.proxy_listen`.
+    pub proxy_header: bool,
+    /// Speak TLS (after the PROXY header, if there is one).
+    pub tls: Option<TlsClient>,
+}
+
+impl Target {
+    /// A plain target at `addr`, with no PROXY header.
+    pub fn plain(addr: impl ToString) -> Self {
+        Self { addr: addr.to_string(), proxy_header: false, tls: None }
+    }
+}
+
+/// A connection in plain text or over TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+/// Sends every question in one write to `target`, then reads one answer per question.
 ///
 /// # Errors
 ///
-/// [`ClientError::Connect`] naming `addr` if no connection can be made; another
-/// [`ClientError`] if the connection fails, the server closes early, or `timeout` (for the
-/// whole exchange) passes.
-pub async fn ask(
-    addr: impl ToSocketAddrs + Display,
-    questions: &[Question],
-    timeout: Duration,
-    proxy_header: bool,
-) -> Result<Vec<Answer>, ClientError> {
-    exchange(addr, if proxy_header { PROXY_HEADER } else { b"" }, questions, timeout).await
-}
-
-/// Sends `preamble` (such as a PROXY header), then every question in the same write; reads one
-/// answer per question, within `timeout` for the whole exchange.
-async fn exchange(
-    addr: impl ToSocketAddrs + Display,
-    preamble: &[u8],
-    questions: &[Question],
-    timeout: Duration,
-) -> Result<Vec<Answer>, ClientError> {
-    let answers = tokio::time::timeout(timeout, exchange_untimed(addr, preamble, questions));
+/// [`ClientError::Connect`] naming the address if no connection can be made; another
+/// [`ClientError`] if the handshake or the connection fails, the server closes early, or
+/// `timeout` (for the whole exchange) passes.
+pub async fn ask(target: &Target, questions: &[Question], timeout: Duration) -> Result<Vec<Answer>, ClientError> {
+    let answers = tokio::time::timeout(timeout, exchange(target, questions));
     answers.await.map_err(|_| ClientError::TimedOut(timeout))?
 }
 
-async fn exchange_untimed(
-    addr: impl ToSocketAddrs + Display,
-    preamble: &[u8],
-    questions: &[Question],
-) -> Result<Vec<Answer>, ClientError> {
+/// Connects to `target`: the PROXY header, then the TLS handshake, as it says.
+async fn connect(target: &Target) -> Result<Pin<Box<dyn Connection>>, ClientError> {
+    let addr = target.addr.as_str();
     let mut stream =
-        TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
     stream.set_nodelay(true)?;
-    let questions_bytes = questions.iter().flat_map(|q| q.as_bytes().iter().copied());
-    let request: Vec<u8> = preamble.iter().copied().chain(questions_bytes).collect();
+    if target.proxy_header {
+        stream.write_all(PROXY_HEADER).await?;
+    }
+    Ok(match &target.tls {
+        None => Box::pin(stream),
+        Some(tls) => Box::pin(
+            tls.connect(stream).await.map_err(|source| ClientError::Handshake { addr: addr.to_owned(), source })?,
+        ),
+    })
+}
+
+async fn exchange(target: &Target, questions: &[Question]) -> Result<Vec<Answer>, ClientError> {
+    let mut stream = connect(target).await?;
+    let request: Vec<u8> = questions.iter().flat_map(|q| q.as_bytes().iter().copied()).collect();
     stream.write_all(&request).await?;
+    stream.flush().await?;
     let mut answers = Vec::with_capacity(questions.len());
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
@@ -115,16 +148,23 @@ async fn exchange_untimed(
         if answers.len() == questions.len() {
             return Ok(answers);
         }
-        if stream.read_buf(&mut buffer).await? == 0 {
-            // A PROXY listener closes, without a word, a connection that starts with no header.
-            let hint = match (answers.is_empty(), preamble.is_empty()) {
-                (true, true) => {
-                    "; if it is a PROXY listener (proxy.listen), use --proxy-header or the server's plain address (server.listen)"
+        let read = match stream.read_buf(&mut buffer).await {
+            // A TLS server that closes without a close_notify has closed all the same.
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && target.tls.is_some() => 0,
+            read => read?,
+        };
+        if read == 0 {
+            // A PROXY listener closes, without a word, a connection that starts with no header,
+            // and a TLS listener one that starts with no handshake.
+            let hint = match (answers.is_empty(), target.proxy_header, target.tls.is_some()) {
+                (true, false, false) => {
+                    "; if it is a PROXY listener (proxy.listen) use --proxy-header, if a TLS listener (tls.listen) --tls, or the server's plain address (server.listen)"
                 }
+                (true, true, false) => "; if it is a PROXY listener that speaks TLS (tls.proxy_listen), add --tls",
                 _ => "",
             };
             return Err(ClientError::ClosedEarly {
-                addr: addr.to_string(),
+                addr: target.addr.clone(),
                 answered: answers.len(),
                 asked: questions.len(),
                 hint,
@@ -160,9 +200,6 @@ pub struct Probe {
     pub question: Question,
     /// What must come back.
     pub answer: Answer,
-    /// Start with a PROXY header (`PROXY UNKNOWN`: the server keeps the socket's own peer), to
-    /// probe a listener where connections must start with one.
-    pub proxy_header: bool,
 }
 
 /// The PROXY header sent with `--proxy-header`: version 1, no address relayed (the server keeps
@@ -173,41 +210,46 @@ impl Probe {
     /// The book's first question, `Beautiful is better than?`, expecting `Ugly.`.
     pub fn book() -> Self {
         let (question, answer) = PROBE;
-        Self { question: Question::from_static(question), answer: Answer::from_static(answer), proxy_header: false }
+        Self { question: Question::from_static(question), answer: Answer::from_static(answer) }
     }
 
-    /// What to probe for a server running with `settings`: its first listening address (in
-    /// `proxy.listen`, with a PROXY header, if `proxy_header`; a wildcard address becomes the
-    /// loopback address of its family) and the first entry of its answer table, so a probe
-    /// follows the configured ports and answers.
-    pub fn for_settings(settings: &Settings, proxy_header: bool) -> (Option<SocketAddr>, Self) {
-        let listen = match proxy_header {
-            true => settings.restart.proxy.listen.addrs(),
-            false => settings.restart.server.listen.addrs(),
-        };
-        let addr = listen.first().map(|&addr| match addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
-            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
-            _ => addr,
+    /// What to probe for a server running with `settings`: the first entry of its answer table
+    /// at its first listening address, with what connections there begin with. Without
+    /// `proxy_header`, that is the first of `server.listen`, or of `tls.listen` if it has none
+    /// (or if `tls`); with it, the first of `proxy.listen`, or of `tls.proxy_listen`. A
+    /// wildcard address becomes the loopback address of its family. So a probe follows the
+    /// configured ports, answers and TLS.
+    pub fn for_settings(
+        settings: &Settings,
+        proxy_header: bool,
+        tls: bool,
+    ) -> (Option<(SocketAddr, ListenerKind)>, Self) {
+        let listen = settings.listen_addrs();
+        let wanted = |kind: &ListenerKind| kind.proxy == proxy_header && (kind.tls || !tls);
+        let addr = listen.into_iter().find(|(_, kind)| wanted(kind)).map(|(addr, kind)| {
+            let addr = match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+                _ => addr,
+            };
+            (addr, kind)
         });
         let probe = settings.live.oracle.answers.entries().into_iter().next().map_or_else(Self::book, |entry| Self {
             question: Question::new(entry.question.clone()),
             answer: Answer::new(entry.answer.clone()),
-            proxy_header: false,
         });
-        (addr, Self { proxy_header, ..probe })
+        (addr, probe)
     }
 }
 
-/// Asks `probe`'s question at `addr` (as for [`ask`]) and checks the answer.
+/// Asks `probe`'s question of `target` (as [`ask`] does) and checks the answer.
 ///
 /// # Errors
 ///
 /// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
 /// expected one.
-pub async fn probe(addr: impl ToSocketAddrs + Display, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
-    let preamble = if probe.proxy_header { PROXY_HEADER } else { b"" };
-    let answers = exchange(addr, preamble, std::slice::from_ref(&probe.question), timeout).await?;
+pub async fn probe(target: &Target, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
+    let answers = ask(target, std::slice::from_ref(&probe.question), timeout).await?;
     match answers.first() {
         Some(answer) if *answer == probe.answer => Ok(()),
         other => Err(ClientError::WrongAnswer {
@@ -237,7 +279,7 @@ mod tests {
     async fn a_server_that_is_not_there_is_named_in_the_error() {
         // An address nothing listens on: bound, then let go.
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let error = probe(addr, &Probe::book(), Duration::from_secs(5)).await.unwrap_err();
+        let error = probe(&Target::plain(addr), &Probe::book(), Duration::from_secs(5)).await.unwrap_err();
         assert!(
             matches!(&error, ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
         );
