@@ -589,7 +589,18 @@ impl Settings {
     ///
     /// [`ConfigError`] naming the layer, key and value at fault.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        Self::load_over(sources, None).map(|(settings, _)| settings)
+        Self::load_over(sources, None, true).map(|(settings, _)| settings)
+    }
+
+    /// As [`load`](Self::load), but without reading the files of the TLS identity (`tls` is
+    /// then `None`): for a client that follows a server's settings, which must not need the
+    /// server's private key.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), the TLS files apart.
+    pub fn load_without_tls_files(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::load_over(sources, None, false).map(|(settings, _)| settings)
     }
 
     /// What a reload of a daemon running with `running` puts in effect: the settings from every
@@ -601,10 +612,14 @@ impl Settings {
     /// [`ConfigError`] naming the layer, key and value at fault ("the running settings" for a
     /// value kept from `running`).
     pub fn reload(sources: &Sources, running: &Settings) -> Result<(Self, Vec<String>), ConfigError> {
-        Self::load_over(sources, Some(running))
+        Self::load_over(sources, Some(running), true)
     }
 
-    fn load_over(sources: &Sources, running: Option<&Settings>) -> Result<(Self, Vec<String>), ConfigError> {
+    fn load_over(
+        sources: &Sources,
+        running: Option<&Settings>,
+        read_tls_files: bool,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let builtin = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
         let file = sources.file.as_ref().map(file_layer).transpose()?;
         let env = env_layer(&sources.env, &builtin)?;
@@ -632,7 +647,9 @@ impl Settings {
                 layers.running.clone_from(&set_aside);
             }
             settings.check_together(&layers, &sources.overrides)?;
-            settings.tls = settings.load_identity(&layers)?.map(Arc::new);
+            if read_tls_files {
+                settings.tls = settings.load_identity(&layers)?.map(Arc::new);
+            }
             return Ok((settings, set_aside));
         }
         Err(layers.first(mistakes).unwrap_or_else(|| {

@@ -247,6 +247,14 @@ impl ZenServer {
         listening_addr(&line)
     }
 
+    /// The address of the server's listener in `tls.listen` (`tls.proxy_listen` with `proxy`),
+    /// once it listens.
+    pub fn tls_addr(&self, proxy: bool) -> SocketAddr {
+        let kind = format!("proxy={proxy} tls=true");
+        let line = self.wait_for_log(&["listening", &kind], DEADLINE).expect("a TLS listener");
+        listening_addr(&line)
+    }
+
     pub fn wait_for_log(&self, parts: &[&str], deadline: Duration) -> Option<String> {
         let lines = self.log.wait_for_lines(deadline, 1, |line| parts.iter().all(|part| line.contains(part)))?;
         lines.into_iter().next()

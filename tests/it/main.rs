@@ -24,4 +24,5 @@ mod standins;
 mod supervisor;
 mod systemd;
 mod systemd_pid1;
+mod tls;
 mod upgrade;

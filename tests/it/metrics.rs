@@ -14,12 +14,12 @@ use nix::sys::signal::Signal;
 use crate::helpers::{DEADLINE, ask_like_the_book, connect, read_to_close, scrape, server_with_metrics};
 
 /// The value of the series `series` (name and labels, exactly as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
+pub fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Scrapes until every one of `expected` has its value (counts are added once a second).
-fn wait_for_values(addr: SocketAddr, expected: &[(&str, f64)]) -> String {
+pub fn wait_for_values(addr: SocketAddr, expected: &[(&str, f64)]) -> String {
     let end = Instant::now() + DEADLINE;
     loop {
         let text = scrape(addr);

@@ -74,7 +74,7 @@ fn target_from_settings(
     tls: &TlsArgs,
 ) -> anyhow::Result<(Target, Probe)> {
     let file = config.map(|path| ConfigFile { path, named_by: "--config or ZEN_CONFIG" });
-    let settings = Settings::load(&Sources::from_process(file, Overrides::default())?)
+    let settings = Settings::load_without_tls_files(&Sources::from_process(file, Overrides::default())?)
         .map_err(|error| anyhow!("the server's settings: {error}"))?;
     let (addr, probe) = Probe::for_settings(&settings, proxy_header, tls.tls);
     let Some((addr, kind)) = addr else {

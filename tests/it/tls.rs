@@ -1,0 +1,456 @@
+//! TLS under real clients and tools, with certificates made by `openssl` in each test (a CA,
+//! servers, clients, an expired one, a mismatched key): `openssl s_client` sees TLS 1.3 and 1.2
+//! and the certificate, and is refused TLS 1.1; Python's `ssl` module asks as the book's client
+//! does; client certificates are required when `tls.client_ca_file` is set; `check-config`
+//! refuses expired, mismatched and disordered files and warns of an expiry within 14 days;
+//! `zen-client probe` follows TLS-only settings; 20 rotations by SIGHUP while clients pipeline
+//! over TLS lose no answer, and a bad pair keeps the old one; HAProxy verifying a TLS backend,
+//! and passing TLS through with `send-proxy-v2` to `tls.proxy_listen`.
+
+use std::{
+    io::{BufReader, Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use zen_server::client::{self, Target, TlsClient, TlsOptions, Trust};
+
+use crate::{
+    helpers::{DEADLINE, Launch, TempConfig, TempDir, ZenServer, free_port, run_server},
+    metrics::{value, wait_for_values},
+};
+
+const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
+
+/// Certificates made with `openssl`: a CA, and what it signs.
+pub struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let pki = Self { dir: TempDir::new("pki") };
+        pki.openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=Zen Test CA"])
+            .ok();
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) -> Openssl {
+        let mut command = Command::new("openssl");
+        command.args(args).current_dir(self.dir.path());
+        Openssl(command)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// Writes `name.pem` (the certificate for `localhost` and 127.0.0.1, valid `days` from now,
+    /// negative for an expired one, then the CA's) and `name.key`; for a client with `client`.
+    pub fn issue(&self, name: &str, days: i32, client: bool) -> (PathBuf, PathBuf) {
+        let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        self.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")])
+            .ok();
+        let usage = if client { "clientAuth" } else { "serverAuth" };
+        let extensions =
+            format!("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n");
+        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
+        self.openssl(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"])
+            .args(["-out", &cert, "-days", &days.to_string(), "-extfile", &format!("{name}.ext")])
+            .ok();
+        let chain = std::fs::read_to_string(self.path(&cert)).unwrap() + &std::fs::read_to_string(self.ca()).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), chain).unwrap();
+        (self.path(&format!("{name}.pem")), self.path(&key))
+    }
+
+    /// `[tls]` settings serving `name`'s certificate on a TLS listener and a PROXY+TLS one.
+    pub fn settings(&self, name: &str, more: &str) -> String {
+        format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\nproxy_listen = [\"127.0.0.1:0\"]\ncert_file = {:?}\nkey_file = {:?}\n{more}",
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key"))
+        )
+    }
+
+    /// A zen-server TLS client trusting the CA, presenting `name`'s certificate if given.
+    pub fn client(&self, addr: SocketAddr, proxy_header: bool, name: Option<&str>) -> Target {
+        let options = TlsOptions {
+            trust: Trust::Ca(self.ca()),
+            identity: name.map(|name| (self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")))),
+            server_name: Some("localhost".into()),
+        };
+        Target { addr: addr.to_string(), proxy_header, tls: Some(TlsClient::new(&options, &addr.to_string()).unwrap()) }
+    }
+}
+
+struct Openssl(Command);
+
+impl Openssl {
+    fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
+        self.0.args(args);
+        self
+    }
+
+    fn ok(mut self) {
+        let output = self.0.output().expect("openssl: apt-get install openssl");
+        assert!(output.status.success(), "openssl failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+/// A server with a plain listener, `tls.listen` and `tls.proxy_listen`, serving `name`'s
+/// certificate, with `more` settings.
+fn tls_server(pki: &Pki, name: &str, more: &str) -> (ZenServer, TempConfig) {
+    let config = TempConfig::new(&pki.settings(name, more));
+    let server = ZenServer::launch(Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]).listeners(3));
+    (server, config)
+}
+
+/// Asks `questions` of `target` and returns the answers as text.
+fn ask(target: &Target, questions: &str) -> Result<Vec<String>, client::ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let questions = client::questions_in(questions).unwrap();
+    let answers = runtime.block_on(client::ask(target, &questions, DEADLINE))?;
+    Ok(answers.iter().map(ToString::to_string).collect())
+}
+
+/// Runs `openssl s_client` against `addr` with `args`: sends `question`, and reads until the
+/// answer (or the end) arrives. Returns its exit status, standard output and standard error.
+fn s_client(addr: SocketAddr, ca: &Path, args: &[&str], question: &str) -> (bool, String, String) {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(ca)
+        .args(["-verify_return_error", "-brief"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl: apt-get install openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(question.as_bytes()).unwrap();
+    // Standard input stays open until the answer is in: on its end, s_client closes at once.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut byte = [0];
+        while !out.ends_with(b".") && matches!(stdout.read(&mut byte), Ok(1)) {
+            out.push(byte[0]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let end = Instant::now() + DEADLINE;
+    while !reader.is_finished() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop(stdin);
+    let out = reader.join().unwrap();
+    let status = wait(&mut child);
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, out, err)
+}
+
+/// Waits for `child` to exit, within the deadline; whether it succeeded.
+fn wait(child: &mut Child) -> bool {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{child:?} did not exit in time");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn openssl_s_client_gets_tls_1_3_or_1_2_and_the_certificate_and_is_refused_tls_1_1() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let addr = server.tls_addr(false);
+    for (version, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let (ok, out, err) = s_client(addr, &pki.ca(), &[version], "Beautiful is better than?");
+        assert!(ok, "{err}");
+        assert_eq!(out, "Ugly.", "{err}");
+        assert!(err.contains(&format!("Protocol version: {name}")), "{err}");
+        assert!(err.contains("Peer certificate: CN = server") && err.contains("Verification: OK"), "{err}");
+    }
+    // Security level 0 lets openssl offer TLS 1.1 at all: the refusal is the server's.
+    let (ok, out, err) =
+        s_client(addr, &pki.ca(), &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], "Beautiful is better than?");
+    assert!(!ok && out.is_empty(), "TLS 1.1 was accepted: {out} {err}");
+    assert!(err.contains("alert"), "{err}");
+    // The server says what it serves where.
+    let line = server.wait_for_log(&["serving TLS", &format!("addr={addr}")], DEADLINE).unwrap();
+    assert!(line.contains("subject=CN=server") && line.contains("expires="), "{line}");
+}
+
+#[test]
+#[ignore = "needs openssl and python3: apt-get install openssl python3"]
+fn pythons_ssl_module_asks_like_the_books_client() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let script = r#"
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[3])
+with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as raw:
+    with context.wrap_socket(raw, server_hostname="localhost") as sock:
+        print(sock.version())
+        for question in [b"Beautiful is better than?", b"Explicit is better than?", b"Simple is better than?"]:
+            sock.sendall(question)
+            answer = b""
+            while not answer.endswith(b"."):
+                more = sock.recv(4096)
+                if not more:
+                    sys.exit("closed early")
+                answer += more
+            print(answer.decode())
+"#;
+    let addr = server.tls_addr(false);
+    let output = Command::new("python3")
+        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string()])
+        .arg(pki.ca())
+        .output()
+        .expect("python3: apt-get install python3");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "TLSv1.3\nUgly.\nImplicit.\nComplex.\n");
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn with_a_client_ca_only_clients_with_its_certificates_get_in_and_refusals_are_counted() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    pki.issue("client", 20, true);
+    let stranger = Pki::new();
+    stranger.issue("client", 20, true);
+    let port = free_port();
+    let more = format!("client_ca_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n", pki.ca());
+    let (server, _config) = tls_server(&pki, "server", &more);
+    let (addr, metrics) = (server.tls_addr(false), SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_eq!(ask(&pki.client(addr, false, Some("client")), "Simple is better than?").unwrap(), ["Complex."]);
+    assert!(ask(&pki.client(addr, false, None), "Simple is better than?").is_err(), "in without a certificate");
+    // A certificate from another CA, presented by a client that trusts the server.
+    let options = TlsOptions {
+        trust: Trust::Ca(pki.ca()),
+        identity: Some((stranger.path("client.pem"), stranger.path("client.key"))),
+        server_name: Some("localhost".into()),
+    };
+    let target = Target { addr: addr.to_string(), proxy_header: false, tls: TlsClient::new(&options, "x:1").ok() };
+    assert!(ask(&target, "Simple is better than?").is_err(), "in with a stranger's certificate");
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_tls_handshakes_total{result=\"ok\"}", 1.0),
+            ("zen_tls_handshakes_total{result=\"client_certificate_refused\"}", 2.0),
+            ("zen_connections_closed_total{reason=\"tls_handshake\"}", 2.0),
+            ("zen_tls_connections_active", 0.0),
+        ],
+    );
+    // zen-client, given the files.
+    let output = Command::new(CLIENT_BIN)
+        .args(["ask", "--tls", "--server-name", "localhost", "--addr", &addr.to_string(), "--ca"])
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.path("client.pem"))
+        .arg("--key")
+        .arg(pki.path("client.key"))
+        .arg("Flat is better than?")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Flat is better than? Nested.\n");
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn check_config_refuses_unusable_files_naming_them_and_warns_of_a_near_expiry() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    pki.issue("soon", 10, false);
+    pki.issue("expired", -1, false);
+    pki.issue("other", 20, false);
+    let disordered = pki.path("disordered.pem");
+    let ca = std::fs::read_to_string(pki.ca()).unwrap();
+    let leaf = std::fs::read_to_string(pki.path("server.crt")).unwrap();
+    std::fs::write(&disordered, ca + &leaf).unwrap();
+    let check = |cert: &Path, key: &Path| {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let env = [("ZEN_TLS__LISTEN", "127.0.0.1:1061"), ("ZEN_TLS__CERT_FILE", cert), ("ZEN_TLS__KEY_FILE", key)];
+        let (status, _, stderr) = run_server(&["check-config"], &env);
+        (status.code(), stderr)
+    };
+    let (code, stderr) = check(&pki.path("server.pem"), &pki.path("server.key"));
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+    let (code, stderr) = check(&pki.path("soon.pem"), &pki.path("soon.key"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.starts_with("zen-server: warning: tls.cert_file ") && stderr.contains("within 14 days"), "{stderr}");
+    for (cert, key, named, reason) in [
+        ("expired.pem", "expired.key", "tls.cert_file", "the certificate expired on "),
+        ("server.pem", "other.key", "tls.key_file", "is not the key of the certificate"),
+        ("disordered.pem", "server.key", "tls.cert_file", "the chain is out of order"),
+        ("missing.pem", "server.key", "tls.cert_file", "cannot read it: No such file"),
+        ("server.key", "server.key", "tls.cert_file", "holds no certificate (PEM)"),
+    ] {
+        let (code, stderr) = check(&pki.path(cert), &pki.path(key));
+        assert_eq!(code, Some(78), "{cert} {key}: {stderr}");
+        let line = format!("zen-server: invalid {named} = ");
+        assert!(stderr.starts_with(&line) && stderr.contains(reason) && stderr.lines().count() == 1, "{stderr}");
+        assert!(stderr.contains(&format!("environment variable ZEN_{}", named.replace('.', "__").to_uppercase())));
+    }
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn probe_follows_tls_only_settings_trusting_the_servers_own_certificate() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", 20, false);
+    pki.issue("client", 20, true);
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let (cert, key, ca) = (cert.to_str().unwrap(), key.to_str().unwrap(), pki.ca());
+    let mut env = vec![
+        ("ZEN_SERVER__LISTEN", ""),
+        ("ZEN_TLS__LISTEN", listen.as_str()),
+        ("ZEN_TLS__CERT_FILE", cert),
+        ("ZEN_TLS__KEY_FILE", key),
+    ];
+    let launch = env.iter().fold(Launch::default().listeners(1), |launch, (name, value)| launch.env(name, value));
+    let server = ZenServer::launch(launch);
+    let probe = |env: &[(&str, &str)], args: &[&str]| {
+        let output = Command::new(CLIENT_BIN).arg("probe").args(args).env_clear().envs(env.iter().copied()).output();
+        let output = output.unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    assert_eq!(probe(&env, &[]), (Some(0), String::new()));
+    assert_eq!(server.addrs, [listen.parse().unwrap()]);
+    // Another server's certificate at that address fails the probe.
+    let other = Pki::new();
+    let (other_cert, _) = other.issue("server", 20, false);
+    let mut impostor = env.clone();
+    impostor[2] = ("ZEN_TLS__CERT_FILE", other_cert.to_str().unwrap());
+    let (code, stderr) = probe(&impostor, &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not the certificate of the server's tls.cert_file"), "{stderr}");
+    drop(server);
+    // A server that asks for client certificates: the probe needs one.
+    env.push(("ZEN_TLS__CLIENT_CA_FILE", ca.to_str().unwrap()));
+    let launch = env.iter().fold(Launch::default().listeners(1), |launch, (name, value)| launch.env(name, value));
+    let _server = ZenServer::launch(launch);
+    let (code, stderr) = probe(&env, &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("(tls.client_ca_file") && stderr.contains("give --cert and --key"), "{stderr}");
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    assert_eq!(probe(&env, &["--tls", "--cert", cert, "--key", key]), (Some(0), String::new()));
+}
+
+/// A client on one long-lived TLS connection, pipelining batches of the book's questions and
+/// checking every answer, until told to stop.
+fn pipelining_client(
+    target: Target,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> thread::JoinHandle<Result<(), String>> {
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(&target.addr).await.map_err(|e| e.to_string())?;
+            let mut stream = target.tls.as_ref().unwrap().connect(tcp).await.map_err(|e| e.to_string())?;
+            let batch = b"Beautiful is better than?Explicit is better than?Simple is better than?".repeat(10);
+            let expected = b"Ugly.Implicit.Complex.".repeat(10);
+            while !stop.load(Ordering::Relaxed) {
+                stream.write_all(&batch).await.map_err(|e| e.to_string())?;
+                let mut received = vec![0; expected.len()];
+                let read = tokio::time::timeout(DEADLINE, stream.read_exact(&mut received)).await;
+                read.map_err(|_| "no answers in time".to_owned())?.map_err(|e| e.to_string())?;
+                if received != expected {
+                    return Err(format!("wrong answers: {}", received.escape_ascii()));
+                }
+                answered.fetch_add(30, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    })
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn twenty_rotations_under_pipelining_clients_lose_no_answer_and_a_bad_pair_keeps_the_old_one() {
+    let pki = Pki::new();
+    pki.issue("server-0", 20, false);
+    let (cert, key) = (pki.path("serving.pem"), pki.path("serving.key"));
+    let serve = |name: &str| {
+        // Replaced whole, as a certificate manager does: no reader sees half a file.
+        for (from, to) in [(format!("{name}.pem"), &cert), (format!("{name}.key"), &key)] {
+            std::fs::copy(pki.path(&from), to.with_extension("new")).unwrap();
+            std::fs::rename(to.with_extension("new"), to).unwrap();
+        }
+    };
+    serve("server-0");
+    let port = free_port();
+    let config = TempConfig::new(&format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = {cert:?}\nkey_file = {key:?}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let server = ZenServer::launch(Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]).listeners(2));
+    let (addr, metrics) = (server.tls_addr(false), SocketAddr::from(([127, 0, 0, 1], port)));
+    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> =
+        (0..4).map(|_| pipelining_client(pki.client(addr, false, None), stop.clone(), answered.clone())).collect();
+    let served_subject = || {
+        let (ok, out, err) = s_client(addr, &pki.ca(), &[], "Simple is better than?");
+        assert!(ok && out == "Complex.", "{out} {err}");
+        err.lines().find_map(|line| line.strip_prefix("Peer certificate: ")).unwrap_or_default().to_owned()
+    };
+    assert_eq!(served_subject(), "CN = server-0");
+    for rotation in 1..=20 {
+        let name = format!("server-{rotation}");
+        pki.issue(&name, 20, false);
+        serve(&name);
+        let before = answered.load(Ordering::Relaxed);
+        server.signal(Signal::SIGHUP);
+        let loaded = format!("subject=CN={name} ");
+        assert!(server.wait_for_log(&["TLS certificate loaded", &loaded], DEADLINE).is_some(), "{}", server.log());
+        assert_eq!(served_subject(), format!("CN = {name}"));
+        // The long-lived connections go on across each rotation.
+        let end = Instant::now() + DEADLINE;
+        while answered.load(Ordering::Relaxed) < before + 120 {
+            assert!(Instant::now() < end, "the pipelining clients stalled");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // A key that is not the certificate's: the reload fails, the last pair stays.
+    pki.issue("stray", 20, false);
+    std::fs::copy(pki.path("stray.key"), &key).unwrap();
+    server.signal(Signal::SIGHUP);
+    let failed = server.wait_for_log(&["reload failed", "tls.key_file", "is not the key of the certificate"], DEADLINE);
+    assert!(failed.is_some(), "{}", server.log());
+    assert_eq!(served_subject(), "CN = server-20");
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap().expect("a pipelining client failed");
+    }
+    let text = wait_for_values(metrics, &[("zen_reloads_total{result=\"ok\"}", 20.0)]);
+    assert_eq!(value(&text, "zen_reloads_total{result=\"failed\"}"), Some(1.0), "{text}");
+    assert!(value(&text, "zen_tls_certificate_expiry_timestamp_seconds").is_some_and(|at| at > 0.0), "{text}");
+    assert!(answered.load(Ordering::Relaxed) > 20 * 120);
+}
