@@ -247,19 +247,37 @@ impl Acceptor {
         self.current.store(Arc::new(Current { config: identity.config.clone(), handshake_timeout }));
     }
 
-    /// Completes the server's side of a handshake on `io`.
+    /// Completes the server's side of a handshake on `io`, within the handshake timeout. No
+    /// handshake state is made until the client has sent something: a client that connects
+    /// and says nothing costs what a plain idle connection does.
     ///
     /// # Errors
     ///
     /// [`HandshakeError`] saying why it did not complete.
-    pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError> {
+    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Readable + Unpin,
+    {
         let current = self.current.load_full();
-        let handshake = tokio_rustls::TlsAcceptor::from(current.config.clone()).accept(io);
-        match tokio::time::timeout(current.handshake_timeout, handshake).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(HandshakeError::from_io(error)),
-            Err(_) => Err(HandshakeError::TimedOut(current.handshake_timeout)),
-        }
+        let handshake = async {
+            io.readable().await.map_err(HandshakeError::Io)?;
+            tokio_rustls::TlsAcceptor::from(current.config.clone()).accept(io).await.map_err(HandshakeError::from_io)
+        };
+        tokio::time::timeout(current.handshake_timeout, handshake)
+            .await
+            .unwrap_or(Err(HandshakeError::TimedOut(current.handshake_timeout)))
+    }
+}
+
+/// A connection that says when its client has sent something.
+pub trait Readable {
+    /// Resolves once there is something to read (or the connection has ended).
+    fn readable(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+impl Readable for tokio::net::TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
+        tokio::net::TcpStream::readable(self)
     }
 }
 
@@ -272,10 +290,17 @@ pub(crate) mod tests {
         date_time_ymd,
     };
     use rustls::{ClientConfig, pki_types::ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
     use tokio_rustls::TlsConnector;
 
     use super::*;
+
+    /// In memory, the handshake starts at once.
+    impl Readable for DuplexStream {
+        async fn readable(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 
     /// A directory of certificates made for one test: a CA, and what it signs.
     pub struct Pki {

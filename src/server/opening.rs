@@ -154,7 +154,11 @@ pub async fn open(
 /// send buffer has room), and closes, as a client over the connection limit is.
 fn refuse_plain(stream: &TcpStream, info: &SessionInfo, over: &OverShare, deps: &SessionDeps) {
     log_refusal(info, over);
-    if let Ok(sent) = stream.try_write(Answer::TOO_MANY_FROM_CLIENT.as_bytes()) {
+    // Straight to the socket: the runtime has not yet seen it writable, so its `try_write`
+    // would not even try.
+    if let Ok(sent) =
+        socket2::SockRef::from(stream).send_with_flags(Answer::TOO_MANY_FROM_CLIENT.as_bytes(), libc::MSG_NOSIGNAL)
+    {
         deps.tally.sent(sent);
     }
     close_sending(stream);
@@ -212,6 +216,15 @@ impl AsyncRead for Prefixed {
             return Pin::new(&mut this.rest).poll_read(cx, buf);
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl tls::Readable for Prefixed {
+    async fn readable(&self) -> io::Result<()> {
+        match (self.rest.position() as usize) < self.rest.get_ref().len() {
+            true => Ok(()),
+            false => self.inner.readable().await,
+        }
     }
 }
 

@@ -564,6 +564,26 @@ impl NotifySocket {
     }
 }
 
+/// Raises this process's soft limit on open files to `need`, for a test that holds that many
+/// connections; panics, saying so, if the hard limit is lower.
+pub fn raise_fd_limit(need: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard >= need, "this test holds {need} connections; the hard limit on open files is {hard}");
+    if soft < need {
+        setrlimit(Resource::RLIMIT_NOFILE, need, hard).unwrap();
+    }
+}
+
+/// A connection to `addr` from the local address `source` (on loopback: 127.0.0.2 and so on,
+/// as other clients).
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    socket.into()
+}
+
 /// A port nothing uses right now on any address (bound, then let go), for settings and tools
 /// that need a port number up front rather than port 0.
 pub fn free_port() -> u16 {

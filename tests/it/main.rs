@@ -7,6 +7,7 @@ mod client;
 mod configuration;
 mod container;
 mod docker;
+mod fairness;
 mod faults;
 mod haproxy;
 mod helpers;

@@ -9,7 +9,7 @@
 
 use std::{
     io::{BufReader, Read, Write},
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -24,7 +24,10 @@ use nix::sys::signal::Signal;
 use zen_server::client::{self, Target, TlsClient, TlsOptions, Trust};
 
 use crate::{
-    helpers::{DEADLINE, Launch, TempConfig, TempDir, ZenServer, free_port, run_server},
+    helpers::{
+        DEADLINE, Launch, TempConfig, TempDir, ZenServer, connect_from, free_port, has_arrived, raise_fd_limit,
+        run_server, scrape,
+    },
     metrics::{value, wait_for_values},
 };
 
@@ -453,4 +456,119 @@ fn twenty_rotations_under_pipelining_clients_lose_no_answer_and_a_bad_pair_keeps
     assert_eq!(value(&text, "zen_reloads_total{result=\"failed\"}"), Some(1.0), "{text}");
     assert!(value(&text, "zen_tls_certificate_expiry_timestamp_seconds").is_some_and(|at| at > 0.0), "{text}");
     assert!(answered.load(Ordering::Relaxed) > 20 * 120);
+}
+
+/// The start of a TLS record holding a ClientHello, which then never comes.
+const HALF_A_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+
+/// `count` connections to `addr`, spread over 127.0.0.1 to 127.0.0.254 as many clients would
+/// be, each sent `first` (maybe nothing).
+fn open_many(addr: SocketAddr, count: usize, first: impl Fn(usize) -> &'static [u8]) -> Vec<(TcpStream, Instant)> {
+    (0..count)
+        .map(|index| {
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % 254) as u8));
+            let mut stream = connect_from(source, addr);
+            stream.write_all(first(index)).unwrap();
+            (stream, Instant::now())
+        })
+        .collect()
+}
+
+/// Waits until the server's resident memory has settled (unchanged over half a second), and
+/// returns it.
+fn settled_rss_kib(server: &ZenServer) -> u64 {
+    let mut last = server.rss_kib();
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        let now = server.rss_kib();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl (a load test)"]
+fn ten_thousand_stalled_handshakes_are_closed_on_time_counted_and_cost_a_plain_connections_memory() {
+    const STALLED: usize = 10_000;
+    const GARBAGE: usize = 1_000;
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    raise_fd_limit(STALLED as u64 + 1000);
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let port = free_port();
+    let more = format!(
+        "handshake_timeout_ms = {}\n[limits]\nmax_connections = 15000\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        TIMEOUT.as_millis()
+    );
+    let config = TempConfig::new(&pki.settings("server", &more));
+    // A server for each measurement: memory one kind of connection gave back would otherwise
+    // be taken up again by the next, free in appearance.
+    let start = || {
+        let launch = Launch::args(&["--config", config.path(), "--listen", "127.0.0.1:0"]).listeners(3);
+        ZenServer::launch(launch.fd_limit(20_000))
+    };
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let server = start();
+    // What as many plain idle connections cost, measured first.
+    let before = settled_rss_kib(&server);
+    let idle = open_many(server.addr(), STALLED, |_| b"");
+    wait_for_values(metrics, &[("zen_connections_active", STALLED as f64)]);
+    let plain_kib = settled_rss_kib(&server).saturating_sub(before);
+    drop((idle, server));
+    let server = start();
+    let tls = server.tls_addr(false);
+    // Half say nothing, half stop in the middle of their hello; garbage is refused at once.
+    let before = settled_rss_kib(&server);
+    let mut stalled = open_many(tls, STALLED / 2, |_| b"");
+    let opened = Instant::now();
+    let silent_kib = settled_rss_kib(&server).saturating_sub(before);
+    stalled.extend(open_many(tls, STALLED / 2, |_| HALF_A_CLIENT_HELLO));
+    let half_hello_kib = settled_rss_kib(&server).saturating_sub(before + silent_kib);
+    let garbage = open_many(tls, GARBAGE, |_| b"Beautiful is better than?");
+    wait_for_values(metrics, &[("zen_tls_handshakes_total{result=\"bad_client_hello\"}", GARBAGE as f64)]);
+    let text = scrape(metrics);
+    assert_eq!(value(&text, "zen_tls_connections_active"), Some(STALLED as f64), "{text}");
+    assert!(opened.elapsed() < TIMEOUT, "the memory was measured after the timeout; lengthen it");
+    let each = |kib: u64, count: usize| kib as f64 / count as f64;
+    let (plain_each, silent_each, half_hello_each) =
+        (each(plain_kib, STALLED), each(silent_kib, STALLED / 2), each(half_hello_kib, STALLED / 2));
+    eprintln!(
+        "memory per connection: plain idle {plain_each:.2} KiB, TLS saying nothing {silent_each:.2} KiB, TLS stalled in its hello {half_hello_each:.2} KiB"
+    );
+    for (mut stream, _) in garbage {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(!rest.ends_with(b"."), "garbage got an answer");
+    }
+    // Every stalled connection is closed once its timeout has passed, not before.
+    let mut open = stalled;
+    let end = Instant::now() + TIMEOUT + DEADLINE;
+    while !open.is_empty() {
+        assert!(Instant::now() < end, "{} stalled connections still open", open.len());
+        open.retain(|(stream, since)| {
+            if !has_arrived(stream) {
+                return true;
+            }
+            let after = since.elapsed();
+            assert!(after >= TIMEOUT - Duration::from_millis(50), "closed after {after:?}, before the timeout");
+            false
+        });
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_values(
+        metrics,
+        &[
+            ("zen_tls_handshakes_total{result=\"timeout\"}", STALLED as f64),
+            ("zen_tls_handshakes_total{result=\"bad_client_hello\"}", GARBAGE as f64),
+            ("zen_connections_closed_total{reason=\"tls_handshake\"}", (STALLED + GARBAGE) as f64),
+            ("zen_tls_connections_active", 0.0),
+        ],
+    );
+    // A client that says nothing costs what a plain one does (no handshake state is made for
+    // it); one stalled in its hello, the same order of magnitude.
+    assert!(silent_each <= 1.5 * plain_each.max(1.0), "{silent_each:.2} KiB each against {plain_each:.2} KiB");
+    assert!(half_hello_each <= 10.0 * plain_each.max(1.0), "{half_hello_each:.2} KiB each against {plain_each:.2} KiB");
 }
