@@ -91,12 +91,11 @@ fn behind_a_proxy_listener_the_share_is_the_headers_client_and_ipv6_counts_by_64
         stream
     };
     let v4 = "PROXY TCP4 192.0.2.7 127.0.0.1 5000 1060\r\n";
-    let mut held = vec![from(v4), from(v4)];
+    let mut held = [from(v4), from(v4)];
     assert!(held.iter_mut().all(answered));
     assert_eq!(said_before_closing(&mut from(v4)), REFUSAL, "a third connection of 192.0.2.7");
     assert!(answered(&mut from("PROXY TCP4 192.0.2.8 127.0.0.1 5000 1060\r\n")), "another client, same balancer");
-    let mut v6 =
-        vec![from("PROXY TCP6 2001:db8::1 ::1 5000 1060\r\n"), from("PROXY TCP6 2001:db8::2 ::1 5000 1060\r\n")];
+    let mut v6 = [from("PROXY TCP6 2001:db8::1 ::1 5000 1060\r\n"), from("PROXY TCP6 2001:db8::2 ::1 5000 1060\r\n")];
     assert!(v6.iter_mut().all(answered));
     assert_eq!(said_before_closing(&mut from("PROXY TCP6 2001:db8::ffff ::1 5000 1060\r\n")), REFUSAL, "same /64");
     assert!(answered(&mut from("PROXY TCP6 2001:db8:0:1::1 ::1 5000 1060\r\n")), "the next /64");
