@@ -239,11 +239,12 @@ impl Drop for HaProxy {
 /// Checks `file` with `haproxy -c`, then runs it with `-db` (in the foreground, logging on
 /// standard error) until its runtime API at `api` answers: the process and its log so far,
 /// or `None` if HAProxy could not listen on `port`.
-fn run(file: &Path, api: &Path, port: u16) -> Option<(Child, Arc<Mutex<String>>)> {
+pub fn run(file: &Path, api: &Path, port: u16) -> Option<(Child, Arc<Mutex<String>>)> {
     let check = Command::new(haproxy_bin()).arg("-c").arg("-f").arg(file).output().unwrap();
     assert!(
         check.status.success(),
-        "haproxy -c fails on the test's copy of {SHIPPED}: {}{}",
+        "haproxy -c fails on {}: {}{}",
+        file.display(),
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );

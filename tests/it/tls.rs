@@ -24,9 +24,10 @@ use nix::sys::signal::Signal;
 use zen_server::client::{self, Target, TlsClient, TlsOptions, Trust};
 
 use crate::{
+    haproxy,
     helpers::{
-        DEADLINE, Launch, TempConfig, TempDir, ZenServer, connect_from, free_port, has_arrived, raise_fd_limit,
-        run_server, scrape,
+        DEADLINE, Launch, TempConfig, TempDir, ZenServer, ask_like_the_book, connect_from, free_port,
+        free_port_below_ephemeral, has_arrived, raise_fd_limit, run_server, scrape,
     },
     metrics::{value, wait_for_values},
 };
@@ -571,4 +572,71 @@ fn ten_thousand_stalled_handshakes_are_closed_on_time_counted_and_cost_a_plain_c
     // it); one stalled in its hello, the same order of magnitude.
     assert!(silent_each <= 1.5 * plain_each.max(1.0), "{silent_each:.2} KiB each against {plain_each:.2} KiB");
     assert!(half_hello_each <= 10.0 * plain_each.max(1.0), "{half_hello_each:.2} KiB each against {plain_each:.2} KiB");
+}
+
+#[test]
+#[ignore = "needs haproxy and openssl: apt-get install haproxy openssl"]
+fn haproxy_verifies_a_tls_backend_and_passes_tls_through_with_proxy_v2_keeping_client_addresses() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let stranger = Pki::new();
+    let (server, _config) = tls_server(&pki, "server", "");
+    let (tls, tls_proxy) = (server.tls_addr(false), server.tls_addr(true));
+    let dir = TempDir::new("haproxy-tls");
+    let api = dir.path().join("api.sock");
+    let ports = [(); 3].map(|()| free_port_below_ephemeral());
+    let file = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &file,
+        format!(
+            "global\n  stats socket {api} mode 600 level admin\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend verified\n  bind 127.0.0.1:{verified}\n  default_backend zen_tls\n\
+             backend zen_tls\n  server zen {tls} ssl verify required ca-file {ca} verifyhost localhost sni str(localhost)\n\
+             frontend passthrough\n  bind 127.0.0.1:{passthrough}\n  default_backend zen_tls_behind_proxy\n\
+             backend zen_tls_behind_proxy\n  server zen {tls_proxy} send-proxy-v2\n\
+             frontend unverifiable\n  bind 127.0.0.1:{unverifiable}\n  default_backend zen_tls_other_ca\n\
+             backend zen_tls_other_ca\n  server zen {tls} ssl verify required ca-file {other_ca} sni str(localhost)\n",
+            api = api.display(),
+            verified = ports[0],
+            passthrough = ports[1],
+            unverifiable = ports[2],
+            ca = pki.ca().display(),
+            other_ca = stranger.ca().display(),
+        ),
+    )
+    .unwrap();
+    let (mut haproxy, _log) = haproxy::run(&file, &api, ports[0]).expect("haproxy listening");
+    let front = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    // HAProxy speaks TLS to the server, having checked its certificate; the client plain text.
+    let mut plain = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), front(ports[0]));
+    assert_eq!(ask_like_the_book(&mut plain, b"Beautiful is better than?"), b"Ugly.");
+    assert_eq!(ask_like_the_book(&mut plain, b"Explicit is better than?"), b"Implicit.");
+    // A certificate HAProxy cannot verify: no answer.
+    let mut refused = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), front(ports[2]));
+    refused.write_all(b"Beautiful is better than?").unwrap();
+    refused.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(got.is_empty(), "answered through a backend HAProxy could not verify: {}", got.escape_ascii());
+    // TLS from the client itself, through HAProxy in TCP mode, after its PROXY v2 header: the
+    // server knows the client's own address.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let through = pki.client(front(ports[1]), false, None);
+    let answers = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 7], 0))).unwrap();
+        let tcp = socket.connect(front(ports[1])).await.unwrap();
+        let mut stream = through.tls.as_ref().unwrap().connect(tcp).await.unwrap();
+        stream.write_all(b"Simple is better than?Flat is better than?").await.unwrap();
+        let mut answers = vec![0; b"Complex.Nested.".len()];
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut answers)).await.unwrap().unwrap();
+        answers
+    });
+    assert_eq!(answers, b"Complex.Nested.");
+    let seen = server.wait_for_log(&["connection accepted", "peer=127.0.0.7:"], DEADLINE);
+    assert!(seen.is_some(), "the client's own address was not the session's peer:\n{}", server.log());
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
 }
