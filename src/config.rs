@@ -24,7 +24,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -383,6 +383,16 @@ pub struct TlsLive {
     pub handshake_timeout_ms: Whole<1, YEAR_MS>,
 }
 
+/// The built-in layer, parsed once: it is the same on every load and reload.
+fn builtin_layer() -> Result<Map<String, Value>, ConfigError> {
+    static BUILTIN: OnceLock<Map<String, Value>> = OnceLock::new();
+    if let Some(layer) = BUILTIN.get() {
+        return Ok(layer.clone());
+    }
+    let layer = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
+    Ok(BUILTIN.get_or_init(|| layer).clone())
+}
+
 /// Settings given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -620,7 +630,7 @@ impl Settings {
         running: Option<&Settings>,
         read_tls_files: bool,
     ) -> Result<(Self, Vec<String>), ConfigError> {
-        let builtin = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
+        let builtin = builtin_layer()?;
         let file = sources.file.as_ref().map(file_layer).transpose()?;
         let env = env_layer(&sources.env, &builtin)?;
         let mut layers = Layers { layers: Vec::new(), command_line: Vec::new(), running: Vec::new() };

@@ -39,7 +39,8 @@ pub enum ProxyError {
     /// No whole header within the timeout.
     #[error("no PROXY header within {0:?}")]
     TimedOut(Duration),
-    /// The bytes are not a PROXY header.
+    /// The bytes are not a PROXY header; the parser's reason, control characters escaped (its
+    /// messages quote `\r\n`, which would break the log line).
     #[error("not a PROXY header: {0}")]
     Malformed(String),
     /// Longer than [`MAX_HEADER_BYTES`] without being a whole header.
@@ -51,6 +52,12 @@ pub enum ProxyError {
     /// Reading failed.
     #[error("reading the PROXY header failed: {0}")]
     Io(#[from] io::Error),
+}
+
+impl ProxyError {
+    fn malformed(reason: &dyn std::fmt::Display) -> Self {
+        Self::Malformed(reason.to_string().escape_debug().to_string())
+    }
 }
 
 /// What a PROXY header said.
@@ -101,7 +108,7 @@ async fn read_header<R: AsyncRead + Unpin>(read: &mut R) -> Result<Proxied, Prox
         // A version 1 line that has ended is all there will be, whatever the parser says.
         let line_ended = received.starts_with(b"PROXY ") && memchr::memmem::find(&received, b"\r\n").is_some();
         let (length, client) = match result {
-            HeaderResult::V1(Err(error)) if line_ended => return Err(ProxyError::Malformed(error.to_string())),
+            HeaderResult::V1(Err(error)) if line_ended => return Err(ProxyError::malformed(&error)),
             result if result.is_incomplete() => {
                 if received.len() >= MAX_HEADER_BYTES {
                     return Err(ProxyError::TooLong);
@@ -110,8 +117,8 @@ async fn read_header<R: AsyncRead + Unpin>(read: &mut R) -> Result<Proxied, Prox
             }
             HeaderResult::V1(Ok(header)) => (header.header.len(), v1_client(&header.addresses)),
             HeaderResult::V2(Ok(header)) => (header.len(), v2_client(&header)),
-            HeaderResult::V1(Err(error)) => return Err(ProxyError::Malformed(error.to_string())),
-            HeaderResult::V2(Err(error)) => return Err(ProxyError::Malformed(error.to_string())),
+            HeaderResult::V1(Err(error)) => return Err(ProxyError::malformed(&error)),
+            HeaderResult::V2(Err(error)) => return Err(ProxyError::malformed(&error)),
         };
         if length > MAX_HEADER_BYTES {
             return Err(ProxyError::TooLong);
@@ -238,6 +245,13 @@ mod tests {
         assert!(matches!(untrusted, Err(ProxyError::Untrusted { .. })));
         let endless = [b'P', b'R', b'O', b'X', b'Y', b' ', b'T', b'C', b'P', b'4', b' '].repeat(100);
         assert!(matches!(read(&endless).await, Err(ProxyError::Malformed(_) | ProxyError::TooLong)));
+    }
+
+    #[tokio::test]
+    async fn the_parsers_reason_is_logged_on_one_line() {
+        // Found by the fuzzer: the parser's message quotes a real "\r\n".
+        let error = read(b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 10 2\x03PR?\r\n").await.unwrap_err().to_string();
+        assert_eq!(error, "not a PROXY header: Header must end in \\'\\r\\n\\'.");
     }
 
     #[tokio::test]
