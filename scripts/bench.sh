@@ -19,10 +19,16 @@
 # churn, idle and many. Every report also gives the load generator's own CPU share, and says
 # when it, not the server, was the bottleneck.
 #
+# TLS, with a certificate made here by openssl: tls50k (cpu50k over long-lived TLS connections)
+# and tlschurn (churn over TLS, every connection a full handshake), for zen-server on tls.listen
+# (zen-tls), Redis with its TLS port (redis-tls, asked PING; tls50k and tlschurn) and plain
+# zen-server behind stunnel terminating TLS (stunnel; tls50k), whose CPU is the two processes'
+# together. Without openssl, the TLS scenarios are skipped; without stunnel4, that server.
+#
 # Binaries are built into ${CARGO_TARGET_DIR:-target}/release/.
 # Needs: a Rust toolchain, python3, taskset (util-linux), a hard limit of open files of at least
 # 16,000 (`ulimit -Hn`) for the 15,000-connection scenario; optionally redis-server (Debian's
-# redis-server package).
+# redis-server package, built with TLS), openssl and stunnel4.
 set -euo pipefail
 
 usage() {
@@ -64,6 +70,28 @@ redis="$(command -v redis-server || true)"
 if [ -z "$redis" ]; then
   echo "bench: redis-server not found: Redis is skipped (apt-get install redis-server)" >&2
 fi
+stunnel="$(command -v stunnel4 || true)"
+tls_dir=""
+if command -v openssl >/dev/null; then
+  # A CA and a certificate for localhost and 127.0.0.1 signed by it, as a deployment has.
+  tls_dir="$(mktemp -d)"
+  (
+    cd "$tls_dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+      -days 2 -subj "/CN=bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+      -extfile server.ext 2>/dev/null
+  )
+  trap 'rm -rf "$tls_dir"' EXIT
+else
+  echo "bench: openssl not found: the TLS scenarios are skipped (apt-get install openssl)" >&2
+fi
+if [ -n "$tls_dir" ] && [ -z "$stunnel" ]; then
+  echo "bench: stunnel4 not found: zen-server behind stunnel is skipped (apt-get install stunnel4)" >&2
+fi
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((many_conns + 1000)) ]; then
@@ -76,6 +104,8 @@ raw="$out/raw.jsonl"
 : > "$raw"
 server_pid=""
 server_addr=""
+# Beside the server: a proxy in front of it (stunnel), whose CPU counts with the server's.
+proxy_pid=""
 
 # A TCP port free on 127.0.0.1 right now, for a server that cannot be given port 0: below the
 # ephemeral range, where no outgoing connection (nor one in TIME-WAIT) can hold it.
@@ -104,14 +134,19 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1) as s:
 EOF
 }
 
-# Starts server $1 (zen, reference or redis) with CPU prefix $2; sets server_pid and server_addr.
+# Starts server $1 (zen, reference, redis, zen-tls, redis-tls or stunnel) with CPU prefix $2;
+# sets server_pid and server_addr (and proxy_pid for stunnel, with zen-server as server_pid).
 start_server() {
   local log port=""
   log="$(mktemp)"
   server_addr=""
+  proxy_pid=""
   case "$1" in
-    zen) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
+    zen|stunnel) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
            $2 "$zen" --listen 127.0.0.1:0 2>"$log" & ;;
+    zen-tls) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
+           ZEN_SERVER__LISTEN= ZEN_TLS__LISTEN=127.0.0.1:0 ZEN_TLS__CERT_FILE="$tls_dir/server.pem" \
+           ZEN_TLS__KEY_FILE="$tls_dir/server.key" $2 "$zen" 2>"$log" & ;;
     reference) $2 "$reference" --listen 127.0.0.1:0 2>"$log" & ;;
     redis)
       # Port 0 means "no TCP" to Redis. In the foreground, logging to standard output, writing
@@ -119,11 +154,20 @@ start_server() {
       port="$(free_port)"
       $2 "$redis" --port "$port" --bind 127.0.0.1 --protected-mode no --save "" --appendonly no \
         --daemonize no --logfile "" >"$log" 2>&1 & ;;
+    redis-tls)
+      port="$(free_port)"
+      $2 "$redis" --port 0 --tls-port "$port" --tls-cert-file "$tls_dir/server.pem" \
+        --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.pem" --tls-auth-clients no \
+        --bind 127.0.0.1 --protected-mode no --save "" --appendonly no --daemonize no --logfile "" \
+        >"$log" 2>&1 & ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do
     if [ "$1" = redis ]; then
       if answers_ping "$port"; then server_addr="127.0.0.1:$port"; fi
+    elif [ "$1" = redis-tls ]; then
+      if "$client" probe --tls --ca "$tls_dir/ca.pem" --addr "127.0.0.1:$port" >/dev/null 2>&1 \
+        || grep -q "Ready to accept connections" "$log"; then server_addr="127.0.0.1:$port"; fi
     else
       server_addr="$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)"
     fi
@@ -138,9 +182,36 @@ start_server() {
     exit 1
   fi
   rm -f "$log"
+  if [ "$1" = stunnel ]; then start_stunnel "$2"; fi
+}
+
+# Starts stunnel with CPU prefix $1 in front of the zen-server at server_addr, terminating TLS;
+# sets proxy_pid and makes server_addr stunnel's.
+start_stunnel() {
+  local port conf
+  port="$(free_port)"
+  conf="$tls_dir/stunnel.conf"
+  printf 'foreground = yes\npid =\ndebug = 3\n[zen]\naccept = 127.0.0.1:%s\nconnect = %s\ncert = %s\nkey = %s\n' \
+    "$port" "$server_addr" "$tls_dir/server.pem" "$tls_dir/server.key" > "$conf"
+  $1 "$stunnel" "$conf" 2>/dev/null &
+  proxy_pid=$!
+  for _ in $(seq 100); do
+    if "$client" probe --tls --ca "$tls_dir/ca.pem" --addr "127.0.0.1:$port" >/dev/null 2>&1; then
+      server_addr="127.0.0.1:$port"
+      return
+    fi
+    kill -0 "$proxy_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: stunnel did not start" >&2
+  exit 1
 }
 
 stop_server() {
+  if [ -n "$proxy_pid" ]; then
+    kill "$proxy_pid" 2>/dev/null || true
+    wait "$proxy_pid" 2>/dev/null || true
+  fi
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
 }
@@ -176,11 +247,23 @@ print(line)' "$(tail -1 "$raw")"
 # Runs scenario $3 against server $1 in placement $2, repetition $4.
 run_scenario() {
   local server=$1 placement=$2 scenario=$3 rep=$4 server_cpu="" client_cpu="" protocol=zen json
+  local tls=() pids
   if [ "$placement" = pinned ]; then server_cpu="taskset -c 0"; client_cpu="taskset -c 1"; fi
-  if [ "$server" = redis ]; then protocol=redis-ping; fi
-  [ "$scenario" = churn ] && wait_for_conntrack
+  if [[ "$server" == redis* ]]; then protocol=redis-ping; fi
+  if [[ "$scenario" == tls* ]]; then tls=(--tls --ca "$tls_dir/ca.pem" --server-name localhost); fi
+  [[ "$scenario" == *churn ]] && wait_for_conntrack
   start_server "$server" "$server_cpu"
+  pids=(--server-pid "$server_pid")
+  if [ -n "$proxy_pid" ]; then pids+=(--server-pid "$proxy_pid"); fi
   case "$scenario" in
+    tls50k)
+      json="$($client_cpu "$client" bench "${tls[@]}" --protocol "$protocol" --addr "$server_addr" \
+               --conns 50 --rate 50000 "${pids[@]}" --duration "$duration" --warmup "$warmup" \
+               --json 2>/dev/null)" ;;
+    tlschurn)
+      json="$($client_cpu "$client" bench "${tls[@]}" --protocol "$protocol" --addr "$server_addr" \
+               --mode churn --conns 50 "${pids[@]}" --duration "$churn_duration" --warmup 0.5 \
+               --json 2>/dev/null)" ;;
     cpu50k)
       json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns 50 \
                --rate 50000 --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" \
@@ -226,6 +309,7 @@ rotate() {
 scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
 scenarios="$scenarios c50x16 cpu50k churn idle many"
+if [ -n "$tls_dir" ]; then scenarios="$scenarios tls50k tlschurn"; fi
 # Where Redis runs too: CPU per answer at a fixed rate, and saturated throughput.
 redis_scenarios=" cpu50k c50x1 c50x16 c1000x1 "
 
@@ -233,6 +317,10 @@ for placement in $placements; do
   for scenario in $scenarios; do
     servers="zen reference"
     if [ -n "$redis" ] && [[ "$redis_scenarios" == *" $scenario "* ]]; then servers="$servers redis"; fi
+    case "$scenario" in
+      tls50k) servers="zen-tls ${redis:+redis-tls} ${stunnel:+stunnel}" ;;
+      tlschurn) servers="zen-tls ${redis:+redis-tls}" ;;
+    esac
     for rep in $(seq "$reps"); do
       for server in $(rotate $((rep - 1)) $servers); do
         run_scenario "$server" "$placement" "$scenario" "$rep"

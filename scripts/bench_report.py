@@ -44,6 +44,11 @@ REDIS_SCENARIOS = [
     ("c1000x1", "1000 connections, depth 1"),
 ]
 SERVERS = ("zen", "reference", "redis")
+# Over TLS: zen-server on tls.listen, Redis on its TLS port, and plain zen-server behind stunnel
+# (the two processes' CPU together). Targets: zen-server's CPU per answer below both; its full
+# handshakes per second at least Redis's.
+TLS_SERVERS = ("zen-tls", "redis-tls", "stunnel")
+TLS_NAMES = {"zen-tls": "zen-server", "redis-tls": "Redis", "stunnel": "stunnel + zen-server"}
 
 
 def metric(result, name):
@@ -222,6 +227,51 @@ def main(raw_path, out_dir):
                     f"{fmt_ratio(zen, redis)} | {fmt_ratio(ref, redis)} |"
                 )
 
+    if any(k[0] in ("tls50k", "tlschurn") for k in by_key):
+        lines += ["", "## TLS", ""]
+        lines += [
+            "The same load over TLS 1.3, with a certificate (ECDSA P-256) made for the run: `tls50k` is",
+            "50 long-lived connections paced at 50,000 questions/s in all, each server's CPU time per",
+            "answer; `tlschurn` is 50 loops of connect, full handshake (the client resumes no session),",
+            "one question, close, in connections per second (at one question per connection, the CPU",
+            "per answer is the CPU per connection). Servers: zen-server on `tls.listen`; Redis on its",
+            "TLS port (`--tls-port`, `--tls-auth-clients no`), asked `PING`; and the plain zen-server",
+            "behind stunnel, which terminates TLS: the price without native TLS, its CPU the two",
+            "processes' together. Pinned, both stunnel and zen-server share CPU 0.",
+            "",
+            "| scenario | placement | zen-server | Redis | stunnel + zen-server | zen/Redis | zen/stunnel | target | met | client CPU (zen / Redis / stunnel run) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for scenario, name, unit, higher in (
+            ("tls50k", "server_cpu_us_per_answer", "us/answer", False),
+            ("tlschurn", "connections_per_sec", "connections/s", True),
+            ("tlschurn", "server_cpu_us_per_answer", "us/connection", False),
+        ):
+            for placement in placements:
+                runs = {server: by_key[(scenario, placement, server)] for server in TLS_SERVERS}
+                if not runs["zen-tls"]:
+                    continue
+                figures = {
+                    server: summary([r[name] for r in runs[server] if r.get(name) is not None]) for server in TLS_SERVERS
+                }
+                zen, redis, proxied = (figures[server] for server in TLS_SERVERS)
+                digits = 2 if unit != "connections/s" else 0
+                if scenario == "tls50k":
+                    target, met = "below Redis and stunnel", zen is not None and all(
+                        other is None or zen[0] < other[0] for other in (redis, proxied)
+                    )
+                elif higher:
+                    target, met = "at least Redis", zen is not None and (redis is None or zen[0] >= redis[0])
+                else:
+                    target, met = "-", None
+                met_text = "-" if met is None or placement != "pinned" else ("yes" if met else "no")
+                cpu = " / ".join(client_cpu(runs[server]) for server in TLS_SERVERS)
+                lines.append(
+                    f"| {scenario} ({unit}) | {placement} | {fmt(zen, digits)} | {fmt(redis, digits)} | {fmt(proxied, digits)} | "
+                    f"{fmt_ratio(zen, redis)} | {fmt_ratio(zen, proxied)} | {target} | {met_text} | {cpu} |"
+                )
+        lines += ["", "Targets are judged pinned, where each server has one core.", ""]
+
     lines += ["", "## Idle connections", ""]
     lines += ["| placement | server | connections | KiB per connection | errors |", "| --- | --- | --- | --- | --- |"]
     for placement in placements:
@@ -261,7 +311,7 @@ def main(raw_path, out_dir):
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
         for placement in placements:
-            for server in SERVERS:
+            for server in SERVERS + TLS_SERVERS:
                 runs = by_key[(scenario, placement, server)]
                 if not runs:
                     continue
@@ -276,7 +326,8 @@ def main(raw_path, out_dir):
         "",
         "Scenario names: `cNxD` is N connections each keeping D questions in flight; `cpu50k` is 50",
         "connections paced at 50,000 questions/s in all; `churn` is 50 loops of connect, ask, close;",
-        "`idle` and `many` hold connections open.",
+        "`idle` and `many` hold connections open; `tls50k` and `tlschurn` are `cpu50k` and `churn`",
+        "over TLS.",
         "",
         "![throughput and p99 against connections](chart.svg)",
         "",

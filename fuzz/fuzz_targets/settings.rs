@@ -37,9 +37,8 @@ fuzz_target!(|data: &[u8]| {
     match load(file, env) {
         Ok(settings) => {
             let effective = settings.to_toml().expect("effective settings print");
-            let again = load(&effective, HashMap::new()).unwrap_or_else(|error| {
-                panic!("the effective settings do not load again: {error}\n{effective}")
-            });
+            let again = load(&effective, HashMap::new())
+                .unwrap_or_else(|error| panic!("the effective settings do not load again: {error}\n{effective}"));
             assert_eq!(again.to_toml().expect("effective settings print"), effective);
         }
         Err(error) => assert!(!error.contains('\n'), "an error of more than one line: {error}"),

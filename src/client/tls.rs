@@ -1,6 +1,6 @@
 //! The client's side of TLS, for `zen-client --tls`: whom it trusts ([`Trust`]), the
 //! certificate it presents if the server asks for one, and the name it expects the server's
-//! certificate to carry.
+//! certificate to carry. It resumes no session: every connection is a full handshake.
 //!
 //! A probe that follows the server's own settings trusts exactly the certificate in the
 //! server's `tls.cert_file` ([`Trust::Certificate`]): a health check then needs no CA and no
@@ -84,7 +84,7 @@ impl TlsClient {
                 builder.with_root_certificates(roots)
             }
         };
-        let config = match &options.identity {
+        let mut config = match &options.identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let certs = read_certificates(cert)
@@ -96,6 +96,9 @@ impl TlsClient {
                     .map_err(|error| invalid(format!("--key {}: {error}", key.display())))?
             }
         };
+        // Every connection makes a full handshake: `ask` and `probe` are one connection each,
+        // and `bench --mode churn` is to measure what a new client costs.
+        config.resumption = rustls::client::Resumption::disabled();
         let name = match &options.server_name {
             Some(name) => name.clone(),
             None => host_of(addr).to_owned(),

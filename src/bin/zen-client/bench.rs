@@ -158,8 +158,9 @@ pub struct BenchConfig {
     pub rate: Option<f64>,
     /// How long to hold the connections (idle).
     pub hold: Duration,
-    /// The server's process, to report its CPU time (every mode) and memory (idle).
-    pub server_pid: Option<u32>,
+    /// The server's processes (a proxy in front of it too), to report their CPU time (every
+    /// mode) and memory (idle), added together.
+    pub server_pids: Vec<u32>,
     /// Print progress to standard error every second.
     pub progress: bool,
 }
@@ -267,13 +268,14 @@ struct CpuReading {
 }
 
 impl CpuReading {
-    /// Reads the CPU time used so far by `server_pid`, if given, and by this process.
-    fn now(server_pid: Option<u32>) -> Self {
-        Self {
-            at: Instant::now(),
-            server: server_pid.and_then(|pid| procfs::cpu_time(pid).ok()),
-            client: procfs::cpu_time(std::process::id()).ok(),
-        }
+    /// Reads the CPU time used so far by the server's processes, all together, if any are
+    /// given, and by this process.
+    fn now(server_pids: &[u32]) -> Self {
+        let server = match server_pids {
+            [] => None,
+            pids => pids.iter().map(|&pid| procfs::cpu_time(pid).ok()).sum(),
+        };
+        Self { at: Instant::now(), server, client: procfs::cpu_time(std::process::id()).ok() }
     }
 
     /// The CPU used between this reading and `later`.
@@ -301,7 +303,7 @@ struct CpuUse {
 /// Dropping the returned sender says the load is over: if it ends before the window does
 /// (every connection failed), the last reading is taken at once, and before the window starts,
 /// there is no reading at all.
-fn measure_cpu(window: Window, server_pid: Option<u32>) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<CpuUse>) {
+fn measure_cpu(window: Window, server_pids: Vec<u32>) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<CpuUse>) {
     let (load_running, load_over) = std_mpsc::channel::<()>();
     // Waits until `at`; false if the load ended first.
     let wait_until = move |at: Instant| {
@@ -311,9 +313,9 @@ fn measure_cpu(window: Window, server_pid: Option<u32>) -> (std_mpsc::Sender<()>
         if !wait_until(window.start) {
             return CpuUse::default();
         }
-        let start = CpuReading::now(server_pid);
+        let start = CpuReading::now(&server_pids);
         wait_until(window.end);
-        start.until(&CpuReading::now(server_pid))
+        start.until(&CpuReading::now(&server_pids))
     });
     (load_running, readings)
 }
@@ -427,7 +429,7 @@ async fn report_progress(live: Arc<Live>) {
 async fn run_timed(config: &BenchConfig, pacing: Option<Duration>, live: &Arc<Live>) -> BenchReport {
     let start = Instant::now() + config.warmup;
     let window = Window { start, end: start + config.duration };
-    let (load_running, cpu) = measure_cpu(window, config.server_pid);
+    let (load_running, cpu) = measure_cpu(window, config.server_pids.clone());
     let exchanges = config.protocol.exchanges();
     let mut tasks = JoinSet::new();
     for index in 0..config.conns {
@@ -775,10 +777,13 @@ async fn churn(
 
 /// Opens `conns` connections, asks once on each, holds them for `hold`.
 async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
-    let rss = || config.server_pid.and_then(procfs::rss_kib);
+    let rss = || match config.server_pids.as_slice() {
+        [] => None,
+        pids => pids.iter().map(|&pid| procfs::rss_kib(pid)).sum(),
+    };
     let rss_before = rss();
     // The answers of this mode are asked while opening: the window spans opening and holding.
-    let cpu_start = CpuReading::now(config.server_pid);
+    let cpu_start = CpuReading::now(&config.server_pids);
     let mut total = Tally::new();
     let exchanges = config.protocol.exchanges();
     let mut held = Vec::with_capacity(config.conns);
@@ -815,7 +820,7 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
     tokio::time::sleep(config.hold / 2).await;
     let rss_held = rss();
     tokio::time::sleep(config.hold - config.hold / 2).await;
-    let cpu = cpu_start.until(&CpuReading::now(config.server_pid));
+    let cpu = cpu_start.until(&CpuReading::now(&config.server_pids));
     drop(held);
     let timed = BenchConfig { duration: config.hold, ..config.clone() };
     report(&timed, &total, rss_before, rss_held, &cpu)
@@ -897,7 +902,7 @@ mod tests {
             warmup: Duration::ZERO,
             rate: Some(50_000.0),
             hold: Duration::from_secs(1),
-            server_pid: Some(1),
+            server_pids: vec![1],
             progress: false,
         }
     }

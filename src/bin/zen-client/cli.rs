@@ -95,9 +95,10 @@ pub enum ClientCommand {
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
         hold: Duration,
         /// The server's process ID, to report the CPU time it used while measured and per
-        /// answer (every mode) and its memory per held connection (idle).
+        /// answer (every mode) and its memory per held connection (idle). Given more than once
+        /// (a server and a proxy in front of it), their figures are added together.
         #[arg(long, value_name = "PID")]
-        server_pid: Option<u32>,
+        server_pid: Vec<u32>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -267,7 +268,7 @@ mod tests {
         else {
             panic!("--mode churn --server-pid 42 is a valid command line");
         };
-        assert_eq!((mode, server_pid), (BenchMode::Churn, Some(42)));
+        assert_eq!((mode, server_pid), (BenchMode::Churn, vec![42]));
         assert!(client(&["bench", "--mode", "Idle"]).is_err());
     }
 

@@ -149,7 +149,7 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
                 warmup,
                 rate,
                 hold,
-                server_pid,
+                server_pids: server_pid,
                 progress: true,
             };
             let report = bench::run(&config).await?;
