@@ -19,9 +19,11 @@ source "$(dirname "$0")/project.sh"
 minutes=1 runs=-1 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --minutes) minutes="$2"; shift 2 ;;
-    --runs) runs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --minutes|--runs)
+      [ $# -ge 2 ] || { echo "fuzz.sh: $1 needs a value" >&2; exit 2; }
+      if [ "$1" = --minutes ]; then minutes="$2"; else runs="$2"; fi
+      shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -30,7 +32,12 @@ seconds="$(python3 -c "import sys; m = float(sys.argv[1]); assert m > 0; print(m
   || { echo "fuzz.sh: --minutes $minutes is not a positive number" >&2; exit 2; }
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: needs cargo-fuzz: cargo install cargo-fuzz --locked" >&2; exit 2; }
 if [ ${#targets[@]} -eq 0 ]; then
-  mapfile -t targets < <(RUSTC_BOOTSTRAP=1 cargo fuzz list)
+  listed="$(RUSTC_BOOTSTRAP=1 cargo fuzz list)"
+  mapfile -t targets <<<"$listed"
+fi
+if [ ${#targets[@]} -eq 0 ] || [ -z "${targets[0]}" ]; then
+  echo "fuzz.sh: no fuzz target found (cargo fuzz list)" >&2
+  exit 2
 fi
 
 failed=0
@@ -41,9 +48,9 @@ for target in "${targets[@]}"; do
   RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" -- \
     -max_total_time="$seconds" -runs="$runs" -print_final_stats=1 >"$log" 2>&1 || status=$?
   elapsed=$(( $(date +%s) - started ))
-  executions="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
-  coverage="$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)"
-  corpus="$(find "fuzz/corpus/$target" -type f | wc -l)"
+  executions="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)"
+  coverage="$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)"
+  corpus="$(find "fuzz/corpus/$target" -type f 2>/dev/null | wc -l || true)"
   if [ "$status" -ne 0 ]; then
     failed=1
     echo "$target: FAILED after ${elapsed}s; its log:" >&2

@@ -61,11 +61,6 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// `socket`, a plain listener.
-    pub fn plain(socket: std::net::TcpListener) -> Self {
-        Self { socket, kind: ListenerKind::default() }
-    }
-
     /// `socket`, of the kind `settings` give its address (for sockets bound elsewhere:
     /// systemd's, inetd's): behind a PROXY-speaking load balancer if it is in `proxy.listen`,
     /// TLS if in `tls.listen`, both if in `tls.proxy_listen`.
@@ -257,7 +252,7 @@ mod tests {
             Sources { env: [("ZEN_SERVER__WORKERS".to_owned(), "4".to_owned())].into(), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64, false).unwrap();
-        let listener = Listener::plain(listener);
+        let listener = Listener { socket: listener, kind: ListenerKind::default() };
         let app = App::start(Sockets::Listeners(vec![listener]), &settings, Options::default()).unwrap();
         // Handed to the four workers in turn: ten connections on each.
         let mut clients = Vec::new();

@@ -36,7 +36,7 @@ pub use crate::{
     oracle::{lookup::FaultQuestion, table::AnswerEntry},
     proxy::Trusted,
     server::listener::Listen,
-    telemetry::{LogFormat, LogLevel, LogOutput},
+    telemetry::{LogFormat, LogLevel, LogOutput, one_line},
 };
 use crate::{
     oracle::{AnswerTable, OracleConfig},
@@ -85,11 +85,12 @@ const BUILTIN_ORIGIN: &str = "built-in defaults";
 /// Where command-line values come from, in messages.
 const COMMAND_LINE_ORIGIN: &str = "the command line";
 
-/// Why settings could not be loaded. Every message names the layer the mistake is in.
+/// Why settings could not be loaded. Every message names the layer the mistake is in, on one
+/// line: the names and keys it quotes from a file or the environment are escaped.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The settings file cannot be used at all.
-    #[error("{named_by} {path}: {reason}")]
+    #[error("{named_by} {}: {reason}", one_line(.path))]
     File {
         /// `--config` or `ZEN_CONFIG`: how the file was named.
         named_by: &'static str,
@@ -99,7 +100,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// A layer has a key the settings do not have.
-    #[error("unknown key {key} in {origin}{hint}")]
+    #[error("unknown key {} in {origin}{hint}", one_line(.key))]
     UnknownKey {
         /// The layer.
         origin: String,
@@ -109,7 +110,7 @@ pub enum ConfigError {
         hint: String,
     },
     /// A `ZEN_*` environment variable is not a setting.
-    #[error("unknown environment variable {name}: {reason}")]
+    #[error("unknown environment variable {}: {}", one_line(.name), one_line(.reason))]
     UnknownVariable {
         /// The variable.
         name: String,
@@ -958,16 +959,17 @@ fn file_layer(file: &ConfigFile) -> Result<Map<String, Value>, ConfigError> {
         fail(format!("line {line} is not valid UTF-8 (a settings file is UTF-8 text)"))
     })?;
     let table: toml::Table = toml::from_str(&text).map_err(|error| fail(parse_error(&error, &text)))?;
-    let origin = file.path.display().to_string();
+    // Escaped, as every name a message quotes: a message is one line.
+    let origin = one_line(&file.path.display().to_string());
     Ok(table.into_iter().map(|(key, value)| (key, from_toml(value, &origin))).collect())
 }
 
 /// A TOML parse error of `text` on one line: the line's number, the line, and what is wrong.
 fn parse_error(error: &toml::de::Error, text: &str) -> String {
-    let message = error.message().trim_end_matches('\n').replace('\n', "; ");
+    let message = one_line(&error.message().trim_end_matches('\n').replace('\n', "; "));
     let Some(span) = error.span() else { return message };
     let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
-    let written = text.lines().nth(line - 1).unwrap_or_default().trim();
+    let written = one_line(text.lines().nth(line - 1).unwrap_or_default().trim());
     format!("line {line}, `{written}`: {message}")
 }
 
@@ -1005,7 +1007,7 @@ fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Resu
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let model = lookup(known, &format!("{section}.{key}"))
             .ok_or_else(|| unknown(format!("there is no setting {section}.{key}")))?;
-        let origin = format!("environment variable {name}");
+        let origin = format!("environment variable {}", one_line(name));
         let invalid = |reason: &str| ConfigError::Invalid {
             origin: origin.clone(),
             key: format!("{section}.{key}"),
@@ -1202,6 +1204,17 @@ mod tests {
         );
         // Without a TLS listener, the files are not read.
         assert!(Settings::load(&env_sources(&[("ZEN_TLS__CERT_FILE", "/nowhere")])).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn quoted_keys_names_and_lines_with_line_breaks_stay_on_one_line() {
+        // Found by the fuzzer: a quoted key holding an escaped line break.
+        let (error, _file) = file_error("[\"a\\nb\"]\nx = 1\n");
+        assert!(error.starts_with("unknown key a\\nb in "), "{error}");
+        let error = env_error(&[("ZEN_LOG__LEVEL\n", "info")]);
+        assert!(!error.contains('\n') && error.contains("ZEN_LOG__LEVEL\\n"), "{error}");
+        let (error, _file) = file_error("[server]\nworkers = \"\r\"\r\n!\n");
+        assert!(!error.contains('\n') && !error.contains('\r'), "{error}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
 use serde::{Deserialize, Serialize};
 
+use crate::tls::{HANDSHAKE_RESULTS, HandshakeError};
+
 /// How often per-thread counts are added to the shared counters.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -118,10 +120,6 @@ impl Outcome {
         }
     }
 }
-
-/// How TLS handshakes end: the label values of `zen_tls_handshakes_total`, the names of
-/// [`HandshakeError`](crate::tls::HandshakeError)'s kinds and `ok`.
-pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "timeout", "bad_client_hello", "client_certificate_refused", "error"];
 
 /// The metrics endpoint could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -337,12 +335,10 @@ impl Metrics {
         }
     }
 
-    /// A TLS handshake ended with `result`, one of [`HANDSHAKE_RESULTS`].
-    pub fn handshake(&self, result: &str) {
+    /// A TLS handshake completed, or did not for the error's reason.
+    pub fn handshake(&self, result: Result<(), &HandshakeError>) {
         if let Some(handles) = &self.handles {
-            let index =
-                HANDSHAKE_RESULTS.iter().position(|&known| known == result).unwrap_or(HANDSHAKE_RESULTS.len() - 1);
-            handles.handshakes[index].increment(1);
+            handles.handshakes[result.map_or_else(HandshakeError::index, |()| 0)].increment(1);
         }
     }
 

@@ -14,6 +14,8 @@ use ppp::{HeaderResult, PartialResult, v1, v2};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::telemetry::one_line;
+
 /// The longest header accepted: version 2's 16 bytes and a payload with addresses and a few
 /// TLVs (version 1 is at most 107 bytes).
 pub const MAX_HEADER_BYTES: usize = 16 + 512;
@@ -56,7 +58,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     fn malformed(reason: &dyn std::fmt::Display) -> Self {
-        Self::Malformed(reason.to_string().escape_debug().to_string())
+        Self::Malformed(one_line(&reason.to_string()))
     }
 }
 
@@ -251,7 +253,7 @@ mod tests {
     async fn the_parsers_reason_is_logged_on_one_line() {
         // Found by the fuzzer: the parser's message quotes a real "\r\n".
         let error = read(b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 10 2\x03PR?\r\n").await.unwrap_err().to_string();
-        assert_eq!(error, "not a PROXY header: Header must end in \\'\\r\\n\\'.");
+        assert_eq!(error, "not a PROXY header: Header must end in '\\r\\n'.");
     }
 
     #[tokio::test]

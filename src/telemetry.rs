@@ -2,6 +2,9 @@
 //! filter a reload can replace ([`LogControl`]), to standard error or output, or to the system
 //! log ([`Destination`]).
 //!
+//! Every event and every error is one line: text quoted from outside (a settings key, a path,
+//! a parser's message) goes through [`one_line`].
+//!
 //! Building the subscriber is separate from installing it, so tests can build one over any
 //! writer. Installing it also routes the `log` crate's records (actix logs through `log`)
 //! into `tracing`; replacing the filter moves the `log` crate's level along with it.
@@ -174,6 +177,12 @@ pub struct TextStyle {
     pub timestamps: bool,
 }
 
+/// `text` with its control characters (line breaks among them) escaped, `\n` for a new line:
+/// quoted in a message, it cannot break the message's line.
+pub fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// A subscriber filtering by `level` and writing `format` to `writer`, and the control of its
 /// filter.
 ///
@@ -341,6 +350,11 @@ impl TryFrom<String> for LogOutput {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_text_stays_on_one_line_and_otherwise_unchanged() {
+        assert_eq!(super::one_line("a\nb\r\tc \"d\" é"), "a\\nb\\r\\tc \"d\" é");
+    }
+
     use std::sync::{Arc, Mutex};
 
     use super::*;

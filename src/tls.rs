@@ -99,8 +99,14 @@ impl Identity {
         if leaf.not_after < now {
             return Err(fail(TlsFile::Certificate, cert, format!("the certificate expired on {}", leaf.expires)));
         }
-        let private_key = std::fs::read(key)
-            .map_err(|error| format!("cannot read it: {error}"))
+        if leaf.not_before > now {
+            return Err(fail(
+                TlsFile::Certificate,
+                cert,
+                format!("the certificate is not valid before {}", leaf.valid_from),
+            ));
+        }
+        let private_key = read_pem_file(key)
             .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).map_err(|_| "holds no private key (PEM)".to_owned()))
             .map_err(|reason| fail(TlsFile::Key, key, reason))?;
         let verifier = client_ca
@@ -135,9 +141,25 @@ impl Identity {
     }
 }
 
+/// The largest file read as certificates or a key: far more than any chain.
+const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The contents of a PEM file: a regular file (a FIFO would block, a device never end) of at
+/// most [`MAX_PEM_FILE_BYTES`].
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    let metadata = std::fs::metadata(path).map_err(|error| format!("cannot read it: {error}"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if metadata.len() > MAX_PEM_FILE_BYTES {
+        return Err(format!("is larger than {MAX_PEM_FILE_BYTES} bytes: no certificate chain or key is"));
+    }
+    std::fs::read(path).map_err(|error| format!("cannot read it: {error}"))
+}
+
 /// The certificates in `path`, in order; at least one.
 pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|error| format!("cannot read it: {error}"))?;
+    let pem = read_pem_file(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|error| format!("is not PEM: {error:?}"))?;
@@ -160,6 +182,8 @@ fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
 struct Certificate {
     subject: String,
     issuer: String,
+    not_before: i64,
+    valid_from: String,
     not_after: i64,
     expires: String,
 }
@@ -173,11 +197,16 @@ impl Certificate {
         Ok(Self {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
+            not_before: validity.not_before.timestamp(),
+            valid_from: validity.not_before.to_string(),
             not_after: validity.not_after.timestamp(),
             expires: validity.not_after.to_string(),
         })
     }
 }
+
+/// How handshakes end, as metrics name them: `ok`, then each kind of [`HandshakeError`].
+pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "timeout", "bad_client_hello", "client_certificate_refused", "error"];
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -197,14 +226,19 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The result's name in metrics and logs.
-    pub fn name(&self) -> &'static str {
+    /// Its place in [`HANDSHAKE_RESULTS`].
+    pub fn index(&self) -> usize {
         match self {
-            Self::TimedOut(_) => "timeout",
-            Self::BadClientHello(_) => "bad_client_hello",
-            Self::ClientCertificateRefused(_) => "client_certificate_refused",
-            Self::Io(_) => "error",
+            Self::TimedOut(_) => 1,
+            Self::BadClientHello(_) => 2,
+            Self::ClientCertificateRefused(_) => 3,
+            Self::Io(_) => 4,
         }
+    }
+
+    /// Its name in metrics.
+    pub fn name(&self) -> &'static str {
+        HANDSHAKE_RESULTS[self.index()]
     }
 
     fn from_io(error: io::Error) -> Self {
@@ -247,25 +281,25 @@ impl Acceptor {
         self.current.store(Arc::new(Current { config: identity.config.clone(), handshake_timeout }));
     }
 
-    /// Completes the server's side of a handshake on `io`, within the handshake timeout. No
-    /// handshake state is made until the client has sent something: a client that connects
-    /// and says nothing costs what a plain idle connection does.
+    /// Completes the server's side of a handshake on `io`, within the handshake timeout or
+    /// `at_most`, whichever is shorter. No handshake state is made until the client has sent
+    /// something: a client that connects and says nothing costs what a plain idle connection
+    /// does.
     ///
     /// # Errors
     ///
     /// [`HandshakeError`] saying why it did not complete.
-    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
+    pub async fn accept<IO>(&self, io: IO, at_most: Duration) -> Result<TlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Readable + Unpin,
     {
         let current = self.current.load_full();
+        let timeout = current.handshake_timeout.min(at_most);
         let handshake = async {
             io.readable().await.map_err(HandshakeError::Io)?;
             tokio_rustls::TlsAcceptor::from(current.config.clone()).accept(io).await.map_err(HandshakeError::from_io)
         };
-        tokio::time::timeout(current.handshake_timeout, handshake)
-            .await
-            .unwrap_or(Err(HandshakeError::TimedOut(current.handshake_timeout)))
+        tokio::time::timeout(timeout, handshake).await.unwrap_or(Err(HandshakeError::TimedOut(timeout)))
     }
 }
 
@@ -415,6 +449,7 @@ pub(crate) mod tests {
             ),
             "{reason}"
         );
+        assert_eq!(load_error(&pki.dir, &key), (TlsFile::Certificate, "is not a regular file".into()));
         let error = Identity::load(&cert, &key, Some(&key)).unwrap_err();
         assert_eq!((error.file, error.reason.as_str()), (TlsFile::ClientCa, "holds no certificate (PEM)"));
     }
@@ -432,7 +467,7 @@ pub(crate) mod tests {
         let acceptor = acceptor(&pki, false, Duration::from_secs(5));
         let (client, server) = duplex(64 * 1024);
         let server = tokio::spawn(async move {
-            let mut stream = acceptor.accept(server).await.unwrap();
+            let mut stream = acceptor.accept(server, Duration::MAX).await.unwrap();
             let mut question = [0; 2];
             stream.read_exact(&mut question).await.unwrap();
             stream.write_all(b"B.").await.unwrap();
@@ -453,7 +488,7 @@ pub(crate) mod tests {
         let acceptor = acceptor(&pki, false, Duration::from_secs(7));
         let (_client, server) = duplex(1024);
         let started = tokio::time::Instant::now();
-        let error = acceptor.accept(server).await.unwrap_err();
+        let error = acceptor.accept(server, Duration::MAX).await.unwrap_err();
         assert_eq!((error.name(), started.elapsed()), ("timeout", Duration::from_secs(7)));
     }
 
@@ -463,7 +498,7 @@ pub(crate) mod tests {
         let acceptor = acceptor(&pki, false, Duration::from_secs(5));
         let (mut client, server) = duplex(1024);
         client.write_all(b"Beautiful is better than?").await.unwrap();
-        let error = acceptor.accept(server).await.unwrap_err();
+        let error = acceptor.accept(server, Duration::MAX).await.unwrap_err();
         assert_eq!(error.name(), "bad_client_hello", "{error}");
     }
 
@@ -477,7 +512,7 @@ pub(crate) mod tests {
             let (client, server) = duplex(64 * 1024);
             let handshake = tokio::spawn({
                 let acceptor = acceptor.clone();
-                async move { acceptor.accept(server).await.map(drop) }
+                async move { acceptor.accept(server, Duration::MAX).await.map(drop) }
             });
             let mut client = pki.client(certificate).connect(name.clone(), client).await.unwrap();
             // TLS 1.3: the client learns of a refusal when it next reads.
@@ -501,7 +536,7 @@ pub(crate) mod tests {
             let connector = pki.client(None);
             async move {
                 let (client, server) = duplex(64 * 1024);
-                let handshake = tokio::spawn(async move { acceptor.accept(server).await.map(drop) });
+                let handshake = tokio::spawn(async move { acceptor.accept(server, Duration::MAX).await.map(drop) });
                 let client = connector.connect(ServerName::try_from("localhost").unwrap(), client).await.unwrap();
                 handshake.await.unwrap().unwrap();
                 let leaf = client.get_ref().1.peer_certificates().unwrap()[0].clone();

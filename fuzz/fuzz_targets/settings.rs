@@ -22,8 +22,11 @@ fn file_path() -> PathBuf {
 fn load(text: &str, env: HashMap<String, String>) -> Result<Settings, String> {
     let path = file_path();
     std::fs::write(&path, text).expect("the fuzzer's settings file");
-    let sources = Sources { file: Some(ConfigFile { path, named_by: "--config" }), env, ..Sources::default() };
-    Settings::load(&sources).map_err(|error| error.to_string())
+    let sources =
+        Sources { file: Some(ConfigFile { path: path.clone(), named_by: "--config" }), env, ..Sources::default() };
+    let loaded = Settings::load(&sources).map_err(|error| error.to_string());
+    let _ = std::fs::remove_file(path);
+    loaded
 }
 
 fuzz_target!(|data: &[u8]| {

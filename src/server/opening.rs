@@ -6,7 +6,8 @@
 //! others run [`open`] as a task of the worker: the header and the handshake each have their
 //! own timeout, so a client that stalls in either is closed then. A client over its share is
 //! told `Error: too many connections from your address.` and closed; on a TLS listener it is
-//! told so over TLS, after the handshake, since nothing else reaches a TLS client readably.
+//! told so over TLS, since nothing else reaches a TLS client readably, if it completes its
+//! handshake within [`REFUSAL_TIMEOUT`], and closed without a word otherwise.
 
 use std::{
     io::{self, Cursor},
@@ -32,8 +33,13 @@ use crate::{
     tls,
 };
 
-/// How long a refused TLS client gets to take its refusal.
+/// How long a TLS client over its share gets to complete its handshake and take its refusal:
+/// meanwhile it holds a connection slot.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most encrypted bytes a TLS connection holds for a client that does not read, beyond what
+/// the session holds (`limits.max_pending_bytes`): about one TLS record.
+const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024 + 256;
 
 /// What a connection begins with, as its listener says.
 #[derive(Clone, Default)]
@@ -113,40 +119,47 @@ pub async fn open(
         return;
     }
     let Some(acceptor) = acceptor else {
+        // Settings with a TLS listener always have an identity; this is only a safety net.
         tracing::error!(peer = %info.peer, "a TLS listener without a certificate; closing the connection");
         deps.tally.closed(CloseReason::TlsHandshake);
         return;
     };
-    let io = Prefixed { rest: Cursor::new(rest), inner: stream, _counted: deps.metrics.tls_connection() };
-    let mut stream = match acceptor.accept(io).await {
-        Ok(stream) => {
-            deps.metrics.handshake("ok");
-            stream
+    // A client over its share is refused now; if it completes its handshake promptly, it is
+    // told so over TLS.
+    let at_most = match &over_share {
+        Some(over) => {
+            log_refusal(&info, over);
+            deps.tally.closed(CloseReason::PerClientLimit);
+            REFUSAL_TIMEOUT
         }
+        None => Duration::MAX,
+    };
+    let io = Prefixed { rest: Cursor::new(rest), inner: stream, _counted: deps.metrics.tls_connection() };
+    let handshake = acceptor.accept(io, at_most).await;
+    deps.metrics.handshake(handshake.as_ref().map(drop));
+    let mut stream = match handshake {
+        Ok(stream) => stream,
         Err(error) => {
-            deps.metrics.handshake(error.name());
             tracing::debug!(peer = %info.peer, %error, "TLS handshake failed");
-            deps.tally.closed(CloseReason::TlsHandshake);
+            if over_share.is_none() {
+                deps.tally.closed(CloseReason::TlsHandshake);
+            }
             return;
         }
     };
-    match over_share {
-        None => {
-            let (read, write) = tokio::io::split(stream);
-            ZenSession::start(EndWithoutCloseNotify(read), write, info, deps, permit);
-        }
-        Some(over) => {
-            log_refusal(&info, &over);
-            let refusal = Answer::TOO_MANY_FROM_CLIENT;
-            let told = async {
-                stream.write_all(refusal.as_bytes()).await?;
-                stream.shutdown().await
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_TIMEOUT, told).await {
-                deps.tally.sent(refusal.as_bytes().len());
-            }
-            deps.tally.closed(CloseReason::PerClientLimit);
-        }
+    stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
+    if over_share.is_none() {
+        let (read, write) = tokio::io::split(stream);
+        ZenSession::start(EndWithoutCloseNotify(read), write, info, deps, permit);
+        return;
+    }
+    let refusal = Answer::TOO_MANY_FROM_CLIENT;
+    let told = async {
+        stream.write_all(refusal.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_TIMEOUT, told).await {
+        deps.tally.sent(refusal.as_bytes().len());
     }
 }
 

@@ -12,6 +12,11 @@
 //! Closing is explicit: [`AnswerSink::poll_close`] writes out what waits, flushes, and shuts
 //! down the sending side, so the client sees end of file right after the last answer.
 //!
+//! What the connection took is flushed before the sink counts as written out: a TLS stream may
+//! take bytes into its own buffer when the socket is full, and they leave only on a flush (a
+//! plain socket's flush does nothing). Until the flush is done the sink is stalled, as it is
+//! while answers wait.
+//!
 //! `actix::io::FramedWrite` does none of this on tokio sockets: its buffer has no bound that
 //! engages (its watermarks react only to `WouldBlock`, which tokio never returns), it cannot
 //! say how much it holds, it never shuts the socket down, its `close()` wakes nothing, and its
@@ -48,12 +53,22 @@ pub struct AnswerSink {
     closing: bool,
     /// Bytes the socket took since [`AnswerSink::take_sent`] was last called.
     sent: usize,
+    /// Whether the connection took bytes since it was last flushed.
+    unflushed: bool,
 }
 
 impl AnswerSink {
     /// A sink writing to `io`.
     pub fn new(io: Box<dyn AsyncWrite + Unpin>) -> Self {
-        Self { io, waiting: VecDeque::new(), backlog: 0, stalled_since: None, closing: false, sent: 0 }
+        Self {
+            io,
+            waiting: VecDeque::new(),
+            backlog: 0,
+            stalled_since: None,
+            closing: false,
+            sent: 0,
+            unflushed: false,
+        }
     }
 
     /// Queues `answers` after everything sent before; [`AnswerSink::poll_write_out`] writes
@@ -91,7 +106,8 @@ impl AnswerSink {
         self.closing = true;
     }
 
-    /// Writes what waits, as far as the socket takes it; `Ready(Ok)` once nothing waits.
+    /// Writes what waits, as far as the socket takes it, and flushes it; `Ready(Ok)` once
+    /// nothing waits, in the sink or in the connection's own buffer.
     ///
     /// # Errors
     ///
@@ -114,13 +130,14 @@ impl AnswerSink {
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => {
-                    // Taking some bytes is progress: a slow reader's wait starts again.
-                    if progress || self.stalled_since.is_none() {
-                        self.stalled_since = Some(Instant::now());
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.stalled(progress),
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return self.stalled(progress),
             }
         }
         self.stalled_since = None;
@@ -130,10 +147,20 @@ impl AnswerSink {
         Poll::Ready(Ok(()))
     }
 
+    /// The connection takes nothing more for now; taking some bytes before was progress, and a
+    /// slow reader's wait starts again.
+    fn stalled(&mut self, progress: bool) -> Poll<io::Result<()>> {
+        if progress || self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+        }
+        Poll::Pending
+    }
+
     /// Drops the first `n` bytes waiting: the socket took them.
     fn consume(&mut self, mut n: usize) {
         self.backlog -= n;
         self.sent += n;
+        self.unflushed = true;
         while let Some(front) = self.waiting.front_mut() {
             if n < front.len() {
                 front.advance(n);
@@ -168,6 +195,53 @@ mod tests {
 
     fn answers(text: &'static [u8]) -> Answers {
         Answers::single(&Answer::from_static(text))
+    }
+
+    /// A connection that takes every byte into a buffer of its own, as TLS does, and lets
+    /// them out only on a flush that completes once it is allowed to.
+    #[derive(Default)]
+    struct Buffering {
+        buffered: Vec<u8>,
+        out: Vec<u8>,
+        flush_allowed: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(std::rc::Rc<std::cell::RefCell<Buffering>>);
+
+    impl AsyncWrite for Shared {
+        fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.0.borrow_mut().buffered.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let mut state = self.0.borrow_mut();
+            if !state.flush_allowed {
+                return Poll::Pending;
+            }
+            let buffered = std::mem::take(&mut state.buffered);
+            state.out.extend(buffered);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_the_connections_own_buffer_are_not_written_out_until_flushed() {
+        let connection = Shared::default();
+        let mut sink = AnswerSink::new(Box::new(connection.clone()));
+        sink.send(answers(b"Ugly."));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(sink.poll_write_out(&mut cx).is_pending(), "written out while still in the connection's buffer");
+        assert!(sink.stalled_since().is_some());
+        assert_eq!(sink.backlog(), 0);
+        connection.0.borrow_mut().flush_allowed = true;
+        assert!(matches!(sink.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!((connection.0.borrow().out.as_slice(), sink.stalled_since()), (&b"Ugly."[..], None));
     }
 
     #[tokio::test]

@@ -384,6 +384,7 @@ fn pipelining_client(
             let expected = b"Ugly.Implicit.Complex.".repeat(10);
             while !stop.load(Ordering::Relaxed) {
                 stream.write_all(&batch).await.map_err(|e| e.to_string())?;
+                stream.flush().await.map_err(|e| e.to_string())?;
                 let mut received = vec![0; expected.len()];
                 let read = tokio::time::timeout(DEADLINE, stream.read_exact(&mut received)).await;
                 read.map_err(|_| "no answers in time".to_owned())?.map_err(|e| e.to_string())?;
@@ -630,6 +631,7 @@ fn haproxy_verifies_a_tls_backend_and_passes_tls_through_with_proxy_v2_keeping_c
         let tcp = socket.connect(front(ports[1])).await.unwrap();
         let mut stream = through.tls.as_ref().unwrap().connect(tcp).await.unwrap();
         stream.write_all(b"Simple is better than?Flat is better than?").await.unwrap();
+        stream.flush().await.unwrap();
         let mut answers = vec![0; b"Complex.Nested.".len()];
         tokio::time::timeout(DEADLINE, stream.read_exact(&mut answers)).await.unwrap().unwrap();
         answers

@@ -375,6 +375,12 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         return Err(BenchError::Invalid("connections and depth must be at least 1".into()));
     }
     let pacing = config.rate.map(|rate| pacing_interval(config.conns, rate)).transpose()?;
+    if source_for(config.addr, 0).is_none() && config.conns > DEFAULT_SHARE {
+        eprintln!(
+            "bench: {} connections, all from one address: a zen-server with its default settings lets one client hold {DEFAULT_SHARE} (limits.max_connections_per_client); only against 127.0.0.0/8 are they spread over 254 addresses",
+            config.conns
+        );
+    }
     let live = Arc::new(Live::default());
     let progress = config.progress.then(|| tokio::spawn(report_progress(live.clone())));
     let report = match config.mode {
@@ -513,6 +519,9 @@ fn report(
     }
 }
 
+/// The connections one client may hold in a zen-server with its built-in settings.
+const DEFAULT_SHARE: usize = 256;
+
 /// Source address for connection `index`: spread over 127.0.0.1-254 for loopback targets.
 fn source_for(target: SocketAddr, index: usize) -> Option<IpAddr> {
     match target.ip() {
@@ -641,6 +650,7 @@ async fn closed_loop(
         loop {
             if !request.is_empty() {
                 writer.write_all(&request).await.ok()?;
+                writer.flush().await.ok()?;
                 request.clear();
             }
             if in_flight.is_empty() || !answers.fill().await.ok()? {
@@ -702,7 +712,11 @@ async fn paced(
                 return;
             }
             // Queued before writing, so the reader never sees an answer it cannot match.
-            if intended_tx.send((intended, next)).is_err() || writer.write_all(exchanges.nth(next).0).await.is_err() {
+            let question = exchanges.nth(next).0;
+            if intended_tx.send((intended, next)).is_err()
+                || writer.write_all(question).await.is_err()
+                || writer.flush().await.is_err()
+            {
                 return;
             }
             next = next.wrapping_add(1);
@@ -752,6 +766,7 @@ async fn churn(
             for asked in 0..questions {
                 let (question, expected) = exchanges.nth(first + asked);
                 writer.write_all(question).await.ok()?;
+                writer.flush().await.ok()?;
                 if !answers.check_next(expected).await? {
                     return Some(false);
                 }
@@ -797,6 +812,7 @@ async fn run_idle(config: &BenchConfig, live: &Arc<Live>) -> BenchReport {
                 let (question, expected) = exchanges.nth(index);
                 let (mut reader, mut writer) = dialer.connect(source).await.ok()?;
                 writer.write_all(question).await.ok()?;
+                writer.flush().await.ok()?;
                 let mut answer = vec![0; expected.len()];
                 tokio::time::timeout(EXCHANGE_TIMEOUT, reader.read_exact(&mut answer)).await.ok()?.ok()?;
                 (answer == expected).then(|| ((reader, writer), started.elapsed()))
