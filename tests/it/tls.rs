@@ -642,3 +642,83 @@ fn haproxy_verifies_a_tls_backend_and_passes_tls_through_with_proxy_v2_keeping_c
     let _ = haproxy.kill();
     let _ = haproxy.wait();
 }
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_tls_client_that_never_reads_is_dropped_at_the_write_timeout_while_others_are_served() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let port = free_port();
+    let more = format!("[limits]\nwrite_timeout_secs = 2\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let (server, _config) = tls_server(&pki, "server", &more);
+    let (addr, metrics) = (server.tls_addr(false), SocketAddr::from(([127, 0, 0, 1], port)));
+    let target = pki.client(addr, false, None);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let pushed = runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = target.tls.as_ref().unwrap().connect(tcp).await.unwrap();
+        // Questions until the server stops taking them: it stopped reading this client.
+        let questions = b"Beautiful is better than?".repeat(1000);
+        let mut pushed = 0;
+        loop {
+            let write = async {
+                stream.write_all(&questions).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(Duration::from_millis(500), write).await {
+                Ok(Ok(())) => pushed += questions.len(),
+                _ => break,
+            }
+        }
+        // Held open, unread, until the server gives up on it.
+        let _ = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if stream.write_all(b"?").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        pushed
+    });
+    assert!(pushed > 0);
+    wait_for_values(metrics, &[("zen_connections_closed_total{reason=\"write_timeout\"}", 1.0)]);
+    assert_eq!(ask(&pki.client(addr, false, None), "Simple is better than?").unwrap(), ["Complex."]);
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn the_last_answers_reach_a_tls_client_that_reads_only_after_filling_its_socket() {
+    const ASKED: usize = 400;
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let answer = format!("{}.", "x".repeat(9_999));
+    // Every answer owed at once: the last ones are written while the socket is full.
+    let more = format!(
+        "[limits]\nmax_pending_bytes = 10000000\n[oracle]\nanswers = [{{ question = \"Big?\", answer = \"{answer}\" }}]\n"
+    );
+    let (server, _config) = tls_server(&pki, "server", &more);
+    let target = pki.client(server.tls_addr(false), false, None);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let received = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(&target.addr).await.unwrap();
+        let stream = target.tls.as_ref().unwrap().connect(tcp).await.unwrap();
+        let (mut read, mut write) = tokio::io::split(stream);
+        let writer = tokio::spawn(async move {
+            write.write_all(&b"Big?".repeat(ASKED)).await.unwrap();
+            write.flush().await.unwrap();
+            write
+        });
+        // Nothing read until the server's socket has long been full.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut received = vec![0; ASKED * answer.len()];
+        let read = tokio::time::timeout(DEADLINE, read.read_exact(&mut received)).await;
+        assert!(read.is_ok(), "the last answers did not come (left in the TLS library's buffer?)");
+        let _write = writer.await.unwrap();
+        received
+    });
+    assert!(received.chunks(answer.len()).all(|chunk| chunk == answer.as_bytes()));
+}
