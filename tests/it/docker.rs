@@ -11,6 +11,7 @@
 
 use std::{
     net::SocketAddr,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -20,6 +21,7 @@ use std::{
 use crate::{
     helpers::{DEADLINE, TempDir, ask_like_the_book, connect, free_port, read_to_close, scrape},
     standins::{self, HostState},
+    tls::Pki,
 };
 
 /// Debian's own CLI, which can use BuildKit (a newer one on the path may lack buildx).
@@ -190,7 +192,7 @@ fn listen_here() -> (SocketAddr, String) {
 }
 
 #[test]
-#[ignore = "needs root, docker.io, debootstrap, deb.debian.org and crates.io: apt-get install docker.io debootstrap"]
+#[ignore = "needs root, docker.io, debootstrap, openssl, deb.debian.org and crates.io: apt-get install docker.io debootstrap openssl"]
 fn the_dockerfile_builds_with_both_builders_and_its_container_is_healthy_drains_restarts_and_refuses_bad_settings() {
     let host = HostState::now();
     {
@@ -283,6 +285,36 @@ fn the_dockerfile_builds_with_both_builders_and_its_container_is_healthy_drains_
             dockerd.must(&["run", "-d", "--pull", "never", "--network", "host", "-v", &mount, "zen-server:test"]);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(answering(addr, b"Flat is better than?", b"Nested."), "logs:\n{}", dockerd.logs(&mounted));
+
+        // TLS only: the health check follows the settings to the TLS listener. The key must be
+        // readable by the image's user.
+        let pki = Pki::new();
+        let (_, key) = pki.issue("server", 20, false);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let tls_settings = work.path().join("tls.toml");
+        std::fs::write(
+            &tls_settings,
+            format!("[server]\nlisten = []\n[tls]\nlisten = [\"127.0.0.1:{}\"]\ncert_file = \"/etc/zen-server/tls/server.pem\"\nkey_file = \"/etc/zen-server/tls/server.key\"\n", free_port()),
+        )
+        .unwrap();
+        let (settings_mount, certificates) = (
+            format!("{}:/etc/zen-server/zen-server.toml:ro", tls_settings.display()),
+            format!("{}:/etc/zen-server/tls:ro", pki.dir().display()),
+        );
+        let tls_only = dockerd.must(&[
+            "run",
+            "-d",
+            "--pull",
+            "never",
+            "--network",
+            "host",
+            "-v",
+            &settings_mount,
+            "-v",
+            &certificates,
+            "zen-server:test",
+        ]);
+        assert!(dockerd.wait_health(&tls_only, "healthy"), "logs:\n{}", dockerd.logs(&tls_only));
 
         // A broken one: exit 78, and its one line in docker logs. Docker's on-failure restarts
         // a 78 like any failure (it cannot be told otherwise): up to the count given, then the

@@ -58,6 +58,11 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// The directory holding every file made.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.path("ca.pem")
     }
