@@ -641,9 +641,13 @@ impl Settings {
             check_keys(layer, &builtin, "", &mut mistakes);
         }
         layers.layers = [Some(builtin), file, Some(env)].into_iter().flatten().collect();
+        // Only known sections reach config-rs: it reads a top-level key as a path, and one such
+        // as `n[9999999]` would make it build an array of that length (the mistake is recorded).
         let mut builder = Config::builder();
         for layer in &layers.layers {
-            builder = builder.add_source(Values(layer.clone()));
+            let known = layer.iter().filter(|(section, _)| layers.layers[0].contains_key(*section));
+            builder =
+                builder.add_source(Values(known.map(|(section, values)| (section.clone(), values.clone())).collect()));
         }
         let merged = builder.build()?;
         let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
@@ -1285,6 +1289,15 @@ mod tests {
         let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
         assert!(error.starts_with("unknown key server.worker in "), "{error}");
         assert!(error.contains(file.0.to_str().unwrap()) && error.contains("workers"), "{error}");
+    }
+
+    #[test]
+    fn a_section_named_like_an_array_element_is_an_unknown_key_not_an_array() {
+        // Found by the settings fuzz target: config-rs would read it as a path and allocate
+        // a hundred billion elements (and abort this test).
+        let file = TempFile::new("[\"n[ 99999999999]\"]\n");
+        let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
+        assert!(error.starts_with("unknown key n[ 99999999999] in "), "{error}");
     }
 
     #[test]
