@@ -3,8 +3,8 @@
 # run, alternating which goes first, with the server pinned to CPU 0 and the load to CPU 1, then
 # unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians. Redis (redis-server,
 # asked PING with `zen-client bench --protocol redis-ping`) runs as a third server, in turn with
-# the other two, where CPU per answer and saturated throughput are compared: cpu50k, c50x1, c50x16
-# and c1000x1. Without redis-server, it says so on one line and leaves Redis out.
+# the other two, where CPU per answer and saturated throughput are compared: cpu50k, cpu10k,
+# c50x1, c50x16 and c1000x1. Without redis-server, it says so on one line and leaves Redis out.
 #
 #   scripts/bench.sh              full run (about 30 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
@@ -17,8 +17,9 @@
 #   scripts/bench.sh --help       this text
 #
 # Scenarios: cNxD (N connections, D questions in flight each), cpu50k (50 connections paced at
-# 50,000 questions/s in all, a rate both servers sustain: the server's CPU time per answer),
-# churn, idle and many. Every report also gives the load generator's own CPU share, and says
+# 50,000 questions/s in all, a rate every server sustains: the server's CPU time per answer),
+# cpu10k (1,000 connections each asking every 100 ms, as the book's clients ask: about one answer
+# per wake-up), churn, idle and many. Every report also gives the load generator's own CPU share, and says
 # when it, not the server, was the bottleneck.
 #
 # TLS, with a certificate made here by openssl: tls50k (cpu50k over long-lived TLS connections)
@@ -276,9 +277,11 @@ run_scenario() {
       json="$($client_cpu "$client" bench "${tls[@]}" --protocol "$protocol" --addr "$server_addr" \
                --mode churn --conns 50 "${pids[@]}" --duration "$churn_duration" --warmup 0.5 \
                --json 2>/dev/null)" ;;
-    cpu50k)
-      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns 50 \
-               --rate 50000 --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" \
+    cpu50k|cpu10k)
+      local conns=50 rate=50000
+      if [ "$scenario" = cpu10k ]; then conns=1000 rate=10000; fi
+      json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns "$conns" \
+               --rate "$rate" --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" \
                --json 2>/dev/null)" ;;
     c*x*)
       local conns=${scenario#c}; conns=${conns%x*}; local depth=${scenario#*x}
@@ -320,10 +323,10 @@ rotate() {
 
 scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
-scenarios="$scenarios c50x16 cpu50k churn idle many"
+scenarios="$scenarios c50x16 cpu50k cpu10k churn idle many"
 if [ -n "$tls_dir" ]; then scenarios="$scenarios tls50k tlschurn"; fi
 # Where Redis runs too: CPU per answer at a fixed rate, and saturated throughput.
-redis_scenarios=" cpu50k c50x1 c50x16 c1000x1 "
+redis_scenarios=" cpu50k cpu10k c50x1 c50x16 c1000x1 "
 
 for placement in $placements; do
   for scenario in $scenarios; do

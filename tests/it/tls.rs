@@ -574,9 +574,11 @@ fn ten_thousand_stalled_handshakes_are_closed_on_time_counted_and_cost_a_plain_c
             ("zen_tls_connections_active", 0.0),
         ],
     );
-    // A client that says nothing costs what a plain one does (no handshake state is made for
-    // it); one stalled in its hello, the same order of magnitude.
-    assert!(silent_each <= 1.5 * plain_each.max(1.0), "{silent_each:.2} KiB each against {plain_each:.2} KiB");
+    // A client that says nothing costs about what a plain one does, no handshake state being
+    // made for it (1.1 to 1.7 times, measured; the allocator's arenas make it vary): made at
+    // once, that state costs as much as a stalled hello. One stalled in its hello costs the
+    // same order of magnitude as a plain connection.
+    assert!(silent_each <= 3.0 * plain_each.max(1.0), "{silent_each:.2} KiB each against {plain_each:.2} KiB");
     assert!(half_hello_each <= 10.0 * plain_each.max(1.0), "{half_hello_each:.2} KiB each against {plain_each:.2} KiB");
 }
 
