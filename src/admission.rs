@@ -9,7 +9,11 @@
 //! It also keeps each client's share: at most `limits.max_connections_per_client` connections
 //! from one source address (IPv6: one /64, what one host or site is typically given) at once.
 //! A connection claims its share once its client is known, which behind a PROXY listener is
-//! only after the header has been read; the claim is given back with the permit.
+//! only after the header has been read; the claim is given back with the permit. A connection
+//! refused over its share gives its permit back at once; on a TLS listener, where the refusal
+//! can only be told after a handshake, at most [`REFUSALS_TOLD_AT_ONCE`] per client are being
+//! told at any time ([`Telling`]), and the others are closed without a word, so that a client
+//! over its share cannot take the server's connection slots nor much of its time.
 //!
 //! A count of permits out, checked against the limit: so a reload can lower or raise the limit
 //! at once, without waiting for connections to end. Waiting for the count to reach zero admits
@@ -56,10 +60,16 @@ struct Shared {
     shares: Mutex<FxHashMap<Client, Share>>,
 }
 
+/// How many connections refused over their client's share may be in the middle of being told
+/// so (a TLS handshake, then the refusal) at once, per client.
+pub const REFUSALS_TOLD_AT_ONCE: u32 = 4;
+
 /// What one client holds.
 #[derive(Debug, Default)]
 struct Share {
     held: u32,
+    /// Refusals being told over TLS ([`Telling`]).
+    telling: u32,
     /// Connections refused since it reached its limit, for one log line per episode.
     refused: u64,
 }
@@ -141,6 +151,25 @@ impl Permit {
         Ok(())
     }
 
+    /// Gives this permit back for a connection refused over its client's share, and returns a
+    /// [`Telling`] if the client has fewer than [`REFUSALS_TOLD_AT_ONCE`] refusals being told;
+    /// `None` if the refusal is to go untold.
+    pub fn into_refusal(self, over: &OverShare) -> Option<Telling> {
+        let shared = self.shared.clone();
+        drop(self);
+        let mut shares = shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        let share = shares.entry(over.client).or_default();
+        if share.telling >= REFUSALS_TOLD_AT_ONCE {
+            if share.held == 0 && share.telling == 0 {
+                shares.remove(&over.client);
+            }
+            return None;
+        }
+        share.telling += 1;
+        drop(shares);
+        Some(Telling { shared, client: over.client })
+    }
+
     /// The connection has had every answer and only lingers until it closes.
     pub fn linger(&mut self) {
         if !self.lingering {
@@ -156,7 +185,7 @@ impl Drop for Permit {
             let mut shares = self.shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(share) = shares.get_mut(&client) {
                 share.held -= 1;
-                if share.held == 0 {
+                if share.held == 0 && share.telling == 0 {
                     shares.remove(&client);
                 }
             }
@@ -168,6 +197,26 @@ impl Drop for Permit {
             let nanos = self.shared.created.elapsed().as_nanos();
             self.shared.released_at_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
             self.shared.all_released.notify_waiters();
+        }
+    }
+}
+
+/// A refusal over a client's share being told to it; counted in the client's share of such
+/// refusals until dropped.
+#[derive(Debug)]
+pub struct Telling {
+    shared: Arc<Shared>,
+    client: Client,
+}
+
+impl Drop for Telling {
+    fn drop(&mut self) {
+        let mut shares = self.shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = shares.get_mut(&self.client) {
+            share.telling -= 1;
+            if share.held == 0 && share.telling == 0 {
+                shares.remove(&self.client);
+            }
         }
     }
 }
@@ -317,6 +366,35 @@ mod tests {
         drop(first);
         let _again = claim("127.0.0.2").expect("a connection given back makes room");
         assert_eq!(admission.admitted(), 6);
+    }
+
+    #[test]
+    fn refusals_give_their_slots_back_and_only_a_few_per_client_are_told_at_once() {
+        let admission = Admission::new(10);
+        admission.set_per_client_limit(1);
+        let refused = || {
+            let mut permit = admission.try_admit().unwrap();
+            let over = permit.claim_share("127.0.0.2".parse().unwrap()).unwrap_err();
+            permit.into_refusal(&over)
+        };
+        let held = {
+            let mut permit = admission.try_admit().unwrap();
+            permit.claim_share("127.0.0.2".parse().unwrap()).unwrap();
+            permit
+        };
+        let mut telling: Vec<Telling> = (0..REFUSALS_TOLD_AT_ONCE).map(|_| refused().unwrap()).collect();
+        assert!(refused().is_none(), "more refusals told at once than {REFUSALS_TOLD_AT_ONCE}");
+        assert_eq!(admission.admitted(), 1, "a refused connection keeps its slot");
+        telling.pop();
+        assert!(refused().is_some(), "a refusal told makes room for another");
+        // The client's entry outlives its connections while refusals are told, and then goes.
+        drop(held);
+        drop(telling);
+        let mut permit = admission.try_admit().unwrap();
+        permit.claim_share("127.0.0.2".parse().unwrap()).expect("the share was given back");
+        assert_eq!(admission.shared.shares.lock().unwrap().len(), 1);
+        drop(permit);
+        assert!(admission.shared.shares.lock().unwrap().is_empty(), "an entry left behind");
     }
 
     #[test]

@@ -783,7 +783,7 @@ impl Settings {
                 TlsFile::Key => "tls.key_file",
                 TlsFile::ClientCa => "tls.client_ca_file",
             };
-            layers.invalid(key, reason)
+            layers.invalid(key, one_line(&reason))
         })
     }
 

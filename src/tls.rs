@@ -25,6 +25,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
+use crate::telemetry::one_line;
+
 /// How long before its certificate expires the daemon starts warning (`check-config`, the log
 /// at start and on each reload), as the alert rule shipped beside it does.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -195,8 +197,10 @@ impl Certificate {
             X509Certificate::from_der(der).map_err(|error| format!("a certificate does not parse: {error}"))?;
         let validity = cert.validity();
         Ok(Self {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            // Escaped: a name may hold any character, and a log line or message quoting it
+            // must stay one line.
+            subject: one_line(&cert.subject().to_string()),
+            issuer: one_line(&cert.issuer().to_string()),
             not_before: validity.not_before.timestamp(),
             valid_from: validity.not_before.to_string(),
             not_after: validity.not_after.timestamp(),
@@ -407,6 +411,14 @@ pub(crate) mod tests {
     fn load_error(cert: &Path, key: &Path) -> (TlsFile, String) {
         let error = Identity::load(cert, key, None).unwrap_err();
         (error.file, error.reason)
+    }
+
+    #[test]
+    fn a_name_with_a_line_break_is_quoted_on_one_line() {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue("zen\nINFO forged log line", 2100, false);
+        let identity = Identity::load(&cert, &key, None).unwrap();
+        assert!(!identity.subject.contains('\n') && identity.subject.contains("zen\\nINFO"), "{}", identity.subject);
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl Server {
     fn admit(&mut self, Accepted { stream, peer, kind }: Accepted) {
         self.metrics.accepted();
         let Some(permit) = self.admission.try_admit() else {
-            self.refuse(stream, peer);
+            self.refuse(stream, peer, kind.tls);
             return;
         };
         if self.refused_while_full > 0 {
@@ -245,7 +245,8 @@ impl Server {
     /// client had already sent something, closing with it unread makes the kernel send a reset,
     /// which can reach a client before it reads the refusal; holding refused connections open
     /// to read first would let a flood of them use up descriptors, which the limit protects.
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// A TLS client, which could not read a plain answer, gets a TLS alert instead.
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool) {
         if self.refused_while_full == 0 {
             tracing::warn!(%peer, max_connections = self.admission.limit(), "server full; refusing clients");
         } else {
@@ -254,7 +255,9 @@ impl Server {
         self.refused_while_full += 1;
         let sent = match stream.into_std() {
             Ok(mut socket) => {
-                let sent = socket.write(Answer::SERVER_BUSY.as_bytes()).unwrap_or(0);
+                let busy = Answer::SERVER_BUSY;
+                let refusal = if tls { &TLS_BUSY_ALERT[..] } else { busy.as_bytes() };
+                let sent = socket.write(refusal).unwrap_or(0);
                 let _ = socket.shutdown(Shutdown::Write);
                 sent
             }
@@ -263,6 +266,11 @@ impl Server {
         self.metrics.refused_busy(sent);
     }
 }
+
+/// What a TLS client over the connection limit is sent: a TLS record holding a fatal
+/// `internal_error` alert (RFC 8446, section 6), which its TLS library reports as such,
+/// where plain text would read as a corrupt record.
+const TLS_BUSY_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
 impl Actor for Server {
     type Context = Context<Self>;

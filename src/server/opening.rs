@@ -7,7 +7,8 @@
 //! own timeout, so a client that stalls in either is closed then. A client over its share is
 //! told `Error: too many connections from your address.` and closed; on a TLS listener it is
 //! told so over TLS, since nothing else reaches a TLS client readably, if it completes its
-//! handshake within [`REFUSAL_TIMEOUT`], and closed without a word otherwise.
+//! handshake within [`REFUSAL_TIMEOUT`], and closed without a word otherwise; its connection
+//! slot is given back at once (see [`crate::admission`]).
 
 use std::{
     io::{self, Cursor},
@@ -33,9 +34,14 @@ use crate::{
     tls,
 };
 
-/// How long a TLS client over its share gets to complete its handshake and take its refusal:
-/// meanwhile it holds a connection slot.
+/// How long a TLS client over its share gets to complete its handshake, and then to take its
+/// refusal (at most [`crate::admission::REFUSALS_TOLD_AT_ONCE`] such refusals per client at
+/// once).
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a TLS handshake under way when the server starts draining may still take: a
+/// real client completes one in milliseconds.
+const HANDSHAKE_WHEN_DRAINING: Duration = Duration::from_secs(1);
 
 /// The most encrypted bytes a TLS connection holds for a client that does not read, beyond what
 /// the session holds (`limits.max_pending_bytes`): about one TLS record.
@@ -124,31 +130,46 @@ pub async fn open(
         deps.tally.closed(CloseReason::TlsHandshake);
         return;
     };
-    // A client over its share is refused now; if it completes its handshake promptly, it is
+    // A client over its share is refused now, its slot given back; if it completes its
+    // handshake promptly, and is not already being told as often as a client may be, it is
     // told so over TLS.
-    let at_most = match &over_share {
+    let (permit, telling, at_most) = match &over_share {
+        None => (Some(permit), None, Duration::MAX),
         Some(over) => {
             log_refusal(&info, over);
             deps.tally.closed(CloseReason::PerClientLimit);
-            REFUSAL_TIMEOUT
+            let Some(telling) = permit.into_refusal(over) else {
+                close_sending(&stream);
+                return;
+            };
+            (None, Some(telling), REFUSAL_TIMEOUT)
         }
-        None => Duration::MAX,
     };
     let io = Prefixed { rest: Cursor::new(rest), inner: stream, _counted: deps.metrics.tls_connection() };
-    let handshake = acceptor.accept(io, at_most).await;
+    // A drain gives a handshake under way a short while more, not its whole timeout: a client
+    // still silent then would hold the drain up to its end.
+    let handshake = {
+        let mut handshake = std::pin::pin!(acceptor.accept(io, at_most));
+        tokio::select! {
+            result = &mut handshake => result,
+            () = deps.registry.drained() => tokio::time::timeout(HANDSHAKE_WHEN_DRAINING, handshake)
+                .await
+                .unwrap_or(Err(tls::HandshakeError::TimedOut(HANDSHAKE_WHEN_DRAINING))),
+        }
+    };
     deps.metrics.handshake(handshake.as_ref().map(drop));
     let mut stream = match handshake {
         Ok(stream) => stream,
         Err(error) => {
             tracing::debug!(peer = %info.peer, %error, "TLS handshake failed");
-            if over_share.is_none() {
+            if permit.is_some() {
                 deps.tally.closed(CloseReason::TlsHandshake);
             }
             return;
         }
     };
     stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
-    if over_share.is_none() {
+    if let Some(permit) = permit {
         let (read, write) = tokio::io::split(stream);
         ZenSession::start(EndWithoutCloseNotify(read), write, info, deps, permit);
         return;
@@ -161,6 +182,7 @@ pub async fn open(
     if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_TIMEOUT, told).await {
         deps.tally.sent(refusal.as_bytes().len());
     }
+    drop(telling);
 }
 
 /// Tells a plain client over its share so in one non-blocking write (the socket is new, so its

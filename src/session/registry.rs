@@ -19,7 +19,7 @@ use std::{
 
 use actix::{Message, Recipient};
 use slab::Slab;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::time::{DelayQueue, delay_queue};
 
 /// What a worker tells one of its sessions.
@@ -41,6 +41,8 @@ pub struct RegistryKey(usize);
 #[derive(Default)]
 pub struct SessionRegistry {
     inner: RefCell<Inner>,
+    /// Told when the drain starts, for connections not yet sessions (see [`Self::drained`]).
+    drain_started: Notify,
 }
 
 #[derive(Default)]
@@ -78,6 +80,17 @@ impl SessionRegistry {
     /// once.
     pub fn is_draining(&self) -> bool {
         self.inner.borrow().draining
+    }
+
+    /// Resolves once [`SessionRegistry::drain`] has been called (at once if it has been): for
+    /// a connection still opening, which is no session yet.
+    pub async fn drained(&self) {
+        let mut notified = std::pin::pin!(self.drain_started.notified());
+        notified.as_mut().enable();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Forgets a session that has ended.
@@ -120,6 +133,7 @@ impl SessionRegistry {
         for (_, entry) in &inner.sessions {
             entry.session.do_send(Notice::Drain);
         }
+        self.drain_started.notify_waiters();
     }
 
     /// The number of sessions registered.

@@ -583,6 +583,70 @@ fn ten_thousand_stalled_handshakes_are_closed_on_time_counted_and_cost_a_plain_c
 }
 
 #[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn refusals_over_a_share_take_no_slot_at_most_four_are_told_and_a_full_server_alerts_tls_clients() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let port = free_port();
+    let launch = |max_connections: u32| {
+        let more = format!(
+            "[limits]\nmax_connections = {max_connections}\nmax_connections_per_client = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+        tls_server(&pki, "server", &more)
+    };
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let from = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+    let (server, _config) = launch(10);
+    let tls = server.tls_addr(false);
+    // 127.0.0.2 holds its share with a handshake it never begins, then opens six more, which
+    // wait for a handshake that does not come either.
+    let _held = connect_from(from(2), tls);
+    wait_for_values(metrics, &[("zen_tls_connections_active", 1.0)]);
+    let opened = Instant::now();
+    let over: Vec<TcpStream> = (0..6).map(|_| connect_from(from(2), tls)).collect();
+    // Four wait up to a second to be told; the two beyond are closed at once.
+    let end = opened + Duration::from_millis(900);
+    while over.iter().filter(|stream| has_arrived(stream)).count() < 2 {
+        assert!(Instant::now() < end, "refusals beyond four not closed at once");
+        thread::sleep(Duration::from_millis(10));
+    }
+    wait_for_values(metrics, &[("zen_connections_closed_total{reason=\"per_client_limit\"}", 6.0)]);
+    // None of them holds a connection slot, told or not.
+    wait_for_values(metrics, &[("zen_connections_active", 1.0)]);
+    assert_eq!(ask(&pki.client(tls, false, None), "Simple is better than?").unwrap(), ["Complex."]);
+    drop(server);
+    // Full: a TLS client is sent a TLS alert (fatal, internal_error), not plain text.
+    let (server, _config) = launch(1);
+    let _holding = connect_from(from(3), server.tls_addr(false));
+    wait_for_values(metrics, &[("zen_tls_connections_active", 1.0)]);
+    let mut refused = connect_from(from(4), server.tls_addr(false));
+    refused.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut said = Vec::new();
+    let _ = refused.read_to_end(&mut said);
+    assert_eq!(said, [21, 3, 3, 0, 2, 2, 80], "not a TLS alert");
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_drain_waits_a_second_at_most_for_a_handshake_that_does_not_come() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let port = free_port();
+    let more = format!("[server]\nshutdown_timeout_secs = 20\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let (mut server, _config) = tls_server(&pki, "server", &more);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    // A client that connects and says nothing: its handshake may take 10 s (the default).
+    let _silent = TcpStream::connect(server.tls_addr(false)).unwrap();
+    wait_for_values(metrics, &[("zen_tls_connections_active", 1.0)]);
+    let asked = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(20)).expect("no exit");
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(asked.elapsed() < Duration::from_secs(5), "the drain took {:?}", asked.elapsed());
+    assert!(server.log().contains("unfinished=0"), "{}", server.log());
+}
+
+#[test]
 #[ignore = "needs haproxy and openssl: apt-get install haproxy openssl"]
 fn haproxy_verifies_a_tls_backend_and_passes_tls_through_with_proxy_v2_keeping_client_addresses() {
     let pki = Pki::new();
