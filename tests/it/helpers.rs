@@ -585,9 +585,18 @@ pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
 }
 
 /// A port nothing uses right now on any address (bound, then let go), for settings and tools
-/// that need a port number up front rather than port 0.
+/// that need a port number up front rather than port 0; never the same twice in one test
+/// process (two binds to port 0 in a row can get the same port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A port nothing uses right now, below the system's range of ephemeral ports, as a deployment's

@@ -15,8 +15,8 @@ use std::{
 };
 
 use crate::helpers::{
-    DEADLINE, Launch, SERVER_BIN, TempDir, ZenServer, ask_like_the_book, connect, free_port, read_answers,
-    read_to_close,
+    DEADLINE, Launch, SERVER_BIN, TempDir, ZenServer, ask_like_the_book, connect, free_port, free_port_below_ephemeral,
+    read_answers, read_to_close,
 };
 
 const EX_CONFIG: i32 = 78;
@@ -297,7 +297,8 @@ impl Drop for Inetd {
 #[test]
 #[ignore = "needs openbsd-inetd: apt-get install openbsd-inetd"]
 fn the_shipped_lines_under_openbsd_inetd_answer_only_and_the_wait_mode_server_exits_when_idle() {
-    let (nowait_port, wait_port) = (free_port(), free_port());
+    // Two ports that cannot be the same (two picks of port 0 can be).
+    let (nowait_port, wait_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
     let mut inetd = Inetd::start(nowait_port, wait_port);
 
     // nowait: inetd puts the connection on standard input, output and error; the client gets
