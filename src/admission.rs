@@ -56,7 +56,8 @@ struct Shared {
     released_at_nanos: AtomicU64,
     /// Connections one client may hold at once; 0 for no such limit.
     per_client: AtomicU32,
-    /// Connections each client holds now; a client holding none has no entry.
+    /// Connections each client holds now; a client holding none, and being told no refusal,
+    /// has no entry.
     shares: Mutex<FxHashMap<Client, Share>>,
 }
 
@@ -160,9 +161,6 @@ impl Permit {
         let mut shares = shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
         let share = shares.entry(over.client).or_default();
         if share.telling >= REFUSALS_TOLD_AT_ONCE {
-            if share.held == 0 && share.telling == 0 {
-                shares.remove(&over.client);
-            }
             return None;
         }
         share.telling += 1;
