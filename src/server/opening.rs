@@ -39,9 +39,9 @@ use crate::{
 /// once).
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a TLS handshake under way when the server starts draining may still take: a
-/// real client completes one in milliseconds.
-const HANDSHAKE_WHEN_DRAINING: Duration = Duration::from_secs(1);
+/// How long a connection still opening (in its PROXY header or TLS handshake) when the server
+/// starts draining may still take: a real client or load balancer needs milliseconds.
+const OPENING_WHEN_DRAINING: Duration = Duration::from_secs(1);
 
 /// The most encrypted bytes a TLS connection holds for a client that does not read, beyond what
 /// the session holds (`limits.max_pending_bytes`): about one TLS record.
@@ -77,9 +77,31 @@ pub fn start_plain(
     None
 }
 
+/// [`open`], given at most [`OPENING_WHEN_DRAINING`] more once the server drains: a client
+/// silent in its PROXY header or TLS handshake would otherwise hold the drain up to that
+/// step's own timeout. A connection cut short is closed, counted as closed by the shutdown
+/// (`open` counts a connection only as it returns, so none is counted twice).
+pub async fn open_until_drained(
+    stream: TcpStream,
+    info: SessionInfo,
+    permit: Permit,
+    opening: Opening,
+    acceptor: Option<tls::Acceptor>,
+    deps: Rc<SessionDeps>,
+) {
+    let mut opened = std::pin::pin!(open(stream, info, permit, opening, acceptor, deps.clone()));
+    tokio::select! {
+        () = &mut opened => return,
+        () = deps.registry.drained() => {}
+    }
+    if tokio::time::timeout(OPENING_WHEN_DRAINING, opened).await.is_err() {
+        deps.tally.closed(CloseReason::Shutdown);
+    }
+}
+
 /// Reads the PROXY header, claims the client's share, completes the TLS handshake, as
 /// `opening` says, and starts the session; or closes the connection, counted and logged.
-pub async fn open(
+async fn open(
     mut stream: TcpStream,
     info: SessionInfo,
     mut permit: Permit,
@@ -137,8 +159,8 @@ pub async fn open(
         None => (Some(permit), None, Duration::MAX),
         Some(over) => {
             log_refusal(&info, over);
-            deps.tally.closed(CloseReason::PerClientLimit);
             let Some(telling) = permit.into_refusal(over) else {
+                deps.tally.closed(CloseReason::PerClientLimit);
                 close_sending(&stream);
                 return;
             };
@@ -146,25 +168,14 @@ pub async fn open(
         }
     };
     let io = Prefixed { rest: Cursor::new(rest), inner: stream, _counted: deps.metrics.tls_connection() };
-    // A drain gives a handshake under way a short while more, not its whole timeout: a client
-    // still silent then would hold the drain up to its end.
-    let handshake = {
-        let mut handshake = std::pin::pin!(acceptor.accept(io, at_most));
-        tokio::select! {
-            result = &mut handshake => result,
-            () = deps.registry.drained() => tokio::time::timeout(HANDSHAKE_WHEN_DRAINING, handshake)
-                .await
-                .unwrap_or(Err(tls::HandshakeError::TimedOut(HANDSHAKE_WHEN_DRAINING))),
-        }
-    };
+    let handshake = acceptor.accept(io, at_most).await;
     deps.metrics.handshake(handshake.as_ref().map(drop));
     let mut stream = match handshake {
         Ok(stream) => stream,
         Err(error) => {
             tracing::debug!(peer = %info.peer, %error, "TLS handshake failed");
-            if permit.is_some() {
-                deps.tally.closed(CloseReason::TlsHandshake);
-            }
+            let reason = if permit.is_some() { CloseReason::TlsHandshake } else { CloseReason::PerClientLimit };
+            deps.tally.closed(reason);
             return;
         }
     };
@@ -182,6 +193,7 @@ pub async fn open(
     if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_TIMEOUT, told).await {
         deps.tally.sent(refusal.as_bytes().len());
     }
+    deps.tally.closed(CloseReason::PerClientLimit);
     drop(telling);
 }
 

@@ -202,7 +202,8 @@ impl Handler<Adopt> for Worker {
             }
         };
         if let Some((stream, info, permit)) = opening::start_plain(stream, info, permit, &opening, &self.deps) {
-            let opened = opening::open(stream, info, permit, opening, self.tls.clone(), self.deps.clone());
+            let opened =
+                opening::open_until_drained(stream, info, permit, opening, self.tls.clone(), self.deps.clone());
             ctx.spawn(wrap_future(opened));
         }
     }

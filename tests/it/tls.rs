@@ -628,19 +628,23 @@ fn refusals_over_a_share_take_no_slot_at_most_four_are_told_and_a_full_server_al
 
 #[test]
 #[ignore = "needs openssl: apt-get install openssl"]
-fn a_drain_waits_a_second_at_most_for_a_handshake_that_does_not_come() {
+fn a_drain_waits_a_second_at_most_for_a_header_or_handshake_that_does_not_come() {
     let pki = Pki::new();
     pki.issue("server", 20, false);
     let port = free_port();
-    let more = format!("[server]\nshutdown_timeout_secs = 20\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let more = format!(
+        "[server]\nshutdown_timeout_secs = 20\n[proxy]\nheader_timeout_ms = 20000\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
     let (mut server, _config) = tls_server(&pki, "server", &more);
     let metrics = SocketAddr::from(([127, 0, 0, 1], port));
-    // A client that connects and says nothing: its handshake may take 10 s (the default).
+    // Clients that connect and say nothing: a handshake may take 10 s (the default), a PROXY
+    // header 20 s here.
     let _silent = TcpStream::connect(server.tls_addr(false)).unwrap();
-    wait_for_values(metrics, &[("zen_tls_connections_active", 1.0)]);
+    let _silent_behind_proxy = TcpStream::connect(server.tls_addr(true)).unwrap();
+    wait_for_values(metrics, &[("zen_tls_connections_active", 1.0), ("zen_connections_active", 2.0)]);
     let asked = Instant::now();
     server.signal(Signal::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(20)).expect("no exit");
+    let status = server.wait_exit(Duration::from_secs(30)).expect("no exit");
     assert!(status.success(), "{status:?}\n{}", server.log());
     assert!(asked.elapsed() < Duration::from_secs(5), "the drain took {:?}", asked.elapsed());
     assert!(server.log().contains("unfinished=0"), "{}", server.log());
