@@ -18,7 +18,7 @@ use std::{
 use crate::{
     helpers::{
         DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect_from, has_arrived, raise_fd_limit,
-        read_to_close, server_with_metrics,
+        read_to_close, read_until_closed, server_with_metrics,
     },
     metrics::wait_for_values,
 };
@@ -32,16 +32,7 @@ fn client(n: u8) -> IpAddr {
 /// Reads what the server said before it closed, taking a reset after its last words as a close.
 fn said_before_closing(stream: &mut TcpStream) -> Vec<u8> {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut said = Vec::new();
-    let mut buffer = [0; 256];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return said,
-            Ok(n) => said.extend_from_slice(&buffer[..n]),
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return said,
-            Err(error) => panic!("no close: {error}"),
-        }
-    }
+    read_until_closed(stream)
 }
 
 /// Whether the server still holds `stream` open: asks a question and gets its answer.

@@ -486,6 +486,20 @@ pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     received
 }
 
+/// Reads until end of file or a reset; a reset after the server's last words is fine.
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return received,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return received,
+            Err(error) => panic!("read failed after {} bytes: {error}", received.len()),
+        }
+    }
+}
+
 /// Asks one question the way the book's client does and returns the answer.
 pub fn ask_like_the_book(stream: &mut TcpStream, question: &[u8]) -> Vec<u8> {
     stream.write_all(question).unwrap();

@@ -7,21 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{DEADLINE, Launch, ZenServer, ask_like_the_book, connect, read_answers};
-
-/// Reads until end of file or a reset; a reset after the server's last words is fine.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buffer = [0; 4096];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return received,
-            Ok(n) => received.extend_from_slice(&buffer[..n]),
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return received,
-            Err(error) => panic!("read failed after {} bytes: {error}", received.len()),
-        }
-    }
-}
+use crate::helpers::{DEADLINE, Launch, ZenServer, ask_like_the_book, connect, read_answers, read_until_closed};
 
 fn still_serving(server: &ZenServer) {
     let mut stream = connect(server.addr());
