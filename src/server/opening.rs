@@ -250,6 +250,13 @@ struct Prefixed {
     _counted: TlsConnection,
 }
 
+impl Prefixed {
+    /// Whether bytes read with the header are still to be read.
+    fn has_rest(&self) -> bool {
+        (self.rest.position() as usize) < self.rest.get_ref().len()
+    }
+}
+
 impl Drop for Prefixed {
     fn drop(&mut self) {
         close_sending(&self.inner);
@@ -258,20 +265,19 @@ impl Drop for Prefixed {
 
 impl AsyncRead for Prefixed {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if (this.rest.position() as usize) < this.rest.get_ref().len() {
-            return Pin::new(&mut this.rest).poll_read(cx, buf);
+        if self.has_rest() {
+            return Pin::new(&mut self.rest).poll_read(cx, buf);
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl tls::Readable for Prefixed {
     async fn readable(&self) -> io::Result<()> {
-        match (self.rest.position() as usize) < self.rest.get_ref().len() {
-            true => Ok(()),
-            false => self.inner.readable().await,
+        if self.has_rest() {
+            return Ok(());
         }
+        self.inner.readable().await
     }
 }
 
