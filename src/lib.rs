@@ -18,6 +18,8 @@
 //! - [`oracle`]: the one `Oracle` owning the answer table, and the replica on each worker thread
 //!   that its sessions ask; the validated `AnswerTable`, lookups with panic containment, the
 //!   costly-answer pool.
+//! - [`inbox`]: a mailbox for messages between actors of one thread (questions to the oracle's
+//!   replica, answers back), cheaper than actix's, which serves any thread.
 //! - [`session`]: the `ZenSession` actor, one per client: its flow control, its answer sink,
 //!   and the registry of one worker's sessions (drain, exact timeouts).
 //! - [`admission`]: the connection limit; sessions hold permits, a drain waits for them.
@@ -52,6 +54,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod inbox;
 pub mod inherit;
 pub mod metrics;
 pub mod notify;

@@ -9,6 +9,11 @@
 //! [`ArcSwap`]), so one [`ReplaceTable`] changes the answers of every worker at once, and a
 //! batch of questions is always answered from one table, never a mix of two.
 //!
+//! [`Ask`] and [`Answered`] travel between actors of one thread, so they go through
+//! same-thread [`Inbox`](crate::inbox::Inbox)es rather than actix mailboxes, which would box each message and queue
+//! it with atomic operations (four allocations per question, both ways): the replica handles
+//! its inbox's messages as a stream, the session takes its answers from its own.
+//!
 //! - [`table`]: [`AnswerTable`], validated on construction.
 //! - [`lookup`]: answering one question, with fault injection and panic containment.
 //! - [`costly`]: the pool paying the simulated cost of answers, off the session threads.
@@ -27,7 +32,6 @@ use std::{
 };
 
 use actix::{fut::wrap_future, prelude::*};
-use actix_rt::ArbiterHandle;
 use arc_swap::ArcSwap;
 
 pub use self::table::{AnswerTable, TableError};
@@ -36,6 +40,7 @@ use self::{
     lookup::Lookup,
 };
 use crate::{
+    inbox,
     metrics::{FLUSH_INTERVAL, Metrics, Outcome, Tally},
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
 };
@@ -45,24 +50,23 @@ use crate::{
 /// thread, and not a replica's still finishing a batch with it on a worker thread.
 const RETIRED_TABLE_KEPT: Duration = Duration::from_secs(1);
 
-/// Asks for the answers to a batch of questions. The answers come back as a message of their
-/// own, [`Answered`], to `reply_to`: to the asking session's mailbox, where it is handled like
-/// any other message, with no response future to poll in between.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// Asks for the answers to a batch of questions, sent to a replica's inbox ([`Asks`]). The
+/// answers come back as a message of their own, [`Answered`], to `reply_to`: the asking
+/// session's inbox, with no response future to poll in between.
 pub struct Ask {
     /// The questions, in order.
     pub questions: Questions,
     /// The asker's number for this batch, returned with the answers.
     pub seq: u64,
-    /// Where the answers go; shared, since a session asks many times and cloning a
-    /// `Recipient` allocates.
-    pub reply_to: Arc<Recipient<Answered>>,
+    /// Where the answers go.
+    pub reply_to: inbox::Sender<Answered>,
 }
 
+/// Where the sessions of one thread send their [`Ask`]s: the inbox of that thread's replica.
+pub type Asks = inbox::Sender<Ask>;
+
 /// The answers to one [`Ask`]: one per question, in the same order.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[derive(Debug)]
 pub struct Answered {
     /// The number the asker gave the batch.
     pub seq: u64,
@@ -174,10 +178,15 @@ impl Oracle {
 }
 
 impl StartedOracle {
-    /// Starts a replica on `thread`, for the sessions of that thread to ask.
-    pub fn start_replica(&self, thread: &ArbiterHandle) -> Addr<OracleReplica> {
+    /// Starts a replica on the current thread, for the sessions of this thread to ask.
+    pub fn start_replica(&self) -> Asks {
+        let (asks, inbox) = inbox::inbox();
         let (shared, metrics) = (self.shared.clone(), self.metrics.clone());
-        OracleReplica::start_in_arbiter(thread, move |_| OracleReplica { shared, tally: Rc::default(), metrics })
+        OracleReplica::create(move |ctx| {
+            ctx.add_stream(inbox);
+            OracleReplica { shared, tally: Rc::default(), metrics }
+        });
+        asks
     }
 
     /// The longest answer the oracle can give, kept up to date across replacements.
@@ -235,14 +244,17 @@ impl Actor for OracleReplica {
     }
 }
 
-impl Handler<Ask> for OracleReplica {
-    type Result = ();
+/// A session gone before its answers needs them no more.
+fn reply(reply_to: &inbox::Sender<Answered>, answered: Answered) {
+    let _ = reply_to.send(answered);
+}
 
+impl StreamHandler<Ask> for OracleReplica {
     fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
         let shared = &self.shared;
         let Some(costly) = &shared.costly else {
             let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions, &self.tally);
-            reply_to.do_send(Answered { seq, answers });
+            reply(&reply_to, Answered { seq, answers });
             return;
         };
         let current = shared.current.load_full();
@@ -252,7 +264,7 @@ impl Handler<Ask> for OracleReplica {
             Questions::from_list(questions.iter().zip(&still_costly).filter(|(_, costly)| **costly).map(|(q, _)| q));
         if to_compute.is_empty() {
             let answers = answer_all(&shared.lookup, &current.table, &questions, &self.tally);
-            reply_to.do_send(Answered { seq, answers });
+            reply(&reply_to, Answered { seq, answers });
             return;
         }
         let (shared, costly, tally) = (shared.clone(), costly.clone(), self.tally.clone());
@@ -273,7 +285,7 @@ impl Handler<Ask> for OracleReplica {
                 };
                 tally.answered(outcome, 1);
             }
-            reply_to.do_send(Answered { seq, answers: answers.finish() });
+            reply(&reply_to, Answered { seq, answers: answers.finish() });
         }));
     }
 }
@@ -289,38 +301,24 @@ fn answer_all(lookup: &Lookup, table: &AnswerTable, questions: &Questions, tally
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc;
-
     use super::*;
     use crate::{oracle::table::book_table, threads::WorkerThreads};
 
     /// The oracle and one replica on the current thread.
-    fn start(table: AnswerTable, config: OracleConfig) -> (StartedOracle, Addr<OracleReplica>) {
+    fn start(table: AnswerTable, config: OracleConfig) -> (StartedOracle, Asks) {
         let oracle = Oracle::start(Arc::new(table), config, &Metrics::disabled());
-        let replica = oracle.start_replica(&Arbiter::current());
+        let replica = oracle.start_replica();
         (oracle, replica)
     }
 
-    /// Receives answers in place of a session.
-    struct Asker(mpsc::UnboundedSender<Answered>);
-
-    impl Actor for Asker {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Answered> for Asker {
-        type Result = ();
-        fn handle(&mut self, answered: Answered, _: &mut Self::Context) {
-            let _ = self.0.send(answered);
-        }
-    }
-
-    /// Asks `replica` and waits for the answers.
-    async fn ask(replica: &Addr<OracleReplica>, questions: &[&[u8]]) -> Answers {
-        let (sender, mut receiver) = mpsc::unbounded_channel();
-        let reply_to = Arc::new(Asker(sender).start().recipient());
-        replica.do_send(Ask { questions: Questions::from_list(questions.iter().copied()), seq: 7, reply_to });
-        let answered = tokio::time::timeout(Duration::from_secs(5), receiver.recv()).await.unwrap().unwrap();
+    /// Asks `replica` and waits for the answers, in place of a session.
+    async fn ask(replica: &Asks, questions: &[&[u8]]) -> Answers {
+        let (reply_to, answers) = inbox::inbox();
+        let questions = Questions::from_list(questions.iter().copied());
+        assert!(replica.send(Ask { questions, seq: 7, reply_to }).is_ok(), "the replica is there");
+        let answered = tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| answers.poll_recv(cx)))
+            .await
+            .unwrap();
         assert_eq!(answered.seq, 7, "the batch's number comes back with its answers");
         answered.answers
     }
@@ -338,14 +336,29 @@ mod tests {
     async fn one_replacement_is_in_force_for_every_replica_once_acknowledged() {
         let threads = WorkerThreads::spawn(4.try_into().unwrap());
         let oracle = Oracle::start(Arc::new(book_table()), OracleConfig::default(), &Metrics::disabled());
-        let replicas: Vec<_> = threads.arbiters().map(|thread| oracle.start_replica(&thread)).collect();
+        // A replica on each thread, asked from its own thread once the replacement is in force.
+        let mut asked = Vec::new();
+        let (in_force, _) = tokio::sync::watch::channel(false);
+        for thread in threads.arbiters() {
+            let (oracle, mut in_force, (answers, answered)) =
+                (oracle.clone(), in_force.subscribe(), tokio::sync::oneshot::channel());
+            thread.spawn_fn(move || {
+                let replica = oracle.start_replica();
+                actix_rt::spawn(async move {
+                    let _ = in_force.wait_for(|&in_force| in_force).await;
+                    let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
+                    let _ = answers.send(ask(&replica, &questions).await.as_bytes().to_vec());
+                });
+            });
+            asked.push(answered);
+        }
         let new_table = AnswerTable::new([("Flat is better than?", "Nested and nested again.")]).unwrap();
         oracle.owner.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
         assert_eq!(oracle.answer_bound().get(), "Nested and nested again.".len(), "the bound follows the table");
-        for replica in &replicas {
-            let questions = [&b"Flat is better than?"[..], b"Beautiful is better than?"];
-            let answers = ask(replica, &questions).await;
-            assert_eq!(answers.as_bytes(), b"Nested and nested again.Error: unknown aphorism.");
+        in_force.send_replace(true);
+        for answered in asked {
+            let answers = tokio::time::timeout(Duration::from_secs(5), answered).await.unwrap().unwrap();
+            assert_eq!(answers, b"Nested and nested again.Error: unknown aphorism.");
         }
         assert!(threads.stop_and_join(Duration::from_secs(5)));
     }

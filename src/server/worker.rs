@@ -15,7 +15,7 @@ use super::opening::{self, Opening};
 use crate::{
     admission::Permit,
     metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
-    oracle::{AnswerBound, Ask, StartedOracle},
+    oracle::StartedOracle,
     session::{SessionConfig, SessionDeps, SessionInfo, registry::SessionRegistry},
     threads::WorkerThreads,
     tls,
@@ -55,9 +55,8 @@ impl Workers {
         let workers = threads
             .arbiters()
             .map(|thread| {
-                let replica = oracle.start_replica(&thread).recipient();
-                let (bound, metrics, tls) = (oracle.answer_bound(), metrics.clone(), tls.cloned());
-                Worker::start_in_arbiter(&thread, move |_| Worker::new(replica, bound, config, metrics, tls))
+                let (oracle, metrics, tls) = (oracle.clone(), metrics.clone(), tls.cloned());
+                Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, metrics, tls))
             })
             .collect();
         Self { workers, next: 0, metrics: metrics.clone() }
@@ -156,18 +155,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(
-        oracle: Recipient<Ask>,
-        answer_bound: AnswerBound,
-        config: SessionConfig,
-        metrics: Metrics,
-        tls: Option<tls::Acceptor>,
-    ) -> Self {
+    /// A worker for the current thread, with an oracle replica of its own beside it.
+    fn new(oracle: &StartedOracle, config: SessionConfig, metrics: Metrics, tls: Option<tls::Acceptor>) -> Self {
         let registry = SessionRegistry::new();
         Self {
             deps: Rc::new(SessionDeps {
-                oracle,
-                answer_bound,
+                oracle: oracle.start_replica(),
+                answer_bound: oracle.answer_bound(),
                 config: Cell::new(config),
                 registry,
                 tally: Tally::default(),
@@ -213,7 +207,7 @@ impl Handler<WorkerAlive> for Worker {
     type Result = Result<(), Unresponsive>;
 
     fn handle(&mut self, _: WorkerAlive, _ctx: &mut Self::Context) -> Self::Result {
-        if self.deps.oracle.connected() { Ok(()) } else { Err(Unresponsive::ReplicaGone) }
+        if self.deps.oracle.is_connected() { Ok(()) } else { Err(Unresponsive::ReplicaGone) }
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The question's path: the socket's read half is a stream of [`Incoming`] batches decoded by
 //! [`ZenCodec`] (registered with `add_stream`, behind the [`GatedStream`] of flow control); each
-//! batch goes to the oracle replica of the session's thread as one [`Ask`]; each reply fills the batch's slot in
-//! a queue kept in question order, and the queue is written from the front to the
+//! batch goes to the oracle replica of the session's thread as one [`Ask`]; each reply
+//! ([`Answered`], taken from the session's [`Inbox`]) fills the batch's slot in a queue kept in
+//! question order, and the queue is written from the front to the
 //! [`AnswerSink`] as slots fill, whatever order the replies come back in.
 //!
 //! A session moves through phases (`Phase`): serving; draining (still taking questions while the
@@ -53,7 +54,7 @@ pub mod flow;
 pub mod registry;
 pub mod sink;
 
-use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc, task, time::Duration};
+use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
 
 use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
@@ -72,7 +73,8 @@ use crate::{
     admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
     metrics::{CloseReason, Metrics, Outcome, Tally},
-    oracle::{AnswerBound, Answered, Ask},
+    inbox::{self, Inbox},
+    oracle::{AnswerBound, Answered, Ask, Asks},
     protocol::{Answer, Answers, Questions},
 };
 
@@ -128,7 +130,7 @@ pub struct SessionInfo {
 /// copy in every session would cost each idle connection ~150 bytes).
 pub struct SessionDeps {
     /// Where questions are answered: the oracle replica of this thread.
-    pub oracle: Recipient<Ask>,
+    pub oracle: Asks,
     /// The longest answer the oracle can give, counted for every question asked.
     pub answer_bound: AnswerBound,
     /// Limits. A reload may change them: sizes then apply to sessions that start later,
@@ -191,8 +193,10 @@ pub struct ZenSession {
     info: SessionInfo,
     deps: Rc<SessionDeps>,
     key: RegistryKey,
-    /// This session, where the oracle sends its answers.
-    reply_to: Arc<Recipient<Answered>>,
+    /// Where the oracle sends this session's answers: `answers`.
+    reply_to: inbox::Sender<Answered>,
+    /// The oracle's answers, taken by [`WriteOut`] before it writes.
+    answers: Inbox<Answered>,
     /// Counts this connection as admitted until the session is dropped.
     permit: Permit,
     sink: AnswerSink,
@@ -228,14 +232,16 @@ impl ZenSession {
             let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
             // The sink's item comes after the reader, the only other item that sends answers,
             // and the context polls items after handling messages: whatever is sent in a poll
-            // is written at its end, in one write.
+            // is written at its end, in one write, with the answers that came in since the last.
             ctx.spawn(WriteOut);
+            let (reply_to, answers) = inbox::inbox();
             let now = Instant::now();
             let key = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
             ZenSession {
                 info,
                 key,
-                reply_to: Arc::new(ctx.address().recipient()),
+                reply_to,
+                answers,
                 deps,
                 permit,
                 sink: AnswerSink::new(Box::new(write)),
@@ -326,11 +332,9 @@ impl ZenSession {
     }
 
     fn send_to_oracle(&mut self, questions: Questions, seq: u64) {
-        // `do_send` ignores the replica's mailbox capacity (the session bounds what it has at
-        // the oracle itself) and reports nothing, so a gone replica is checked for first.
-        if self.deps.oracle.connected() {
-            self.deps.oracle.do_send(Ask { questions, seq, reply_to: self.reply_to.clone() });
-        } else {
+        // The replica's inbox has no bound: the session bounds what it has at the oracle itself.
+        let ask = Ask { questions, seq, reply_to: self.reply_to.clone() };
+        if let Err(Ask { questions, .. }) = self.deps.oracle.send(ask) {
             tracing::error!(parent: &self.span(), "oracle is gone; answering with internal errors");
             let count = questions.len();
             self.deps.tally.answered(Outcome::InternalError, count as u64);
@@ -534,7 +538,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
 }
 
 /// The [`AnswerSink`]'s item in the session's context: polled whenever the session is, it
-/// writes out what the socket did not take at once, and closes the sink when asked to.
+/// takes the answers that came in, writes out what the socket did not take at once, and
+/// closes the sink when asked to.
 struct WriteOut;
 
 impl ActorFuture<ZenSession> for WriteOut {
@@ -546,6 +551,9 @@ impl ActorFuture<ZenSession> for WriteOut {
         ctx: &mut Context<ZenSession>,
         task: &mut task::Context<'_>,
     ) -> task::Poll<()> {
+        while let task::Poll::Ready(answered) = session.answers.poll_recv(task) {
+            session.answered(answered, ctx);
+        }
         session.poll_sink(ctx, task)
     }
 }
@@ -609,10 +617,9 @@ impl Handler<Notice> for ZenSession {
     }
 }
 
-impl Handler<Answered> for ZenSession {
-    type Result = ();
-
-    fn handle(&mut self, Answered { seq, answers }: Answered, ctx: &mut Self::Context) {
+impl ZenSession {
+    /// The oracle's answers to one batch.
+    fn answered(&mut self, Answered { seq, answers }: Answered, ctx: &mut Context<Self>) {
         self.fill(seq, answers);
         self.owed_less();
         if matches!(self.phase, Phase::Draining(_)) && self.slots.is_empty() {
@@ -642,9 +649,7 @@ mod tests {
         type Context = Context<Self>;
     }
 
-    impl Handler<Ask> for EchoOracle {
-        type Result = ();
-
+    impl StreamHandler<Ask> for EchoOracle {
         fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
             for question in questions.iter() {
                 let _ = self.0.send(questions.question(question));
@@ -660,9 +665,19 @@ mod tests {
                     }
                     answers.push(&[text, b"."].concat());
                 }
-                reply_to.do_send(Answered { seq, answers: answers.finish() });
+                let _ = reply_to.send(Answered { seq, answers: answers.finish() });
             }));
         }
+    }
+
+    /// Starts `oracle` on the current thread, asked through an inbox as a replica is.
+    fn start_oracle<O: StreamHandler<Ask> + Actor<Context = Context<O>>>(oracle: O) -> Asks {
+        let (asks, inbox) = inbox::inbox();
+        O::create(|ctx| {
+            ctx.add_stream(inbox);
+            oracle
+        });
+        asks
     }
 
     struct Harness {
@@ -691,13 +706,13 @@ mod tests {
 
     /// Starts a session over an in-memory pipe, with a registry of its own whose timers run,
     /// asking `oracle`, whose answers are at most as long as the book's error answers.
-    fn start_session(oracle: Recipient<Ask>, config: SessionConfig) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
+    fn start_session(oracle: Asks, config: SessionConfig) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
         start_session_bounded(oracle, AnswerBound::of(&crate::oracle::AnswerTable::default()), config)
     }
 
     /// [`start_session`] with answers at most `answer_bound` long.
     fn start_session_bounded(
-        oracle: Recipient<Ask>,
+        oracle: Asks,
         answer_bound: AnswerBound,
         config: SessionConfig,
     ) -> (DuplexStream, Admission, Rc<SessionRegistry>) {
@@ -721,7 +736,7 @@ mod tests {
 
     fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, live, registry) = start_session(EchoOracle(seen).start().recipient(), config);
+        let (client, live, registry) = start_session(start_oracle(EchoOracle(seen)), config);
         Harness { client, live, registry, asked }
     }
 
@@ -865,25 +880,8 @@ mod tests {
     #[actix::test]
     async fn questions_get_internal_errors_when_the_oracle_is_gone() {
         tokio::time::pause();
-        struct Gone;
-        impl Actor for Gone {
-            type Context = Context<Self>;
-            fn started(&mut self, ctx: &mut Self::Context) {
-                ctx.stop();
-            }
-        }
-        impl Handler<Ask> for Gone {
-            type Result = ();
-            fn handle(&mut self, _: Ask, _: &mut Self::Context) {
-                unreachable!("stopped before any question")
-            }
-        }
-        let oracle = Gone.start().recipient();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while oracle.connected() {
-            assert!(tokio::time::Instant::now() < deadline, "stub oracle did not stop");
-            tokio::task::yield_now().await;
-        }
+        let (oracle, gone) = inbox::inbox();
+        drop(gone);
         let (mut client, _live, _registry) = start_session(oracle, config(64));
         client.write_all(b"a?b?").await.unwrap();
         client.shutdown().await.unwrap();
@@ -990,16 +988,14 @@ mod tests {
         type Context = Context<Self>;
     }
 
-    impl Handler<Ask> for SizedOracle {
-        type Result = ();
-
+    impl StreamHandler<Ask> for SizedOracle {
         fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, _: &mut Self::Context) {
             let _ = self.batches.send(questions.len());
             let mut answers = AnswersBuilder::default();
             for _ in 0..questions.len() {
                 answers.push_answer(&self.answer);
             }
-            reply_to.do_send(Answered { seq, answers: answers.finish() });
+            let _ = reply_to.send(Answered { seq, answers: answers.finish() });
         }
     }
 
@@ -1014,7 +1010,7 @@ mod tests {
             String::from_utf8_lossy(answer.as_bytes()).into_owned(),
         )]);
         let (batches, asked) = mpsc::unbounded_channel();
-        let oracle = SizedOracle { answer: answer.clone(), batches }.start().recipient();
+        let oracle = start_oracle(SizedOracle { answer: answer.clone(), batches });
         let config = SessionConfig { max_pending_bytes, ..config(64) };
         let (client, live, _registry) = start_session_bounded(oracle, AnswerBound::of(&table.unwrap()), config);
         (client, live, asked, answer)
@@ -1089,8 +1085,8 @@ mod tests {
             }
             let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
             let received = System::new().block_on(async move {
-                let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-                let replica = oracle.start_replica(&Arbiter::current()).recipient();
+                let oracle = Oracle::start(std::sync::Arc::new(table), OracleConfig::default(), &Metrics::disabled());
+                let replica = oracle.start_replica();
                 let (client, _live, _registry) = start_session_bounded(replica, oracle.answer_bound(), config(max));
                 let (mut reader, mut writer) = tokio::io::split(client);
                 tokio::task::spawn_local(async move {
