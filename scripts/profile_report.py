@@ -14,6 +14,7 @@ A symbol belongs to the first component whose pattern it matches; inlined code c
 inlined, so a component is approximate at its edges.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def instructions(short_path, short_answers, long_path, long_answers):
         print(f"  {title:<58} {by_component[title]:>8,.0f}")
     print(f"  {'total':<58} {sum(by_component.values()):>8,.0f}")
     print("the functions that cost most per answer (their own instructions, inlined code included)")
-    for name, cost in sorted(per_function.items(), key=lambda item: -item[1])[:15]:
+    for name, cost in sorted(per_function.items(), key=lambda item: -item[1])[:int(os.environ.get("PROFILE_TOP", "15"))]:
         print(f"  {cost:>8,.0f}  {name[:120]}")
     mallocs = (callgrind_calls(long_path, "malloc") - callgrind_calls(short_path, "malloc")) / answers
     print(f"allocations (calls to malloc) per answer: {mallocs:.1f}")

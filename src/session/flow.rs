@@ -2,21 +2,14 @@
 //! bytes, or holds questions it has not asked yet, and resumes when neither is the case.
 //!
 //! The session reports what it owes (see the memory bound in [`crate::session`]) to its
-//! [`Flow`]; the [`GatedStream`] of questions yields nothing while `Flow` says reading is
-//! paused, and is woken when it may read again. Reading resumes only once what is owed is back
+//! [`Flow`]; the session reads nothing while `Flow` says reading is paused, and its task is
+//! woken when it may read again. Reading resumes only once what is owed is back
 //! under half the mark, so a client reading slowly does not flip reading on and off at every
 //! answer. Everything lives on the session's thread, so plain `Cell`s suffice.
 
-use std::{
-    cell::Cell,
-    pin::Pin,
-    rc::Rc,
-    task::{Context, Poll, Waker},
-};
+use std::{cell::Cell, task::Waker};
 
-use futures_core::Stream;
-
-/// Whether a session may read, shared by the session and its reader.
+/// Whether a session may read.
 pub struct Flow {
     high_water: usize,
     paused: Cell<bool>,
@@ -25,8 +18,8 @@ pub struct Flow {
 
 impl Flow {
     /// Flow control pausing reads while more than `high_water` bytes are owed.
-    pub fn new(high_water: usize) -> Rc<Self> {
-        Rc::new(Self { high_water, paused: Cell::new(false), reader: Cell::new(None) })
+    pub fn new(high_water: usize) -> Self {
+        Self { high_water, paused: Cell::new(false), reader: Cell::new(None) }
     }
 
     /// The mark above which reading pauses.
@@ -52,30 +45,10 @@ impl Flow {
     pub fn is_paused(&self) -> bool {
         self.paused.get()
     }
-}
 
-/// A stream that yields nothing while its [`Flow`] says reading is paused.
-pub struct GatedStream<S> {
-    inner: S,
-    flow: Rc<Flow>,
-}
-
-impl<S> GatedStream<S> {
-    /// Gates `inner` with `flow`.
-    pub fn new(inner: S, flow: Rc<Flow>) -> Self {
-        Self { inner, flow }
-    }
-}
-
-impl<S: Stream + Unpin> Stream for GatedStream<S> {
-    type Item = S::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        if self.flow.is_paused() {
-            self.flow.reader.set(Some(cx.waker().clone()));
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.inner).poll_next(cx)
+    /// Wakes `reader` when reading resumes.
+    pub fn wake_on_resume(&self, reader: &Waker) {
+        self.reader.set(Some(reader.clone()));
     }
 }
 
@@ -108,7 +81,7 @@ mod tests {
         assert!(flow.is_paused());
 
         let wakes = Arc::new(CountWakes(0.into()));
-        flow.reader.set(Some(Waker::from(wakes.clone())));
+        flow.wake_on_resume(&Waker::from(wakes.clone()));
         flow.set_owed(51, false);
         assert!(flow.is_paused(), "51 is above half the mark");
         flow.set_owed(50, false);

@@ -1,7 +1,7 @@
 //! [`ZenSession`]: one actor per client connection.
 //!
-//! The question's path: the socket's read half is a stream of [`Incoming`] batches decoded by
-//! [`ZenCodec`] (registered with `add_stream`, behind the [`GatedStream`] of flow control); each
+//! The question's path: the session reads the socket's read half itself ([`QuestionReader`],
+//! batches of questions decoded by [`ZenCodec`], read only while [`Flow`] control allows); each
 //! batch goes to the oracle replica of the session's thread as one [`Ask`]; each reply
 //! ([`Answered`], taken from the session's [`Inbox`]) fills the batch's slot in a queue kept in
 //! question order, and the queue is written from the front to the
@@ -47,10 +47,12 @@
 //! server's admission when the session is dropped, however it ends.
 //!
 //! - [`flow`]: pausing and resuming reading.
+//! - [`reader`]: the read half, decoded into questions.
 //! - [`sink`]: the write half, with its backlog and explicit half-close.
 //! - [`registry`]: one worker's sessions, their deadlines and drain.
 
 pub mod flow;
+pub mod reader;
 pub mod registry;
 pub mod sink;
 
@@ -58,22 +60,22 @@ use std::{cell::Cell, collections::VecDeque, io, net::SocketAddr, pin::Pin, rc::
 
 use actix::{fut::ActorFuture, prelude::*};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     time::Instant,
 };
-use tokio_util::codec::FramedRead;
 
 use self::{
-    flow::{Flow, GatedStream},
+    flow::Flow,
+    reader::QuestionReader,
     registry::{Notice, RegistryKey, SessionRegistry},
     sink::AnswerSink,
 };
 use crate::{
     admission::Permit,
-    codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec},
-    metrics::{CloseReason, Metrics, Outcome, Tally},
+    codec::{CodecError, Incoming, READ_BUFFER_BYTES},
     inbox::{self, Inbox},
+    metrics::{CloseReason, Metrics, Outcome, Tally},
     oracle::{AnswerBound, Answered, Ask, Asks},
     protocol::{Answer, Answers, Questions},
 };
@@ -82,6 +84,9 @@ use crate::{
 /// registry. An idle connection measures about 2.4 KiB in all, its 256-byte read buffer
 /// included (`scripts/bench.sh`, 10,000 idle connections).
 pub const SESSION_BYTES: usize = 3 * 1024;
+
+/// Events read and handled in one poll of a session at most.
+const READS_PER_POLL: usize = 16;
 
 /// After its last answer (refusing a too-long question, or telling the client the server is
 /// shutting down), how long the session keeps reading and discarding, so that closing with
@@ -195,13 +200,14 @@ pub struct ZenSession {
     key: RegistryKey,
     /// Where the oracle sends this session's answers: `answers`.
     reply_to: inbox::Sender<Answered>,
-    /// The oracle's answers, taken by [`WriteOut`] before it writes.
+    /// The oracle's answers, taken by [`Connection`] before it writes.
     answers: Inbox<Answered>,
     /// Counts this connection as admitted until the session is dropped.
     permit: Permit,
     sink: AnswerSink,
-    flow: Rc<Flow>,
-    reader: SpawnHandle,
+    flow: Flow,
+    /// The client's input, while it is read.
+    reader: Option<QuestionReader>,
     phase: Phase,
     /// Batches in question order; the front is the next to be written.
     slots: VecDeque<Slot>,
@@ -226,14 +232,10 @@ impl ZenSession {
     {
         ZenSession::create(move |ctx| {
             let config = deps.config.get();
-            let flow = Flow::new(config.max_pending_bytes);
-            let read = CountingReader { inner: read, deps: deps.clone() };
-            let reader = FramedRead::with_capacity(read, ZenCodec::new(config.max_question_bytes), READ_BUFFER_BYTES);
-            let reader = ctx.add_stream(GatedStream::new(reader, flow.clone()));
-            // The sink's item comes after the reader, the only other item that sends answers,
-            // and the context polls items after handling messages: whatever is sent in a poll
-            // is written at its end, in one write, with the answers that came in since the last.
-            ctx.spawn(WriteOut);
+            // The context's one item reads, takes the oracle's answers, and writes, in that
+            // order; the context polls it after handling messages, so whatever is sent in a
+            // poll is written at its end, in one write.
+            ctx.spawn(Connection);
             let (reply_to, answers) = inbox::inbox();
             let now = Instant::now();
             let key = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
@@ -245,8 +247,8 @@ impl ZenSession {
                 deps,
                 permit,
                 sink: AnswerSink::new(Box::new(write)),
-                flow,
-                reader,
+                flow: Flow::new(config.max_pending_bytes),
+                reader: Some(QuestionReader::new(Box::new(read), config.max_question_bytes)),
                 phase: Phase::Serving,
                 slots: VecDeque::new(),
                 first_seq: 0,
@@ -404,13 +406,67 @@ impl ZenSession {
         }
     }
 
-    fn stop_reading(&mut self, ctx: &mut Context<Self>) {
-        ctx.cancel_future(self.reader);
+    fn stop_reading(&mut self) {
+        self.reader = None;
     }
 
-    /// Polled as one of the context's items: writes out what waits in the sink, and closes it
-    /// once asked to.
-    fn poll_sink(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) -> task::Poll<()> {
+    /// Reads and handles what the client sent, while flow control allows, up to
+    /// [`READS_PER_POLL`] events (then the task is woken to go on, so that a client sending
+    /// without pause cannot keep the others of its thread waiting).
+    fn read_questions(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) {
+        for _ in 0..READS_PER_POLL {
+            let Some(reader) = &mut self.reader else { return };
+            if self.flow.is_paused() {
+                self.flow.wake_on_resume(task.waker());
+                return;
+            }
+            let tally = &self.deps.tally;
+            match reader.poll_next(task, |bytes| tally.received(bytes)) {
+                task::Poll::Pending => return,
+                task::Poll::Ready(Some(incoming)) => self.incoming(incoming),
+                task::Poll::Ready(None) => {
+                    self.reader = None;
+                    self.input_ended(ctx);
+                    return;
+                }
+            }
+            if !ctx.state().alive() {
+                return;
+            }
+        }
+        task.waker().wake_by_ref();
+    }
+
+    /// What the client sent.
+    fn incoming(&mut self, incoming: Result<Incoming, CodecError>) {
+        match incoming {
+            Ok(Incoming::Questions(questions)) if self.taking_questions() => self.ask(questions),
+            Ok(Incoming::Questions(_)) => {}
+            Ok(Incoming::TooLong { limit }) => {
+                tracing::info!(parent: &self.span(), limit, "question too long");
+                if self.taking_questions() {
+                    self.ending(CloseReason::TooLong);
+                    self.deps.tally.answered(Outcome::TooLong, 1);
+                    self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
+                }
+            }
+            Ok(Incoming::PartialAtEof(bytes)) => {
+                self.ending(CloseReason::Partial);
+                tracing::info!(parent: &self.span(), partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
+            }
+            Err(CodecError::Io(error)) => {
+                self.ending(CloseReason::Error);
+                tracing::info!(parent: &self.span(), %error, "read failed");
+            }
+        }
+    }
+
+    /// Writes out what waits in the sink, and closes it once asked to; nothing once it is shut
+    /// down.
+    fn poll_sink(&mut self, ctx: &mut Context<Self>, task: &mut task::Context<'_>) {
+        if self.phase == Phase::Lingering {
+            return;
+        }
         let closing = self.sink.is_closing();
         let result = if closing { self.sink.poll_close(task) } else { self.sink.poll_write_out(task) };
         let sent = self.sink.take_sent();
@@ -419,22 +475,15 @@ impl ZenSession {
             self.owed_less();
         }
         match result {
-            task::Poll::Ready(Ok(())) if closing => {
-                self.sending_shut_down(ctx);
-                task::Poll::Ready(())
-            }
-            task::Poll::Ready(Ok(())) => task::Poll::Pending,
+            task::Poll::Ready(Ok(())) if closing => self.sending_shut_down(ctx),
+            task::Poll::Ready(Ok(())) => {}
             task::Poll::Pending => {
                 // The client takes nothing: its write timeout runs from when it stopped.
                 if let Some(since) = self.sink.stalled_since() {
                     self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
                 }
-                task::Poll::Pending
             }
-            task::Poll::Ready(Err(error)) => {
-                self.write_failed(&error, ctx);
-                task::Poll::Ready(())
-            }
+            task::Poll::Ready(Err(error)) => self.write_failed(&error, ctx),
         }
     }
 
@@ -504,7 +553,7 @@ impl ZenSession {
             if now >= due {
                 tracing::info!(parent: &self.span(), "idle timeout; closing");
                 self.ending(CloseReason::IdleTimeout);
-                self.stop_reading(ctx);
+                self.stop_reading();
                 self.phase = Phase::Finishing(Input::Ended);
                 self.close_when_answered();
                 return;
@@ -518,31 +567,12 @@ impl ZenSession {
     }
 }
 
-/// The read half of a session's connection, counting the bytes it reads.
-struct CountingReader<R> {
-    inner: R,
-    deps: Rc<SessionDeps>,
-}
+/// The one item of a session's context, polled whenever the session is: reads what the client
+/// sent, takes the oracle's answers, and writes out what is ready (closing the sink when asked
+/// to). The session ends by stopping its context, never by this item ending.
+struct Connection;
 
-impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.deps.tally.received(buf.filled().len() - before);
-        result
-    }
-}
-
-/// The [`AnswerSink`]'s item in the session's context: polled whenever the session is, it
-/// takes the answers that came in, writes out what the socket did not take at once, and
-/// closes the sink when asked to.
-struct WriteOut;
-
-impl ActorFuture<ZenSession> for WriteOut {
+impl ActorFuture<ZenSession> for Connection {
     type Output = ();
 
     fn poll(
@@ -551,10 +581,14 @@ impl ActorFuture<ZenSession> for WriteOut {
         ctx: &mut Context<ZenSession>,
         task: &mut task::Context<'_>,
     ) -> task::Poll<()> {
-        while let task::Poll::Ready(answered) = session.answers.poll_recv(task) {
-            session.answered(answered, ctx);
+        if ctx.state().alive() {
+            session.read_questions(ctx, task);
+            while let task::Poll::Ready(answered) = session.answers.poll_recv(task) {
+                session.answered(answered, ctx);
+            }
+            session.poll_sink(ctx, task);
         }
-        session.poll_sink(ctx, task)
+        task::Poll::Pending
     }
 }
 
@@ -572,37 +606,6 @@ impl Actor for ZenSession {
         self.deps.tally.closed(self.close_reason.unwrap_or(CloseReason::Eof));
         self.deps.registry.unregister(self.key);
         tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
-    }
-}
-
-impl StreamHandler<Result<Incoming, CodecError>> for ZenSession {
-    fn handle(&mut self, item: Result<Incoming, CodecError>, _ctx: &mut Self::Context) {
-        match item {
-            Ok(Incoming::Questions(questions)) if self.taking_questions() => self.ask(questions),
-            Ok(Incoming::Questions(_)) => {}
-            Ok(Incoming::TooLong { limit }) => {
-                tracing::info!(parent: &self.span(), limit, "question too long");
-                if self.taking_questions() {
-                    self.ending(CloseReason::TooLong);
-                    self.deps.tally.answered(Outcome::TooLong, 1);
-                    self.finish_with(Answer::QUESTION_TOO_LONG, Input::Discarding);
-                }
-            }
-            Ok(Incoming::PartialAtEof(bytes)) => {
-                self.ending(CloseReason::Partial);
-                tracing::info!(parent: &self.span(), partial = %bytes.escape_ascii(), "client sent part of a question, then closed");
-            }
-            Err(CodecError::Io(error)) => {
-                self.ending(CloseReason::Error);
-                tracing::info!(parent: &self.span(), %error, "read failed");
-            }
-        }
-    }
-
-    /// End of input: answer everything already asked, then close (the client may have only
-    /// shut down its sending side).
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        self.input_ended(ctx);
     }
 }
 
