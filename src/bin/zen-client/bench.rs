@@ -260,31 +260,35 @@ impl Window {
 }
 
 /// Both processes' CPU clocks, read at one moment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CpuReading {
     at: Instant,
-    server: Option<Duration>,
+    /// One per server process; `None` if one could not be read.
+    server: Option<Vec<procfs::CpuClock>>,
     client: Option<Duration>,
 }
 
 impl CpuReading {
-    /// Reads the CPU time used so far by the server's processes, all together, if any are
-    /// given, and by this process.
+    /// Reads the CPU time used so far by the server's processes, if any are given (to the
+    /// nanosecond, see [`procfs::CpuClock`]), and by this process.
     fn now(server_pids: &[u32]) -> Self {
         let server = match server_pids {
             [] => None,
-            pids => pids.iter().map(|&pid| procfs::cpu_time(pid).ok()).sum(),
+            pids => pids.iter().map(|&pid| procfs::CpuClock::read(pid).ok()).collect(),
         };
         Self { at: Instant::now(), server, client: procfs::cpu_time(std::process::id()).ok() }
     }
 
     /// The CPU used between this reading and `later`.
     fn until(&self, later: &CpuReading) -> CpuUse {
-        let spent = |before: Option<Duration>, after: Option<Duration>| after?.checked_sub(before?);
+        let server = match (&self.server, &later.server) {
+            (Some(before), Some(after)) => before.iter().zip(after).map(|(before, after)| after.since(before)).sum(),
+            _ => None,
+        };
         CpuUse {
             wall: later.at.saturating_duration_since(self.at),
-            server: spent(self.server, later.server),
-            client: spent(self.client, later.client),
+            server,
+            client: later.client.zip(self.client).and_then(|(after, before)| after.checked_sub(before)),
         }
     }
 }

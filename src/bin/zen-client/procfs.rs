@@ -6,7 +6,7 @@
 //! `std`. Nothing here panics; a process that is gone, or a file not shaped as expected, is
 //! `None` or an error.
 
-use std::{io, time::Duration};
+use std::{collections::HashMap, io, time::Duration};
 
 /// `USER_HZ`, the unit of CPU times in `/proc/PID/stat`: 100 on every Linux architecture,
 /// whatever the kernel's own tick rate.
@@ -30,6 +30,52 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let ticks = cpu_ticks_in_stat(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no CPU times in /proc/{pid}/stat")))?;
     Ok(Duration::from_millis(ticks.saturating_mul(1000) / CLOCK_TICKS_PER_SECOND))
+}
+
+/// A reading of the CPU time a process has used: the whole process's, to the hundredth of a
+/// second ([`cpu_time`]), and each of its live threads', to the nanosecond (the first field of
+/// `/proc/PID/task/TID/schedstat`, the scheduler's own account).
+#[derive(Debug, Clone)]
+pub struct CpuClock {
+    process: Duration,
+    /// By thread ID; `None` if a thread's figure could not be read.
+    threads: Option<HashMap<u32, Duration>>,
+}
+
+impl CpuClock {
+    /// Reads the clocks of process `pid`.
+    ///
+    /// # Errors
+    ///
+    /// As [`cpu_time`].
+    pub fn read(pid: u32) -> io::Result<Self> {
+        Ok(Self { threads: thread_times(pid), process: cpu_time(pid)? })
+    }
+
+    /// The CPU time used between `earlier` and this reading: to the nanosecond when every
+    /// thread of `earlier` is still there (a thread's time is lost with it), otherwise to the
+    /// hundredth of a second.
+    pub fn since(&self, earlier: &CpuClock) -> Option<Duration> {
+        if let (Some(before), Some(after)) = (&earlier.threads, &self.threads)
+            && before.keys().all(|thread| after.contains_key(thread))
+        {
+            let total = |times: &HashMap<u32, Duration>| times.values().sum::<Duration>();
+            return total(after).checked_sub(total(before));
+        }
+        self.process.checked_sub(earlier.process)
+    }
+}
+
+/// Each live thread's CPU time, by thread ID.
+fn thread_times(pid: u32) -> Option<HashMap<u32, Duration>> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .map(|entry| {
+            let thread: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let schedstat = std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/schedstat")).ok()?;
+            Some((thread, Duration::from_nanos(schedstat.split_whitespace().next()?.parse().ok()?)))
+        })
+        .collect()
 }
 
 /// The `VmRSS` line of a `/proc/PID/status` text, in KiB.
@@ -78,6 +124,23 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
         assert!(cpu_time(pid).is_ok());
+    }
+
+    #[test]
+    fn this_process_has_a_clock_to_the_nanosecond_that_agrees_with_the_coarse_one() {
+        let pid = std::process::id();
+        let before = CpuClock::read(pid).unwrap();
+        assert!(before.threads.as_ref().is_some_and(|threads| !threads.is_empty()));
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(200) {
+            std::hint::black_box(0);
+        }
+        let after = CpuClock::read(pid).unwrap();
+        let (precise, coarse) = (after.since(&before).unwrap(), after.process - before.process);
+        assert!(precise >= Duration::from_millis(150), "spun 200 ms, counted {precise:?}");
+        // The coarse clock is the precise one rounded to its ticks, at each end; other test
+        // threads may run in between.
+        assert!(precise.abs_diff(coarse) <= Duration::from_millis(100), "{precise:?} against {coarse:?}");
     }
 
     #[test]
