@@ -18,9 +18,10 @@
 #
 # Scenarios: cNxD (N connections, D questions in flight each), cpu50k (50 connections paced at
 # 50,000 questions/s in all, a rate every server sustains: the server's CPU time per answer),
-# cpu10k (1,000 connections each asking every 100 ms, as the book's clients ask: about one answer
-# per wake-up), churn, idle and many. Every report also gives the load generator's own CPU share, and says
-# when it, not the server, was the bottleneck.
+# cpu10k (1,000 connections each asking every 100 ms, one question at a time, as the book's
+# clients ask), churn, idle and many. Every report also gives the load generator's own CPU share,
+# and says when it, not the server, was the bottleneck; the paced ones, how many answers each
+# wake-up of the server carried.
 #
 # TLS, with a certificate made here by openssl: tls50k (cpu50k over long-lived TLS connections)
 # and tlschurn (churn over TLS, every connection a full handshake), for zen-server on tls.listen

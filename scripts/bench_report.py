@@ -180,14 +180,17 @@ def main(raw_path, out_dir):
         lines += ["", "## Server CPU per answer", ""]
         lines += [
             "Questions paced at a rate every server sustains, so each does the same work: the server's",
-            "CPU time (user and system) in the measured window over the answers in it. At these rates most",
-            "of a server's wake-ups carry one answer, as in the book's conversation. Lower is better; the",
+            "CPU time (user and system, to the nanosecond from each thread's schedstat) in the measured",
+            "window over the answers in it. Each connection asks its next question only once answered,",
+            "as in the book's conversation; how many answers a wake-up of the server carries (the times",
+            "its threads were put on a CPU, over the answers) depends on how the load generator's sends",
+            "fall on its 1 ms timer ticks, and is given beside. Lower is better; the",
             "ratios are zen-server's over the reference's and over Redis's (answering `PING`). Target,",
             f"pinned: zen/reference at most {CPU_TARGET_REFERENCE:.2f} and zen/Redis at most {CPU_TARGET_REDIS:.2f}.",
             "Unpinned figures are reported, with no target.",
             "",
-            "| scenario | placement | zen-server (us/answer) | reference (us/answer) | Redis (us/answer) | zen/reference | zen/Redis | met | answers/s (zen / reference / Redis) | client CPU (zen / reference / Redis run) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| scenario | placement | zen-server (us/answer) | reference (us/answer) | Redis (us/answer) | zen/reference | zen/Redis | met | answers/s (zen / reference / Redis) | answers per wake-up (zen / reference / Redis) | client CPU (zen / reference / Redis run) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for scenario, title in CPU_SCENARIOS:
             for placement in placements:
@@ -200,6 +203,10 @@ def main(raw_path, out_dir):
                 }
                 zen, ref, redis = per_answer["zen"], per_answer["reference"], per_answer["redis"]
                 answers = " / ".join(fmt(summary([r["answers_per_sec"] for r in runs[server]])) for server in SERVERS)
+                per_wakeup = " / ".join(
+                    fmt(summary([r["answers_per_server_run"] for r in runs[server] if r.get("answers_per_server_run") is not None]), 1)
+                    for server in SERVERS
+                )
                 cpu = " / ".join(client_cpu(runs[server]) for server in SERVERS)
                 met = "-"
                 if placement == "pinned" and zen is not None and ref is not None:
@@ -207,7 +214,7 @@ def main(raw_path, out_dir):
                     met += "" if redis is not None else " (no Redis)"
                 lines.append(
                     f"| {title} | {placement} | {fmt(zen, 2)} | {fmt(ref, 2)} | {fmt(redis, 2)} | {fmt_ratio(zen, ref)} | "
-                    f"{fmt_ratio(zen, redis)} | {met} | {answers} | {cpu} |"
+                    f"{fmt_ratio(zen, redis)} | {met} | {answers} | {per_wakeup} | {cpu} |"
                 )
 
     if any(k[0] in dict(REDIS_SCENARIOS) and k[2] == "zen" for k in by_key):

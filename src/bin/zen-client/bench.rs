@@ -228,6 +228,10 @@ pub struct BenchReport {
     /// `server_cpu_seconds` per correct answer, in microseconds (with a server PID and at least
     /// one answer).
     pub server_cpu_us_per_answer: Option<f64>,
+    /// Correct answers per time the server's threads were put on a CPU while measured (with a
+    /// server PID whose threads all lived through the window): below saturation, how many
+    /// answers each wake-up of the server carried.
+    pub answers_per_server_run: Option<f64>,
     /// CPUs this process may run on (its affinity mask and CPU quota).
     pub client_cpus: usize,
     /// CPU time this process used while measured, as a percentage of the `client_cpus` CPUs
@@ -281,13 +285,19 @@ impl CpuReading {
 
     /// The CPU used between this reading and `later`.
     fn until(&self, later: &CpuReading) -> CpuUse {
-        let server = match (&self.server, &later.server) {
-            (Some(before), Some(after)) => before.iter().zip(after).map(|(before, after)| after.since(before)).sum(),
-            _ => None,
+        let pairs = || self.server.iter().zip(&later.server).flat_map(|(before, after)| before.iter().zip(after));
+        let (server, server_runs) = if self.server.is_some() && later.server.is_some() {
+            (
+                pairs().map(|(before, after)| after.since(before)).sum(),
+                pairs().map(|(before, after)| after.runs_since(before)).sum(),
+            )
+        } else {
+            (None, None)
         };
         CpuUse {
             wall: later.at.saturating_duration_since(self.at),
             server,
+            server_runs,
             client: later.client.zip(self.client).and_then(|(after, before)| after.checked_sub(before)),
         }
     }
@@ -298,6 +308,8 @@ impl CpuReading {
 struct CpuUse {
     wall: Duration,
     server: Option<Duration>,
+    /// Times the server's threads were put on a CPU.
+    server_runs: Option<u64>,
     client: Option<Duration>,
 }
 
@@ -494,6 +506,8 @@ fn report(
     let server_cpu_seconds = cpu.server.map(|used| used.as_secs_f64());
     let server_cpu_us_per_answer =
         server_cpu_seconds.filter(|_| total.answers > 0).map(|seconds| seconds * 1e6 / total.answers as f64);
+    let answers_per_server_run =
+        cpu.server_runs.filter(|&runs| runs > 0).map(|runs| total.answers as f64 / runs as f64);
     let client_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let client_cpu_percent = cpu
         .client
@@ -517,6 +531,7 @@ fn report(
         server_kib_per_conn: per_conn,
         server_cpu_seconds,
         server_cpu_us_per_answer,
+        answers_per_server_run,
         client_cpus,
         client_cpu_percent,
         client_bound: client_cpu_percent.is_some_and(|percent| percent > CLIENT_BOUND_PERCENT),
@@ -879,6 +894,9 @@ impl BenchReport {
             if let Some(per_answer) = self.server_cpu_us_per_answer {
                 text.push_str(&format!(", {per_answer:.2} us per answer"));
             }
+            if let Some(per_run) = self.answers_per_server_run {
+                text.push_str(&format!(", {per_run:.1} answers per wake-up"));
+            }
             text.push('\n');
         }
         let cpus = match self.client_cpus {
@@ -1007,12 +1025,15 @@ mod tests {
         let cpu = CpuUse {
             wall: Duration::from_secs(2),
             server: Some(Duration::from_millis(500)),
+            server_runs: Some(25_000),
             client: Some(Duration::ZERO),
         };
         let measured = report(&config(), &tally(100_000), None, None, &cpu);
         assert_eq!(measured.server_cpu_seconds, Some(0.5));
         assert_eq!(measured.server_cpu_us_per_answer, Some(5.0));
-        assert!(measured.to_text().contains("server cpu: 0.50 s, 5.00 us per answer"), "{}", measured.to_text());
+        assert_eq!(measured.answers_per_server_run, Some(4.0));
+        let text = measured.to_text();
+        assert!(text.contains("server cpu: 0.50 s, 5.00 us per answer, 4.0 answers per wake-up"), "{text}");
     }
 
     #[test]
@@ -1021,6 +1042,7 @@ mod tests {
         let busy = CpuUse {
             wall: Duration::from_secs(2),
             server: None,
+            server_runs: None,
             client: Some(Duration::from_secs(2) * 97 / 100 * cpus as u32),
         };
         let measured = report(&config(), &tally(10), None, None, &busy);
@@ -1041,7 +1063,8 @@ mod tests {
 
     #[test]
     fn without_a_server_pid_or_answers_there_is_no_cpu_per_answer() {
-        let cpu = CpuUse { wall: Duration::from_secs(2), server: None, client: Some(Duration::ZERO) };
+        let cpu =
+            CpuUse { wall: Duration::from_secs(2), server: None, server_runs: None, client: Some(Duration::ZERO) };
         let measured = report(&config(), &tally(10), None, None, &cpu);
         assert_eq!((measured.server_cpu_seconds, measured.server_cpu_us_per_answer), (None, None));
         assert!(!measured.to_text().contains("server cpu"));
@@ -1073,6 +1096,7 @@ mod tests {
             "server_kib_per_conn",
             "server_cpu_seconds",
             "server_cpu_us_per_answer",
+            "answers_per_server_run",
             "client_cpus",
             "client_cpu_percent",
             "client_bound",

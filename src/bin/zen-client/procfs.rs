@@ -33,13 +33,24 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
 }
 
 /// A reading of the CPU time a process has used: the whole process's, to the hundredth of a
-/// second ([`cpu_time`]), and each of its live threads', to the nanosecond (the first field of
-/// `/proc/PID/task/TID/schedstat`, the scheduler's own account).
+/// second ([`cpu_time`]), and each of its live threads', to the nanosecond, with the number of
+/// times each was put on a CPU (the first and third fields of `/proc/PID/task/TID/schedstat`,
+/// the scheduler's own account).
 #[derive(Debug, Clone)]
 pub struct CpuClock {
     process: Duration,
-    /// By thread ID; `None` if a thread's figure could not be read.
-    threads: Option<HashMap<u32, Duration>>,
+    /// By thread ID; `None` if a thread's figures could not be read.
+    threads: Option<Threads>,
+}
+
+/// Each live thread's figures, by thread ID.
+type Threads = HashMap<u32, ThreadClock>;
+
+/// One thread's figures in its `schedstat`.
+#[derive(Debug, Clone, Copy)]
+struct ThreadClock {
+    ran: Duration,
+    runs: u64,
 }
 
 impl CpuClock {
@@ -56,24 +67,42 @@ impl CpuClock {
     /// thread of `earlier` is still there (a thread's time is lost with it), otherwise to the
     /// hundredth of a second.
     pub fn since(&self, earlier: &CpuClock) -> Option<Duration> {
-        if let (Some(before), Some(after)) = (&earlier.threads, &self.threads)
-            && before.keys().all(|thread| after.contains_key(thread))
-        {
-            let total = |times: &HashMap<u32, Duration>| times.values().sum::<Duration>();
-            return total(after).checked_sub(total(before));
+        match self.threads_since(earlier) {
+            Some((before, after)) => {
+                let total = |threads: &Threads| threads.values().map(|clock| clock.ran).sum::<Duration>();
+                total(after).checked_sub(total(before))
+            }
+            None => self.process.checked_sub(earlier.process),
         }
-        self.process.checked_sub(earlier.process)
+    }
+
+    /// How many times the process's threads were put on a CPU between `earlier` and this
+    /// reading (below saturation, how many times they woke up); `None` unless every thread of
+    /// `earlier` is still there.
+    pub fn runs_since(&self, earlier: &CpuClock) -> Option<u64> {
+        let (before, after) = self.threads_since(earlier)?;
+        let total = |threads: &Threads| threads.values().map(|clock| clock.runs).sum::<u64>();
+        total(after).checked_sub(total(before))
+    }
+
+    /// Both readings' threads, if every thread of `earlier` is still there.
+    fn threads_since<'a>(&'a self, earlier: &'a CpuClock) -> Option<(&'a Threads, &'a Threads)> {
+        let (before, after) = (earlier.threads.as_ref()?, self.threads.as_ref()?);
+        before.keys().all(|thread| after.contains_key(thread)).then_some((before, after))
     }
 }
 
-/// Each live thread's CPU time, by thread ID.
-fn thread_times(pid: u32) -> Option<HashMap<u32, Duration>> {
+/// Each live thread's figures, by thread ID.
+fn thread_times(pid: u32) -> Option<Threads> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .map(|entry| {
             let thread: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let schedstat = std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/schedstat")).ok()?;
-            Some((thread, Duration::from_nanos(schedstat.split_whitespace().next()?.parse().ok()?)))
+            let mut fields = schedstat.split_whitespace().map(str::parse::<u64>);
+            let ran = Duration::from_nanos(fields.next()?.ok()?);
+            let runs = fields.nth(1)?.ok()?;
+            Some((thread, ThreadClock { ran, runs }))
         })
         .collect()
 }
@@ -141,6 +170,9 @@ mod tests {
         // The coarse clock is the precise one rounded to its ticks, at each end; other test
         // threads may run in between.
         assert!(precise.abs_diff(coarse) <= Duration::from_millis(100), "{precise:?} against {coarse:?}");
+        std::thread::sleep(Duration::from_millis(1));
+        let slept = CpuClock::read(pid).unwrap();
+        assert!(slept.runs_since(&after).is_some_and(|runs| runs >= 1), "slept and woke up: {slept:?}");
     }
 
     #[test]
