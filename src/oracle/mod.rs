@@ -11,7 +11,7 @@
 //!
 //! [`Ask`] and [`Answered`] travel between actors of one thread, so they go through
 //! same-thread [`Inbox`](crate::inbox::Inbox)es rather than actix mailboxes, which would box each message and queue
-//! it with atomic operations (four allocations per question, both ways): the replica handles
+//! it with atomic operations (two allocations per message, four per batch asked and answered): the replica handles
 //! its inbox's messages as a stream, the session takes its answers from its own.
 //!
 //! - [`table`]: [`AnswerTable`], validated on construction.

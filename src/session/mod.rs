@@ -232,7 +232,7 @@ impl ZenSession {
     {
         ZenSession::create(move |ctx| {
             let config = deps.config.get();
-            // The context's one item reads, takes the oracle's answers, and writes, in that
+            // The context's one item takes the oracle's answers, reads, and writes, in that
             // order; the context polls it after handling messages, so whatever is sent in a
             // poll is written at its end, in one write.
             ctx.spawn(Connection);
@@ -277,6 +277,11 @@ impl ZenSession {
         self.last_question = Instant::now();
         let read_at = Some(self.last_question);
         let (owed, cost) = (self.owed(), questions.cost(self.deps.answer_bound.get()));
+        if self.slots.capacity() == 0 {
+            // Room for one batch, not the four a first push would make: a client asking one
+            // question at a time needs no more, and an idle connection keeps what it has.
+            self.slots.reserve_exact(1);
+        }
         if owed + cost <= self.flow.high_water() {
             // The usual case, all at once.
             let seq = self.first_seq + self.slots.len() as u64;
@@ -567,8 +572,8 @@ impl ZenSession {
     }
 }
 
-/// The one item of a session's context, polled whenever the session is: reads what the client
-/// sent, takes the oracle's answers, and writes out what is ready (closing the sink when asked
+/// The one item of a session's context, polled whenever the session is: takes the oracle's
+/// answers, reads what the client sent, and writes out what is ready (closing the sink when asked
 /// to). The session ends by stopping its context, never by this item ending.
 struct Connection;
 
@@ -582,10 +587,12 @@ impl ActorFuture<ZenSession> for Connection {
         task: &mut task::Context<'_>,
     ) -> task::Poll<()> {
         if ctx.state().alive() {
-            session.read_questions(ctx, task);
+            // Answers first: what they settle is no longer counted at its upper bound when
+            // the questions read next are weighed against what may be owed.
             while let task::Poll::Ready(answered) = session.answers.poll_recv(task) {
                 session.answered(answered, ctx);
             }
+            session.read_questions(ctx, task);
             session.poll_sink(ctx, task);
         }
         task::Poll::Pending

@@ -76,6 +76,10 @@ impl AnswerSink {
     pub fn send(&mut self, answers: Answers) {
         let bytes = answers.into_bytes();
         self.backlog += bytes.len();
+        if self.waiting.capacity() == 0 {
+            // Room for one batch, not the four a first push would make (see `KEEP_QUEUE_SLOTS`).
+            self.waiting.reserve_exact(1);
+        }
         self.waiting.push_back(bytes);
     }
 

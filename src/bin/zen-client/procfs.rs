@@ -12,6 +12,10 @@ use std::{collections::HashMap, io, time::Duration};
 /// whatever the kernel's own tick rate.
 const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
+/// How far a difference of two readings of `/proc/PID/stat` can be from the exact time: a tick
+/// at each end.
+const PROCESS_CLOCK_ROUNDING: Duration = Duration::from_millis(2 * 1000 / CLOCK_TICKS_PER_SECOND);
+
 /// Resident memory of process `pid`, in KiB (`VmRSS` in `/proc/PID/status`); `None` if the
 /// process is gone or the system does not say.
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -64,21 +68,22 @@ impl CpuClock {
     }
 
     /// The CPU time used between `earlier` and this reading: to the nanosecond when every
-    /// thread of `earlier` is still there (a thread's time is lost with it), otherwise to the
-    /// hundredth of a second.
+    /// thread of `earlier` is still there, otherwise to the hundredth of a second. A thread
+    /// that began and ended between the readings is in neither; when the threads' sum falls
+    /// short of the whole process's by more than the latter's rounding (or a kernel reports no
+    /// times in `schedstat`), the whole process's is taken.
     pub fn since(&self, earlier: &CpuClock) -> Option<Duration> {
-        match self.threads_since(earlier) {
-            Some((before, after)) => {
-                let total = |threads: &Threads| threads.values().map(|clock| clock.ran).sum::<Duration>();
-                total(after).checked_sub(total(before))
-            }
-            None => self.process.checked_sub(earlier.process),
-        }
+        let process = self.process.checked_sub(earlier.process)?;
+        let Some((before, after)) = self.threads_since(earlier) else { return Some(process) };
+        let total = |threads: &Threads| threads.values().map(|clock| clock.ran).sum::<Duration>();
+        let threads = total(after).checked_sub(total(before))?;
+        Some(if threads + PROCESS_CLOCK_ROUNDING < process { process } else { threads })
     }
 
     /// How many times the process's threads were put on a CPU between `earlier` and this
-    /// reading (below saturation, how many times they woke up); `None` unless every thread of
-    /// `earlier` is still there.
+    /// reading (below saturation, about how many times they woke up: a preempted thread counts
+    /// again, and a thread that began and ended between the readings not at all); `None` unless
+    /// every thread of `earlier` is still there.
     pub fn runs_since(&self, earlier: &CpuClock) -> Option<u64> {
         let (before, after) = self.threads_since(earlier)?;
         let total = |threads: &Threads| threads.values().map(|clock| clock.runs).sum::<u64>();
@@ -173,6 +178,31 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1));
         let slept = CpuClock::read(pid).unwrap();
         assert!(slept.runs_since(&after).is_some_and(|runs| runs >= 1), "slept and woke up: {slept:?}");
+    }
+
+    #[test]
+    fn the_threads_sum_gives_way_to_the_whole_process_when_it_falls_short() {
+        let clock = |process_ms: u64, threads: &[(u32, u64)]| CpuClock {
+            process: Duration::from_millis(process_ms),
+            threads: Some(
+                threads
+                    .iter()
+                    .map(|&(thread, ran_us)| (thread, ThreadClock { ran: Duration::from_micros(ran_us), runs: ran_us }))
+                    .collect(),
+            ),
+        };
+        let before = clock(1_000, &[(1, 600_000), (2, 400_000)]);
+        // Every thread there, a new one too: to the microsecond, within the rounding.
+        let after = clock(1_020, &[(1, 612_345), (2, 400_001), (3, 5)]);
+        assert_eq!(after.since(&before), Some(Duration::from_micros(12_351)));
+        assert_eq!(after.runs_since(&before), Some(12_351));
+        // A thread that came and went in between took 100 ms with it.
+        let after = clock(1_120, &[(1, 612_345), (2, 400_001)]);
+        assert_eq!(after.since(&before), Some(Duration::from_millis(120)));
+        // A thread gone: the whole process's figure, and no count of runs.
+        let after = clock(1_050, &[(1, 640_000)]);
+        assert_eq!(after.since(&before), Some(Duration::from_millis(50)));
+        assert_eq!(after.runs_since(&before), None);
     }
 
     #[test]
