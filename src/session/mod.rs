@@ -80,9 +80,9 @@ use crate::{
     protocol::{Answer, Answers, Questions},
 };
 
-/// What a session costs besides its buffers: its actor, mailbox, write half and place in the
-/// registry. An idle connection measures about 2.4 KiB in all, its 256-byte read buffer
-/// included (`scripts/bench.sh`, 10,000 idle connections).
+/// What a session costs besides its buffers: its actor, mailbox, inbox, both halves of its
+/// connection and place in the registry. An idle connection measures about 2.2 KiB in all, its
+/// 256-byte read buffer included (`scripts/bench.sh`, 10,000 idle connections).
 pub const SESSION_BYTES: usize = 3 * 1024;
 
 /// Events read and handled in one poll of a session at most.
