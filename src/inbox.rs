@@ -127,7 +127,7 @@ impl<M> Stream for Inbox<M> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         sync::{
             Arc,
@@ -138,7 +138,8 @@ mod tests {
 
     use super::*;
 
-    struct CountWakes(AtomicUsize);
+    /// A waker that counts how many times it was woken (for the tests of whatever keeps one).
+    pub(crate) struct CountWakes(pub(crate) AtomicUsize);
 
     impl Wake for CountWakes {
         fn wake(self: Arc<Self>) {

@@ -54,23 +54,10 @@ impl Flow {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicUsize, Ordering},
-        },
-        task::Wake,
-    };
+    use std::sync::{Arc, atomic::Ordering};
 
     use super::*;
-
-    struct CountWakes(AtomicUsize);
-
-    impl Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::inbox::tests::CountWakes;
 
     #[test]
     fn owing_more_than_the_mark_pauses_and_owing_half_resumes_with_a_wake() {
