@@ -10,9 +10,10 @@
 //! batch of questions is always answered from one table, never a mix of two.
 //!
 //! [`Ask`] and [`Answered`] travel between actors of one thread, so they go through
-//! same-thread [`Inbox`](crate::inbox::Inbox)es rather than actix mailboxes, which would box each message and queue
-//! it with atomic operations (two allocations per message, four per batch asked and answered): the replica handles
-//! its inbox's messages as a stream, the session takes its answers from its own.
+//! same-thread [`Inbox`](crate::inbox::Inbox)es rather than actix mailboxes, which would box
+//! each message and queue it with atomic operations (two allocations per message, four per
+//! batch asked and answered): the replica handles its inbox's messages as a stream, the session
+//! takes its answers from its own.
 //!
 //! - [`table`]: [`AnswerTable`], validated on construction.
 //! - [`lookup`]: answering one question, with fault injection and panic containment.
