@@ -6,8 +6,8 @@
 //! replica, and the answers that come back, never leave that thread. An `Inbox` holds them in
 //! a plain queue instead, which allocates only while it grows, and wakes the receiving actor's
 //! task when a message arrives. The receiving actor takes its messages in the order they were
-//! sent: as a stream handled by its `StreamHandler` (`ctx.add_stream(inbox)`), or with
-//! [`Inbox::poll_recv`] from one of its context's items.
+//! sent: as a stream handled by its `StreamHandler` ([`start`]), or with [`Inbox::poll_recv`]
+//! from one of its context's items.
 //!
 //! A message sent to an inbox whose receiving half is gone comes back to its sender.
 
@@ -19,6 +19,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
+use actix::{Actor, AsyncContext, StreamHandler};
 use futures_core::Stream;
 
 /// The receiving half: owned by the actor the messages are for.
@@ -49,12 +50,23 @@ struct Queue<M> {
 
 /// A new inbox and its first sender.
 pub fn inbox<M>() -> (Sender<M>, Inbox<M>) {
-    let shared = Rc::new(Shared {
-        queue: RefCell::new(Queue { first: None, rest: VecDeque::new() }),
-        receiver: Cell::new(None),
-        closed: Cell::new(false),
+    let inbox = Inbox::default();
+    (inbox.sender(), inbox)
+}
+
+/// Starts `actor` on the current thread, handling the messages of a new inbox as a stream;
+/// returns the inbox's sender.
+pub fn start<A, M>(actor: A) -> Sender<M>
+where
+    A: Actor<Context = actix::Context<A>> + StreamHandler<M>,
+    M: 'static,
+{
+    let (sender, inbox) = inbox();
+    A::create(|ctx| {
+        ctx.add_stream(inbox);
+        actor
     });
-    (Sender { shared: shared.clone() }, Inbox { shared })
+    sender
 }
 
 impl<M> Sender<M> {
@@ -93,6 +105,11 @@ impl<M> Clone for Sender<M> {
 }
 
 impl<M> Inbox<M> {
+    /// A sender to this inbox.
+    pub fn sender(&self) -> Sender<M> {
+        Sender { shared: self.shared.clone() }
+    }
+
     /// The next message, or `Pending` with the task's waker kept until one is sent.
     pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<M> {
         let mut queue = self.shared.queue.borrow_mut();
@@ -104,6 +121,19 @@ impl<M> Inbox<M> {
             _ => self.shared.receiver.set(Some(cx.waker().clone())),
         }
         Poll::Pending
+    }
+}
+
+/// An empty inbox; [`Inbox::sender`] gives its senders.
+impl<M> Default for Inbox<M> {
+    fn default() -> Self {
+        Self {
+            shared: Rc::new(Shared {
+                queue: RefCell::new(Queue { first: None, rest: VecDeque::new() }),
+                receiver: Cell::new(None),
+                closed: Cell::new(false),
+            }),
+        }
     }
 }
 

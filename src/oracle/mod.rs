@@ -181,13 +181,7 @@ impl Oracle {
 impl StartedOracle {
     /// Starts a replica on the current thread, for the sessions of this thread to ask.
     pub fn start_replica(&self) -> Asks {
-        let (asks, inbox) = inbox::inbox();
-        let (shared, metrics) = (self.shared.clone(), self.metrics.clone());
-        OracleReplica::create(move |ctx| {
-            ctx.add_stream(inbox);
-            OracleReplica { shared, tally: Rc::default(), metrics }
-        });
-        asks
+        inbox::start(OracleReplica { shared: self.shared.clone(), tally: Rc::default(), metrics: self.metrics.clone() })
     }
 
     /// The longest answer the oracle can give, kept up to date across replacements.

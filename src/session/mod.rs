@@ -74,7 +74,7 @@ use self::{
 use crate::{
     admission::Permit,
     codec::{CodecError, Incoming, READ_BUFFER_BYTES},
-    inbox::{self, Inbox},
+    inbox::Inbox,
     metrics::{CloseReason, Metrics, Outcome, Tally},
     oracle::{AnswerBound, Answered, Ask, Asks},
     protocol::{Answer, Answers, Questions},
@@ -198,9 +198,7 @@ pub struct ZenSession {
     info: SessionInfo,
     deps: Rc<SessionDeps>,
     key: RegistryKey,
-    /// Where the oracle sends this session's answers: `answers`.
-    reply_to: inbox::Sender<Answered>,
-    /// The oracle's answers, taken by [`Connection`] before it writes.
+    /// The oracle's answers, sent by the replica to this inbox and taken by [`Connection`].
     answers: Inbox<Answered>,
     /// Counts this connection as admitted until the session is dropped.
     permit: Permit,
@@ -236,14 +234,12 @@ impl ZenSession {
             // order; the context polls it after handling messages, so whatever is sent in a
             // poll is written at its end, in one write.
             ctx.spawn(Connection);
-            let (reply_to, answers) = inbox::inbox();
             let now = Instant::now();
             let key = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
             ZenSession {
                 info,
                 key,
-                reply_to,
-                answers,
+                answers: Inbox::default(),
                 deps,
                 permit,
                 sink: AnswerSink::new(Box::new(write)),
@@ -340,7 +336,7 @@ impl ZenSession {
 
     fn send_to_oracle(&mut self, questions: Questions, seq: u64) {
         // The replica's inbox has no bound: the session bounds what it has at the oracle itself.
-        let ask = Ask { questions, seq, reply_to: self.reply_to.clone() };
+        let ask = Ask { questions, seq, reply_to: self.answers.sender() };
         if let Err(Ask { questions, .. }) = self.deps.oracle.send(ask) {
             tracing::error!(parent: &self.span(), "oracle is gone; answering with internal errors");
             let count = questions.len();
@@ -648,6 +644,7 @@ mod tests {
     use super::*;
     use crate::{
         admission::Admission,
+        inbox,
         protocol::{AnswersBuilder, Question},
     };
 
@@ -678,16 +675,6 @@ mod tests {
                 let _ = reply_to.send(Answered { seq, answers: answers.finish() });
             }));
         }
-    }
-
-    /// Starts `oracle` on the current thread, asked through an inbox as a replica is.
-    fn start_oracle<O: StreamHandler<Ask> + Actor<Context = Context<O>>>(oracle: O) -> Asks {
-        let (asks, inbox) = inbox::inbox();
-        O::create(|ctx| {
-            ctx.add_stream(inbox);
-            oracle
-        });
-        asks
     }
 
     struct Harness {
@@ -746,7 +733,7 @@ mod tests {
 
     fn echo_session(config: SessionConfig) -> Harness {
         let (seen, asked) = mpsc::unbounded_channel();
-        let (client, live, registry) = start_session(start_oracle(EchoOracle(seen)), config);
+        let (client, live, registry) = start_session(inbox::start(EchoOracle(seen)), config);
         Harness { client, live, registry, asked }
     }
 
@@ -1020,7 +1007,7 @@ mod tests {
             String::from_utf8_lossy(answer.as_bytes()).into_owned(),
         )]);
         let (batches, asked) = mpsc::unbounded_channel();
-        let oracle = start_oracle(SizedOracle { answer: answer.clone(), batches });
+        let oracle = inbox::start(SizedOracle { answer: answer.clone(), batches });
         let config = SessionConfig { max_pending_bytes, ..config(64) };
         let (client, live, _registry) = start_session_bounded(oracle, AnswerBound::of(&table.unwrap()), config);
         (client, live, asked, answer)
