@@ -246,7 +246,9 @@ impl ZenSession {
                 flow: Flow::new(config.max_pending_bytes),
                 reader: Some(QuestionReader::new(Box::new(read), config.max_question_bytes)),
                 phase: Phase::Serving,
-                slots: VecDeque::new(),
+                // Room for one batch, not the four a first push would make: a client asking
+                // one question at a time needs no more, and an idle connection keeps it.
+                slots: VecDeque::with_capacity(1),
                 first_seq: 0,
                 owed_in_slots: 0,
                 last_question: now,
@@ -273,11 +275,6 @@ impl ZenSession {
         self.last_question = Instant::now();
         let read_at = Some(self.last_question);
         let (owed, cost) = (self.owed(), questions.cost(self.deps.answer_bound.get()));
-        if self.slots.capacity() == 0 {
-            // Room for one batch, not the four a first push would make: a client asking one
-            // question at a time needs no more, and an idle connection keeps what it has.
-            self.slots.reserve_exact(1);
-        }
         if owed + cost <= self.flow.high_water() {
             // The usual case, all at once.
             let seq = self.first_seq + self.slots.len() as u64;

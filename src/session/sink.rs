@@ -41,6 +41,10 @@ const MAX_SLICES_PER_WRITE: usize = 64;
 /// burst does not cost an idle connection memory for the rest of its life.
 const KEEP_QUEUE_SLOTS: usize = 16;
 
+/// Batches a queue has room for at first and after a burst: one, not the four a first push
+/// would make; a client asking one question at a time needs no more.
+const QUEUE_SLOTS_AT_FIRST: usize = 1;
+
 /// The sending side of one client's connection.
 pub struct AnswerSink {
     io: Box<dyn AsyncWrite + Unpin>,
@@ -62,7 +66,7 @@ impl AnswerSink {
     pub fn new(io: Box<dyn AsyncWrite + Unpin>) -> Self {
         Self {
             io,
-            waiting: VecDeque::new(),
+            waiting: VecDeque::with_capacity(QUEUE_SLOTS_AT_FIRST),
             backlog: 0,
             stalled_since: None,
             closing: false,
@@ -76,10 +80,6 @@ impl AnswerSink {
     pub fn send(&mut self, answers: Answers) {
         let bytes = answers.into_bytes();
         self.backlog += bytes.len();
-        if self.waiting.capacity() == 0 {
-            // Room for one batch, not the four a first push would make (see `KEEP_QUEUE_SLOTS`).
-            self.waiting.reserve_exact(1);
-        }
         self.waiting.push_back(bytes);
     }
 
@@ -146,7 +146,7 @@ impl AnswerSink {
         }
         self.stalled_since = None;
         if self.waiting.capacity() > KEEP_QUEUE_SLOTS {
-            self.waiting = VecDeque::new();
+            self.waiting = VecDeque::with_capacity(QUEUE_SLOTS_AT_FIRST);
         }
         Poll::Ready(Ok(()))
     }
