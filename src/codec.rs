@@ -17,15 +17,6 @@ use tokio_util::codec::Decoder;
 
 use crate::protocol::{QUESTION_END, Questions, is_leading_whitespace};
 
-/// Size of a connection's read buffer: a few questions (they are short), and enough for a
-/// pipelining client's burst in one or two reads. It grows only for a long unfinished question.
-pub const READ_BUFFER_BYTES: usize = 256;
-
-/// Free space the decoder keeps in the read buffer, so that every read can take at least this
-/// much (taking questions off the front of the buffer shrinks its free space; when too little is
-/// left, the buffer is moved back to the start of its allocation).
-const MIN_READ_SPACE: usize = 128;
-
 /// What the decoder found in the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
@@ -142,9 +133,6 @@ impl Decoder for ZenCodec {
             return Ok(self.reject(src, batch));
         }
         src.advance(position - complete);
-        if src.capacity() - src.len() < MIN_READ_SPACE {
-            src.reserve(READ_BUFFER_BYTES);
-        }
         Ok((!batch.is_empty()).then_some(Incoming::Questions(batch)))
     }
 

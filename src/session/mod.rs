@@ -67,13 +67,13 @@ use tokio::{
 
 use self::{
     flow::Flow,
-    reader::QuestionReader,
+    reader::{QuestionReader, READ_BUFFER_BYTES},
     registry::{Notice, RegistryKey, SessionRegistry},
     sink::AnswerSink,
 };
 use crate::{
     admission::Permit,
-    codec::{CodecError, Incoming, READ_BUFFER_BYTES},
+    codec::{CodecError, Incoming},
     inbox::Inbox,
     metrics::{CloseReason, Metrics, Outcome, Tally},
     oracle::{AnswerBound, Answered, Ask, Asks},

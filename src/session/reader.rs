@@ -14,7 +14,17 @@ use bytes::BytesMut;
 use tokio::io::AsyncRead;
 use tokio_util::{codec::Decoder, io::poll_read_buf};
 
-use crate::codec::{CodecError, Incoming, READ_BUFFER_BYTES, ZenCodec};
+use crate::codec::{CodecError, Incoming, ZenCodec};
+
+/// Size of a connection's read buffer: a few questions (they are short), and enough for a
+/// pipelining client's burst in one or two reads. It grows only for a long unfinished question.
+pub const READ_BUFFER_BYTES: usize = 256;
+
+/// Free space the reader makes sure of before every read, so that no read takes less than this
+/// much for want of room (taking questions off the front of the buffer shrinks its free space;
+/// when too little is left, the buffer is moved back to the start of its allocation, or grows
+/// by doubling if an unfinished question fills it).
+const MIN_READ_SPACE: usize = 128;
 
 /// Reads a connection and decodes what it reads.
 pub struct QuestionReader {
@@ -71,7 +81,9 @@ impl QuestionReader {
                 return Poll::Ready(Some(incoming));
             }
             self.state = ReadState::Reading;
-            self.buffer.reserve(1);
+            if self.buffer.capacity() - self.buffer.len() < MIN_READ_SPACE {
+                self.buffer.reserve(READ_BUFFER_BYTES);
+            }
             match ready!(poll_read_buf(Pin::new(&mut self.read), cx, &mut self.buffer)) {
                 Ok(0) => self.state = ReadState::AtEof,
                 Ok(read) => {
@@ -96,5 +108,52 @@ impl QuestionReader {
             self.state = ReadState::Ended;
         }
         decoded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, io, rc::Rc, task::Waker};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// Gives one question per read, `left` times, then end of file; records the room each read
+    /// offered.
+    struct OneQuestionAtATime {
+        left: usize,
+        offered: Rc<RefCell<Vec<usize>>>,
+    }
+
+    impl AsyncRead for OneQuestionAtATime {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            self.offered.borrow_mut().push(buf.remaining());
+            if self.left > 0 {
+                self.left -= 1;
+                buf.put_slice(b"Beautiful is better than?");
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn every_read_is_offered_at_least_the_minimum_room_in_a_buffer_that_stays_its_size() {
+        let offered = Rc::default();
+        let connection = OneQuestionAtATime { left: 100, offered: Rc::clone(&offered) };
+        let mut reader = QuestionReader::new(Box::new(connection), 1024);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut questions = 0;
+        while let Poll::Ready(Some(incoming)) = reader.poll_next(&mut cx, |_| {}) {
+            assert!(matches!(incoming, Ok(Incoming::Questions(_))), "{incoming:?}");
+            questions += 1;
+        }
+        assert_eq!(questions, 100);
+        let offered = offered.borrow();
+        assert_eq!(offered.len(), 101, "one read per question, and the one finding end of file");
+        assert!(offered.iter().all(|&room| room >= MIN_READ_SPACE), "{offered:?}");
+        // What is left of the allocation from where the buffer now starts: never more than it
+        // was made with, so it was moved back to its start rather than grown.
+        assert!(reader.buffer.capacity() <= READ_BUFFER_BYTES, "grew to {}", reader.buffer.capacity());
     }
 }
