@@ -285,14 +285,15 @@ impl CpuReading {
 
     /// The CPU used between this reading and `later`.
     fn until(&self, later: &CpuReading) -> CpuUse {
-        let pairs = || self.server.iter().zip(&later.server).flat_map(|(before, after)| before.iter().zip(after));
-        let (server, server_runs) = if self.server.is_some() && later.server.is_some() {
-            (
-                pairs().map(|(before, after)| after.since(before)).sum(),
-                pairs().map(|(before, after)| after.runs_since(before)).sum(),
-            )
-        } else {
-            (None, None)
+        let (server, server_runs) = match (&self.server, &later.server) {
+            (Some(before), Some(after)) => {
+                let pairs = || before.iter().zip(after);
+                (
+                    pairs().map(|(before, after)| after.since(before)).sum(),
+                    pairs().map(|(before, after)| after.runs_since(before)).sum(),
+                )
+            }
+            _ => (None, None),
         };
         CpuUse {
             wall: later.at.saturating_duration_since(self.at),
