@@ -598,14 +598,17 @@ pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
     socket.into()
 }
 
+/// The ports [`free_port`] and [`free_port_below_ephemeral`] gave out in this test process:
+/// neither gives one twice (two binds to port 0 in a row can get the same port).
+static PORTS_GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
 /// A port nothing uses right now on any address (bound, then let go), for settings and tools
-/// that need a port number up front rather than port 0; never the same twice in one test
-/// process (two binds to port 0 in a row can get the same port).
+/// that need a port number up front rather than port 0; never one given before in this test
+/// process.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
+        let mut given = PORTS_GIVEN.lock().unwrap();
         if !given.contains(&port) {
             given.push(port);
             return port;
@@ -618,7 +621,6 @@ pub fn free_port() -> u16 {
 /// returned twice in one test process, so a server restarted on it while clients connect (and
 /// other tests pick ports) finds it free again.
 pub fn free_port_below_ephemeral() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     const LOWEST: u16 = 10_000;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let ephemeral = range.split_whitespace().next().and_then(|low| low.parse().ok()).unwrap_or(32_768_u16);
@@ -627,7 +629,7 @@ pub fn free_port_below_ephemeral() -> u16 {
     // Where to start looking: somewhere else in each test process.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let start = nanos ^ std::process::id();
-    let mut given = GIVEN.lock().unwrap();
+    let mut given = PORTS_GIVEN.lock().unwrap();
     let port = (0..span)
         .map(|step| LOWEST + u16::try_from(start.wrapping_add(step) % span).unwrap())
         .find(|port| !given.contains(port) && std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok())

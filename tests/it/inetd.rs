@@ -297,7 +297,7 @@ impl Drop for Inetd {
 #[test]
 #[ignore = "needs openbsd-inetd: apt-get install openbsd-inetd"]
 fn the_shipped_lines_under_openbsd_inetd_answer_only_and_the_wait_mode_server_exits_when_idle() {
-    // Two ports that cannot be the same (two picks of port 0 can be).
+    // Fixed ports, as a deployment's are: never an outgoing connection's, never the same twice.
     let (nowait_port, wait_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
     let mut inetd = Inetd::start(nowait_port, wait_port);
 
