@@ -428,9 +428,6 @@ impl ZenSession {
                     return;
                 }
             }
-            if !ctx.state().alive() {
-                return;
-            }
         }
         task.waker().wake_by_ref();
     }
