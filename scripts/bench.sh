@@ -71,6 +71,7 @@ fi
 cargo build --release --features yardstick --bins
 zen="$target/release/zen-server"
 reference="$target/release/plain-tokio"
+actix="$target/release/plain-actix"
 client="$target/release/zen-client"
 redis="$(command -v redis-server || true)"
 if [ -z "$redis" ]; then
@@ -163,6 +164,7 @@ start_server() {
            ZEN_SERVER__LISTEN= ZEN_TLS__LISTEN=127.0.0.1:0 ZEN_TLS__CERT_FILE="$tls_dir/server.pem" \
            ZEN_TLS__KEY_FILE="$tls_dir/server.key" $2 "$zen" 2>"$log" & ;;
     reference) $2 "$reference" --listen 127.0.0.1:0 2>"$log" & ;;
+    actix) $2 "$actix" --listen 127.0.0.1:0 2>"$log" & ;;
     redis)
       # Port 0 means "no TCP" to Redis. In the foreground, logging to standard output, writing
       # no snapshot and no append-only file.
@@ -328,11 +330,14 @@ scenarios="$scenarios c50x16 cpu50k cpu10k churn idle many"
 if [ -n "$tls_dir" ]; then scenarios="$scenarios tls50k tlschurn"; fi
 # Where Redis runs too: CPU per answer at a fixed rate, and saturated throughput.
 redis_scenarios=" cpu50k cpu10k c50x1 c50x16 c1000x1 "
+# Where the same design written plainly in actix runs too: the same, and churn.
+actix_scenarios=" cpu50k cpu10k c50x1 c50x16 c1000x1 churn "
 
 for placement in $placements; do
   for scenario in $scenarios; do
     if [ -n "$only" ] && [[ "$only" != *" $scenario "* ]]; then continue; fi
     servers="zen reference"
+    if [[ "$actix_scenarios" == *" $scenario "* ]]; then servers="$servers actix"; fi
     if [ -n "$redis" ] && [[ "$redis_scenarios" == *" $scenario "* ]]; then servers="$servers redis"; fi
     case "$scenario" in
       tls50k) servers="zen-tls ${redis_tls:+redis-tls} ${stunnel:+stunnel}" ;;

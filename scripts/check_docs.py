@@ -7,7 +7,9 @@ Reads README.md and docs/*.md (code blocks included) and checks:
   `config/zen-server.toml`, `.ci/run`, ...) exists;
 - every module they name as `zen_server::a::b` is a module of the library (src/a/b.rs or
   src/a/b/mod.rs), up to its first item (a name in CamelCase);
-- every link to a file of the project, and every `#anchor`, leads to a heading that exists.
+- every link to a file of the project, and every `#anchor`, leads to a heading that exists;
+- the table of each actor's messages in docs/architecture.md lists exactly the `Handler<_>` and
+  `StreamHandler<_>` implementations of every actor of the library (its tests left out).
 
 Each problem is printed with the document and line; the exit code is 1 if there is any.
 
@@ -78,9 +80,62 @@ def check(root: Path) -> list[str]:
     return problems
 
 
+ACTOR_TABLE_HEADING = "### Each actor's messages"
+HANDLER_ROW = re.compile(r"^\| `(\w+)`[^|]*\|[^|]*\|(.*)\|\s*$")
+
+
+def handler_impls(root: Path) -> dict[str, set[str]]:
+    """Every actor of the library's sources and its handlers, as `Handler<M>` or `StreamHandler<M>`."""
+    found: dict[str, set[str]] = {}
+    for source in sorted((root / "src").rglob("*.rs")):
+        if source.name == "tests.rs" or "bin" in source.relative_to(root / "src").parts:
+            continue
+        text = source.read_text()
+        text = text.split("#[cfg(test)]\nmod tests", 1)[0]
+        for match in re.finditer(r"\bimpl(?:<[^>]*>)?\s+((?:Stream)?Handler)<", text):
+            depth, end = 1, match.end()
+            while depth and end < len(text):
+                depth += {"<": 1, ">": -1}.get(text[end], 0)
+                end += 1
+            message = " ".join(text[match.end() : end - 1].split())
+            actor = re.match(r"\s+for\s+(\w+)", text[end:])
+            if actor:
+                found.setdefault(actor.group(1), set()).add(f"{match.group(1)}<{message}>")
+    return found
+
+
+def check_actor_table(root: Path) -> list[str]:
+    """The table of each actor's messages against the handlers in the code."""
+    document = root / "docs" / "architecture.md"
+    lines = document.read_text().splitlines()
+    if ACTOR_TABLE_HEADING not in lines:
+        return [f"docs/architecture.md: no section {ACTOR_TABLE_HEADING!r}"]
+    listed: dict[str, tuple[int, set[str]]] = {}
+    for number, line in enumerate(lines[lines.index(ACTOR_TABLE_HEADING) :], lines.index(ACTOR_TABLE_HEADING) + 1):
+        if line.startswith("#") and number > lines.index(ACTOR_TABLE_HEADING) + 1:
+            break
+        if (row := HANDLER_ROW.match(line)) and row.group(1) != "actor":
+            listed[row.group(1)] = (number, set(re.findall(r"`([^`]+)`", row.group(2))))
+    problems = []
+    code = handler_impls(root)
+    for actor, handlers in sorted(code.items()):
+        if actor not in listed:
+            problems.append(f"docs/architecture.md: the actor {actor} ({', '.join(sorted(handlers))}) is not in the table")
+            continue
+        number, documented = listed[actor]
+        for missing in sorted(handlers - documented):
+            problems.append(f"docs/architecture.md:{number}: {actor} implements {missing}, which the table omits")
+        for extra in sorted(documented - handlers):
+            problems.append(f"docs/architecture.md:{number}: {actor} has no {extra}")
+    for actor, (number, _) in sorted(listed.items()):
+        if actor not in code:
+            problems.append(f"docs/architecture.md:{number}: {actor} is no actor of the library")
+    return problems
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent)
-    problems = check(root)
+    problems = check(root) + check_actor_table(root)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

@@ -167,11 +167,11 @@ impl App {
         }
         let server = server.start();
         let notifier = Notifier::from_env();
-        let control = Control::new(server.clone(), oracle.owner.clone(), notifier, serving, settings.clone(), reload)
+        let control = Control::new(server.clone(), oracle.addr.clone(), notifier, serving, settings.clone(), reload)
             .with_metrics(metrics)
             .with_tls(acceptor);
         let control = control_context.run(control);
-        Ok(App { server, oracle: oracle.owner, control, addrs, threads })
+        Ok(App { server, oracle: oracle.addr, control, addrs, threads })
     }
 
     /// Stops the worker threads and waits for them, up to [`THREAD_STOP_TIMEOUT`]: a thread

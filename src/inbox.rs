@@ -5,9 +5,10 @@
 //! few dozen atomic instructions per message. The questions a session asks its thread's oracle
 //! replica, and the answers that come back, never leave that thread. An `Inbox` holds them in
 //! a plain queue instead, which allocates only while it grows, and wakes the receiving actor's
-//! task when a message arrives. The receiving actor takes its messages in the order they were
-//! sent: as a stream handled by its `StreamHandler` ([`start`]), or with [`Inbox::poll_recv`]
-//! from one of its context's items.
+//! task when a message arrives. An inbox is a stream of messages: the receiving actor registers
+//! it on its context with `add_message_stream`, and handles each message, in the order sent,
+//! with its `Handler` for that message type, as it would one from its actix mailbox
+//! ([`start`]).
 //!
 //! A message sent to an inbox whose receiving half is gone comes back to its sender.
 
@@ -19,7 +20,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use actix::{Actor, AsyncContext, StreamHandler};
+use actix::{Actor, AsyncContext, Handler, Message};
 use futures_core::Stream;
 
 /// The receiving half: owned by the actor the messages are for.
@@ -54,16 +55,16 @@ pub fn inbox<M>() -> (Sender<M>, Inbox<M>) {
     (inbox.sender(), inbox)
 }
 
-/// Starts `actor` on the current thread, handling the messages of a new inbox as a stream;
-/// returns the inbox's sender.
+/// Starts `actor` on the current thread, handling the messages of a new inbox with its
+/// `Handler<M>`; returns the inbox's sender.
 pub fn start<A, M>(actor: A) -> Sender<M>
 where
-    A: Actor<Context = actix::Context<A>> + StreamHandler<M>,
-    M: 'static,
+    A: Actor<Context = actix::Context<A>> + Handler<M>,
+    M: Message + 'static,
 {
     let (sender, inbox) = inbox();
     A::create(|ctx| {
-        ctx.add_stream(inbox);
+        ctx.add_message_stream(inbox);
         actor
     });
     sender

@@ -420,6 +420,12 @@ impl Tally {
     pub fn sent(&self, bytes: usize) {
         add(&self.sent_bytes, bytes as u64);
     }
+
+    /// Connections ended for `reason` so far (for tests: what ended a connection, not only that it did).
+    #[cfg(test)]
+    pub(crate) fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].get()
+    }
 }
 
 fn add(cell: &Cell<u64>, count: u64) {

@@ -193,6 +193,12 @@ impl Questions {
         self.count == 0
     }
 
+    /// These questions, then `more`, as one batch (copied).
+    pub fn followed_by(&self, more: &Questions) -> Questions {
+        let bytes = [&self.bytes[..], &more.bytes[..]].concat();
+        Self { bytes: bytes.into(), count: self.count + more.count }
+    }
+
     /// What these questions cost when each costs its own bytes plus `per_question`.
     pub fn cost(&self, per_question: usize) -> usize {
         self.bytes.len().saturating_add(self.count.saturating_mul(per_question))

@@ -1,19 +1,26 @@
-//! The oracle: one owner of the answer table, on the control thread, and a replica of it on
-//! each worker thread, which the sessions of that thread ask.
+//! The Oracle: the one owner of the answer table, on the control thread, with a replica of it
+//! on each worker thread, which the sessions of that thread ask.
 //!
-//! [`Oracle`] is the owner: one actor with one address, which holds the current answer table
-//! and replaces it ([`ReplaceTable`]). Sessions do not ask it: asking an actor on another thread
-//! cost two thread switches per question and halved throughput on one core. Each worker thread
-//! has an [`OracleReplica`] instead (started with [`StartedOracle::start_replica`]), and the
-//! sessions of that thread [`Ask`] it. Every replica reads the owner's one table (an
-//! [`ArcSwap`]), so one [`ReplaceTable`] changes the answers of every worker at once, and a
-//! batch of questions is always answered from one table, never a mix of two.
+//! [`Oracle`] holds the current answer table and replaces it ([`ReplaceTable`]): one actor with
+//! one address. Sessions do not ask it directly: asking an actor on another thread cost two
+//! thread switches per question and halved throughput on one core. Each worker thread has an
+//! [`OracleReplica`] instead (started with [`StartedOracle::start_replica`]), and the sessions
+//! of that thread [`Ask`] it. Every replica reads the Oracle's one table (an [`ArcSwap`]), so
+//! one [`ReplaceTable`] changes the answers of every worker at once, and a batch of questions
+//! is always answered from one table, never a mix of two.
+//!
+//! Their messages, each handled by a typed `Handler`:
+//!
+//! - [`Oracle`]: [`ReplaceTable`].
+//! - [`OracleReplica`]: [`Ask`], whose answers come back to the asking session as an
+//!   [`Answered`] message.
 //!
 //! [`Ask`] and [`Answered`] travel between actors of one thread, so they go through
-//! same-thread [`Inbox`](crate::inbox::Inbox)es rather than actix mailboxes, which would box
-//! each message and queue it with atomic operations (two allocations per message, four per
-//! batch asked and answered): the replica handles its inbox's messages as a stream, the session
-//! takes its answers from its own.
+//! same-thread [`Inbox`](crate::inbox::Inbox)es, which the receiving actors register on their
+//! contexts as message streams, rather than through actix mailboxes, which would box each
+//! message and queue it with atomic operations (two allocations per message, four per batch
+//! asked and answered). An `Ask` carries the asker's inbox, which never leaves its thread, so
+//! an inbox is its only way in; `Answered` can also be sent to a session's address.
 //!
 //! - [`table`]: [`AnswerTable`], validated on construction.
 //! - [`lookup`]: answering one question, with fault injection and panic containment.
@@ -46,14 +53,16 @@ use crate::{
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
 };
 
-/// How long the owner keeps a table it replaced before dropping it: so that the last
-/// reference to an old table (and the work of freeing it) is the owner's, on the control
+/// How long the Oracle keeps a table it replaced before dropping it: so that the last
+/// reference to an old table (and the work of freeing it) is the Oracle's, on the control
 /// thread, and not a replica's still finishing a batch with it on a worker thread.
 const RETIRED_TABLE_KEPT: Duration = Duration::from_secs(1);
 
 /// Asks for the answers to a batch of questions, sent to a replica's inbox ([`Asks`]). The
 /// answers come back as a message of their own, [`Answered`], to `reply_to`: the asking
 /// session's inbox, with no response future to poll in between.
+#[derive(Message)]
+#[rtype(result = "()")]
 pub struct Ask {
     /// The questions, in order.
     pub questions: Questions,
@@ -67,7 +76,8 @@ pub struct Ask {
 pub type Asks = inbox::Sender<Ask>;
 
 /// The answers to one [`Ask`]: one per question, in the same order.
-#[derive(Debug)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
 pub struct Answered {
     /// The number the asker gave the batch.
     pub seq: u64,
@@ -136,7 +146,7 @@ impl Current {
     }
 }
 
-/// What the owner and every replica share.
+/// What the Oracle and every replica share.
 #[derive(Debug)]
 struct Shared {
     current: ArcSwap<Current>,
@@ -145,25 +155,24 @@ struct Shared {
     costly: Option<CostlyAnswers>,
 }
 
-/// The oracle's one owner: holds the answer table, replaces it, and reports the lookups that
-/// panicked.
+/// The Oracle: holds the answer table, replaces it, and reports the lookups that panicked.
 pub struct Oracle {
     shared: Arc<Shared>,
     metrics: Metrics,
 }
 
-/// The oracle's owner once started, and what its replicas are started from.
+/// The Oracle once started, and what its replicas are started from.
 #[derive(Clone)]
 pub struct StartedOracle {
-    /// The owner, for [`ReplaceTable`].
-    pub owner: Addr<Oracle>,
+    /// The Oracle's address, for [`ReplaceTable`].
+    pub addr: Addr<Oracle>,
     shared: Arc<Shared>,
     metrics: Metrics,
 }
 
 impl Oracle {
-    /// Starts the oracle's owner on the current arbiter, counting answers into `metrics`; must
-    /// be called inside a running actix `System`.
+    /// Starts the Oracle on the current arbiter, counting answers into `metrics`; must be
+    /// called inside a running actix `System`.
     pub fn start(table: Arc<AnswerTable>, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
         let costly =
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
@@ -173,8 +182,8 @@ impl Oracle {
             lookup: Lookup::new(config.panic_question, config.hang_question),
             costly,
         });
-        let owner = Oracle { shared: shared.clone(), metrics: metrics.clone() }.start();
-        StartedOracle { owner, shared, metrics: metrics.clone() }
+        let addr = Oracle { shared: shared.clone(), metrics: metrics.clone() }.start();
+        StartedOracle { addr, shared, metrics: metrics.clone() }
     }
 }
 
@@ -244,7 +253,9 @@ fn reply(reply_to: &inbox::Sender<Answered>, answered: Answered) {
     let _ = reply_to.send(answered);
 }
 
-impl StreamHandler<Ask> for OracleReplica {
+impl Handler<Ask> for OracleReplica {
+    type Result = ();
+
     fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
         let shared = &self.shared;
         let Some(costly) = &shared.costly else {
@@ -319,7 +330,7 @@ mod tests {
     }
 
     #[actix::test]
-    async fn a_replica_answers_a_batch_in_order_through_its_address() {
+    async fn a_replica_answers_an_ask_with_one_answered_message_holding_the_answers_in_order() {
         let (_oracle, replica) = start(book_table(), OracleConfig::default());
         let questions = [&b"Explicit is better than?"[..], b"Why?", b"Beautiful is better than?"];
         let answers = ask(&replica, &questions).await;
@@ -348,7 +359,7 @@ mod tests {
             asked.push(answered);
         }
         let new_table = AnswerTable::new([("Flat is better than?", "Nested and nested again.")]).unwrap();
-        oracle.owner.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
+        oracle.addr.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
         assert_eq!(oracle.answer_bound().get(), "Nested and nested again.".len(), "the bound follows the table");
         in_force.send_replace(true);
         for answered in asked {
@@ -364,7 +375,7 @@ mod tests {
         assert_eq!(oracle.answer_bound().get(), Answer::UNKNOWN_APHORISM.as_bytes().len());
         let long = format!("{}.", "x".repeat(100_000));
         let table = AnswerTable::new([("Big?".to_owned(), long)]).unwrap();
-        oracle.owner.send(ReplaceTable(Arc::new(table))).await.unwrap();
+        oracle.addr.send(ReplaceTable(Arc::new(table))).await.unwrap();
         assert_eq!(oracle.answer_bound().get(), 100_001);
     }
 
@@ -390,7 +401,7 @@ mod tests {
             assert_eq!(paid(), Some(3), "round {round}");
         }
         // A new table has computed nothing yet.
-        oracle.owner.send(ReplaceTable(Arc::new(book_table()))).await.unwrap();
+        oracle.addr.send(ReplaceTable(Arc::new(book_table()))).await.unwrap();
         ask(&replica, &[b"Simple is better than?"]).await;
         assert_eq!(paid(), Some(4));
     }

@@ -390,9 +390,13 @@ impl Handler<Drain> for Server {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
+    use std::{num::NonZeroUsize, pin::Pin, task};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use futures_core::Stream;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        sync::mpsc,
+    };
 
     use super::*;
     use crate::{
@@ -465,19 +469,100 @@ mod tests {
         assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
+
+    /// Connections as a listener's stream yields them, fed by the test.
+    struct Connections(mpsc::UnboundedReceiver<Result<Accepted, AcceptError>>);
+
+    impl Stream for Connections {
+        type Item = Result<Accepted, AcceptError>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    /// A server with no listener, fed its accepted connections by the test, admitting `limit`
+    /// at once on `threads` worker threads (for the caller to stop); and a listening socket for
+    /// the test's clients to connect to.
+    fn fed_server(
+        threads: usize,
+        limit: u32,
+    ) -> (Addr<Server>, mpsc::UnboundedSender<Result<Accepted, AcceptError>>, WorkerThreads, std::net::TcpListener) {
+        let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
+        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
+        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
+        let workers = Workers::start(&threads, &oracle, session_config(Duration::from_secs(60)), &Metrics::disabled(), None);
+        let (feed, connections) = mpsc::unbounded_channel();
+        let server = Server::create(|ctx| {
+            ctx.add_stream(Connections(connections));
+            Server::new(Vec::new(), workers, Admission::new(limit), Duration::from_secs(5))
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (server, feed, threads, listener)
+    }
+
+    /// A client connected to `listener`, and the connection as the server accepts it.
+    async fn connection(listener: &std::net::TcpListener) -> (TcpStream, Accepted) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (socket, peer) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let stream = TcpStream::from_std(socket).unwrap();
+        (client, Accepted { stream, peer, kind: ListenerKind::default() })
+    }
+
     #[actix::test]
-    async fn a_client_over_the_limit_is_told_the_server_is_busy() {
-        let (_server, addr, threads) = start_server(1, Duration::from_secs(60));
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
+    async fn every_accepted_connection_becomes_a_session_that_answers_whichever_worker_runs_it() {
+        let (_server, feed, threads, listener) = fed_server(2, 10);
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, accepted) = connection(&listener).await;
+            feed.send(Ok(accepted)).unwrap();
+            clients.push(client);
+        }
+        for mut client in clients {
+            client.write_all(b"Beautiful is better than?").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut client).await, b"Ugly.");
+        }
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn a_connection_accepted_over_the_limit_is_told_the_server_is_busy_and_a_failed_accept_changes_nothing() {
+        let (_server, feed, threads, listener) = fed_server(1, 1);
+        let (mut first, accepted) = connection(&listener).await;
+        feed.send(Ok(accepted)).unwrap();
+        feed.send(Err(AcceptError::Connection(std::io::ErrorKind::ConnectionAborted.into()))).unwrap();
+        let (mut second, accepted) = connection(&listener).await;
+        feed.send(Ok(accepted)).unwrap();
+        assert_eq!(read_all(&mut second).await, b"Error: server busy.");
+        first.write_all(b"Beautiful is better than?").await.unwrap();
+        first.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut first).await, b"Ugly.", "the first still served");
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn a_drain_tells_every_session_and_reports_once_every_connection_is_gone() {
+        let (server, feed, threads, listener) = fed_server(2, 10);
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            let (mut client, accepted) = connection(&listener).await;
+            feed.send(Ok(accepted)).unwrap();
             client.write_all(b"Beautiful is better than?").await.unwrap();
             let mut first = [0; 5];
             client.read_exact(&mut first).await.unwrap();
-            held.push(client);
+            // Reads the last words, then closes, which ends the session's linger.
+            told.push(actix_rt::spawn(async move { read_all(&mut client).await }));
         }
-        let mut extra = TcpStream::connect(addr).await.unwrap();
-        assert_eq!(read_all(&mut extra).await, b"Error: server busy.");
+        let report = tokio::time::timeout(Duration::from_secs(5), server.send(Drain)).await.unwrap().unwrap();
+        assert_eq!(report.unfinished, 0);
+        for client in told {
+            assert_eq!(client.await.unwrap(), b"Error: server shutting down.");
+        }
+        let (mut late, accepted) = connection(&listener).await;
+        feed.send(Ok(accepted)).unwrap();
+        assert_eq!(read_all(&mut late).await, b"Error: server shutting down.", "accepted during the drain");
         assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 }

@@ -218,3 +218,84 @@ impl Handler<DrainSessions> for Worker {
         self.deps.registry.drain();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{num::NonZeroUsize, sync::Arc, time::Duration};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        admission::Admission,
+        oracle::{AnswerTable, Oracle, OracleConfig},
+    };
+
+    /// A worker on a thread of its own, its sessions asking a table of one question; the thread
+    /// is for the caller to stop.
+    fn worker() -> (Addr<Worker>, WorkerThreads) {
+        let threads = WorkerThreads::spawn(NonZeroUsize::MIN);
+        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
+        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
+        let config = SessionConfig {
+            max_question_bytes: 64,
+            max_pending_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            drain_grace: Duration::ZERO,
+        };
+        let thread = threads.arbiters().next().unwrap();
+        let worker = Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, Metrics::disabled(), None));
+        (worker, threads)
+    }
+
+    /// A client, and the server's end of its connection as [`Adopt`] carries it.
+    async fn adopt(admission: &Admission) -> (tokio::net::TcpStream, Adopt) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (socket, peer) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let info = SessionInfo { id: 1, peer };
+        (client, Adopt { socket, info, permit: admission.try_admit().unwrap(), opening: Opening::default() })
+    }
+
+    async fn read_all(client: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut received)).await.unwrap().unwrap();
+        received
+    }
+
+    #[actix::test]
+    async fn an_adopted_connection_is_served_on_the_workers_thread_until_it_ends() {
+        let (worker, threads) = worker();
+        let admission = Admission::new(4);
+        let (mut client, adopted) = adopt(&admission).await;
+        worker.send(adopted).await.unwrap();
+        client.write_all(b"Beautiful is better than?Why?").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"Ugly.Error: unknown aphorism.");
+        tokio::time::timeout(Duration::from_secs(5), admission.all_released()).await.unwrap();
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn a_worker_told_to_drain_tells_its_sessions_and_those_it_starts_later() {
+        let (worker, threads) = worker();
+        let admission = Admission::new(4);
+        let (mut before, adopted) = adopt(&admission).await;
+        worker.send(adopted).await.unwrap();
+        worker.send(DrainSessions).await.unwrap();
+        let (mut after, adopted) = adopt(&admission).await;
+        worker.send(adopted).await.unwrap();
+        assert_eq!(read_all(&mut before).await, b"Error: server shutting down.");
+        assert_eq!(read_all(&mut after).await, b"Error: server shutting down.");
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn a_worker_answers_its_liveness_check_with_its_replica_there() {
+        let (worker, threads) = worker();
+        assert_eq!(worker.send(WorkerAlive).await.unwrap(), Ok(()));
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+}

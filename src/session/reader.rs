@@ -1,9 +1,9 @@
-//! [`QuestionReader`]: the read half of a session's connection, decoded into questions.
+//! [`QuestionReader`]: the read half of a session's connection as a stream of what the client
+//! sent, decoded into questions: the stream the session handles as its `StreamHandler`.
 //!
-//! It does what `tokio_util`'s `FramedRead` would, but is polled by the session itself, from
-//! the one item of its context that also takes the oracle's answers and writes them: no stream
-//! of its own for the context to poll on every wake-up, no adapter around it, and the bytes
-//! read counted where they are read.
+//! It does what `tokio_util`'s `FramedRead` would, with a smaller buffer kept at its size (see
+//! [`MIN_READ_SPACE`]), the bytes read counted where they are read, and the end of the input
+//! after a read error or a decoding error (as `FramedRead` ends).
 
 use std::{
     pin::Pin,
@@ -11,6 +11,7 @@ use std::{
 };
 
 use bytes::BytesMut;
+use futures_core::Stream;
 use tokio::io::AsyncRead;
 use tokio_util::{codec::Decoder, io::poll_read_buf};
 
@@ -26,12 +27,13 @@ pub const READ_BUFFER_BYTES: usize = 256;
 /// by doubling if an unfinished question fills it).
 const MIN_READ_SPACE: usize = 128;
 
-/// Reads a connection and decodes what it reads.
-pub struct QuestionReader {
+/// Reads a connection and decodes what it reads; reports each read's length to `received`.
+pub struct QuestionReader<F> {
     read: Box<dyn AsyncRead + Unpin>,
     buffer: BytesMut,
     codec: ZenCodec,
     state: ReadState,
+    received: F,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,24 +48,22 @@ enum ReadState {
     Ended,
 }
 
-impl QuestionReader {
-    /// Reads `read`, with questions of at most `max_question_bytes` bytes.
-    pub fn new(read: Box<dyn AsyncRead + Unpin>, max_question_bytes: usize) -> Self {
+impl<F: FnMut(usize)> QuestionReader<F> {
+    /// Reads `read`, with questions of at most `max_question_bytes` bytes; tells `received`
+    /// how many bytes each read took.
+    pub fn new(read: Box<dyn AsyncRead + Unpin>, max_question_bytes: usize, received: F) -> Self {
         Self {
             read,
             buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
             codec: ZenCodec::new(max_question_bytes),
             state: ReadState::Reading,
+            received,
         }
     }
 
-    /// The next thing the client sent, reading as needed and reporting each read's length to
-    /// `received`; `None` once the input has ended (after end of file, or after an error).
-    pub fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut received: impl FnMut(usize),
-    ) -> Poll<Option<Result<Incoming, CodecError>>> {
+    /// The next thing the client sent, reading as needed; `None` once the input has ended
+    /// (after end of file, or after an error).
+    fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, CodecError>>> {
         loop {
             let decoded = match self.state {
                 ReadState::Ended => return Poll::Ready(None),
@@ -87,7 +87,7 @@ impl QuestionReader {
             match ready!(poll_read_buf(Pin::new(&mut self.read), cx, &mut self.buffer)) {
                 Ok(0) => self.state = ReadState::AtEof,
                 Ok(read) => {
-                    received(read);
+                    (self.received)(read);
                     self.state = ReadState::Decodable;
                 }
                 Err(error) => {
@@ -108,6 +108,14 @@ impl QuestionReader {
             self.state = ReadState::Ended;
         }
         decoded
+    }
+}
+
+impl<F: FnMut(usize) + Unpin> Stream for QuestionReader<F> {
+    type Item = Result<Incoming, CodecError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_incoming(cx)
     }
 }
 
@@ -141,10 +149,10 @@ mod tests {
     fn every_read_is_offered_at_least_the_minimum_room_in_a_buffer_that_stays_its_size() {
         let offered = Rc::default();
         let connection = OneQuestionAtATime { left: 100, offered: Rc::clone(&offered) };
-        let mut reader = QuestionReader::new(Box::new(connection), 1024);
+        let mut reader = QuestionReader::new(Box::new(connection), 1024, |_| {});
         let mut cx = Context::from_waker(Waker::noop());
         let mut questions = 0;
-        while let Poll::Ready(Some(incoming)) = reader.poll_next(&mut cx, |_| {}) {
+        while let Poll::Ready(Some(incoming)) = reader.poll_incoming(&mut cx) {
             assert!(matches!(incoming, Ok(Incoming::Questions(_))), "{incoming:?}");
             questions += 1;
         }
