@@ -319,6 +319,14 @@ impl ZenSession {
         self.flow.set_owed(self.owed(), self.queue.holds_questions());
     }
 
+    /// Less is owed (answers came back at their real length, or the client took some): questions
+    /// held back may be asked, and reading may resume.
+    fn owed_less(&mut self) {
+        if self.queue.holds_questions() || self.flow.is_paused() {
+            self.ask_held();
+        }
+    }
+
     /// Sends batch `seq` to the oracle; answers it with internal errors if the oracle is gone.
     fn ask(&mut self, seq: u64, questions: Questions) {
         // The replica's inbox has no bound: the session bounds what it has at the oracle itself.
@@ -447,8 +455,7 @@ impl ZenSession {
         let sent = self.sink.take_sent();
         if sent > 0 {
             self.deps.tally.sent(sent);
-            // Less is owed: questions held back may be asked now.
-            self.ask_held();
+            self.owed_less();
         }
         match result {
             task::Poll::Ready(Ok(())) if closing => self.sending_shut_down(ctx),
@@ -561,8 +568,7 @@ impl Handler<Answered> for ZenSession {
     fn handle(&mut self, Answered { seq, answers }: Answered, ctx: &mut Self::Context) {
         self.queue.fill(seq, answers);
         self.write_ready();
-        // Answered at their real length, the batch owes less than its bound.
-        self.ask_held();
+        self.owed_less();
         if let Phase::Draining { .. } = self.phase
             && self.queue.is_empty()
         {
