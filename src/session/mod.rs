@@ -245,7 +245,7 @@ impl ZenSession {
     {
         let counted = deps.clone();
         let max_question_bytes = deps.config.get().max_question_bytes;
-        let questions = QuestionReader::new(Box::new(read), max_question_bytes, move |bytes| counted.tally.received(bytes));
+        let questions = QuestionReader::new(read, max_question_bytes, move |bytes| counted.tally.received(bytes));
         Self::start_with(questions, write, info, deps, permit)
     }
 

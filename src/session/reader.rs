@@ -28,8 +28,8 @@ pub const READ_BUFFER_BYTES: usize = 256;
 const MIN_READ_SPACE: usize = 128;
 
 /// Reads a connection and decodes what it reads; reports each read's length to `received`.
-pub struct QuestionReader<F> {
-    read: Box<dyn AsyncRead + Unpin>,
+pub struct QuestionReader<R, F> {
+    read: R,
     buffer: BytesMut,
     codec: ZenCodec,
     state: ReadState,
@@ -48,10 +48,10 @@ enum ReadState {
     Ended,
 }
 
-impl<F: FnMut(usize)> QuestionReader<F> {
+impl<R: AsyncRead + Unpin, F: FnMut(usize)> QuestionReader<R, F> {
     /// Reads `read`, with questions of at most `max_question_bytes` bytes; tells `received`
     /// how many bytes each read took.
-    pub fn new(read: Box<dyn AsyncRead + Unpin>, max_question_bytes: usize, received: F) -> Self {
+    pub fn new(read: R, max_question_bytes: usize, received: F) -> Self {
         Self {
             read,
             buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
@@ -111,7 +111,7 @@ impl<F: FnMut(usize)> QuestionReader<F> {
     }
 }
 
-impl<F: FnMut(usize) + Unpin> Stream for QuestionReader<F> {
+impl<R: AsyncRead + Unpin, F: FnMut(usize) + Unpin> Stream for QuestionReader<R, F> {
     type Item = Result<Incoming, CodecError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -149,7 +149,7 @@ mod tests {
     fn every_read_is_offered_at_least_the_minimum_room_in_a_buffer_that_stays_its_size() {
         let offered = Rc::default();
         let connection = OneQuestionAtATime { left: 100, offered: Rc::clone(&offered) };
-        let mut reader = QuestionReader::new(Box::new(connection), 1024, |_| {});
+        let mut reader = QuestionReader::new(connection, 1024, |_| {});
         let mut cx = Context::from_waker(Waker::noop());
         let mut questions = 0;
         while let Poll::Ready(Some(incoming)) = reader.poll_incoming(&mut cx) {
