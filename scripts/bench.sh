@@ -3,10 +3,12 @@
 # run, alternating which goes first, with the server pinned to CPU 0 and the load to CPU 1, then
 # unpinned; writes bench/RESULTS.md and bench/chart.svg from the medians. Redis (redis-server,
 # asked PING with `zen-client bench --protocol redis-ping`) runs as a third server, in turn with
-# the other two, where CPU per answer and saturated throughput are compared: cpu50k, cpu10k,
+# the others, where CPU per answer and saturated throughput are compared: cpu50k, cpu10k,
 # c50x1, c50x16 and c1000x1. Without redis-server, it says so on one line and leaves Redis out.
+# plain-actix (src/bin/plain-actix.rs: zen-server's design written as actix's examples write
+# it) runs as a fourth in those and in churn.
 #
-#   scripts/bench.sh              full run (about 30 minutes on 2 cores), writes bench/
+#   scripts/bench.sh              full run (about 40 minutes on 2 cores), writes bench/
 #   scripts/bench.sh --reps 5     more repetitions per scenario (default 3)
 #   scripts/bench.sh --out DIR    write RESULTS.md, chart.svg and raw.jsonl to DIR (default bench)
 #   scripts/bench.sh --scenarios "tls50k tlschurn"

@@ -12,8 +12,8 @@
 #                                             server's CPU time per answer, kernel included
 #   scripts/profile.sh --help                 this text
 #
-# SERVER is `zen` (default: target/release/zen-server), `reference` (src/bin/plain-tokio.rs) or the
-# path of a zen-server binary (an older build, say). `--smoke` after the command runs briefly and
+# SERVER is `zen` (default: target/release/zen-server), `reference` (src/bin/plain-tokio.rs),
+# `actix` (src/bin/plain-actix.rs) or the path of a zen-server binary (an older build, say). `--smoke` after the command runs briefly and
 # checks only that the tools work. Binaries are built into ${CARGO_TARGET_DIR:-target}/release/.
 # Needs: taskset, python3; valgrind for `instructions`, perf (Debian linux-perf) for `cpu`.
 set -euo pipefail
@@ -25,7 +25,7 @@ usage() {
 case "${1:-}" in
   instructions|cpu) command="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
-  *) echo "usage: $0 instructions|cpu [zen|reference|PATH] [--smoke]; $0 --help" >&2; exit 2 ;;
+  *) echo "usage: $0 instructions|cpu [zen|reference|actix|PATH] [--smoke]; $0 --help" >&2; exit 2 ;;
 esac
 server=zen
 smoke=0
@@ -42,6 +42,7 @@ client="$target/release/zen-client"
 case "$server" in
   zen) binary="$target/release/zen-server" ;;
   reference) binary="$target/release/plain-tokio" ;;
+  actix) binary="$target/release/plain-actix" ;;
   *) binary="$server" ;;
 esac
 [ -x "$binary" ] || { echo "profile: $binary is not an executable" >&2; exit 2; }

@@ -49,7 +49,8 @@ fn main() -> anyhow::Result<()> {
     let table = Settings::builtin()?.live.oracle.answers;
     let system = System::new();
     let listener = system.block_on(async {
-        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener =
+            TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         eprintln!("plain-actix: listening addr={}", listener.local_addr()?);
         let oracle = Oracle { table }.start();
         Server::create(|ctx| {

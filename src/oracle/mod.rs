@@ -9,11 +9,9 @@
 //! one [`ReplaceTable`] changes the answers of every worker at once, and a batch of questions
 //! is always answered from one table, never a mix of two.
 //!
-//! Their messages, each handled by a typed `Handler`:
-//!
-//! - [`Oracle`]: [`ReplaceTable`].
-//! - [`OracleReplica`]: [`Ask`], whose answers come back to the asking session as an
-//!   [`Answered`] message.
+//! Their messages, each handled by a typed `Handler`: the [`Oracle`] takes [`ReplaceTable`]; an
+//! [`OracleReplica`] takes [`Ask`], whose answers go back to the asking session as an
+//! [`Answered`] message.
 //!
 //! [`Ask`] and [`Answered`] travel between actors of one thread, so they go through
 //! same-thread [`Inbox`](crate::inbox::Inbox)es, which the receiving actors register on their

@@ -469,7 +469,6 @@ mod tests {
         assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 
-
     /// Connections as a listener's stream yields them, fed by the test.
     struct Connections(mpsc::UnboundedReceiver<Result<Accepted, AcceptError>>);
 
@@ -487,11 +486,13 @@ mod tests {
     fn fed_server(
         threads: usize,
         limit: u32,
-    ) -> (Addr<Server>, mpsc::UnboundedSender<Result<Accepted, AcceptError>>, WorkerThreads, std::net::TcpListener) {
+    ) -> (Addr<Server>, mpsc::UnboundedSender<Result<Accepted, AcceptError>>, WorkerThreads, std::net::TcpListener)
+    {
         let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
         let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-        let workers = Workers::start(&threads, &oracle, session_config(Duration::from_secs(60)), &Metrics::disabled(), None);
+        let workers =
+            Workers::start(&threads, &oracle, session_config(Duration::from_secs(60)), &Metrics::disabled(), None);
         let (feed, connections) = mpsc::unbounded_channel();
         let server = Server::create(|ctx| {
             ctx.add_stream(Connections(connections));

@@ -245,7 +245,8 @@ mod tests {
             drain_grace: Duration::ZERO,
         };
         let thread = threads.arbiters().next().unwrap();
-        let worker = Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, Metrics::disabled(), None));
+        let worker =
+            Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, Metrics::disabled(), None));
         (worker, threads)
     }
 

@@ -252,7 +252,13 @@ impl ZenSession {
     /// Starts a session on the current arbiter taking what its client sent from `received`
     /// (what [`ZenSession::start`] makes of a connection's read half) and writing its answers to
     /// `write`.
-    pub fn start_with<S, W>(received: S, write: W, info: SessionInfo, deps: Rc<SessionDeps>, permit: Permit) -> Addr<Self>
+    pub fn start_with<S, W>(
+        received: S,
+        write: W,
+        info: SessionInfo,
+        deps: Rc<SessionDeps>,
+        permit: Permit,
+    ) -> Addr<Self>
     where
         S: Stream<Item = Received> + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,

@@ -166,7 +166,9 @@ mod tests {
 
     /// Every answer ready at the front, as text.
     fn written(queue: &mut AnswerQueue) -> String {
-        std::iter::from_fn(|| queue.pop_answered()).map(|(_, a)| String::from_utf8_lossy(a.as_bytes()).into_owned()).collect()
+        std::iter::from_fn(|| queue.pop_answered())
+            .map(|(_, a)| String::from_utf8_lossy(a.as_bytes()).into_owned())
+            .collect()
     }
 
     #[test]

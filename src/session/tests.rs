@@ -232,8 +232,8 @@ impl Driven {
 
     /// The batches the session asked the oracle since the last call: their numbers and sizes.
     fn asked(&self) -> Vec<(u64, usize)> {
-        let mut cx = TaskContext::from_waker(Waker::noop());
-        std::iter::from_fn(|| match self.asks.poll_recv(&mut cx) {
+        let cx = TaskContext::from_waker(Waker::noop());
+        std::iter::from_fn(|| match self.asks.poll_recv(&cx) {
             Poll::Ready(ask) => Some((ask.seq, ask.questions.len())),
             Poll::Pending => None,
         })
@@ -414,7 +414,8 @@ async fn an_idle_session_is_told_at_once_when_the_server_drains() {
 #[actix::test]
 async fn a_session_that_completes_no_question_for_the_idle_timeout_closes_saying_nothing() {
     tokio::time::pause();
-    let client = driven(SessionConfig { idle_timeout: Duration::from_millis(300), ..config(64) }, MemorySink::default());
+    let client =
+        driven(SessionConfig { idle_timeout: Duration::from_millis(300), ..config(64) }, MemorySink::default());
     client.ask(&[b"a?"]).await;
     let asked = Instant::now();
     client.answer(0, &[b"A."]).await;
@@ -427,7 +428,8 @@ async fn a_session_that_completes_no_question_for_the_idle_timeout_closes_saying
 #[actix::test]
 async fn a_session_owed_answers_is_not_idle() {
     tokio::time::pause();
-    let client = driven(SessionConfig { idle_timeout: Duration::from_millis(100), ..config(64) }, MemorySink::default());
+    let client =
+        driven(SessionConfig { idle_timeout: Duration::from_millis(100), ..config(64) }, MemorySink::default());
     client.ask(&[b"a?"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!client.has_ended(), "closed while its answer was on its way");
@@ -630,7 +632,6 @@ async fn after_saying_the_server_is_shutting_down_a_session_lingers_reading_unti
     ended(&session, CloseReason::Shutdown).await;
 }
 
-
 /// Waits until the session has ended and given its permit back, and checks that it was counted
 /// as ending for `reason`.
 async fn ended(session: &Harness, reason: CloseReason) {
@@ -723,10 +724,8 @@ fn sized_session(
     max_pending_bytes: usize,
 ) -> (DuplexStream, Admission, mpsc::UnboundedReceiver<usize>, Answer) {
     let answer = Answer::new(format!("{}.", "x".repeat(answer_bytes - 1)));
-    let table = crate::oracle::AnswerTable::new([(
-        "q?".to_owned(),
-        String::from_utf8_lossy(answer.as_bytes()).into_owned(),
-    )]);
+    let table =
+        crate::oracle::AnswerTable::new([("q?".to_owned(), String::from_utf8_lossy(answer.as_bytes()).into_owned())]);
     let (batches, asked) = mpsc::unbounded_channel();
     let oracle = inbox::start(SizedOracle { answer: answer.clone(), batches });
     let config = SessionConfig { max_pending_bytes, ..config(64) };
