@@ -23,6 +23,7 @@
 //! - [`session`]: the `ZenSession` actor, one per client: its flow control, its answer sink,
 //!   and the registry of one worker's sessions (drain, exact timeouts).
 //! - [`admission`]: the connection limit; sessions hold permits, a drain waits for them.
+//! - [`health`]: whether every worker thread answers, and the health question a probe asks.
 //! - [`server`]: the `Server` actor (accepts, admits, drains), its listeners, and the
 //!   `Worker` actor on each thread that starts sessions.
 //! - [`threads`]: the worker threads (the main thread is the control plane).
@@ -38,6 +39,8 @@
 //! - [`cli`]: the command line of `zen-server`.
 //! - [`telemetry`]: the tracing subscriber (text or JSON; to standard error or output, or the
 //!   system log).
+//! - [`log_queue`]: log lines written by a thread of their own, through a bounded queue that
+//!   drops (and counts) what does not fit rather than make a serving thread wait.
 //! - [`app`]: starting every actor from settings; running until drained.
 //! - [`client`]: a small client for `zen-client` and tests.
 //!
@@ -54,8 +57,10 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod inbox;
 pub mod inherit;
+pub mod log_queue;
 pub mod metrics;
 pub mod notify;
 pub mod oracle;

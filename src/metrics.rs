@@ -162,6 +162,7 @@ struct Handles {
     handshakes: [Counter; HANDSHAKE_RESULTS.len()],
     tls_active: Gauge,
     certificate_expiry: Gauge,
+    log_lines_dropped: Counter,
 }
 
 impl Metrics {
@@ -246,6 +247,11 @@ impl Metrics {
         );
         described("zen_reloads_total", None, "Reloads of the settings, by result.");
         described("zen_build_info", None, "The running build: version and commit.");
+        described(
+            "zen_log_lines_dropped_total",
+            None,
+            "Log lines dropped because whatever reads the log fell behind (the queue to the log's writer was full).",
+        );
         described("zen_tls_handshakes_total", None, "TLS handshakes, by result.");
         described("zen_tls_connections_active", None, "Connections open over TLS now, handshakes under way included.");
         described(
@@ -270,6 +276,7 @@ impl Metrics {
             handshakes: HANDSHAKE_RESULTS.map(|result| counter("zen_tls_handshakes_total", label("result", result))),
             tls_active: gauge("zen_tls_connections_active", vec![]),
             certificate_expiry: gauge("zen_tls_certificate_expiry_timestamp_seconds", vec![]),
+            log_lines_dropped: counter("zen_log_lines_dropped_total", vec![]),
         };
         let build = vec![Label::new("version", env!("CARGO_PKG_VERSION")), Label::new("commit", env!("BUILD_COMMIT"))];
         gauge("zen_build_info", build).set(1.0);
@@ -284,6 +291,7 @@ impl Metrics {
             &handles.oracle_panics,
             &handles.reloads_ok,
             &handles.reloads_failed,
+            &handles.log_lines_dropped,
         ] {
             counter.increment(0);
         }
@@ -318,6 +326,13 @@ impl Metrics {
     pub fn set_active(&self, active: usize) {
         if let Some(handles) = &self.handles {
             handles.active.set(active as f64);
+        }
+    }
+
+    /// Log lines dropped since the start.
+    pub fn set_log_lines_dropped(&self, dropped: u64) {
+        if let Some(handles) = &self.handles {
+            handles.log_lines_dropped.absolute(dropped);
         }
     }
 

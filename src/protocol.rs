@@ -18,6 +18,11 @@ pub const QUESTION_END: u8 = b'?';
 /// The byte that ends every answer; clients read until they see it.
 pub const ANSWER_END: u8 = b'.';
 
+/// The question a probe asks to learn the server's health: the server answers it itself,
+/// [`Answer::HEALTHY`] or [`Answer::UNHEALTHY`] (see [`crate::health`]); no answer table may
+/// hold it.
+pub const HEALTH_QUESTION: &[u8] = b"Is zen-server healthy?";
+
 /// Whether `byte` is whitespace that may precede a question without being part of it.
 pub fn is_leading_whitespace(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
@@ -83,6 +88,10 @@ impl Answer {
     pub const SHUTTING_DOWN: Answer = Answer::from_static(b"Error: server shutting down.");
     /// Sent when the oracle failed to answer a question.
     pub const INTERNAL_ERROR: Answer = Answer::from_static(b"Error: internal error.");
+    /// The answer to [`HEALTH_QUESTION`] while every worker thread answers.
+    pub const HEALTHY: Answer = Answer::from_static(b"Healthy.");
+    /// The answer to [`HEALTH_QUESTION`] while a worker thread is stalled (see [`crate::health`]).
+    pub const UNHEALTHY: Answer = Answer::from_static(b"Error: server unhealthy.");
 
     /// Wraps answer bytes read from the settings or from the wire.
     pub fn new(bytes: impl Into<Bytes>) -> Self {
@@ -347,6 +356,8 @@ mod tests {
             Answer::TOO_MANY_FROM_CLIENT,
             Answer::SHUTTING_DOWN,
             Answer::INTERNAL_ERROR,
+            Answer::HEALTHY,
+            Answer::UNHEALTHY,
         ] {
             let bytes = answer.as_bytes();
             assert_eq!(bytes.last(), Some(&ANSWER_END), "{answer:?}");

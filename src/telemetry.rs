@@ -7,7 +7,9 @@
 //!
 //! Building the subscriber is separate from installing it, so tests can build one over any
 //! writer. Installing it also routes the `log` crate's records (actix logs through `log`)
-//! into `tracing`; replacing the filter moves the `log` crate's level along with it.
+//! into `tracing`; replacing the filter moves the `log` crate's level along with it. The
+//! daemon's own subscriber writes through a [`LogQueue`]: no thread that serves clients ever
+//! waits for the log's reader.
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -17,6 +19,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::log_queue::{LogFlush, LogQueue, LogSink};
 use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::{
     EnvFilter, Registry,
@@ -43,6 +47,9 @@ pub enum TelemetryError {
     /// The subscriber whose filter was to be replaced is gone.
     #[error("cannot change the log level: {0}")]
     Reload(#[from] reload::Error),
+    /// The thread writing the log could not start.
+    #[error("cannot start the thread writing the log: {0}")]
+    Writer(io::Error),
 }
 
 /// Where the system log listens for messages, on Linux.
@@ -214,26 +221,38 @@ where
 }
 
 /// Installs the subscriber filtering by `level` and writing `format` to `destination`,
-/// process-wide, and reports panics as one `error` event each instead of the default
-/// multi-line message.
+/// process-wide, through a [`LogQueue`], and reports panics as one `error` event each instead
+/// of the default multi-line message. Keep the [`LogFlush`] until the daemon exits: dropping it
+/// waits (briefly) for the lines queued to be written.
 ///
 /// # Errors
 ///
-/// [`TelemetryError`] if `level` does not parse or logging was already set up.
-pub fn init(level: &str, format: LogFormat, destination: &Destination) -> Result<LogControl, TelemetryError> {
+/// [`TelemetryError`] if `level` does not parse, the log's writer cannot start, or logging was
+/// already set up.
+pub fn init(
+    level: &str,
+    format: LogFormat,
+    destination: &Destination,
+) -> Result<(LogControl, Option<LogFlush>), TelemetryError> {
     let terminal = |ansi| TextStyle { ansi, timestamps: true };
-    let (subscriber, control) = match destination {
+    let queued = |sink| LogQueue::start(sink).map_err(TelemetryError::Writer);
+    let ((subscriber, control), flush) = match destination {
         Destination::Output(LogOutput::Stderr) => {
-            subscriber(level, format, std::io::stderr, terminal(std::io::stderr().is_terminal()))?
+            let (queue, flush) = queued(LogSink::Stderr)?;
+            (subscriber(level, format, queue, terminal(std::io::stderr().is_terminal()))?, Some(flush))
         }
         Destination::Output(LogOutput::Stdout) => {
-            subscriber(level, format, std::io::stdout, terminal(std::io::stdout().is_terminal()))?
+            let (queue, flush) = queued(LogSink::Stdout)?;
+            (subscriber(level, format, queue, terminal(std::io::stdout().is_terminal()))?, Some(flush))
         }
         Destination::Syslog(path) => match Syslog::connect(path) {
-            Ok(syslog) => subscriber(level, format, syslog, TextStyle { ansi: false, timestamps: false })?,
-            Err(_) => subscriber(level, format, std::io::sink, terminal(false))?,
+            Ok(syslog) => {
+                let (queue, flush) = queued(LogSink::Syslog(syslog))?;
+                (subscriber(level, format, queue, TextStyle { ansi: false, timestamps: false })?, Some(flush))
+            }
+            Err(_) => (subscriber(level, format, std::io::sink, terminal(false))?, None),
         },
-        Destination::Nowhere => subscriber(level, format, std::io::sink, terminal(false))?,
+        Destination::Nowhere => (subscriber(level, format, std::io::sink, terminal(false))?, None),
     };
     subscriber.try_init()?;
     std::panic::set_hook(Box::new(|info| {
@@ -246,7 +265,7 @@ pub fn init(level: &str, format: LogFormat, destination: &Destination) -> Result
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(message, location, "panic");
     }));
-    Ok(control)
+    Ok((control, flush))
 }
 
 /// `log.level`: levels and `target=level` directives. A bare word that is not a level would be

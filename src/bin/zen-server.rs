@@ -83,7 +83,8 @@ fn run(
         Destination::Output(_) => Destination::Output(settings.restart.log.output),
         away => away.clone(),
     };
-    let log = telemetry::init(settings.live.log.level.as_str(), settings.restart.log.format, &destination)?;
+    let (log, _flush_at_exit) =
+        telemetry::init(settings.live.log.level.as_str(), settings.restart.log.format, &destination)?;
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }

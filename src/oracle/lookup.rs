@@ -1,34 +1,45 @@
 //! [`Lookup`]: answering one question from a table, with the oracle's fault injection (a
-//! question that panics, one that blocks its thread) and panic containment. Every lookup runs on
-//! a replica, on the asking session's thread; the costly-answer workers only pay the simulated cost.
+//! question that panics, one that blocks its thread) and panic containment; and the health
+//! question, answered from the daemon's [`Health`]. Every lookup runs on a replica, on the asking
+//! session's thread; the costly-answer workers only pay the simulated cost.
 
 use std::{
     panic::{self, AssertUnwindSafe},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    health::Health,
     metrics::Outcome,
     oracle::table::AnswerTable,
-    protocol::{Answer, AnswersBuilder, QUESTION_END, Question, is_leading_whitespace},
+    protocol::{Answer, AnswersBuilder, HEALTH_QUESTION, QUESTION_END, Question, is_leading_whitespace},
 };
 
-/// How questions are looked up: which questions are poisoned (fault injection) and how many
-/// lookups have panicked.
+/// How questions are looked up: which questions are poisoned (fault injection), how many
+/// lookups have panicked, and the health the health question is answered from.
 #[derive(Debug, Default)]
 pub struct Lookup {
     panic_question: Option<Question>,
     hang_question: Option<Question>,
     panics: AtomicU64,
+    health: Arc<Health>,
 }
 
 impl Lookup {
     /// Lookups that panic when asked `panic_question`, and block their thread for good when
-    /// asked `hang_question`, if any.
-    pub fn new(panic_question: Option<Question>, hang_question: Option<Question>) -> Self {
-        Self { panic_question, hang_question, panics: AtomicU64::new(0) }
+    /// asked `hang_question`, if any; the health question is answered from `health`.
+    pub fn new(panic_question: Option<Question>, hang_question: Option<Question>, health: Arc<Health>) -> Self {
+        Self { panic_question, hang_question, panics: AtomicU64::new(0), health }
+    }
+
+    /// The health the health question is answered from.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Whether `question` is one of the fault-injection questions.
@@ -45,6 +56,11 @@ impl Lookup {
     /// if looking it up panicked (the panic is logged and counted, and goes no further); says
     /// which it was.
     pub fn answer_into(&self, table: &AnswerTable, question: &[u8], answers: &mut AnswersBuilder) -> Outcome {
+        if question == HEALTH_QUESTION {
+            let health = self.health.answer();
+            answers.push_answer(&health);
+            return if health == Answer::HEALTHY { Outcome::Known } else { Outcome::InternalError };
+        }
         let lookup = || {
             if self.panic_question.as_ref().is_some_and(|poison| poison.as_bytes() == question) {
                 panic!("oracle.panic_question was asked");

@@ -46,6 +46,7 @@ use self::{
     lookup::Lookup,
 };
 use crate::{
+    health::Health,
     inbox,
     metrics::{FLUSH_INTERVAL, Metrics, Outcome, Tally},
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
@@ -115,10 +116,8 @@ impl AnswerBound {
     }
 
     fn bytes(table: &AnswerTable) -> usize {
-        [table.longest_answer(), Answer::UNKNOWN_APHORISM.as_bytes().len(), Answer::INTERNAL_ERROR.as_bytes().len()]
-            .into_iter()
-            .max()
-            .unwrap_or_default()
+        let errors = [Answer::UNKNOWN_APHORISM, Answer::INTERNAL_ERROR, Answer::UNHEALTHY];
+        errors.iter().map(|answer| answer.as_bytes().len()).chain([table.longest_answer()]).max().unwrap_or_default()
     }
 
     /// The longest answer, in bytes.
@@ -177,7 +176,7 @@ impl Oracle {
         let shared = Arc::new(Shared {
             bound: AnswerBound::of(&table),
             current: ArcSwap::new(Current::new(table)),
-            lookup: Lookup::new(config.panic_question, config.hang_question),
+            lookup: Lookup::new(config.panic_question, config.hang_question, Arc::default()),
             costly,
         });
         let addr = Oracle { shared: shared.clone(), metrics: metrics.clone() }.start();
@@ -194,6 +193,11 @@ impl StartedOracle {
     /// The longest answer the oracle can give, kept up to date across replacements.
     pub fn answer_bound(&self) -> AnswerBound {
         self.shared.bound.clone()
+    }
+
+    /// The daemon's health, which the replicas answer the health question from.
+    pub fn health(&self) -> Arc<Health> {
+        self.shared.lookup.health().clone()
     }
 }
 

@@ -5,7 +5,7 @@
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace};
+use crate::protocol::{ANSWER_END, Answer, HEALTH_QUESTION, QUESTION_END, Question, is_leading_whitespace};
 
 /// Why a set of entries cannot be an answer table; names the entry by its position (from zero)
 /// and quotes its question.
@@ -39,6 +39,14 @@ pub enum TableError {
         question: String,
         /// The answer, escaped.
         answer: String,
+    },
+    /// A question is the health check's, which the server answers itself.
+    #[error("entry {index}: question \"{question}\" is the health check's, which zen-server answers itself (zen-client probe asks it); ask something else")]
+    Reserved {
+        /// Position of the entry, from zero.
+        index: usize,
+        /// The question, escaped.
+        question: String,
     },
     /// The same question appears twice.
     #[error("entry {index}: question \"{question}\" is already answered by entry {first}")]
@@ -79,8 +87,8 @@ impl AnswerTable {
     /// # Errors
     ///
     /// A [`TableError`] naming the first entry whose question does not end with its only `?`,
-    /// starts with whitespace, or repeats an earlier one, or whose answer does not end with
-    /// its only `.`.
+    /// starts with whitespace, is the health check's, or repeats an earlier one, or whose answer
+    /// does not end with its only `.`.
     pub fn new<Q, A>(entries: impl IntoIterator<Item = (Q, A)>) -> Result<Self, TableError>
     where
         Q: Into<Question>,
@@ -95,6 +103,9 @@ impl AnswerTable {
             }
             if question.as_bytes().first().copied().is_some_and(is_leading_whitespace) {
                 return Err(TableError::LeadingWhitespace { index, question: question.to_string() });
+            }
+            if question.as_bytes() == HEALTH_QUESTION {
+                return Err(TableError::Reserved { index, question: question.to_string() });
             }
             if !ends_with_its_only(answer.as_bytes(), ANSWER_END) {
                 return Err(TableError::BadAnswer {

@@ -35,6 +35,7 @@ use self::{
 };
 use crate::{
     admission::Admission,
+    log_queue,
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
     proxy::ProxyPolicy,
@@ -301,7 +302,10 @@ impl Actor for Server {
         }
         self.watch_idleness(ctx);
         if self.metrics.is_enabled() {
-            ctx.run_interval(FLUSH_INTERVAL, |server, _| server.metrics.set_active(server.admission.admitted()));
+            ctx.run_interval(FLUSH_INTERVAL, |server, _| {
+                server.metrics.set_active(server.admission.admitted());
+                server.metrics.set_log_lines_dropped(log_queue::dropped_lines());
+            });
         }
     }
 }
