@@ -126,6 +126,8 @@ pub struct Permit {
     lingering: bool,
     /// The client whose share this connection counts in, once claimed.
     client: Option<Client>,
+    /// The load of the worker it was placed on, counted down when the permit comes back.
+    load: Option<Arc<AtomicUsize>>,
 }
 
 impl Permit {
@@ -168,6 +170,15 @@ impl Permit {
         Some(Telling { shared, client: over.client })
     }
 
+    /// Counts this connection in `load` (its worker's) until the permit comes back, and no
+    /// longer in the load it was counted in before (a connection placed again).
+    pub fn count_in(&mut self, load: Arc<AtomicUsize>) {
+        load.fetch_add(1, Ordering::Relaxed);
+        if let Some(before) = self.load.replace(load) {
+            before.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// The connection has had every answer and only lingers until it closes.
     pub fn linger(&mut self) {
         if !self.lingering {
@@ -179,6 +190,9 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some(load) = &self.load {
+            load.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(client) = self.client {
             let mut shares = self.shared.shares.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(share) = shares.get_mut(&client) {
@@ -242,7 +256,7 @@ impl Admission {
             .admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| (admitted < limit).then_some(admitted + 1))
             .ok()
-            .map(|_| Permit { shared: self.shared.clone(), lingering: false, client: None })
+            .map(|_| Permit { shared: self.shared.clone(), lingering: false, client: None, load: None })
     }
 
     /// Connections admitted whose permit has not come back yet.

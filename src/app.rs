@@ -16,10 +16,10 @@ use actix::{Actor, Addr, AsyncContext, Context, System};
 use crate::{
     admission::Admission,
     config::Settings,
-    control::{Control, ReloadSources},
+    control::{Control, ReloadSources, WORKER_STALLED_EXIT},
     metrics::Metrics,
     notify::Notifier,
-    oracle::Oracle,
+    oracle::{Live, Oracle},
     server::{
         ApplyLimits, ExitWhenIdle, Server,
         listener::{self, AcceptStream, ListenError, ListenerKind},
@@ -41,6 +41,10 @@ pub enum RunError {
     /// A configured address could not be listened on.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// A worker thread stopped answering for `server.worker_stall_timeout_secs`; the daemon
+    /// drained what it could and exits, to be restarted.
+    #[error("a worker thread stopped answering for server.worker_stall_timeout_secs; exiting to be restarted")]
+    WorkerStalled,
     /// The runtime, a listener's registration or the signal handlers failed.
     #[error("{what}: {source}")]
     Runtime {
@@ -113,7 +117,7 @@ impl App {
     /// [`RunError`] if a socket cannot be registered.
     pub fn start(sockets: Sockets, settings: &Settings, options: Options) -> Result<App, RunError> {
         let Options { exit_when_idle, reload, metrics } = options;
-        let table = settings.live.oracle.answers.clone();
+        let live = Live::new(settings.live.oracle.answers.clone(), settings.session());
         let (listeners, connection) = match sockets {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
@@ -125,7 +129,7 @@ impl App {
             shutdown_timeout,
             lame_duck,
             connection_options,
-            session,
+            worker_stall_timeout,
         } = settings.server_limits();
         let listeners = listeners
             .into_iter()
@@ -143,15 +147,16 @@ impl App {
             tls::Acceptor::new(identity, settings.live.tls.handshake_timeout_ms.millis())
         });
         let threads = WorkerThreads::spawn(NonZeroUsize::new(settings.worker_count()).unwrap_or(NonZeroUsize::MIN));
-        let oracle = Oracle::start(table, settings.oracle_config(), &metrics);
-        let workers = Workers::start(&threads, &oracle, session, &metrics, acceptor.as_ref());
+        let oracle = Oracle::start(live, settings.oracle_config(), &metrics);
+        let workers = Workers::start(&threads, &oracle, &metrics, acceptor.as_ref(), oracle.health());
         let admission = Admission::new(max_connections);
         admission.set_per_client_limit(max_connections_per_client);
         let control_context = Context::<Control>::new();
         let mut server = Server::new(listeners, workers, admission, shutdown_timeout)
             .with_metrics(metrics.clone())
             .with_proxy_policy(proxy)
-            .with_lame_duck(lame_duck);
+            .with_lame_duck(lame_duck)
+            .on_worker_stall(worker_stall_timeout, control_context.address().recipient());
         let serving = match connection {
             Some(connection) => {
                 server = server.with_inherited_connection(connection);
@@ -219,9 +224,12 @@ pub fn serve(sockets: Sockets, settings: &Settings, options: Options) -> Result<
             .map_err(|source| RunError::Runtime { what: "cannot install signal handlers", source })?;
         Ok::<_, RunError>(app)
     })?;
-    let result = system.run().map_err(|source| RunError::Runtime { what: "actor system failed", source });
+    let result = system.run_with_code().map_err(|source| RunError::Runtime { what: "actor system failed", source });
     app.stop();
-    result
+    match result? {
+        WORKER_STALLED_EXIT => Err(RunError::WorkerStalled),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -254,7 +262,7 @@ mod tests {
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64, false).unwrap();
         let listener = Listener { socket: listener, kind: ListenerKind::default() };
         let app = App::start(Sockets::Listeners(vec![listener]), &settings, Options::default()).unwrap();
-        // Handed to the four workers in turn: ten connections on each.
+        // Spread over the four workers: ten connections on each.
         let mut clients = Vec::new();
         for _ in 0..40 {
             let mut client = TcpStream::connect(app.addrs[0]).await.unwrap();
@@ -262,7 +270,7 @@ mod tests {
             clients.push(client);
         }
         let table = AnswerTable::new([("Beautiful is better than?", "Pretty.")]).unwrap();
-        app.oracle.send(ReplaceTable(std::sync::Arc::new(table))).await.unwrap();
+        app.oracle.send(ReplaceTable { table: std::sync::Arc::new(table), limits: settings.session() }).await.unwrap();
         for client in &mut clients {
             assert_eq!(ask(client, b"Beautiful is better than?", 7).await, b"Pretty.");
         }

@@ -66,6 +66,12 @@ impl ZenCodec {
         Self { max_question_bytes: max_question_bytes.max(1), scanned: 0, state: DecodeState::Reading }
     }
 
+    /// Accepts questions of up to `max_question_bytes` bytes from the next decode on (a reload
+    /// may change the limit between two reads); a question already longer is refused then.
+    pub fn set_max_question_bytes(&mut self, max_question_bytes: usize) {
+        self.max_question_bytes = max_question_bytes.max(1);
+    }
+
     fn reject(&mut self, src: &mut BytesMut, batch: Questions) -> Option<Incoming> {
         src.clear();
         self.scanned = 0;

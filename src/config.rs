@@ -31,22 +31,22 @@ use std::{
 use config::{Config, FileFormat, Map, Source, Value, ValueKind};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-pub use crate::{
-    metrics::MetricsListen,
-    oracle::{lookup::FaultQuestion, table::AnswerEntry},
-    proxy::Trusted,
-    server::listener::Listen,
-    telemetry::{LogFormat, LogLevel, LogOutput, one_line},
-};
 use crate::{
+    limits::SessionConfig,
     oracle::{AnswerTable, OracleConfig},
     proxy::ProxyPolicy,
     server::{
         ApplyLimits,
         listener::{ConnectionOptions, Keepalive, ListenAddr, ListenerKind, check_overlaps},
     },
-    session::SessionConfig,
     tls::{Identity, TlsError, TlsFile},
+};
+pub use crate::{
+    metrics::MetricsListen,
+    oracle::{lookup::FaultQuestion, table::AnswerEntry},
+    proxy::Trusted,
+    server::listener::Listen,
+    telemetry::{LogFormat, LogLevel, LogOutput, one_line},
 };
 
 /// The documented defaults, also the lowest configuration layer.
@@ -322,6 +322,8 @@ pub struct ServerLive {
     pub drain_grace_ms: Whole<0, YEAR_MS>,
     /// Once shutdown starts, how long to keep accepting while failing health checks.
     pub lame_duck_ms: Whole<0, YEAR_MS>,
+    /// How long a worker thread may leave liveness checks unanswered before the daemon exits.
+    pub worker_stall_timeout_secs: Whole<1, YEAR_SECS>,
 }
 
 /// The `[limits]` section (a reload applies it).
@@ -824,7 +826,7 @@ impl Settings {
             shutdown_timeout: live.server.shutdown_timeout_secs.secs(),
             lame_duck: live.server.lame_duck_ms.millis(),
             connection_options: live.limits.connection_options(),
-            session: self.session(),
+            worker_stall_timeout: live.server.worker_stall_timeout_secs.secs(),
         }
     }
 

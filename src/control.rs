@@ -28,7 +28,7 @@ use crate::{
     metrics::Metrics,
     notify::Notifier,
     oracle::{AnswerTable, Oracle, ReplaceTable},
-    server::{CheckAlive, Drain, DrainReport, Server, ServerIdle},
+    server::{CheckAlive, Drain, DrainReport, Server, ServerIdle, WorkerStalled},
     telemetry::LogControl,
     tls,
 };
@@ -40,6 +40,10 @@ pub struct Shutdown {
     /// Why, for the log: a signal's name, or what made the server idle.
     pub cause: &'static str,
 }
+
+/// The actor system's exit code when a worker thread stalled: the daemon's is then 70
+/// (`EX_SOFTWARE`), which every supervisor in `deploy/` restarts.
+pub const WORKER_STALLED_EXIT: i32 = 70;
 
 /// Re-read every settings layer and apply what can change live.
 #[derive(Debug, Message)]
@@ -69,6 +73,8 @@ pub struct Control {
     /// The TLS listeners' handshakes, whose identity a reload replaces.
     tls: Option<tls::Acceptor>,
     shutting_down: bool,
+    /// What the actor system exits with once drained.
+    exit_code: i32,
     /// Whether a reload is under way, and whether another was asked for meanwhile.
     reloading: Reloading,
 }
@@ -133,6 +139,7 @@ impl Control {
             metrics: Metrics::disabled(),
             tls: None,
             shutting_down: false,
+            exit_code: 0,
             reloading: Reloading::No,
         }
     }
@@ -169,6 +176,7 @@ impl Control {
             .name("zen-reload".into())
             .spawn(move || drop(done.send(prepare(&sources, &running))));
         let (oracle, server, log) = (self.oracle.clone(), self.server.clone(), reload.log.clone());
+        let running_table = self.settings.live.oracle.answers.clone();
         let (acceptor, metrics) = (self.tls.clone(), self.metrics.clone());
         let applied = async move {
             reader.map_err(ReloadError::Thread)?;
@@ -179,11 +187,12 @@ impl Control {
                 tracing::info!(subject = %identity.subject, expires = %identity.expires, "TLS certificate loaded");
                 identity.warn_if_expiring();
             }
-            if let Some(table) = prepared.table.take() {
-                // Answered once the table is stored: in force for every replica's next batch.
-                if oracle.send(ReplaceTable(table)).await.is_err() {
-                    tracing::error!("the oracle's owner is gone; the answer table was not replaced");
-                }
+            // The table and the limits sessions read, in one step (the table in force, when it
+            // did not change, keeps what was computed of it); answered once stored: in force for
+            // every replica's next batch and every session's next read.
+            let table = prepared.table.take().unwrap_or(running_table);
+            if oracle.send(ReplaceTable { table, limits: prepared.settings.session() }).await.is_err() {
+                tracing::error!("the oracle is gone; the answer table and session limits were not replaced");
             }
             if prepared.live.iter().any(|key| key == "log.level")
                 && let Some(log) = &log
@@ -279,7 +288,7 @@ impl Handler<Shutdown> for Control {
             }
         }
         self.notifier.stopping(&format!("draining ({cause})"));
-        ctx.spawn(wrap_future::<_, Self>(self.server.send(Drain)).map(|report, _, _| {
+        ctx.spawn(wrap_future::<_, Self>(self.server.send(Drain)).map(|report, control: &mut Self, _| {
             match report {
                 Ok(DrainReport { unfinished: 0, elapsed }) => {
                     tracing::info!(unfinished = 0, elapsed_ms = elapsed.as_millis() as u64, "drained");
@@ -293,8 +302,20 @@ impl Handler<Shutdown> for Control {
                 }
                 Err(error) => tracing::warn!(%error, "server was already gone"),
             }
-            System::current().stop();
+            System::current().stop_with_code(control.exit_code);
         }));
+    }
+}
+
+impl Handler<WorkerStalled> for Control {
+    type Result = ();
+
+    fn handle(&mut self, WorkerStalled { worker, silent }: WorkerStalled, ctx: &mut Self::Context) {
+        self.exit_code = WORKER_STALLED_EXIT;
+        let silent_s = silent.as_secs();
+        self.notifier
+            .status(&format!("worker thread {worker} has not answered for {silent_s} s; exiting to be restarted"));
+        self.handle(Shutdown { cause: "a worker thread stalled" }, ctx);
     }
 }
 

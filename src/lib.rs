@@ -20,6 +20,7 @@
 //!   costly-answer pool.
 //! - [`inbox`]: a mailbox for messages between actors of one thread (questions to the oracle's
 //!   replica, answers back), cheaper than actix's, which serves any thread.
+//! - [`limits`]: the limits every session reads, from the snapshot a reload swaps.
 //! - [`session`]: the `ZenSession` actor, one per client: its flow control, its answer sink,
 //!   and the registry of one worker's sessions (drain, exact timeouts).
 //! - [`admission`]: the connection limit; sessions hold permits, a drain waits for them.
@@ -60,6 +61,7 @@ pub mod control;
 pub mod health;
 pub mod inbox;
 pub mod inherit;
+pub mod limits;
 pub mod log_queue;
 pub mod metrics;
 pub mod notify;

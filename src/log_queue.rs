@@ -123,7 +123,8 @@ impl LogQueue {
     /// Queues `line` without waiting; counts it as dropped if the queue is full.
     fn push(&self, level: Level, line: Vec<u8>) {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.sender.try_send(Entry::Line(level, line))
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.sender.try_send(Entry::Line(level, line))
         {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);

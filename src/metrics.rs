@@ -163,6 +163,7 @@ struct Handles {
     tls_active: Gauge,
     certificate_expiry: Gauge,
     log_lines_dropped: Counter,
+    workers_stalled: Gauge,
 }
 
 impl Metrics {
@@ -248,6 +249,11 @@ impl Metrics {
         described("zen_reloads_total", None, "Reloads of the settings, by result.");
         described("zen_build_info", None, "The running build: version and commit.");
         described(
+            "zen_workers_stalled",
+            None,
+            "Worker threads that have not answered a liveness check for a second or more; connections are routed around them.",
+        );
+        described(
             "zen_log_lines_dropped_total",
             None,
             "Log lines dropped because whatever reads the log fell behind (the queue to the log's writer was full).",
@@ -277,6 +283,7 @@ impl Metrics {
             tls_active: gauge("zen_tls_connections_active", vec![]),
             certificate_expiry: gauge("zen_tls_certificate_expiry_timestamp_seconds", vec![]),
             log_lines_dropped: counter("zen_log_lines_dropped_total", vec![]),
+            workers_stalled: gauge("zen_workers_stalled", vec![]),
         };
         let build = vec![Label::new("version", env!("CARGO_PKG_VERSION")), Label::new("commit", env!("BUILD_COMMIT"))];
         gauge("zen_build_info", build).set(1.0);
@@ -296,6 +303,7 @@ impl Metrics {
             counter.increment(0);
         }
         handles.active.set(0.0);
+        handles.workers_stalled.set(0.0);
         Self { handles: Some(Arc::new(handles)) }
     }
 
@@ -326,6 +334,13 @@ impl Metrics {
     pub fn set_active(&self, active: usize) {
         if let Some(handles) = &self.handles {
             handles.active.set(active as f64);
+        }
+    }
+
+    /// Worker threads stalled now.
+    pub fn set_workers_stalled(&self, workers: usize) {
+        if let Some(handles) = &self.handles {
+            handles.workers_stalled.set(workers as f64);
         }
     }
 

@@ -7,8 +7,9 @@
 //! (a value, a flag, an inherited socket of the wrong kind: trying again fails the same way);
 //! 69 (EX_UNAVAILABLE) when something a later try may find different is unavailable (an
 //! address in use or not on this host, a HOST that does not resolve, an inherited socket the
-//! system refused to work with); 130 or 143 when a second SIGINT or SIGTERM cut a drain short;
-//! 1 for anything else.
+//! system refused to work with); 70 (EX_SOFTWARE) when a worker thread stopped answering for
+//! `server.worker_stall_timeout_secs` (the daemon drained what it could: restart it); 130 or
+//! 143 when a second SIGINT or SIGTERM cut a drain short; 1 for anything else.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -27,6 +28,7 @@ use zen_server::{
 
 const EX_CONFIG: u8 = 78;
 const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
 
 /// A setting is wrong in a way the typed errors cannot say: `--inetd` with logs on standard
 /// output, which is the client's connection in that mode.
@@ -157,6 +159,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     match (error.downcast_ref::<RunError>(), error.downcast_ref::<MetricsError>()) {
         (Some(RunError::Listen(_)), _) | (_, Some(MetricsError::Exporter { .. })) => EX_UNAVAILABLE,
+        (Some(RunError::WorkerStalled), _) => EX_SOFTWARE,
         _ if matches!(error.downcast_ref::<TelemetryError>(), Some(TelemetryError::Filter { .. })) => EX_CONFIG,
         _ => 1,
     }

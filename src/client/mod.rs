@@ -20,7 +20,7 @@ use tokio::{
 pub use self::tls::{TlsClient, TlsOptions, Trust};
 use crate::{
     config::Settings,
-    protocol::{ANSWER_END, Answer, QUESTION_END, Question, is_leading_whitespace},
+    protocol::{ANSWER_END, Answer, HEALTH_QUESTION, QUESTION_END, Question, is_leading_whitespace},
     server::listener::ListenerKind,
 };
 
@@ -242,21 +242,27 @@ impl Probe {
     }
 }
 
-/// Asks `probe`'s question of `target` (as [`ask`] does) and checks the answer.
+/// Asks `probe`'s question of `target` (as [`ask`] does), then the health question, on one
+/// connection, and checks both answers: the first says the server answers from its table, the
+/// second that none of its worker threads is stalled (see [`crate::health`]), whichever the
+/// connection landed on.
 ///
 /// # Errors
 ///
 /// [`ClientError`] if there is no connection, no answer within `timeout`, or not the
 /// expected one.
 pub async fn probe(target: &Target, probe: &Probe, timeout: Duration) -> Result<(), ClientError> {
-    let answers = ask(target, std::slice::from_ref(&probe.question), timeout).await?;
-    match answers.first() {
-        Some(answer) if *answer == probe.answer => Ok(()),
-        other => Err(ClientError::WrongAnswer {
-            expected: probe.answer.to_string(),
-            got: other.map(ToString::to_string).unwrap_or_default(),
-        }),
+    let health = Question::from_static(HEALTH_QUESTION);
+    let answers = ask(target, &[probe.question.clone(), health], timeout).await?;
+    for (answer, expected) in answers.iter().map(Some).chain([None]).zip([&probe.answer, &Answer::HEALTHY]) {
+        if answer != Some(expected) {
+            return Err(ClientError::WrongAnswer {
+                expected: expected.to_string(),
+                got: answer.map(ToString::to_string).unwrap_or_default(),
+            });
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,14 +28,7 @@ pub mod costly;
 pub mod lookup;
 pub mod table;
 
-use std::{
-    rc::Rc,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{rc::Rc, sync::Arc, time::Duration};
 
 use actix::{fut::wrap_future, prelude::*};
 use arc_swap::ArcSwap;
@@ -48,6 +41,7 @@ use self::{
 use crate::{
     health::Health,
     inbox,
+    limits::SessionConfig,
     metrics::{FLUSH_INTERVAL, Metrics, Outcome, Tally},
     protocol::{Answer, Answers, AnswersBuilder, Question, Questions},
 };
@@ -84,11 +78,17 @@ pub struct Answered {
     pub answers: Answers,
 }
 
-/// Replaces the whole answer table; the reply comes once it is in force: every batch a replica
-/// answers from then on, on every worker, is answered from the new table.
+/// Replaces the answer table and the session limits read with it, in one step; the reply comes
+/// once they are in force: every batch a replica answers from then on, and every limit a session
+/// reads, on every worker, comes from the new ones.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ReplaceTable(pub Arc<AnswerTable>);
+pub struct ReplaceTable {
+    /// The new table (the one in force, when only limits change).
+    pub table: Arc<AnswerTable>,
+    /// The limits every session reads with it.
+    pub limits: SessionConfig,
+}
 
 /// How the oracle answers, beyond its table.
 #[derive(Debug, Clone, Default)]
@@ -103,56 +103,65 @@ pub struct OracleConfig {
     pub hang_question: Option<Question>,
 }
 
-/// The longest answer the oracle can give right now, in bytes: the table's longest, or an
-/// error answer if that is longer. A session counts it for every question it has asked and
-/// not yet been answered (see [`crate::session`]'s memory bound).
-#[derive(Debug, Clone)]
-pub struct AnswerBound(Arc<AtomicUsize>);
-
-impl AnswerBound {
-    /// The bound for answers from `table`.
-    pub fn of(table: &AnswerTable) -> Self {
-        Self(Arc::new(AtomicUsize::new(Self::bytes(table))))
-    }
-
-    fn bytes(table: &AnswerTable) -> usize {
-        let errors = [Answer::UNKNOWN_APHORISM, Answer::INTERNAL_ERROR, Answer::UNHEALTHY];
-        errors.iter().map(|answer| answer.as_bytes().len()).chain([table.longest_answer()]).max().unwrap_or_default()
-    }
-
-    /// The longest answer, in bytes.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, table: &AnswerTable) {
-        self.0.store(Self::bytes(table), Ordering::Relaxed);
-    }
-}
-
-/// The table in use and, if answers are costly, which of its questions are already computed.
+/// What a reload changes for connections already open, as one snapshot: the answer table, the
+/// limits every session reads, the longest answer the table can give; and, if answers are
+/// costly, which of the table's questions are computed already.
 #[derive(Debug)]
-struct Current {
+pub struct Snapshot {
     table: Arc<AnswerTable>,
-    computed: Computed,
+    /// The limits every session reads.
+    pub limits: SessionConfig,
+    /// The longest answer the oracle can give from this table, or an error answer if that is
+    /// longer, in bytes: a session counts it for every question it has asked and not yet been
+    /// answered (see the memory bound in [`crate::session`]).
+    pub answer_bound: usize,
+    /// Which table this is: one more with every new table, the same when only limits change.
+    generation: u64,
+    computed: Arc<Computed>,
 }
 
-impl Current {
-    fn new(table: Arc<AnswerTable>) -> Arc<Self> {
-        Arc::new(Self { table, computed: Computed::default() })
+impl Snapshot {
+    fn new(table: Arc<AnswerTable>, limits: SessionConfig, generation: u64) -> Arc<Self> {
+        let errors = [Answer::UNKNOWN_APHORISM, Answer::INTERNAL_ERROR, Answer::UNHEALTHY];
+        let answer_bound =
+            errors.iter().map(|answer| answer.as_bytes().len()).chain([table.longest_answer()]).max().unwrap_or(0);
+        Arc::new(Self { table, limits, answer_bound, generation, computed: Arc::default() })
+    }
+}
+
+/// The snapshot in force, shared by the Oracle, which replaces it, and every worker thread,
+/// which reads it; cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Live(Arc<ArcSwap<Snapshot>>);
+
+impl Live {
+    /// `table` and `limits` in force.
+    pub fn new(table: Arc<AnswerTable>, limits: SessionConfig) -> Self {
+        Self(Arc::new(ArcSwap::new(Snapshot::new(table, limits, 0))))
+    }
+
+    /// The snapshot in force now; held only briefly (never across an await), so that a
+    /// replaced one is freed by the Oracle.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> SessionConfig {
+        self.0.load().limits
     }
 }
 
 /// What the Oracle and every replica share.
 #[derive(Debug)]
 struct Shared {
-    current: ArcSwap<Current>,
-    bound: AnswerBound,
+    live: Live,
     lookup: Lookup,
     costly: Option<CostlyAnswers>,
 }
 
-/// The Oracle: holds the answer table, replaces it, and reports the lookups that panicked.
+/// The Oracle: holds the answer table (in the snapshot every worker reads), replaces it, and
+/// reports the lookups that panicked.
 pub struct Oracle {
     shared: Arc<Shared>,
     metrics: Metrics,
@@ -168,14 +177,13 @@ pub struct StartedOracle {
 }
 
 impl Oracle {
-    /// Starts the Oracle on the current arbiter, counting answers into `metrics`; must be
-    /// called inside a running actix `System`.
-    pub fn start(table: Arc<AnswerTable>, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
+    /// Starts the Oracle on the current arbiter with `live` in force, counting answers into
+    /// `metrics`; must be called inside a running actix `System`.
+    pub fn start(live: Live, config: OracleConfig, metrics: &Metrics) -> StartedOracle {
         let costly =
             (!config.simulated_cost.is_zero()).then(|| CostlyAnswers::start(config.simulated_cost, config.workers));
         let shared = Arc::new(Shared {
-            bound: AnswerBound::of(&table),
-            current: ArcSwap::new(Current::new(table)),
+            live,
             lookup: Lookup::new(config.panic_question, config.hang_question, Arc::default()),
             costly,
         });
@@ -190,9 +198,9 @@ impl StartedOracle {
         inbox::start(OracleReplica { shared: self.shared.clone(), tally: Rc::default(), metrics: self.metrics.clone() })
     }
 
-    /// The longest answer the oracle can give, kept up to date across replacements.
-    pub fn answer_bound(&self) -> AnswerBound {
-        self.shared.bound.clone()
+    /// The snapshot in force, kept up to date across replacements.
+    pub fn live(&self) -> Live {
+        self.shared.live.clone()
     }
 
     /// The daemon's health, which the replicas answer the health question from.
@@ -216,12 +224,17 @@ impl Actor for Oracle {
 impl Handler<ReplaceTable> for Oracle {
     type Result = ();
 
-    fn handle(&mut self, ReplaceTable(table): ReplaceTable, ctx: &mut Self::Context) {
-        tracing::debug!(questions = table.len(), "answer table replaced");
-        // The bound first: a question asked from now on is counted for the longer of the two
-        // tables' answers.
-        self.shared.bound.set(&table);
-        let retired = self.shared.current.swap(Current::new(table));
+    fn handle(&mut self, ReplaceTable { table, limits }: ReplaceTable, ctx: &mut Self::Context) {
+        tracing::debug!(questions = table.len(), "answer table and session limits replaced");
+        let live = &self.shared.live.0;
+        let current = live.load_full();
+        let replacement = match Arc::ptr_eq(&current.table, &table) {
+            // The same table with other limits: what was computed of it stays.
+            true => Arc::new(Snapshot { table, limits, computed: current.computed.clone(), ..*current }),
+            false => Snapshot::new(table, limits, current.generation + 1),
+        };
+        let retired = live.swap(replacement);
+        drop(current);
         ctx.run_later(RETIRED_TABLE_KEPT, move |_, _| drop(retired));
     }
 }
@@ -260,12 +273,12 @@ impl Handler<Ask> for OracleReplica {
 
     fn handle(&mut self, Ask { questions, seq, reply_to }: Ask, ctx: &mut Self::Context) {
         let shared = &self.shared;
+        let current = shared.live.load();
         let Some(costly) = &shared.costly else {
-            let answers = answer_all(&shared.lookup, &shared.current.load().table, &questions, &self.tally);
+            let answers = answer_all(&shared.lookup, &current.table, &questions, &self.tally);
             reply(&reply_to, Answered { seq, answers });
             return;
         };
-        let current = shared.current.load_full();
         let costs_work = |question: &[u8]| shared.lookup.is_poison(question) || current.table.knows(question);
         let still_costly = current.computed.still_costly(questions.iter(), costs_work);
         let to_compute =
@@ -275,13 +288,19 @@ impl Handler<Ask> for OracleReplica {
             reply(&reply_to, Answered { seq, answers });
             return;
         }
+        // Nothing of the snapshot is held while the cost is paid: the whole batch is answered
+        // from the one in force once it is (and a replaced table is freed by the Oracle, on
+        // the control thread, not by this thread after a long wait).
+        let generation = current.generation;
+        drop(current);
         let (shared, costly, tally) = (shared.clone(), costly.clone(), self.tally.clone());
         ctx.spawn(wrap_future(async move {
             let paid = costly.pay_for(to_compute.clone()).await;
-            if let Err(error) = &paid {
-                tracing::error!(%error, "oracle workers are gone");
-            } else {
-                current.computed.remember(&to_compute);
+            let current = shared.live.load();
+            match &paid {
+                Err(error) => tracing::error!(%error, "oracle workers are gone"),
+                Ok(()) if current.generation == generation => current.computed.remember(&to_compute),
+                Ok(()) => {}
             }
             let mut answers = AnswersBuilder::with_capacity(questions.len());
             for (question, costly) in questions.iter().zip(still_costly) {
@@ -312,11 +331,27 @@ mod tests {
     use super::*;
     use crate::{oracle::table::book_table, threads::WorkerThreads};
 
-    /// The oracle and one replica on the current thread.
+    /// Session limits that a test changes to tell one snapshot from another.
+    fn limits(max_question_bytes: usize) -> SessionConfig {
+        SessionConfig {
+            max_question_bytes,
+            max_pending_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            drain_grace: Duration::ZERO,
+        }
+    }
+
+    /// The oracle, with `table` in force, and one replica on the current thread.
     fn start(table: AnswerTable, config: OracleConfig) -> (StartedOracle, Asks) {
-        let oracle = Oracle::start(Arc::new(table), config, &Metrics::disabled());
+        let oracle = Oracle::start(Live::new(Arc::new(table), limits(64)), config, &Metrics::disabled());
         let replica = oracle.start_replica();
         (oracle, replica)
+    }
+
+    /// `table` with `limits(max_question_bytes)`, replacing the snapshot in force.
+    fn replace(table: AnswerTable, max_question_bytes: usize) -> ReplaceTable {
+        ReplaceTable { table: Arc::new(table), limits: limits(max_question_bytes) }
     }
 
     /// Asks `replica` and waits for the answers, in place of a session.
@@ -343,7 +378,7 @@ mod tests {
     #[actix::test]
     async fn one_replacement_is_in_force_for_every_replica_once_acknowledged() {
         let threads = WorkerThreads::spawn(4.try_into().unwrap());
-        let oracle = Oracle::start(Arc::new(book_table()), OracleConfig::default(), &Metrics::disabled());
+        let (oracle, _) = start(book_table(), OracleConfig::default());
         // A replica on each thread, asked from its own thread once the replacement is in force.
         let mut asked = Vec::new();
         let (in_force, _) = tokio::sync::watch::channel(false);
@@ -361,8 +396,9 @@ mod tests {
             asked.push(answered);
         }
         let new_table = AnswerTable::new([("Flat is better than?", "Nested and nested again.")]).unwrap();
-        oracle.addr.send(ReplaceTable(Arc::new(new_table))).await.unwrap();
-        assert_eq!(oracle.answer_bound().get(), "Nested and nested again.".len(), "the bound follows the table");
+        oracle.addr.send(replace(new_table, 128)).await.unwrap();
+        let live = oracle.live().load();
+        assert_eq!((live.answer_bound, live.limits), ("Nested and nested again.".len(), limits(128)), "one snapshot");
         in_force.send_replace(true);
         for answered in asked {
             let answers = tokio::time::timeout(Duration::from_secs(5), answered).await.unwrap().unwrap();
@@ -374,11 +410,11 @@ mod tests {
     #[actix::test]
     async fn the_answer_bound_is_the_longest_answer_or_the_longest_error() {
         let (oracle, _) = start(book_table(), OracleConfig::default());
-        assert_eq!(oracle.answer_bound().get(), Answer::UNKNOWN_APHORISM.as_bytes().len());
+        assert_eq!(oracle.live().load().answer_bound, Answer::UNKNOWN_APHORISM.as_bytes().len());
         let long = format!("{}.", "x".repeat(100_000));
         let table = AnswerTable::new([("Big?".to_owned(), long)]).unwrap();
-        oracle.addr.send(ReplaceTable(Arc::new(table))).await.unwrap();
-        assert_eq!(oracle.answer_bound().get(), 100_001);
+        oracle.addr.send(replace(table, 64)).await.unwrap();
+        assert_eq!(oracle.live().load().answer_bound, 100_001);
     }
 
     #[actix::test]
@@ -402,8 +438,13 @@ mod tests {
             // second round answers them from what was computed.
             assert_eq!(paid(), Some(3), "round {round}");
         }
-        // A new table has computed nothing yet.
-        oracle.addr.send(ReplaceTable(Arc::new(book_table()))).await.unwrap();
+        // New limits with the same table keep what was computed; a new table has computed
+        // nothing yet.
+        let table = oracle.live().load().table.clone();
+        oracle.addr.send(ReplaceTable { table, limits: limits(100) }).await.unwrap();
+        ask(&replica, &[b"Simple is better than?"]).await;
+        assert_eq!(paid(), Some(3));
+        oracle.addr.send(replace(book_table(), 100)).await.unwrap();
         ask(&replica, &[b"Simple is better than?"]).await;
         assert_eq!(paid(), Some(4));
     }

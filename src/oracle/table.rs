@@ -41,7 +41,9 @@ pub enum TableError {
         answer: String,
     },
     /// A question is the health check's, which the server answers itself.
-    #[error("entry {index}: question \"{question}\" is the health check's, which zen-server answers itself (zen-client probe asks it); ask something else")]
+    #[error(
+        "entry {index}: question \"{question}\" is the health check's, which zen-server answers itself (zen-client probe asks it); ask something else"
+    )]
     Reserved {
         /// Position of the entry, from zero.
         index: usize,

@@ -6,11 +6,16 @@
 //! out of file descriptors or memory, the stream reports the error once and pauses before
 //! trying again, doubling the pause up to [`MAX_ACCEPT_PAUSE`], instead of spinning on an
 //! error that repeats until some connection closes.
+//!
+//! Only the listening socket is registered with the accepting thread's reactor: each connection
+//! is accepted non-blocking as a plain socket ([`accept`]), and registered once, by the worker
+//! whose thread serves it. (tokio's `TcpListener` accepts tokio streams, registered here, which
+//! would then be taken off again to be handed over: three registrations where one does.)
 
 use std::{
     io,
     net::SocketAddr,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     pin::Pin,
     task::{Context, Poll, ready},
     time::Duration,
@@ -20,7 +25,8 @@ use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    io::Interest,
+    net::TcpStream,
     time::{Sleep, sleep},
 };
 
@@ -121,8 +127,8 @@ pub struct ListenerKind {
 /// One accepted connection.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The connection, registered with the current arbiter's reactor.
-    pub stream: TcpStream,
+    /// The connection: non-blocking, registered with no reactor yet.
+    pub stream: std::net::TcpStream,
     /// The client's address (a load balancer's, behind a PROXY listener).
     pub peer: SocketAddr,
     /// What the connection begins with.
@@ -145,10 +151,30 @@ pub enum AcceptError {
     Connection(io::Error),
 }
 
+/// Accepts one connection waiting on `listener`, non-blocking and close-on-exec in one system
+/// call, registered with no reactor.
+///
+/// # Errors
+///
+/// What `accept4` says; `WouldBlock` when none waits.
+pub fn accept(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    accept_on(listener)
+}
+
+fn accept_on(listener: &impl AsFd) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (socket, peer) = SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = peer.as_socket().ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
+    Ok((socket.into(), peer))
+}
+
 /// The connections arriving on one listener, as a stream that never ends.
 #[derive(Debug)]
 pub struct AcceptStream {
-    listener: TcpListener,
+    /// The listening socket, registered with this thread's reactor for its readiness alone: a
+    /// listening socket is readable while connections wait, and a tokio `TcpStream` over it
+    /// gives that readiness (tokio's `TcpListener` gives none, and its `AsyncFd` asks for
+    /// `unsafe`). It is never read or written; connections are taken with [`accept`].
+    listener: TcpStream,
     local_addr: SocketAddr,
     kind: ListenerKind,
     pause: Option<Pin<Box<Sleep>>>,
@@ -166,7 +192,7 @@ impl AcceptStream {
     pub fn new(listener: std::net::TcpListener, options: ConnectionOptions) -> io::Result<Self> {
         options.apply(&listener)?;
         let local_addr = listener.local_addr()?;
-        let listener = TcpListener::from_std(listener)?;
+        let listener = TcpStream::from_std(std::net::TcpStream::from(OwnedFd::from(listener)))?;
         Ok(Self { listener, local_addr, kind: ListenerKind::default(), pause: None, next_pause: MIN_ACCEPT_PAUSE })
     }
 
@@ -193,7 +219,7 @@ impl AcceptStream {
     ///
     /// If the process is out of file descriptors.
     pub fn socket(&self) -> io::Result<std::net::TcpListener> {
-        Ok(self.listener.as_fd().try_clone_to_owned()?.into())
+        Ok(OwnedFd::from(SockRef::from(&self.listener).try_clone()?).into())
     }
 }
 
@@ -211,7 +237,16 @@ impl Stream for AcceptStream {
             ready!(pause.as_mut().poll(cx));
             self.pause = None;
         }
-        let result = ready!(self.listener.poll_accept(cx));
+        let result = loop {
+            if let Err(error) = ready!(self.listener.poll_read_ready(cx)) {
+                break Err(error);
+            }
+            // `WouldBlock` clears the readiness, and the loop waits for the next.
+            match self.listener.try_io(Interest::READABLE, || accept_on(&self.listener)) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                result => break result,
+            }
+        };
         Poll::Ready(Some(match result {
             Ok((stream, peer)) => {
                 self.next_pause = MIN_ACCEPT_PAUSE;
@@ -325,7 +360,9 @@ mod tests {
         let mut accept = AcceptStream::new(socket, ConnectionOptions { keepalive: Some(keepalive) }).unwrap();
         let _client = std::net::TcpStream::connect(accept.local_addr()).unwrap();
         let accepted = std::future::poll_fn(|cx| Pin::new(&mut accept).poll_next(cx)).await.unwrap().unwrap();
+        assert!(accepted.stream.peer_addr().is_ok());
         let socket = SockRef::from(&accepted.stream);
+        assert!(socket.nonblocking().unwrap(), "accepted blocking");
         assert!(socket.tcp_nodelay().unwrap());
         assert!(socket.keepalive().unwrap());
         assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);

@@ -1,12 +1,17 @@
 //! [`Server`]: the actor that owns the listeners, accepts connections, admits them within the
-//! connection limit and hands each to a [`Worker`](worker::Worker) in turn, which runs its
-//! [`ZenSession`](crate::session::ZenSession).
+//! connection limit and hands each to a [`Worker`](worker::Worker), which runs its
+//! [`ZenSession`](crate::session::ZenSession): one that answers, holding the fewest
+//! connections (see [`worker`]).
 //!
 //! A client over the limit is told `Error: server busy.` and closed at once, with no session.
 //! On [`Drain`] the server stops accepting, tells every worker to drain its sessions, and
 //! replies once every admitted connection's permit has come back or the shutdown timeout has
 //! passed. Told to exit when idle, it reports [`ServerIdle`] once no connection has been open
 //! or has arrived for that long (inetd's modes: one inherited connection, served, is all).
+//!
+//! Every [`LIVENESS_INTERVAL`] it checks its workers; one that has not answered for
+//! `server.worker_stall_timeout_secs` is reported, once, as [`WorkerStalled`]: the daemon then
+//! drains what it can and exits, to be restarted.
 //!
 //! - [`listener`]: binding listening sockets; accepting with back-off on exhaustion.
 //! - [`opening`]: what a connection goes through before its session: a PROXY header, the
@@ -26,12 +31,11 @@ use std::{
 };
 
 use actix::{fut::wrap_future, prelude::*};
-use tokio::net::TcpStream;
 
 use self::{
     listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions, ListenerKind},
     opening::Opening,
-    worker::{Unresponsive, Workers},
+    worker::{LIVENESS_INTERVAL, Unresponsive, Workers},
 };
 use crate::{
     admission::Admission,
@@ -39,7 +43,7 @@ use crate::{
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
     proxy::ProxyPolicy,
-    session::{SessionConfig, SessionInfo},
+    session::SessionInfo,
 };
 
 /// Stop accepting (after the lame-duck period, if there is one), let every session answer what
@@ -62,6 +66,17 @@ pub struct ServerIdle {
     pub cause: &'static str,
 }
 
+/// A worker thread has not answered for `server.worker_stall_timeout_secs`: the daemon cannot
+/// serve every client it accepts, and exits to be restarted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WorkerStalled {
+    /// Which worker (from 1).
+    pub worker: usize,
+    /// How long it has not answered.
+    pub silent: Duration,
+}
+
 /// When the server reports itself idle.
 #[derive(Debug, Clone)]
 pub struct ExitWhenIdle {
@@ -71,8 +86,9 @@ pub struct ExitWhenIdle {
     pub notify: Recipient<ServerIdle>,
 }
 
-/// New limits, from a reload: for connections accepted from now on (and the timeouts of
-/// sessions already running, from their next check).
+/// New limits, from a reload: the server's own, for connections accepted from now on. (The
+/// limits sessions read go with the answer table, to the Oracle: see
+/// [`ReplaceTable`](crate::oracle::ReplaceTable).)
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct ApplyLimits {
@@ -88,8 +104,8 @@ pub struct ApplyLimits {
     pub lame_duck: Duration,
     /// Socket options of accepted connections.
     pub connection_options: ConnectionOptions,
-    /// Per-session limits.
-    pub session: SessionConfig,
+    /// How long a worker may leave a liveness check unanswered before the daemon exits.
+    pub worker_stall_timeout: Duration,
 }
 
 /// How a drain ended.
@@ -126,6 +142,10 @@ pub struct Server {
     proxy: Arc<ProxyPolicy>,
     /// How long a drain keeps accepting, failing health checks, before closing the listeners.
     lame_duck: Duration,
+    /// How long a worker may leave a liveness check unanswered before the daemon exits.
+    worker_stall_timeout: Duration,
+    /// Who is told of a worker stalled that long (once).
+    on_stall: Option<Recipient<WorkerStalled>>,
 }
 
 impl Server {
@@ -152,7 +172,17 @@ impl Server {
             metrics: Metrics::disabled(),
             proxy: Arc::new(ProxyPolicy { trusted: Vec::new(), header_timeout: Duration::ZERO }),
             lame_duck: Duration::ZERO,
+            worker_stall_timeout: Duration::MAX,
+            on_stall: None,
         }
+    }
+
+    /// Tells `notify` of a worker that has not answered for `timeout` (once).
+    #[must_use]
+    pub fn on_worker_stall(mut self, timeout: Duration, notify: Recipient<WorkerStalled>) -> Self {
+        self.worker_stall_timeout = timeout;
+        self.on_stall = Some(notify);
+        self
     }
 
     /// On a drain, keeps accepting for `lame_duck` first (see [`Drain`]).
@@ -204,11 +234,8 @@ impl Server {
             ctx.cancel_future(handle);
         }
         for (socket, kind) in mem::take(&mut self.listening_sockets) {
-            while let Ok((socket, peer)) = socket.accept() {
-                match socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket)) {
-                    Ok(stream) => self.admit(Accepted { stream, peer, kind }),
-                    Err(error) => tracing::debug!(%peer, %error, "cannot take a queued connection"),
-                }
+            while let Ok((stream, peer)) = listener::accept(&socket) {
+                self.admit(Accepted { stream, peer, kind });
             }
         }
     }
@@ -224,6 +251,25 @@ impl Server {
                 idle.notify.do_send(ServerIdle { cause });
             }
         }));
+    }
+
+    /// Checks the workers (see [`Workers::check`]); reports one silent for
+    /// `worker_stall_timeout`, once.
+    fn check_workers(&mut self, ctx: &mut Context<Self>) {
+        let check = self.workers.check::<Self>(ctx);
+        let Some((worker, silent)) = check.longest_silence else { return };
+        if silent >= self.worker_stall_timeout
+            && let Some(notify) = self.on_stall.take()
+        {
+            let (silent_s, timeout_s) = (silent.as_secs(), self.worker_stall_timeout.as_secs());
+            tracing::error!(
+                worker,
+                silent_s,
+                timeout_s,
+                "a worker thread has not answered for server.worker_stall_timeout_secs; draining what can be drained and exiting, to be restarted"
+            );
+            notify.do_send(WorkerStalled { worker, silent });
+        }
     }
 
     fn admit(&mut self, Accepted { stream, peer, kind }: Accepted) {
@@ -247,23 +293,17 @@ impl Server {
     /// which can reach a client before it reads the refusal; holding refused connections open
     /// to read first would let a flood of them use up descriptors, which the limit protects.
     /// A TLS client, which could not read a plain answer, gets a TLS alert instead.
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    fn refuse(&mut self, mut socket: std::net::TcpStream, peer: SocketAddr, tls: bool) {
         if self.refused_while_full == 0 {
             tracing::warn!(%peer, max_connections = self.admission.limit(), "server full; refusing clients");
         } else {
             tracing::debug!(%peer, "server full; client refused");
         }
         self.refused_while_full += 1;
-        let sent = match stream.into_std() {
-            Ok(mut socket) => {
-                let busy = Answer::SERVER_BUSY;
-                let refusal = if tls { &TLS_BUSY_ALERT[..] } else { busy.as_bytes() };
-                let sent = socket.write(refusal).unwrap_or(0);
-                let _ = socket.shutdown(Shutdown::Write);
-                sent
-            }
-            Err(_) => 0,
-        };
+        let busy = Answer::SERVER_BUSY;
+        let refusal = if tls { &TLS_BUSY_ALERT[..] } else { busy.as_bytes() };
+        let sent = socket.write(refusal).unwrap_or(0);
+        let _ = socket.shutdown(Shutdown::Write);
         self.metrics.refused_busy(sent);
     }
 }
@@ -288,19 +328,17 @@ impl Actor for Server {
             }
             self.accepting.push(ctx.add_stream(listener));
         }
-        if let Some(connection) = self.inherited.take() {
-            let accepted = connection.peer_addr().and_then(|peer| {
-                Ok(Accepted { stream: TcpStream::from_std(connection)?, peer, kind: ListenerKind::default() })
-            });
-            match accepted {
-                Ok(accepted) => {
-                    tracing::info!(peer = %accepted.peer, "serving the connection on standard input");
-                    self.admit(accepted);
+        if let Some(stream) = self.inherited.take() {
+            match stream.peer_addr() {
+                Ok(peer) => {
+                    tracing::info!(%peer, "serving the connection on standard input");
+                    self.admit(Accepted { stream, peer, kind: ListenerKind::default() });
                 }
                 Err(error) => tracing::warn!(%error, "cannot serve the connection on standard input"),
             }
         }
         self.watch_idleness(ctx);
+        ctx.run_interval(LIVENESS_INTERVAL, Self::check_workers);
         if self.metrics.is_enabled() {
             ctx.run_interval(FLUSH_INTERVAL, |server, _| {
                 server.metrics.set_active(server.admission.admitted());
@@ -332,12 +370,12 @@ impl Handler<ApplyLimits> for Server {
         self.proxy = Arc::new(limits.proxy);
         self.shutdown_timeout = limits.shutdown_timeout;
         self.lame_duck = limits.lame_duck;
+        self.worker_stall_timeout = limits.worker_stall_timeout;
         for (socket, _) in &self.listening_sockets {
             if let Err(error) = limits.connection_options.apply(socket) {
                 tracing::warn!(%error, "cannot set the new keepalive on a listener");
             }
         }
-        self.workers.set_session_config(limits.session);
     }
 }
 
@@ -384,9 +422,20 @@ impl Handler<Drain> for Server {
         };
         let deadline = started + self.shutdown_timeout;
         let admission = self.admission.clone();
+        // A stalled worker's connections never come back; the drain waits for the others.
+        let stuck = self.workers.held_by_stalled();
         Box::pin(async move {
             tokio::time::sleep_until(listening_until.into()).await;
-            let _ = tokio::time::timeout_at(deadline.into(), admission.all_released()).await;
+            let drained = async {
+                while admission.admitted() > stuck() {
+                    if stuck() == 0 {
+                        admission.all_released().await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline.into(), drained).await;
             DrainReport { unfinished: admission.unfinished(), elapsed: started.elapsed() }
         })
     }
@@ -399,14 +448,15 @@ mod tests {
     use futures_core::Stream;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
         sync::mpsc,
     };
 
     use super::*;
     use crate::{
-        oracle::{AnswerTable, Oracle, OracleConfig},
+        limits::SessionConfig,
+        oracle::{AnswerTable, Live, Oracle, OracleConfig, StartedOracle},
         server::listener::{self, ConnectionOptions},
-        session::SessionConfig,
         threads::WorkerThreads,
     };
 
@@ -420,13 +470,21 @@ mod tests {
         }
     }
 
+    /// An oracle knowing one question, and workers asking it on `threads` new threads (for the
+    /// caller to stop).
+    fn workers(threads: usize, idle_timeout: Duration) -> (StartedOracle, Workers, WorkerThreads) {
+        let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
+        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
+        let live = Live::new(Arc::new(table), session_config(idle_timeout));
+        let oracle = Oracle::start(live, OracleConfig::default(), &Metrics::disabled());
+        let workers = Workers::start(&threads, &oracle, &Metrics::disabled(), None, oracle.health());
+        (oracle, workers, threads)
+    }
+
     /// A server on an ephemeral port with `threads` worker threads; the threads are for the
     /// caller to stop.
     fn start_server(threads: usize, idle_timeout: Duration) -> (Addr<Server>, SocketAddr, WorkerThreads) {
-        let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
-        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-        let workers = Workers::start(&threads, &oracle, session_config(idle_timeout), &Metrics::disabled(), None);
+        let (_oracle, workers, threads) = workers(threads, idle_timeout);
         let socket = listener::bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let accept = AcceptStream::new(socket, ConnectionOptions::default()).unwrap();
         let addr = accept.local_addr();
@@ -492,11 +550,7 @@ mod tests {
         limit: u32,
     ) -> (Addr<Server>, mpsc::UnboundedSender<Result<Accepted, AcceptError>>, WorkerThreads, std::net::TcpListener)
     {
-        let threads = WorkerThreads::spawn(NonZeroUsize::new(threads).unwrap());
-        let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-        let workers =
-            Workers::start(&threads, &oracle, session_config(Duration::from_secs(60)), &Metrics::disabled(), None);
+        let (_oracle, workers, threads) = workers(threads, Duration::from_secs(60));
         let (feed, connections) = mpsc::unbounded_channel();
         let server = Server::create(|ctx| {
             ctx.add_stream(Connections(connections));
@@ -509,9 +563,7 @@ mod tests {
     /// A client connected to `listener`, and the connection as the server accepts it.
     async fn connection(listener: &std::net::TcpListener) -> (TcpStream, Accepted) {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (socket, peer) = listener.accept().unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let stream = TcpStream::from_std(socket).unwrap();
+        let (stream, peer) = listener::accept(listener).unwrap();
         (client, Accepted { stream, peer, kind: ListenerKind::default() })
     }
 

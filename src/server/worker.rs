@@ -1,33 +1,94 @@
-//! [`Workers`]: where sessions run. One [`Worker`] actor on each worker thread starts the
-//! sessions handed to it and owns their [`SessionRegistry`]; beside it on its thread runs the
-//! oracle's replica its sessions ask. The server hands connections to the workers in turn.
+//! [`Workers`]: where sessions run, and where each connection goes. One [`Worker`] actor on each
+//! worker thread starts the sessions handed to it and owns their [`SessionRegistry`]; beside it
+//! on its thread runs the oracle's replica its sessions ask.
 //!
-//! The server accepts on the control thread; each connection is taken off that thread's
-//! reactor (`into_std`) and registered again on its worker's (`from_std`), so that all of a
-//! connection's I/O happens on one worker thread.
+//! The server places each connection it accepts, from the control thread, on a worker that
+//! answered its last liveness check, and among those on the one holding the fewest connections
+//! (as Envoy's exact connection balance does; actix-server's accept loop likewise skips workers
+//! that are gone or full). The connection is handed over once, as a plain socket no reactor has
+//! seen: the worker registers it on its own thread's reactor, where all of its I/O happens.
+//!
+//! A hand-over goes through the worker's [`Handoff`], a queue that the worker registers on its
+//! context as its stream of [`Adopt`] messages. A worker that stops answering (a session or a
+//! lookup has wedged its thread: see `oracle.hang_question`) is routed around from its first
+//! missed check, [`LIVENESS_INTERVAL`]: no new connection goes to it, and the ones handed to it
+//! but not taken yet are taken back and placed again. The server checks every worker each
+//! interval ([`Workers::check`]); one that has not answered for [`STALL_SEEN_AFTER`] is stalled:
+//! the daemon is unhealthy (see [`crate::health`]) until the worker answers again, or until
+//! `server.worker_stall_timeout_secs` has passed and the daemon exits to be restarted.
 
-use std::{cell::Cell, rc::Rc};
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    pin::Pin,
+    rc::Rc,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context as TaskContext, Poll, Waker},
+    time::{Duration, Instant},
+};
 
 use actix::{fut::wrap_future, prelude::*};
+use futures_core::Stream;
 use tokio::net::TcpStream;
 
 use super::opening::{self, Opening};
 use crate::{
     admission::Permit,
+    health::{Health, STALL_SEEN_AFTER},
     metrics::{CloseReason, FLUSH_INTERVAL, Metrics, Tally},
     oracle::StartedOracle,
-    session::{SessionConfig, SessionDeps, SessionInfo, registry::SessionRegistry},
+    session::{SessionDeps, SessionInfo, registry::SessionRegistry},
     threads::WorkerThreads,
     tls,
 };
 
-/// The worker of each worker thread, and whose turn it is.
+/// How often the server checks that every worker answers; a worker that has not answered the
+/// last check when the next is due gets no new connection until it does.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The workers, as the server (on the control thread) sees them.
 pub struct Workers {
     /// One per thread; never empty.
-    workers: Vec<Addr<Worker>>,
+    workers: Vec<WorkerSlot>,
+    /// Where the next placement starts looking among equally loaded workers, so that they take
+    /// turns.
     next: usize,
+    /// When the last check ran.
+    last_check: Instant,
+    /// What the health question is answered from.
+    health: Arc<Health>,
     /// Where a connection that cannot be handed over is counted.
     metrics: Metrics,
+}
+
+/// One worker, as the server sees it.
+struct WorkerSlot {
+    addr: Addr<Worker>,
+    /// Connections handed to the worker and not taken by it yet.
+    handoff: Arc<Handoff>,
+    /// Connections the worker holds (its sessions and those still opening), counted down by
+    /// their permits however they end.
+    load: Arc<AtomicUsize>,
+    /// When the check the worker has not answered yet was sent; shared with the reply's
+    /// handler on the control thread.
+    unanswered_since: Rc<Cell<Option<Instant>>>,
+    /// Whether the worker was last counted as stalled.
+    stalled: bool,
+}
+
+impl WorkerSlot {
+    /// Whether the worker answered its last check: nothing unanswered older than one interval.
+    fn answers(&self, now: Instant) -> bool {
+        self.unanswered_since.get().is_none_or(|since| now.saturating_duration_since(since) < LIVENESS_INTERVAL)
+    }
+
+    /// How long the worker has left a check unanswered.
+    fn silent_for(&self, now: Instant) -> Duration {
+        self.unanswered_since.get().map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
 }
 
 /// A worker thread did not answer a liveness check as it should.
@@ -41,25 +102,39 @@ pub enum Unresponsive {
     ReplicaGone,
 }
 
+/// What a check of the workers found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    /// Workers stalled now.
+    pub stalled: usize,
+    /// The longest any worker has been silent, and which (from 1).
+    pub longest_silence: Option<(usize, Duration)>,
+}
+
 impl Workers {
-    /// Starts a worker and an oracle replica on each of `threads`; the worker's sessions ask
-    /// that replica, follow `config`, and count into `metrics`; handshakes on TLS listeners use
-    /// `tls`.
+    /// Starts a worker and an oracle replica on each of `threads`; the workers' sessions ask
+    /// those replicas and count into `metrics`; handshakes on TLS listeners use `tls`; the
+    /// workers' stalls are told through `health`.
     pub fn start(
         threads: &WorkerThreads,
         oracle: &StartedOracle,
-        config: SessionConfig,
         metrics: &Metrics,
         tls: Option<&tls::Acceptor>,
+        health: Arc<Health>,
     ) -> Self {
         let workers = threads
             .arbiters()
             .map(|thread| {
-                let (oracle, metrics, tls) = (oracle.clone(), metrics.clone(), tls.cloned());
-                Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, metrics, tls))
+                let handoff = Arc::new(Handoff::default());
+                let (oracle, metrics, tls, taken) = (oracle.clone(), metrics.clone(), tls.cloned(), handoff.clone());
+                let addr = Worker::start_in_arbiter(&thread, move |ctx| {
+                    ctx.add_message_stream(Adoptions(taken));
+                    Worker::new(&oracle, metrics, tls)
+                });
+                WorkerSlot { addr, handoff, load: Arc::default(), unanswered_since: Rc::default(), stalled: false }
             })
             .collect();
-        Self { workers, next: 0, metrics: metrics.clone() }
+        Self { workers, next: 0, last_check: Instant::now(), health, metrics: metrics.clone() }
     }
 
     /// How many workers there are.
@@ -67,31 +142,100 @@ impl Workers {
         self.workers.len()
     }
 
-    /// Starts a session for `stream` on the next worker in turn, once it is through its
-    /// `opening`. A connection that cannot be handed over is closed and counted.
-    pub fn adopt(&mut self, stream: TcpStream, info: SessionInfo, permit: Permit, opening: Opening) {
-        let Some(worker) = self.workers.get(self.next % self.workers.len().max(1)) else { return };
-        self.next = self.next.wrapping_add(1);
-        match stream.into_std() {
-            Ok(socket) => worker.do_send(Adopt { socket, info, permit, opening }),
-            Err(error) => {
-                tracing::warn!(peer = %info.peer, %error, "could not hand over accepted connection");
-                self.metrics.closed_unserved(CloseReason::Error);
-            }
-        }
+    /// Hands `socket` to a worker, which starts its session once it is through its `opening`:
+    /// among the workers that answered their last check, the one holding the fewest
+    /// connections (taking turns among equals); if none answered, the least loaded of all.
+    pub fn adopt(&mut self, socket: std::net::TcpStream, info: SessionInfo, permit: Permit, opening: Opening) {
+        self.place(Adopt { socket, info, permit, opening }, Instant::now());
     }
 
-    /// Gives every worker new session limits (see [`SessionDeps::config`]).
-    pub fn set_session_config(&self, config: SessionConfig) {
-        for worker in &self.workers {
-            worker.do_send(SetSessionConfig(config));
+    fn place(&mut self, mut adopt: Adopt, now: Instant) {
+        let count = self.workers.len();
+        let order = (0..count).map(|step| (self.next + step) % count);
+        let fewest = |candidates: &mut dyn Iterator<Item = usize>| {
+            candidates.min_by_key(|&index| self.workers[index].load.load(Ordering::Relaxed))
+        };
+        let answering = fewest(&mut order.clone().filter(|&index| self.workers[index].answers(now)));
+        let Some(index) = answering.or_else(|| fewest(&mut order.clone())) else { return };
+        self.next = (index + 1) % count;
+        let worker = &self.workers[index];
+        adopt.permit.count_in(worker.load.clone());
+        worker.handoff.push(adopt);
+    }
+
+    /// Sends each worker that answered its last check another, takes back the connections
+    /// handed to workers that did not, and places them again; says how many workers are
+    /// stalled and which has been silent longest. Run every [`LIVENESS_INTERVAL`] by the
+    /// server, which `ctx` belongs to.
+    pub fn check<A>(&mut self, ctx: &mut A::Context) -> Check
+    where
+        A: Actor,
+        A::Context: AsyncContext<A>,
+    {
+        let now = Instant::now();
+        // The control thread itself did not run for a while (the process was stopped, or the
+        // machine starved it): the workers get a fresh interval, not the blame.
+        let away = now.saturating_duration_since(self.last_check) > 2 * LIVENESS_INTERVAL;
+        self.last_check = now;
+        let mut reclaimed = Vec::new();
+        for worker in &mut self.workers {
+            match worker.unanswered_since.get() {
+                None => {
+                    worker.unanswered_since.set(Some(now));
+                    let unanswered_since = worker.unanswered_since.clone();
+                    let check = worker.addr.send(WorkerAlive);
+                    ctx.spawn(wrap_future(async move {
+                        if let Ok(Ok(())) = check.await {
+                            unanswered_since.set(None);
+                        }
+                    }));
+                }
+                Some(_) if away => worker.unanswered_since.set(Some(now)),
+                Some(_) if !worker.answers(now) => reclaimed.extend(worker.handoff.take_all()),
+                Some(_) => {}
+            }
         }
+        for adopt in reclaimed {
+            tracing::debug!(peer = %adopt.info.peer, "a worker did not answer; placing its waiting connection again");
+            self.place(adopt, now);
+        }
+        let mut check = Check { stalled: 0, longest_silence: None };
+        for (index, worker) in self.workers.iter_mut().enumerate() {
+            let silent = worker.silent_for(now);
+            let stalled = silent >= STALL_SEEN_AFTER;
+            if stalled != worker.stalled {
+                worker.stalled = stalled;
+                let (worker, silent_ms) = (index + 1, silent.as_millis() as u64);
+                match stalled {
+                    true => tracing::warn!(
+                        worker,
+                        silent_ms,
+                        "a worker thread stopped answering; routing connections around it"
+                    ),
+                    false => tracing::info!(worker, "a worker thread answers again"),
+                }
+            }
+            check.stalled += usize::from(stalled);
+            if check.longest_silence.is_none_or(|(_, longest)| silent > longest) && !silent.is_zero() {
+                check.longest_silence = Some((index + 1, silent));
+            }
+        }
+        self.health.set_stalled(check.stalled);
+        self.metrics.set_workers_stalled(check.stalled);
+        check
+    }
+
+    /// Connections held by stalled workers, which a drain cannot wait for.
+    pub fn held_by_stalled(&self) -> impl Fn() -> usize + 'static {
+        let loads: Vec<_> =
+            self.workers.iter().filter(|worker| worker.stalled).map(|worker| worker.load.clone()).collect();
+        move || loads.iter().map(|load| load.load(Ordering::Relaxed)).sum()
     }
 
     /// Tells every worker to drain its sessions.
     pub fn drain(&self) {
         for worker in &self.workers {
-            worker.do_send(DrainSessions);
+            worker.addr.do_send(DrainSessions);
         }
     }
 
@@ -102,7 +246,7 @@ impl Workers {
     ///
     /// [`Unresponsive`] naming what is gone.
     pub fn check_alive(&self) -> impl Future<Output = Result<(), Unresponsive>> + use<> {
-        let checks: Vec<_> = self.workers.iter().map(|worker| worker.send(WorkerAlive)).collect();
+        let checks: Vec<_> = self.workers.iter().map(|worker| worker.addr.send(WorkerAlive)).collect();
         async move {
             for check in checks {
                 check.await.map_err(|_| Unresponsive::WorkerGone)??;
@@ -115,31 +259,67 @@ impl Workers {
 /// Starts a session for a connection on the worker's thread.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Adopt {
-    /// Taken off the control thread's reactor, to be registered on the worker's.
-    socket: std::net::TcpStream,
-    info: SessionInfo,
-    permit: Permit,
-    opening: Opening,
+pub struct Adopt {
+    /// The accepted socket, non-blocking, registered with no reactor yet.
+    pub socket: std::net::TcpStream,
+    /// Who the session serves.
+    pub info: SessionInfo,
+    /// Counts the connection as admitted (and in its worker's load) until it ends.
+    pub permit: Permit,
+    /// What the connection begins with.
+    pub opening: Opening,
+}
+
+/// Connections handed to one worker and not yet taken: the worker takes them as its stream of
+/// [`Adopt`] messages, and the server takes them back from a worker that stopped answering.
+#[derive(Default)]
+pub struct Handoff(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    connections: VecDeque<Adopt>,
+    /// The worker's task, if it found none and waits.
+    worker: Option<Waker>,
+}
+
+impl Handoff {
+    fn push(&self, adopt: Adopt) {
+        let mut waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        waiting.connections.push_back(adopt);
+        let worker = waiting.worker.take();
+        drop(waiting);
+        if let Some(worker) = worker {
+            worker.wake();
+        }
+    }
+
+    fn take_all(&self) -> VecDeque<Adopt> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner).connections)
+    }
+}
+
+/// A worker's stream of the connections handed to it; never ends.
+struct Adoptions(Arc<Handoff>);
+
+impl Stream for Adoptions {
+    type Item = Adopt;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Adopt>> {
+        let mut waiting = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match waiting.connections.pop_front() {
+            Some(adopt) => Poll::Ready(Some(adopt)),
+            None => {
+                waiting.worker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// Tells the worker's sessions to drain, and the ones it starts later too.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct DrainSessions;
-
-/// New limits for the worker's sessions.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SetSessionConfig(SessionConfig);
-
-impl Handler<SetSessionConfig> for Worker {
-    type Result = ();
-
-    fn handle(&mut self, SetSessionConfig(config): SetSessionConfig, _ctx: &mut Self::Context) {
-        self.deps.config.set(config);
-    }
-}
 
 /// Answered at once: the worker's thread is not stuck.
 #[derive(Debug, Message)]
@@ -156,14 +336,12 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for the current thread, with an oracle replica of its own beside it.
-    fn new(oracle: &StartedOracle, config: SessionConfig, metrics: Metrics, tls: Option<tls::Acceptor>) -> Self {
-        let registry = SessionRegistry::new();
+    fn new(oracle: &StartedOracle, metrics: Metrics, tls: Option<tls::Acceptor>) -> Self {
         Self {
             deps: Rc::new(SessionDeps {
                 oracle: oracle.start_replica(),
-                answer_bound: oracle.answer_bound(),
-                config: Cell::new(config),
-                registry,
+                live: oracle.live(),
+                registry: SessionRegistry::new(),
                 tally: Tally::default(),
                 metrics,
             }),
@@ -221,32 +399,36 @@ impl Handler<DrainSessions> for Worker {
 
 #[cfg(test)]
 mod tests {
-    use std::{num::NonZeroUsize, sync::Arc, time::Duration};
+    use std::{num::NonZeroUsize, sync::mpsc as std_mpsc};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::{
         admission::Admission,
-        oracle::{AnswerTable, Oracle, OracleConfig},
+        limits::SessionConfig,
+        oracle::{AnswerTable, Live, Oracle, OracleConfig},
+        protocol::Answer,
     };
 
-    /// A worker on a thread of its own, its sessions asking a table of one question; the thread
-    /// is for the caller to stop.
-    fn worker() -> (Addr<Worker>, WorkerThreads) {
-        let threads = WorkerThreads::spawn(NonZeroUsize::MIN);
+    /// An oracle knowing one question, with roomy limits.
+    fn oracle() -> StartedOracle {
         let table = AnswerTable::new([("Beautiful is better than?", "Ugly.")]).unwrap();
-        let oracle = Oracle::start(Arc::new(table), OracleConfig::default(), &Metrics::disabled());
-        let config = SessionConfig {
+        let limits = SessionConfig {
             max_question_bytes: 64,
             max_pending_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             drain_grace: Duration::ZERO,
         };
+        Oracle::start(Live::new(Arc::new(table), limits), OracleConfig::default(), &Metrics::disabled())
+    }
+
+    /// A worker on a thread of its own; the thread is for the caller to stop.
+    fn worker() -> (Addr<Worker>, WorkerThreads) {
+        let (threads, oracle) = (WorkerThreads::spawn(NonZeroUsize::MIN), oracle());
         let thread = threads.arbiters().next().unwrap();
-        let worker =
-            Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, config, Metrics::disabled(), None));
+        let worker = Worker::start_in_arbiter(&thread, move |_| Worker::new(&oracle, Metrics::disabled(), None));
         (worker, threads)
     }
 
@@ -254,8 +436,7 @@ mod tests {
     async fn adopt(admission: &Admission) -> (tokio::net::TcpStream, Adopt) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (socket, peer) = listener.accept().unwrap();
-        socket.set_nonblocking(true).unwrap();
+        let (socket, peer) = super::super::listener::accept(&listener).unwrap();
         let info = SessionInfo { id: 1, peer };
         (client, Adopt { socket, info, permit: admission.try_admit().unwrap(), opening: Opening::default() })
     }
@@ -297,6 +478,116 @@ mod tests {
     async fn a_worker_answers_its_liveness_check_with_its_replica_there() {
         let (worker, threads) = worker();
         assert_eq!(worker.send(WorkerAlive).await.unwrap(), Ok(()));
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    /// Places connections and checks workers, as the server does; for the tests of placement.
+    struct Placer(Workers);
+
+    impl Actor for Placer {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "Check")]
+    struct CheckNow;
+
+    impl Handler<CheckNow> for Placer {
+        type Result = MessageResult<CheckNow>;
+
+        fn handle(&mut self, _: CheckNow, ctx: &mut Self::Context) -> Self::Result {
+            MessageResult(self.0.check::<Self>(ctx))
+        }
+    }
+
+    impl Handler<Adopt> for Placer {
+        type Result = ();
+
+        fn handle(&mut self, adopt: Adopt, _: &mut Self::Context) {
+            self.0.place(adopt, Instant::now());
+        }
+    }
+
+    /// Workers on `count` threads of their own, behind a placer, and their loads.
+    fn placer(count: usize) -> (Addr<Placer>, Vec<Arc<AtomicUsize>>, WorkerThreads, Arc<Health>) {
+        let (threads, oracle) = (WorkerThreads::spawn(NonZeroUsize::new(count).unwrap()), oracle());
+        let workers = Workers::start(&threads, &oracle, &Metrics::disabled(), None, oracle.health());
+        let loads = workers.workers.iter().map(|worker| worker.load.clone()).collect();
+        (Placer(workers).start(), loads, threads, oracle.health())
+    }
+
+    /// Blocks `threads`' first thread until the returned sender is dropped.
+    fn wedge_first(threads: &WorkerThreads) -> std_mpsc::Sender<()> {
+        let (release, wedged) = std_mpsc::channel::<()>();
+        threads.arbiters().next().unwrap().spawn_fn(move || {
+            let _ = wedged.recv();
+        });
+        release
+    }
+
+    #[actix::test]
+    async fn each_connection_goes_to_the_worker_holding_the_fewest() {
+        let (placer, loads, threads, _) = placer(2);
+        let admission = Admission::new(10);
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, adopted) = adopt(&admission).await;
+            placer.send(adopted).await.unwrap();
+            clients.push(client);
+        }
+        let held: Vec<usize> = loads.iter().map(|load| load.load(Ordering::Relaxed)).collect();
+        assert_eq!(held, [2, 2], "four connections, two workers");
+        clients.truncate(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while loads.iter().map(|load| load.load(Ordering::Relaxed)).sum::<usize>() > 1 {
+            assert!(Instant::now() < deadline, "the closed connections still count");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_client, adopted) = adopt(&admission).await;
+        let emptier = loads.iter().position(|load| load.load(Ordering::Relaxed) == 0).unwrap();
+        placer.send(adopted).await.unwrap();
+        assert_eq!(loads[emptier].load(Ordering::Relaxed), 1, "not the one still holding a connection");
+        assert!(threads.stop_and_join(Duration::from_secs(5)));
+    }
+
+    #[actix::test]
+    async fn connections_waiting_for_a_worker_that_stopped_answering_go_to_one_that_answers() {
+        let (placer, _, threads, health) = placer(2);
+        let release = wedge_first(&threads);
+        let admission = Admission::new(10);
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, adopted) = adopt(&admission).await;
+            placer.send(adopted).await.unwrap();
+            clients.push(client);
+        }
+        // Checked as the server checks, every interval, until every client is answered.
+        let checking = actix_rt::spawn({
+            let placer = placer.clone();
+            async move {
+                loop {
+                    let _ = placer.send(CheckNow).await;
+                    tokio::time::sleep(LIVENESS_INTERVAL).await;
+                }
+            }
+        });
+        for client in &mut clients {
+            client.write_all(b"Beautiful is better than?").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_all(client).await, b"Ugly.");
+        }
+        // Silent for a second, the wedged worker counts as stalled, and health says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health.answer() == Answer::HEALTHY {
+            assert!(Instant::now() < deadline, "never counted as stalled");
+            tokio::time::sleep(LIVENESS_INTERVAL).await;
+        }
+        drop(release);
+        while health.answer() != Answer::HEALTHY {
+            assert!(Instant::now() < deadline, "still counted as stalled once it answers");
+            tokio::time::sleep(LIVENESS_INTERVAL).await;
+        }
+        checking.abort();
         assert!(threads.stop_and_join(Duration::from_secs(5)));
     }
 }

@@ -19,30 +19,21 @@ use actix::{Actor, AsyncContext, SpawnHandle, StreamHandler, fut::ActorFuture};
 use futures_core::Stream;
 
 /// Whether a session may read.
+#[derive(Default)]
 pub struct Flow {
-    high_water: usize,
     paused: Cell<bool>,
     reader: Cell<Option<Waker>>,
 }
 
 impl Flow {
-    /// Flow control pausing reads while more than `high_water` bytes are owed.
-    pub fn new(high_water: usize) -> Self {
-        Self { high_water, paused: Cell::new(false), reader: Cell::new(None) }
-    }
-
-    /// The mark above which reading pauses.
-    pub fn high_water(&self) -> usize {
-        self.high_water
-    }
-
-    /// Reports the bytes owed and whether questions read are held back unasked: owing more
-    /// than the mark, or holding questions, pauses reading; owing at most half the mark and
-    /// holding none resumes it.
-    pub fn set_owed(&self, owed: usize, holding_questions: bool) {
-        if owed > self.high_water || holding_questions {
+    /// Reports the bytes owed, whether questions read are held back unasked, and the mark
+    /// (`limits.max_pending_bytes`, which a reload may change): owing more than the mark, or
+    /// holding questions, pauses reading; owing at most half the mark and holding none resumes
+    /// it.
+    pub fn set_owed(&self, owed: usize, holding_questions: bool, high_water: usize) {
+        if owed > high_water || holding_questions {
             self.paused.set(true);
-        } else if self.paused.get() && owed <= self.high_water / 2 {
+        } else if self.paused.get() && owed <= high_water / 2 {
             self.paused.set(false);
             if let Some(waker) = self.reader.take() {
                 waker.wake();
@@ -144,26 +135,26 @@ mod tests {
 
     #[test]
     fn owing_more_than_the_mark_pauses_and_owing_half_resumes_with_a_wake() {
-        let flow = Flow::new(100);
+        let flow = Flow::default();
         let wakes = Arc::new(CountWakes(0.into()));
         let waker = Waker::from(wakes.clone());
-        flow.set_owed(100, false);
+        flow.set_owed(100, false, 100);
         assert!(flow.may_read(&waker), "at the mark is not above it");
-        flow.set_owed(101, false);
+        flow.set_owed(101, false, 100);
         assert!(!flow.may_read(&waker));
-        flow.set_owed(51, false);
+        flow.set_owed(51, false, 100);
         assert!(flow.is_paused(), "51 is above half the mark");
-        flow.set_owed(50, false);
+        flow.set_owed(50, false, 100);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken to read again");
         assert!(flow.may_read(&waker));
     }
 
     #[test]
     fn held_questions_pause_reading_whatever_is_owed() {
-        let flow = Flow::new(10);
-        flow.set_owed(0, true);
+        let flow = Flow::default();
+        flow.set_owed(0, true, 10);
         assert!(flow.is_paused());
-        flow.set_owed(0, false);
+        flow.set_owed(0, false, 10);
         assert!(!flow.is_paused());
     }
 
@@ -201,7 +192,7 @@ mod tests {
         type Result = ();
 
         fn handle(&mut self, Owe(bytes): Owe, _: &mut Self::Context) {
-            self.flow.set_owed(bytes, false);
+            self.flow.set_owed(bytes, false, 10);
         }
     }
 
@@ -228,7 +219,7 @@ mod tests {
         let taken = Rc::default();
         let taker = Taker::create(|ctx| {
             add_gated_stream(Numbers(received), ctx);
-            Taker { flow: Flow::new(10), taken: Rc::clone(&taken) }
+            Taker { flow: Flow::default(), taken: Rc::clone(&taken) }
         });
         numbers.send(1).unwrap();
         settle().await;

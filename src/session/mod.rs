@@ -43,7 +43,7 @@
 //! - questions held back: cut from one read buffer, so as many bytes at most;
 //! - the session itself: its actor, mailbox and place in the registry ([`SESSION_BYTES`]).
 //!
-//! [`SessionConfig::most_bytes_held`] adds these up.
+//! [`most_bytes_held`] adds these up.
 //!
 //! Questions and answers beyond that stay in the kernel's socket buffers (bounded by the
 //! kernel, not counted in the process's memory). A reload that makes the longest answer longer
@@ -66,7 +66,7 @@ pub mod reader;
 pub mod registry;
 pub mod sink;
 
-use std::{cell::Cell, net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
+use std::{net::SocketAddr, pin::Pin, rc::Rc, task, time::Duration};
 
 use actix::{fut::ActorFuture, prelude::*};
 use futures_core::Stream;
@@ -79,7 +79,7 @@ use tokio::{
 use self::{
     flow::{Flow, FlowControlled},
     queue::AnswerQueue,
-    reader::{QuestionReader, READ_BUFFER_BYTES},
+    reader::{QuestionReader, READ_BUFFER_BYTES, ReaderContext},
     registry::{Notice, RegistryKey, SessionRegistry},
     sink::AnswerSink,
 };
@@ -87,8 +87,9 @@ use crate::{
     admission::Permit,
     codec::{CodecError, Incoming},
     inbox,
+    limits::SessionConfig,
     metrics::{CloseReason, Metrics, Outcome, Tally},
-    oracle::{AnswerBound, Answered, Ask, Asks},
+    oracle::{Answered, Ask, Asks, Live},
     protocol::{Answer, Answers, Questions},
 };
 
@@ -102,33 +103,13 @@ pub const SESSION_BYTES: usize = 3 * 1024;
 /// unread input does not reset the connection before the client has read that answer.
 pub const LINGER_AFTER_LAST_ANSWER: Duration = Duration::from_secs(2);
 
-/// Per-session limits.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionConfig {
-    /// Longest question accepted, `?` included.
-    pub max_question_bytes: usize,
-    /// Bytes owed to the client (see the module's memory bound) above which the session stops
-    /// asking and reading.
-    pub max_pending_bytes: usize,
-    /// A connection completing no question for this long is closed.
-    pub idle_timeout: Duration,
-    /// A client reading nothing for this long while answers wait is disconnected.
-    pub write_timeout: Duration,
-    /// When the server drains, how long a client must have asked nothing before it is told
-    /// the server is shutting down and closed (so that one between two questions is not cut
-    /// off).
-    pub drain_grace: Duration,
-}
-
-impl SessionConfig {
-    /// The most bytes one connection can make the server hold while the oracle's longest
-    /// answer is `longest_answer` bytes (see the module's memory bound).
-    pub fn most_bytes_held(&self, longest_answer: usize) -> usize {
-        let owed = self.max_pending_bytes.max(self.max_question_bytes + longest_answer);
-        let read_buffer = 2 * (self.max_question_bytes + READ_BUFFER_BYTES);
-        let held_back = read_buffer;
-        owed + read_buffer + held_back + SESSION_BYTES
-    }
+/// The most bytes one connection can make the server hold under `config` while the oracle's
+/// longest answer is `longest_answer` bytes (see the module's memory bound).
+pub fn most_bytes_held(config: &SessionConfig, longest_answer: usize) -> usize {
+    let owed = config.max_pending_bytes.max(config.max_question_bytes + longest_answer);
+    let read_buffer = 2 * (config.max_question_bytes + READ_BUFFER_BYTES);
+    let held_back = read_buffer;
+    owed + read_buffer + held_back + SESSION_BYTES
 }
 
 /// Who the session serves.
@@ -145,11 +126,9 @@ pub struct SessionInfo {
 pub struct SessionDeps {
     /// Where questions are answered: the oracle replica of this thread.
     pub oracle: Asks,
-    /// The longest answer the oracle can give, counted for every question asked.
-    pub answer_bound: AnswerBound,
-    /// Limits. A reload may change them: sizes then apply to sessions that start later,
-    /// timeouts to every session from its next check.
-    pub config: Cell<SessionConfig>,
+    /// The snapshot a reload swaps: the limits every session reads, per batch, read and
+    /// timeout check, and the longest answer counted for every question asked.
+    pub live: Live,
     /// The sessions of this thread, for drain and timeouts.
     pub registry: Rc<SessionRegistry>,
     /// What this thread's sessions count, added to `metrics` now and then by the worker.
@@ -243,9 +222,7 @@ impl ZenSession {
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
     {
-        let counted = deps.clone();
-        let max_question_bytes = deps.config.get().max_question_bytes;
-        let questions = QuestionReader::new(read, max_question_bytes, move |bytes| counted.tally.received(bytes));
+        let questions = QuestionReader::new(read, deps.clone());
         Self::start_with(questions, write, info, deps, permit)
     }
 
@@ -264,7 +241,7 @@ impl ZenSession {
         W: AsyncWrite + Unpin + 'static,
     {
         ZenSession::create(move |ctx| {
-            let config = deps.config.get();
+            let idle_timeout = deps.live.limits().idle_timeout;
             let (answers, inbox) = inbox::inbox();
             // The context polls its items in this order on every wake-up, after its mailbox:
             // answers first (what they settle is no longer counted at its upper bound when the
@@ -274,7 +251,7 @@ impl ZenSession {
             let reading = flow::add_gated_stream(received, ctx);
             ctx.spawn(Writer);
             let now = Instant::now();
-            let key = deps.registry.register(ctx.address().recipient(), now + config.idle_timeout);
+            let key = deps.registry.register(ctx.address().recipient(), now + idle_timeout);
             ZenSession {
                 info,
                 key,
@@ -284,7 +261,7 @@ impl ZenSession {
                 permit,
                 phase: Phase::Serving { reading },
                 queue: AnswerQueue::default(),
-                flow: Flow::new(config.max_pending_bytes),
+                flow: Flow::default(),
                 last_question: now,
                 answers_written: 0,
             }
@@ -315,14 +292,16 @@ impl ZenSession {
     /// Asks for the questions held, as many as fit within `max_pending_bytes` of what is owed
     /// (one at least when nothing is owed); tells flow control whether to read.
     fn ask_held(&mut self) {
+        let live = self.deps.live.load();
+        let (per_question, high_water) = (live.answer_bound, live.limits.max_pending_bytes);
+        drop(live);
         while self.queue.holds_questions() {
             let owed = self.owed();
-            let room = self.flow.high_water().saturating_sub(owed);
-            let per_question = self.deps.answer_bound.get();
+            let room = high_water.saturating_sub(owed);
             let Some((seq, questions)) = self.queue.next_to_ask(room, per_question, owed == 0) else { break };
             self.ask(seq, questions);
         }
-        self.flow.set_owed(self.owed(), self.queue.holds_questions());
+        self.flow.set_owed(self.owed(), self.queue.holds_questions(), high_water);
     }
 
     /// Less is owed (answers came back at their real length, or the client took some): questions
@@ -411,7 +390,7 @@ impl ZenSession {
     /// one will be.
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        let config = self.deps.config.get();
+        let config = self.deps.live.limits();
         let next = if let Some(since) = self.sink.stalled_since() {
             let due = since + config.write_timeout;
             if now >= due {
@@ -469,7 +448,7 @@ impl ZenSession {
             task::Poll::Pending => {
                 // The client takes nothing: its write timeout runs from when it stopped.
                 if let Some(since) = self.sink.stalled_since() {
-                    self.deps.registry.check_by(self.key, since + self.deps.config.get().write_timeout);
+                    self.deps.registry.check_by(self.key, since + self.deps.live.limits().write_timeout);
                 }
             }
             task::Poll::Ready(Err(error)) => {
@@ -486,7 +465,7 @@ impl ZenSession {
                 self.phase = Phase::Lingering { reason };
                 self.permit.linger();
                 // Nothing is owed any more: read (and discard) whatever comes.
-                self.flow.set_owed(0, false);
+                self.flow.set_owed(0, false, 0);
                 ctx.run_later(LINGER_AFTER_LAST_ANSWER, move |session, ctx| session.end(reason, ctx));
             }
             phase => self.end(phase.reason(), ctx),
@@ -528,6 +507,17 @@ impl Actor for ZenSession {
         self.deps.tally.closed(self.phase.reason());
         self.deps.registry.unregister(self.key);
         tracing::info!(parent: &self.span(), answers = self.answers_written, "connection closed");
+    }
+}
+
+/// A session's reader follows the limit in force and counts what it reads in its worker's tally.
+impl ReaderContext for Rc<SessionDeps> {
+    fn max_question_bytes(&self) -> usize {
+        self.live.limits().max_question_bytes
+    }
+
+    fn received(&self, bytes: usize) {
+        self.tally.received(bytes);
     }
 }
 

@@ -27,13 +27,21 @@ pub const READ_BUFFER_BYTES: usize = 256;
 /// by doubling if an unfinished question fills it).
 const MIN_READ_SPACE: usize = 128;
 
-/// Reads a connection and decodes what it reads; reports each read's length to `received`.
-pub struct QuestionReader<R, F> {
+/// What a reader reads its limit from and reports what it reads to.
+pub trait ReaderContext {
+    /// The longest question accepted now (a reload may change it between two reads).
+    fn max_question_bytes(&self) -> usize;
+    /// `bytes` were read.
+    fn received(&self, bytes: usize);
+}
+
+/// Reads a connection and decodes what it reads, as its context says.
+pub struct QuestionReader<R, C> {
     read: R,
     buffer: BytesMut,
     codec: ZenCodec,
     state: ReadState,
-    received: F,
+    context: C,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +56,16 @@ enum ReadState {
     Ended,
 }
 
-impl<R: AsyncRead + Unpin, F: FnMut(usize)> QuestionReader<R, F> {
-    /// Reads `read`, with questions of at most `max_question_bytes` bytes; tells `received`
-    /// how many bytes each read took.
-    pub fn new(read: R, max_question_bytes: usize, received: F) -> Self {
+impl<R: AsyncRead + Unpin, C: ReaderContext> QuestionReader<R, C> {
+    /// Reads `read`, with questions as long as `context` says, and tells it how many bytes each
+    /// read took.
+    pub fn new(read: R, context: C) -> Self {
         Self {
             read,
             buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
-            codec: ZenCodec::new(max_question_bytes),
+            codec: ZenCodec::new(context.max_question_bytes()),
             state: ReadState::Reading,
-            received,
+            context,
         }
     }
 
@@ -87,7 +95,8 @@ impl<R: AsyncRead + Unpin, F: FnMut(usize)> QuestionReader<R, F> {
             match ready!(poll_read_buf(Pin::new(&mut self.read), cx, &mut self.buffer)) {
                 Ok(0) => self.state = ReadState::AtEof,
                 Ok(read) => {
-                    (self.received)(read);
+                    self.context.received(read);
+                    self.codec.set_max_question_bytes(self.context.max_question_bytes());
                     self.state = ReadState::Decodable;
                 }
                 Err(error) => {
@@ -111,7 +120,7 @@ impl<R: AsyncRead + Unpin, F: FnMut(usize)> QuestionReader<R, F> {
     }
 }
 
-impl<R: AsyncRead + Unpin, F: FnMut(usize) + Unpin> Stream for QuestionReader<R, F> {
+impl<R: AsyncRead + Unpin, C: ReaderContext + Unpin> Stream for QuestionReader<R, C> {
     type Item = Result<Incoming, CodecError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -145,11 +154,22 @@ mod tests {
         }
     }
 
+    /// A fixed limit; reads go uncounted.
+    struct Limit(usize);
+
+    impl ReaderContext for Limit {
+        fn max_question_bytes(&self) -> usize {
+            self.0
+        }
+
+        fn received(&self, _: usize) {}
+    }
+
     #[test]
     fn every_read_is_offered_at_least_the_minimum_room_in_a_buffer_that_stays_its_size() {
         let offered = Rc::default();
         let connection = OneQuestionAtATime { left: 100, offered: Rc::clone(&offered) };
-        let mut reader = QuestionReader::new(connection, 1024, |_| {});
+        let mut reader = QuestionReader::new(connection, Limit(1024));
         let mut cx = Context::from_waker(Waker::noop());
         let mut questions = 0;
         while let Poll::Ready(Some(incoming)) = reader.poll_incoming(&mut cx) {

@@ -3,8 +3,9 @@
 //! sink, on tokio's paused clock; then over an in-memory connection, reading and writing bytes.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     io,
+    sync::Arc,
     task::{Context as TaskContext, Poll, Waker},
 };
 
@@ -181,8 +182,7 @@ fn driven(config: SessionConfig, sink: MemorySink) -> Driven {
     actix_rt::spawn(registry.clone().run_timers());
     let deps = Rc::new(SessionDeps {
         oracle,
-        answer_bound: AnswerBound::of(&AnswerTable::default()),
-        config: Cell::new(config),
+        live: Live::new(Arc::new(AnswerTable::default()), config),
         registry,
         tally: Tally::default(),
         metrics: Metrics::disabled(),
@@ -535,31 +535,20 @@ const PIPE_BYTES: usize = 4096;
 /// Starts a session over an in-memory pipe, with a registry of its own whose timers run,
 /// asking `oracle`, whose answers are at most as long as the book's error answers.
 fn start_session(oracle: Asks, config: SessionConfig) -> (DuplexStream, Admission, Rc<SessionDeps>) {
-    start_session_bounded(oracle, AnswerBound::of(&crate::oracle::AnswerTable::default()), config)
+    start_session_live(oracle, Live::new(Arc::new(AnswerTable::default()), config))
 }
 
-/// [`start_session`] with answers at most `answer_bound` long.
-fn start_session_bounded(
-    oracle: Asks,
-    answer_bound: AnswerBound,
-    config: SessionConfig,
-) -> (DuplexStream, Admission, Rc<SessionDeps>) {
+/// [`start_session`] with the table and limits of `live`.
+fn start_session_live(oracle: Asks, live: Live) -> (DuplexStream, Admission, Rc<SessionDeps>) {
     let (client, server_side) = tokio::io::duplex(PIPE_BYTES);
     let (read, write) = tokio::io::split(server_side);
-    let live = Admission::new(10);
+    let admission = Admission::new(10);
     let registry = SessionRegistry::new();
     actix_rt::spawn(registry.clone().run_timers());
     let info = SessionInfo { id: 1, peer: "127.0.0.1:9".parse().unwrap() };
-    let deps = Rc::new(SessionDeps {
-        oracle,
-        answer_bound,
-        config: Cell::new(config),
-        registry,
-        tally: Tally::default(),
-        metrics: Metrics::disabled(),
-    });
-    ZenSession::start(read, write, info, deps.clone(), live.try_admit().unwrap());
-    (client, live, deps)
+    let deps = Rc::new(SessionDeps { oracle, live, registry, tally: Tally::default(), metrics: Metrics::disabled() });
+    ZenSession::start(read, write, info, deps.clone(), admission.try_admit().unwrap());
+    (client, admission, deps)
 }
 
 fn echo_session(config: SessionConfig) -> Harness {
@@ -729,7 +718,7 @@ fn sized_session(
     let (batches, asked) = mpsc::unbounded_channel();
     let oracle = inbox::start(SizedOracle { answer: answer.clone(), batches });
     let config = SessionConfig { max_pending_bytes, ..config(64) };
-    let (client, live, _deps) = start_session_bounded(oracle, AnswerBound::of(&table.unwrap()), config);
+    let (client, live, _deps) = start_session_live(oracle, Live::new(Arc::new(table.unwrap()), config));
     (client, live, asked, answer)
 }
 
@@ -802,9 +791,10 @@ proptest::proptest! {
         }
         let chunks: Vec<Vec<u8>> = reference::split(&input, &lengths).into_iter().map(<[u8]>::to_vec).collect();
         let received = System::new().block_on(async move {
-            let oracle = Oracle::start(std::sync::Arc::new(table), OracleConfig::default(), &Metrics::disabled());
+            let live = Live::new(Arc::new(table), config(max));
+            let oracle = Oracle::start(live.clone(), OracleConfig::default(), &Metrics::disabled());
             let replica = oracle.start_replica();
-            let (client, _live, _deps) = start_session_bounded(replica, oracle.answer_bound(), config(max));
+            let (client, _live, _deps) = start_session_live(replica, live);
             let (mut reader, mut writer) = tokio::io::split(client);
             tokio::task::spawn_local(async move {
                 for chunk in chunks {
