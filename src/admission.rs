@@ -44,8 +44,9 @@ pub struct Admission {
 #[derive(Debug)]
 struct Shared {
     admitted: AtomicUsize,
-    /// Of those admitted, how many only linger.
-    lingering: AtomicUsize,
+    /// Of those admitted, how many do not only linger: counted apart, rather than as admitted
+    /// minus lingering, which two reads could not give exactly while a permit comes back.
+    unfinished: AtomicUsize,
     limit: AtomicU32,
     /// Told when the last permit out comes back.
     all_released: Notify,
@@ -183,7 +184,7 @@ impl Permit {
     pub fn linger(&mut self) {
         if !self.lingering {
             self.lingering = true;
-            self.shared.lingering.fetch_add(1, Ordering::AcqRel);
+            self.shared.unfinished.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -202,8 +203,8 @@ impl Drop for Permit {
                 }
             }
         }
-        if self.lingering {
-            self.shared.lingering.fetch_sub(1, Ordering::AcqRel);
+        if !self.lingering {
+            self.shared.unfinished.fetch_sub(1, Ordering::AcqRel);
         }
         if self.shared.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
             let nanos = self.shared.created.elapsed().as_nanos();
@@ -238,7 +239,7 @@ impl Admission {
     pub fn new(limit: u32) -> Self {
         let shared = Shared {
             admitted: AtomicUsize::new(0),
-            lingering: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
             limit: AtomicU32::new(limit),
             all_released: Notify::new(),
             created: Instant::now(),
@@ -256,7 +257,10 @@ impl Admission {
             .admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| (admitted < limit).then_some(admitted + 1))
             .ok()
-            .map(|_| Permit { shared: self.shared.clone(), lingering: false, client: None, load: None })
+            .map(|_| {
+                self.shared.unfinished.fetch_add(1, Ordering::AcqRel);
+                Permit { shared: self.shared.clone(), lingering: false, client: None, load: None }
+            })
     }
 
     /// Connections admitted whose permit has not come back yet.
@@ -266,7 +270,7 @@ impl Admission {
 
     /// Connections admitted that do not only linger: those still owed something.
     pub fn unfinished(&self) -> usize {
-        self.admitted().saturating_sub(self.shared.lingering.load(Ordering::Acquire))
+        self.shared.unfinished.load(Ordering::Acquire)
     }
 
     /// The most connections admitted at once.

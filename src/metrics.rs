@@ -57,11 +57,13 @@ pub enum CloseReason {
     TlsHandshake,
     /// Refused: the client already held `limits.max_connections_per_client`.
     PerClientLimit,
+    /// The oracle owed answers for `write_timeout_secs` and gave none.
+    Unanswered,
 }
 
 impl CloseReason {
     /// Every reason, in the order of the label values.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         Self::Eof,
         Self::Partial,
         Self::IdleTimeout,
@@ -73,6 +75,7 @@ impl CloseReason {
         Self::Proxy,
         Self::TlsHandshake,
         Self::PerClientLimit,
+        Self::Unanswered,
     ];
 
     /// The label value.
@@ -89,6 +92,7 @@ impl CloseReason {
             Self::Proxy => "proxy",
             Self::TlsHandshake => "tls_handshake",
             Self::PerClientLimit => "per_client_limit",
+            Self::Unanswered => "unanswered",
         }
     }
 }

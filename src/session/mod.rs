@@ -286,29 +286,32 @@ impl ZenSession {
         }
         self.last_question = Instant::now();
         self.queue.push_questions(self.last_question, questions);
-        self.ask_held();
+        self.ask_held(self.last_question);
     }
 
-    /// Asks for the questions held, as many as fit within `max_pending_bytes` of what is owed
-    /// (one at least when nothing is owed); tells flow control whether to read.
-    fn ask_held(&mut self) {
+    /// Asks, at `now`, for the questions held, as many as fit within `max_pending_bytes` of
+    /// what is owed (one at least when nothing is owed); tells flow control whether to read.
+    fn ask_held(&mut self, now: Instant) {
         let live = self.deps.live.load();
-        let (per_question, high_water) = (live.answer_bound, live.limits.max_pending_bytes);
+        let (per_question, limits) = (live.answer_bound, live.limits);
         drop(live);
         while self.queue.holds_questions() {
             let owed = self.owed();
-            let room = high_water.saturating_sub(owed);
-            let Some((seq, questions)) = self.queue.next_to_ask(room, per_question, owed == 0) else { break };
+            let room = limits.max_pending_bytes.saturating_sub(owed);
+            let Some((seq, questions)) = self.queue.next_to_ask(now, room, per_question, owed == 0) else { break };
             self.ask(seq, questions);
+            // Answers that never come end the session then (see `check_timeouts`); the deadline
+            // moves only when it is later, so not once per question.
+            self.deps.registry.check_by(self.key, now + limits.write_timeout);
         }
-        self.flow.set_owed(self.owed(), self.queue.holds_questions(), high_water);
+        self.flow.set_owed(self.owed(), self.queue.holds_questions(), limits.max_pending_bytes);
     }
 
     /// Less is owed (answers came back at their real length, or the client took some): questions
     /// held back may be asked, and reading may resume.
     fn owed_less(&mut self) {
         if self.queue.holds_questions() || self.flow.is_paused() {
-            self.ask_held();
+            self.ask_held(Instant::now());
         }
     }
 
@@ -354,7 +357,7 @@ impl ZenSession {
         self.phase = Phase::Answering { reason, input };
         if let Some(answer) = last_word {
             self.queue.push_last_word(answer);
-            self.ask_held();
+            self.ask_held(Instant::now());
         }
         self.write_ready();
     }
@@ -396,6 +399,14 @@ impl ZenSession {
             if now >= due {
                 tracing::info!(parent: &self.span(), unsent = self.sink.backlog(), "client stopped reading; disconnecting");
                 self.end(CloseReason::WriteTimeout, ctx);
+                return;
+            }
+            due
+        } else if let Some(asked) = self.queue.at_oracle_since() {
+            let due = asked + config.write_timeout;
+            if now >= due {
+                tracing::warn!(parent: &self.span(), "the oracle owed answers for limits.write_timeout_secs and gave none; closing");
+                self.end(CloseReason::Unanswered, ctx);
                 return;
             }
             due

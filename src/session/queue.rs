@@ -38,8 +38,8 @@ struct Slot {
 
 #[derive(Debug)]
 enum Batch {
-    /// At the oracle; counted as `owed` bytes until its answers come.
-    Asked { owed: usize },
+    /// At the oracle since `at`; counted as `owed` bytes until its answers come.
+    Asked { owed: usize, at: Instant },
     /// Answered, waiting for the batches before it.
     Answered(Answers),
 }
@@ -67,6 +67,14 @@ impl AnswerQueue {
     /// Bytes owed to the client by the batches asked and answered.
     pub fn owed(&self) -> usize {
         self.owed
+    }
+
+    /// Since when the oldest batch still at the oracle has been there, if one is.
+    pub fn at_oracle_since(&self) -> Option<Instant> {
+        self.slots.iter().find_map(|slot| match slot.batch {
+            Batch::Asked { at, .. } => Some(at),
+            Batch::Answered(_) => None,
+        })
     }
 
     /// Whether questions read wait to be asked.
@@ -100,11 +108,17 @@ impl AnswerQueue {
         }
     }
 
-    /// The next batch to ask and its number: the questions held, as many as fit in `room`
-    /// bytes when each costs its own bytes plus `per_question` (with `at_least_one`, the first
-    /// whatever it costs), given a slot counted at that cost; `None` if nothing waits or
+    /// The next batch to ask, at `now`, and its number: the questions held, as many as fit in
+    /// `room` bytes when each costs its own bytes plus `per_question` (with `at_least_one`, the
+    /// first whatever it costs), given a slot counted at that cost; `None` if nothing waits or
     /// nothing fits.
-    pub fn next_to_ask(&mut self, room: usize, per_question: usize, at_least_one: bool) -> Option<(u64, Questions)> {
+    pub fn next_to_ask(
+        &mut self,
+        now: Instant,
+        room: usize,
+        per_question: usize,
+        at_least_one: bool,
+    ) -> Option<(u64, Questions)> {
         let held = self.held.as_mut()?;
         let read_at = held.read_at;
         let (questions, cost) = held.questions.take_within(room, per_question, at_least_one)?;
@@ -112,7 +126,7 @@ impl AnswerQueue {
             self.held = None;
         }
         let seq = self.first_seq + self.slots.len() as u64;
-        self.slots.push_back(Slot { read_at: Some(read_at), batch: Batch::Asked { owed: cost } });
+        self.slots.push_back(Slot { read_at: Some(read_at), batch: Batch::Asked { owed: cost, at: now } });
         self.owed += cost;
         self.settle_last_word();
         Some((seq, questions))
@@ -124,7 +138,7 @@ impl AnswerQueue {
         let Some(slot) = seq.checked_sub(self.first_seq).and_then(|index| self.slots.get_mut(index as usize)) else {
             return false;
         };
-        let Batch::Asked { owed } = slot.batch else { return false };
+        let Batch::Asked { owed, .. } = slot.batch else { return false };
         self.owed = self.owed - owed + answers.as_bytes().len();
         slot.batch = Batch::Answered(answers);
         true
@@ -178,7 +192,7 @@ mod tests {
         let mut asked = Vec::new();
         for question in [&b"a?"[..], b"b?", b"c?"] {
             queue.push_questions(now, questions(&[question]));
-            asked.push(queue.next_to_ask(usize::MAX, 10, false).unwrap().0);
+            asked.push(queue.next_to_ask(now, usize::MAX, 10, false).unwrap().0);
         }
         assert_eq!(asked, [0, 1, 2]);
         assert!(queue.fill(2, answers(b"C.")));
@@ -195,13 +209,14 @@ mod tests {
     #[test]
     fn questions_held_are_asked_as_far_as_the_room_goes_and_owed_counts_them_at_their_bound() {
         let mut queue = AnswerQueue::default();
-        queue.push_questions(Instant::now(), questions(&[b"a?", b"b?", b"c?"]));
+        let now = Instant::now();
+        queue.push_questions(now, questions(&[b"a?", b"b?", b"c?"]));
         // Each costs 2 bytes of question and 10 of answer: 25 bytes hold two.
-        let (seq, first) = queue.next_to_ask(25, 10, false).unwrap();
+        let (seq, first) = queue.next_to_ask(now, 25, 10, false).unwrap();
         assert_eq!((seq, first.len(), queue.owed()), (0, 2, 24));
         assert!(queue.holds_questions());
-        assert!(queue.next_to_ask(11, 10, false).is_none(), "the third does not fit in 11 bytes");
-        assert!(queue.next_to_ask(0, 10, true).is_some(), "one at least, when told so");
+        assert!(queue.next_to_ask(now, 11, 10, false).is_none(), "the third does not fit in 11 bytes");
+        assert!(queue.next_to_ask(now, 0, 10, true).is_some(), "one at least, when told so");
         assert!(!queue.holds_questions());
         assert!(queue.fill(0, answers(b"AB.")));
         assert_eq!(queue.owed(), 3 + 12, "answered at their length, the rest at their bound");
@@ -212,14 +227,14 @@ mod tests {
         let mut queue = AnswerQueue::default();
         let now = Instant::now();
         queue.push_questions(now, questions(&[b"a?"]));
-        let (first, _) = queue.next_to_ask(usize::MAX, 10, false).unwrap();
+        let (first, _) = queue.next_to_ask(now, usize::MAX, 10, false).unwrap();
         queue.push_questions(now, questions(&[b"b?"]));
         queue.push_last_word(Answer::QUESTION_TOO_LONG);
         assert!(queue.has_last_word());
         queue.push_questions(now, questions(&[b"late?"]));
-        let (second, late) = queue.next_to_ask(usize::MAX, 10, false).unwrap();
+        let (second, late) = queue.next_to_ask(now, usize::MAX, 10, false).unwrap();
         assert_eq!(late.len(), 1, "nothing is taken after the last word");
-        assert!(queue.next_to_ask(usize::MAX, 10, false).is_none());
+        assert!(queue.next_to_ask(now, usize::MAX, 10, false).is_none());
         assert!(queue.fill(second, answers(b"B.")));
         assert_eq!(written(&mut queue), "", "all wait for the first");
         assert!(queue.fill(first, answers(b"A.")));
@@ -233,7 +248,7 @@ mod tests {
         let now = Instant::now();
         queue.push_questions(now, questions(&[b"a?", b"b?"]));
         queue.push_questions(now, questions(&[b"c?"]));
-        let (_, batch) = queue.next_to_ask(usize::MAX, 0, false).unwrap();
+        let (_, batch) = queue.next_to_ask(now, usize::MAX, 0, false).unwrap();
         assert_eq!(format!("{batch:?}"), r#"["a?", "b?", "c?"]"#);
     }
 }

@@ -119,8 +119,11 @@ impl SessionRegistry {
         let Some(entry) = sessions.get_mut(key.0) else { return };
         match entry.deadline {
             Some(deadline) => {
-                let at = when(Some(deadlines.deadline(&deadline)));
-                deadlines.reset_at(&deadline, at);
+                let current = deadlines.deadline(&deadline);
+                let at = when(Some(current));
+                if at != current {
+                    deadlines.reset_at(&deadline, at);
+                }
             }
             None => entry.deadline = Some(deadlines.insert_at(key.0, when(None))),
         }

@@ -449,6 +449,30 @@ async fn a_client_that_takes_none_of_its_answers_for_the_write_timeout_is_droppe
 }
 
 #[actix::test]
+async fn a_session_owed_answers_that_never_come_ends_at_the_write_timeout_as_unanswered() {
+    tokio::time::pause();
+    let client = driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
+    let asked = Instant::now();
+    client.ask(&[b"a?"]).await;
+    assert_happens(asked, Duration::from_millis(200), || client.has_ended(), "ended").await;
+    assert_eq!(client.sink.written(), "");
+    client.assert_ended_for(CloseReason::Unanswered);
+}
+
+#[actix::test]
+async fn answers_that_keep_coming_within_the_write_timeout_keep_the_session() {
+    tokio::time::pause();
+    let client = driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
+    for seq in 0..5 {
+        client.ask(&[b"a?"]).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        client.answer(seq, &[b"A."]).await;
+    }
+    assert!(!client.has_ended(), "ended though every answer came within the write timeout");
+    assert_eq!(client.sink.written(), "A.".repeat(5));
+}
+
+#[actix::test]
 async fn a_failed_write_ends_the_session_as_an_error() {
     tokio::time::pause();
     let client = driven(config(64), MemorySink::default());
