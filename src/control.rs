@@ -41,6 +41,11 @@ pub struct Shutdown {
     pub cause: &'static str,
 }
 
+/// Live settings that apply to connections accepted after a reload only: a socket's keepalive is
+/// set when it is accepted. (Every limit a session reads applies to open connections too.)
+const NEW_CONNECTIONS_ONLY: [&str; 3] =
+    ["limits.keepalive_idle_secs", "limits.keepalive_interval_secs", "limits.keepalive_retries"];
+
 /// The actor system's exit code when a worker thread stalled: the daemon's is then 70
 /// (`EX_SOFTWARE`), which every supervisor in `deploy/` restarts.
 pub const WORKER_STALLED_EXIT: i32 = 70;
@@ -228,7 +233,12 @@ impl Control {
             tracing::warn!(keys = %list(&needs_restart), "changed settings that take effect only after a restart");
         }
         let changed = if live.is_empty() { "nothing".to_owned() } else { list(&live) };
-        tracing::info!(%changed, "settings reloaded");
+        let later: Vec<String> =
+            live.iter().filter(|key| NEW_CONNECTIONS_ONLY.contains(&key.as_str())).cloned().collect();
+        match later.is_empty() {
+            true => tracing::info!(%changed, "settings reloaded"),
+            false => tracing::info!(%changed, new_connections_only = %list(&later), "settings reloaded"),
+        }
         self.metrics.reloaded(true);
         self.settings = settings;
         let status = match needs_restart.is_empty() {

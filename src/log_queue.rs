@@ -27,9 +27,10 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::telemetry::Syslog;
 
-/// Lines waiting to be written at most; more are dropped. A line is about 200 bytes, so a full
-/// queue holds about a megabyte.
-pub const LOG_QUEUE_LINES: usize = 4096;
+/// Lines waiting to be written at most; more are dropped. A line is about 150 bytes, so a full
+/// queue holds about 150 KiB: the lines of some 500 connections at the default level, beyond
+/// what the pipe or socket to the log's reader holds.
+pub const LOG_QUEUE_LINES: usize = 1024;
 
 /// How long the daemon waits at exit for queued lines to be written.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);

@@ -451,7 +451,8 @@ async fn a_client_that_takes_none_of_its_answers_for_the_write_timeout_is_droppe
 #[actix::test]
 async fn a_session_owed_answers_that_never_come_ends_at_the_write_timeout_as_unanswered() {
     tokio::time::pause();
-    let client = driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
+    let client =
+        driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
     let asked = Instant::now();
     client.ask(&[b"a?"]).await;
     assert_happens(asked, Duration::from_millis(200), || client.has_ended(), "ended").await;
@@ -462,7 +463,8 @@ async fn a_session_owed_answers_that_never_come_ends_at_the_write_timeout_as_una
 #[actix::test]
 async fn answers_that_keep_coming_within_the_write_timeout_keep_the_session() {
     tokio::time::pause();
-    let client = driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
+    let client =
+        driven(SessionConfig { write_timeout: Duration::from_millis(200), ..config(64) }, MemorySink::default());
     for seq in 0..5 {
         client.ask(&[b"a?"]).await;
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -10,6 +10,7 @@
 //! says `--pull never`. The tests need root, deb.debian.org and crates.io.
 
 use std::{
+    io::Write,
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -369,6 +370,43 @@ fn the_dockerfile_builds_with_both_builders_and_its_container_is_healthy_drains_
         }
         assert!(answering(addr, b"Simple is better than?", b"Complex."), "logs:\n{}", dockerd.logs(&restarted));
         assert_ne!(dockerd.inspect(&restarted, "{{.State.Pid}}"), pid.to_string());
+
+        // A worker thread wedged for server.worker_stall_timeout_secs: exit 70, restarted by
+        // the policy, answering again.
+        let (addr, listen) = listen_here();
+        let stalls = dockerd.must(&[
+            "run",
+            "-d",
+            "--pull",
+            "never",
+            "--network",
+            "host",
+            "--restart",
+            "on-failure",
+            "-e",
+            &listen,
+            "-e",
+            "ZEN_SERVER__WORKERS=2",
+            "-e",
+            "ZEN_SERVER__WORKER_STALL_TIMEOUT_SECS=2",
+            "-e",
+            "ZEN_ORACLE__HANG_QUESTION=Hang?",
+            "zen-server:test",
+        ]);
+        assert!(answering(addr, b"Simple is better than?", b"Complex."), "logs:\n{}", dockerd.logs(&stalls));
+        let mut wedging = connect(addr);
+        wedging.write_all(b"Hang?").unwrap();
+        let end = Instant::now() + SLOW;
+        while dockerd.inspect(&stalls, "{{.RestartCount}}") != "1" {
+            assert!(Instant::now() < end, "not restarted after a stall; logs:\n{}", dockerd.logs(&stalls));
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            dockerd.logs(&stalls).contains("a worker thread has not answered for server.worker_stall_timeout_secs"),
+            "logs:\n{}",
+            dockerd.logs(&stalls)
+        );
+        assert!(answering(addr, b"Simple is better than?", b"Complex."), "logs:\n{}", dockerd.logs(&stalls));
     }
     assert_eq!(HostState::now(), host, "the host changed");
 }

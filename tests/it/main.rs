@@ -21,6 +21,7 @@ mod prometheus;
 mod protocol;
 mod proxy;
 mod reload;
+mod stalls;
 mod standins;
 mod supervisor;
 mod systemd;

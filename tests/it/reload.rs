@@ -46,6 +46,21 @@ fn a_new_table_on_disk_answers_on_the_same_open_connection_after_sighup() {
 }
 
 #[test]
+fn a_reload_that_raises_the_question_limit_and_adds_a_longer_question_answers_it_on_a_connection_opened_before() {
+    let file = TempConfig::new(&table("Ugly."));
+    let server = launch_with(&file);
+    let mut client = connect(server.addr());
+    assert_eq!(ask_like_the_book(&mut client, b"Beautiful is better than?"), b"Ugly.");
+    // 2,000 bytes: longer than the 1,024 in force when the connection opened.
+    let long = format!("{}?", "L".repeat(1999));
+    file.write(&format!(
+        "[limits]\nmax_question_bytes = 4096\n[oracle]\nanswers = [{{ question = \"{long}\", answer = \"Long.\" }}]\n"
+    ));
+    reload(&server, 1);
+    assert_eq!(ask_like_the_book(&mut client, long.as_bytes()), b"Long.", "log:\n{}", server.log());
+}
+
+#[test]
 fn a_reload_that_changes_nothing_says_so() {
     let file = TempConfig::new(&table("Ugly."));
     let server = launch_with(&file);

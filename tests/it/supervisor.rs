@@ -1,7 +1,7 @@
 //! The shipped `deploy/supervisord/zen-server.conf` under the real supervisord: it starts and
-//! answers, a killed server is respawned and answers within a second of being spawned,
-//! `supervisorctl stop` drains and exits 0, and a settings error ends FATAL instead of
-//! restarting in a loop.
+//! answers, a killed server is respawned and answers within a second of being spawned, one that
+//! exits 70 because a worker thread stalled is respawned, `supervisorctl stop` drains and exits
+//! 0, and a settings error ends FATAL instead of restarting in a loop.
 
 use std::{
     net::SocketAddr,
@@ -190,4 +190,27 @@ fn a_settings_error_ends_fatal_instead_of_restarting_in_a_loop() {
     thread::sleep(Duration::from_secs(2));
     assert_eq!(supervisor.state(), "FATAL");
     assert_eq!(supervisor.log().matches("spawned: 'zen-server'").count(), attempts);
+}
+
+#[test]
+#[ignore = "needs supervisord: apt-get install supervisor"]
+fn a_worker_stalled_for_the_stall_timeout_makes_the_server_exit_70_and_supervisord_restarts_it() {
+    let settings = "workers = 2\nworker_stall_timeout_secs = 2\n[oracle]\nhang_question = \"Hang?\"\n";
+    let (supervisor, _config) = Supervisord::start(settings);
+    assert!(supervisor.wait_answering(DEADLINE), "never answered; log:\n{}", supervisor.log());
+    let pid = supervisor.server_pid().expect("a server process");
+    let mut wedging = connect(supervisor.addr);
+    std::io::Write::write_all(&mut wedging, b"Hang?").unwrap();
+    let end = Instant::now() + DEADLINE;
+    while !supervisor.log().contains("exited: zen-server (exit status 70; not expected)") {
+        assert!(Instant::now() < end, "no exit 70; log:\n{}", supervisor.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let respawned = |log: &str| log.matches("spawned: 'zen-server'").count() >= 2;
+    while !respawned(&supervisor.log()) {
+        assert!(Instant::now() < end, "not spawned again; log:\n{}", supervisor.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(supervisor.wait_answering(DEADLINE), "not answering again; log:\n{}", supervisor.log());
+    assert_ne!(supervisor.server_pid(), Some(pid), "the stalled process answered");
 }
