@@ -321,6 +321,10 @@ impl Handler<WorkerStalled> for Control {
     type Result = ();
 
     fn handle(&mut self, WorkerStalled { worker, silent }: WorkerStalled, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            // Ending anyway, as asked: the exit says how the shutdown went, not this.
+            return;
+        }
         self.exit_code = WORKER_STALLED_EXIT;
         let silent_s = silent.as_secs();
         self.notifier

@@ -178,6 +178,8 @@ impl Workers {
         let away = now.saturating_duration_since(self.last_check) > 2 * LIVENESS_INTERVAL;
         self.last_check = now;
         let mut reclaimed = Vec::new();
+        // Taken back only to go to a worker that answers, if any does.
+        let any_answers = self.workers.iter().any(|worker| worker.answers(now));
         for worker in &mut self.workers {
             match worker.unanswered_since.get() {
                 None => {
@@ -191,7 +193,7 @@ impl Workers {
                     }));
                 }
                 Some(_) if away => worker.unanswered_since.set(Some(now)),
-                Some(_) if !worker.answers(now) => reclaimed.extend(worker.handoff.take_all()),
+                Some(_) if any_answers && !worker.answers(now) => reclaimed.extend(worker.handoff.take_all()),
                 Some(_) => {}
             }
         }

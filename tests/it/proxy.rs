@@ -97,7 +97,9 @@ fn a_connection_from_outside_the_trusted_ranges_is_closed() {
 
 #[test]
 fn during_the_lame_duck_period_clients_are_still_served_and_health_checks_fail() {
-    let (mut server, behind, _config) = server_behind_proxy("[server]\nlame_duck_ms = 1500\n");
+    // Long enough that a busy machine cannot let it pass before the checks below.
+    let settings = "[server]\nlame_duck_ms = 5000\nshutdown_timeout_secs = 8\n";
+    let (mut server, behind, _config) = server_behind_proxy(settings);
     server.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(server.wait_for_log(&["failing health checks and still accepting"], DEADLINE).is_some());
     let shutting_down = server.wait_for_log(&["shutting down"], DEADLINE).unwrap_or_default();
