@@ -9,7 +9,11 @@ Reads README.md and docs/*.md (code blocks included) and checks:
   src/a/b/mod.rs), up to its first item (a name in CamelCase);
 - every link to a file of the project, and every `#anchor`, leads to a heading that exists;
 - the table of each actor's messages in docs/architecture.md lists exactly the `Handler<_>` and
-  `StreamHandler<_>` implementations of every actor of the library (its tests left out).
+  `StreamHandler<_>` implementations of every actor of the library (its tests left out);
+- every default in a settings table of docs/operations.md (a row `| \`key\` | \`default\` | ...`)
+  is the value config/zen-server.toml gives that key;
+- every log message quoted in the table of log events in docs/operations.md is one the source
+  logs (a string literal of src/).
 
 Each problem is printed with the document and line; the exit code is 1 if there is any.
 
@@ -133,9 +137,74 @@ def check_actor_table(root: Path) -> list[str]:
     return problems
 
 
+def settings_file(root: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads((root / "config" / "zen-server.toml").read_text())
+
+
+def check_defaults(root: Path) -> list[str]:
+    """Each default in the settings tables of docs/operations.md against config/zen-server.toml."""
+    import tomllib
+
+    settings, problems = settings_file(root), []
+    section = None
+    for number, line in enumerate((root / "docs" / "operations.md").read_text().splitlines(), 1):
+        if line.startswith("## "):
+            # The limits table names its keys without their section.
+            section = "limits" if line.startswith("## Limits") else None
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`") or not cells[1].startswith("`"):
+            continue
+        keys = re.findall(r"`([a-z_.]+)`", cells[0])
+        # A default such as `""` (off): the value in backticks; several keys, several values.
+        defaults = re.findall(r"`([^`]*)`", cells[1])
+        if len(keys) != len(defaults) or any("*" in key for key in keys):
+            continue
+        for key, default in zip(keys, defaults):
+            path = key.split(".") if "." in key else [section or "", key]
+            value = settings
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            try:
+                documented = tomllib.loads(f"value = {default}")["value"]
+            except tomllib.TOMLDecodeError:
+                documented = default
+            if value is None:
+                problems.append(f"docs/operations.md:{number}: {'.'.join(path)} is no key of config/zen-server.toml")
+            elif documented != value:
+                problems.append(
+                    f"docs/operations.md:{number}: {'.'.join(path)} defaults to {default}, but config/zen-server.toml gives {value!r}"
+                )
+    return problems
+
+
+LOG_HEADING = "## The log"
+
+
+def check_log_messages(root: Path) -> list[str]:
+    """Each message of the table of log events in docs/operations.md against the source's strings."""
+    literals = set()
+    for source in (root / "src").rglob("*.rs"):
+        literals.update(re.findall(r'"((?:[^"\\]|\\.)*)"', source.read_text()))
+    lines = (root / "docs" / "operations.md").read_text().splitlines()
+    if LOG_HEADING not in lines:
+        return [f"docs/operations.md: no section {LOG_HEADING!r}"]
+    problems, start = [], lines.index(LOG_HEADING)
+    for number, line in enumerate(lines[start + 1 :], start + 2):
+        if line.startswith("## "):
+            break
+        if not line.startswith("| `"):
+            continue
+        for message in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            if message not in literals:
+                problems.append(f"docs/operations.md:{number}: the log says no {message!r}")
+    return problems
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent)
-    problems = check(root) + check_actor_table(root)
+    problems = check(root) + check_actor_table(root) + check_defaults(root) + check_log_messages(root)
     for problem in problems:
         print(problem)
     return 1 if problems else 0
