@@ -25,8 +25,6 @@ use std::{
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::telemetry::Syslog;
-
 /// Lines waiting to be written at most; more are dropped. A line is about 150 bytes, so a full
 /// queue holds about 150 KiB: the lines of some 500 connections at the default level, beyond
 /// what the pipe or socket to the log's reader holds.
@@ -51,33 +49,6 @@ pub trait LineSink: Send + 'static {
     ///
     /// If the line cannot be written.
     fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()>;
-}
-
-/// The daemon's log destinations.
-pub enum LogSink {
-    /// Standard error.
-    Stderr,
-    /// Standard output.
-    Stdout,
-    /// The system log, one datagram per line.
-    Syslog(Syslog),
-}
-
-impl LineSink for LogSink {
-    fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()> {
-        match self {
-            LogSink::Stderr => io::stderr().lock().write_all(line),
-            LogSink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(line)?;
-                out.flush()
-            }
-            LogSink::Syslog(syslog) => {
-                syslog.send(level, line);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// What goes through the queue.

@@ -20,7 +20,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::log_queue::{LogFlush, LogQueue, LogSink};
+use crate::log_queue::{LineSink, LogFlush, LogQueue};
 use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::{
     EnvFilter, Registry,
@@ -153,6 +153,33 @@ impl<'a> MakeWriter<'a> for Syslog {
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
         SyslogEvent { syslog: self, level: *meta.level(), text: Vec::new() }
+    }
+}
+
+/// The daemon's log destinations.
+pub enum LogSink {
+    /// Standard error.
+    Stderr,
+    /// Standard output.
+    Stdout,
+    /// The system log, one datagram per line.
+    Syslog(Syslog),
+}
+
+impl LineSink for LogSink {
+    fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()> {
+        match self {
+            LogSink::Stderr => io::stderr().lock().write_all(line),
+            LogSink::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(line)?;
+                out.flush()
+            }
+            LogSink::Syslog(syslog) => {
+                syslog.send(level, line);
+                Ok(())
+            }
+        }
     }
 }
 

@@ -438,7 +438,7 @@ mod tests {
     async fn adopt(admission: &Admission) -> (tokio::net::TcpStream, Adopt) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (socket, peer) = super::super::listener::accept(&listener).unwrap();
+        let (socket, peer) = crate::server::listener::accept(&listener).unwrap();
         let info = SessionInfo { id: 1, peer };
         (client, Adopt { socket, info, permit: admission.try_admit().unwrap(), opening: Opening::default() })
     }
