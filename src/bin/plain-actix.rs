@@ -146,8 +146,24 @@ impl StreamHandler<Result<Bytes, QuestionError>> for ZenSession {
         }
     }
 
-    /// At end of file, every answer is written out before the connection closes.
-    fn finished(&mut self, _: &mut Context<Self>) {
+    /// At end of file, every answer is written out before the connection closes. `close()`
+    /// does not wake actix's writer, and the writer may already have been polled in this
+    /// wake-up, so the close is a message through the session's own mailbox, which is read
+    /// before the writer is polled again.
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.address().do_send(CloseWriter);
+    }
+}
+
+/// Closes the session's writer once what it holds is written.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseWriter;
+
+impl Handler<CloseWriter> for ZenSession {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseWriter, _: &mut Context<Self>) {
         self.writer.close();
     }
 }
