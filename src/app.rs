@@ -17,9 +17,10 @@ use crate::{
     admission::Admission,
     config::Settings,
     control::{Control, ReloadSources, WORKER_STALLED_EXIT},
+    limits::SessionConfig,
     metrics::Metrics,
     notify::Notifier,
-    oracle::{Live, Oracle},
+    oracle::{Live, Oracle, OracleConfig},
     server::{
         ApplyLimits, ExitWhenIdle, Server,
         listener::{self, AcceptStream, ListenError, ListenerKind},
@@ -117,7 +118,7 @@ impl App {
     /// [`RunError`] if a socket cannot be registered.
     pub fn start(sockets: Sockets, settings: &Settings, options: Options) -> Result<App, RunError> {
         let Options { exit_when_idle, reload, metrics } = options;
-        let live = Live::new(settings.live.oracle.answers.clone(), settings.session());
+        let live = Live::new(settings.oracle.answers.clone(), SessionConfig::from(settings));
         let (listeners, connection) = match sockets {
             Sockets::Listeners(listeners) => (listeners, None),
             Sockets::Connection(connection) => (Vec::new(), Some(connection)),
@@ -130,24 +131,24 @@ impl App {
             lame_duck,
             connection_options,
             worker_stall_timeout,
-        } = settings.server_limits();
+        } = ApplyLimits::from(settings);
         let listeners = listeners
             .into_iter()
             .map(|Listener { socket, kind }| Ok(AcceptStream::new(socket, connection_options)?.with_kind(kind)))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| RunError::Runtime { what: "cannot register listener", source })?;
         let addrs: Vec<SocketAddr> = listeners.iter().map(AcceptStream::local_addr).collect();
-        let acceptor = settings.tls.as_ref().map(|identity| {
+        let acceptor = settings.identity.as_ref().map(|identity| {
             let tls_addrs = listeners.iter().filter(|listener| listener.kind().tls).map(AcceptStream::local_addr);
             for addr in tls_addrs {
                 tracing::info!(%addr, subject = %identity.subject, expires = %identity.expires, "serving TLS");
             }
             identity.warn_if_expiring();
             metrics.set_certificate_expiry(identity.not_after);
-            tls::Acceptor::new(identity, settings.live.tls.handshake_timeout_ms.millis())
+            tls::Acceptor::new(identity, settings.tls.handshake_timeout_ms.millis())
         });
         let threads = WorkerThreads::spawn(NonZeroUsize::new(settings.worker_count()).unwrap_or(NonZeroUsize::MIN));
-        let oracle = Oracle::start(live, settings.oracle_config(), &metrics);
+        let oracle = Oracle::start(live, OracleConfig::from(&settings.oracle), &metrics);
         let workers = Workers::start(&threads, &oracle, &metrics, acceptor.as_ref(), oracle.health());
         let admission = Admission::new(max_connections);
         admission.set_per_client_limit(max_connections_per_client);
@@ -198,10 +199,10 @@ pub fn run(settings: &Settings, sockets: Option<Sockets>, options: Options) -> R
     let sockets = match sockets {
         Some(sockets) => sockets,
         None => {
-            let server = &settings.restart.server;
+            let server = &settings.server;
             let bind = |(addr, kind)| {
                 let backlog = u32::try_from(server.backlog.get()).unwrap_or(u32::MAX);
-                listener::bind(addr, backlog, server.reuse_port).map(|socket| Listener { socket, kind })
+                listener::bind(addr, backlog, server.reuse_port.0).map(|socket| Listener { socket, kind })
             };
             let listeners = settings.listen_addrs().into_iter().map(bind).collect::<Result<Vec<_>, _>>()?;
             Sockets::Listeners(listeners)
@@ -270,7 +271,10 @@ mod tests {
             clients.push(client);
         }
         let table = AnswerTable::new([("Beautiful is better than?", "Pretty.")]).unwrap();
-        app.oracle.send(ReplaceTable { table: std::sync::Arc::new(table), limits: settings.session() }).await.unwrap();
+        app.oracle
+            .send(ReplaceTable { table: std::sync::Arc::new(table), limits: SessionConfig::from(&settings) })
+            .await
+            .unwrap();
         for client in &mut clients {
             assert_eq!(ask(client, b"Beautiful is better than?", 7).await, b"Pretty.");
         }

@@ -11,7 +11,11 @@ use std::{
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{config::Overrides, protocol::DEFAULT_PORT};
+use crate::{
+    config::Overrides,
+    protocol::DEFAULT_PORT,
+    server::listener::{LISTEN_EXAMPLE, parse_socket_addr},
+};
 
 /// What `zen-server --help` says after the flags.
 const SERVER_HELP: &str = "\
@@ -88,8 +92,8 @@ pub enum CliError {
         reason: String,
     },
     /// A --listen value is not an IP address and port.
-    #[error("invalid --listen {0:?}: expected an IP address and port such as 127.0.0.1:1060 or [::1]:1060")]
-    BadListen(String),
+    #[error("invalid --listen {0:?}: {1}")]
+    BadListen(String, String),
 }
 
 impl ServerCli {
@@ -107,7 +111,9 @@ impl ServerCli {
             }
             None if self.listen.is_empty() => Ok(Overrides { listen: None, port: self.port }),
             None => {
-                let addrs = self.listen.iter().map(|text| text.parse().map_err(|_| CliError::BadListen(text.clone())));
+                let addrs = self.listen.iter().map(|text| {
+                    parse_socket_addr(text, LISTEN_EXAMPLE).map_err(|why| CliError::BadListen(text.clone(), why))
+                });
                 Ok(Overrides { listen: Some(addrs.collect::<Result<_, _>>()?), port: self.port })
             }
         }

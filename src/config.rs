@@ -1,52 +1,44 @@
-//! [`Settings`]: the daemon's configuration, loaded in layers and validated by its types.
+//! [`Settings`]: the daemon's configuration, one struct per section of `config/zen-server.toml`,
+//! loaded in layers by config-rs and checked by serde.
 //!
 //! Layers, later wins: the built-in `config/zen-server.toml` (compiled in), the operator's file,
 //! `ZEN_<SECTION>__<KEY>` environment variables, then command-line [`Overrides`]. Loading is a
 //! pure function of [`Sources`], so tests inject the environment and a reload builds a whole new
 //! `Settings` the same way.
 //!
-//! Every rule lives in the type that holds the value ([`Whole`] numbers within bounds,
-//! [`Listen`] addresses that do not overlap, [`LogLevel`], [`FaultQuestion`], [`AnswerTable`],
-//! ...), and serde builds them. What config-rs does not keep for such an error, the layer the
-//! value came from and the value as written, is looked up by its key in the layers. Before that,
-//! each layer's keys are checked against the built-in file, which lists every key there is, and
-//! its values' kinds against the built-in ones (config-rs would take `2.5` or `true` for a whole
-//! number). Every error names the layer (the file's path, the environment variable, or the
-//! command line), the key and the value; of several mistakes, the first is reported, in the order
-//! of the layers and of the file's lines. Nothing is rounded, coerced or ignored.
+//! Every rule lives in the type that holds the value ([`Whole`] numbers within bounds, [`Listen`]
+//! addresses that do not overlap, [`LogLevel`], [`FaultQuestion`], [`AnswerTable`], ...); every
+//! section denies keys it does not have. Nothing is coerced: a number is whole or refused, a
+//! flag is `true` or `false`. An error names the key serde was reading, and config-rs, which
+//! keeps each value's origin, names the layer that set it: the file's path, the environment
+//! variable, the command line, or the built-in defaults. Every message is one line.
 //!
-//! [`RestartSettings`] are what a running daemon cannot change and [`LiveSettings`] what a
-//! reload applies: a reload keeps the running [`RestartSettings`] and names those it set aside.
+//! A reload keeps the running values of the [`RESTART_ONLY`] keys, and names those it set aside.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::OsString,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::Duration,
 };
 
 use config::{Config, FileFormat, Map, Source, Value, ValueKind};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer, Serialize, de};
 
-use crate::{
-    limits::SessionConfig,
-    oracle::{AnswerTable, OracleConfig},
-    proxy::ProxyPolicy,
-    server::{
-        ApplyLimits,
-        listener::{ConnectionOptions, Keepalive, ListenAddr, ListenerKind, check_overlaps},
-    },
-    tls::{Identity, TlsError, TlsFile},
-};
 pub use crate::{
     metrics::MetricsListen,
     oracle::{lookup::FaultQuestion, table::AnswerEntry},
     proxy::Trusted,
     server::listener::Listen,
     telemetry::{LogFormat, LogLevel, LogOutput, one_line},
+};
+use crate::{
+    oracle::table::AnswerTable,
+    server::listener::{ListenerKind, check_overlaps},
+    tls::{Identity, TlsError, TlsFile},
 };
 
 /// The documented defaults, also the lowest configuration layer.
@@ -59,24 +51,43 @@ pub const ENV_PREFIX: &str = "ZEN";
 /// The environment variable naming the configuration file; not itself a setting.
 pub const CONFIG_FILE_VAR: &str = "ZEN_CONFIG";
 
-/// Upper bound on `server.workers` and `oracle.workers`, well above any core count, to catch
-/// typos.
+/// The keys a running daemon cannot change: a reload keeps their running values (and says so).
+pub const RESTART_ONLY: [&str; 14] = [
+    "server.listen",
+    "server.workers",
+    "server.backlog",
+    "server.reuse_port",
+    "log.format",
+    "log.output",
+    "oracle.simulated_cost_ms",
+    "oracle.workers",
+    "oracle.panic_question",
+    "oracle.hang_question",
+    "proxy.listen",
+    "tls.listen",
+    "tls.proxy_listen",
+    "metrics.listen",
+];
+
+/// The keys whose values are lists of strings, which an environment variable gives as
+/// comma-separated items.
+const LIST_KEYS: [&str; 5] = ["server.listen", "proxy.listen", "proxy.trusted", "tls.listen", "tls.proxy_listen"];
+
+/// Upper bound on `server.workers` and `oracle.workers`, well above any core count.
 pub const MAX_WORKERS: i64 = 1024;
 
-/// Upper bound on every duration setting: one year, in seconds. Longer is surely a mistake (the
-/// timer queues behind the timeouts reach about two years at most).
+/// Upper bound on every duration: one year, in seconds (the timer queues reach about two).
 pub const YEAR_SECS: i64 = 365 * 24 * 60 * 60;
 
 /// One year, in milliseconds.
 const YEAR_MS: i64 = YEAR_SECS * 1000;
 
-/// Linux's bound on the keepalive idle time and interval, in seconds (`TCP_KEEPIDLE`,
-/// `TCP_KEEPINTVL`).
+/// Linux's bound on the keepalive idle time and interval, in seconds.
 const KEEPALIVE_SECS_MAX: i64 = 32_767;
 
 const U32_MAX: i64 = u32::MAX as i64;
 
-/// Where a value kept from the running settings on a reload comes from, in messages.
+/// Where values a reload keeps from the running settings come from, in messages.
 const RUNNING_ORIGIN: &str = "the running settings (a restart is needed to change it)";
 
 /// Where the built-in layer's values come from, in messages.
@@ -85,8 +96,7 @@ const BUILTIN_ORIGIN: &str = "built-in defaults";
 /// Where command-line values come from, in messages.
 const COMMAND_LINE_ORIGIN: &str = "the command line";
 
-/// Why settings could not be loaded. Every message names the layer the mistake is in, on one
-/// line: the names and keys it quotes from a file or the environment are escaped.
+/// Why settings could not be loaded; every message is one line naming the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The settings file cannot be used at all.
@@ -106,7 +116,7 @@ pub enum ConfigError {
         origin: String,
         /// The dotted key.
         key: String,
-        /// The keys that exist there, if any.
+        /// What keys there are instead.
         hint: String,
     },
     /// A `ZEN_*` environment variable is not a setting.
@@ -129,8 +139,8 @@ pub enum ConfigError {
         /// What is expected instead.
         reason: String,
     },
-    /// A layer could not be read as settings.
-    #[error("{0}")]
+    /// The layers could not be read as settings.
+    #[error("{}", one_line(&.0.to_string()))]
     Load(#[from] config::ConfigError),
     /// An environment variable meant as a setting is not valid UTF-8.
     #[error("environment variable {0} is not valid UTF-8")]
@@ -156,8 +166,10 @@ impl ConfigError {
 }
 
 /// A whole number from `MIN` to `MAX`: a count, a size, a duration in the unit its key names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
+/// Written as a number, or as a string of digits (as environment variables give it); a fraction
+/// or anything else is refused, never rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "i64")]
 pub struct Whole<const MIN: i64, const MAX: i64>(u64);
 
 impl<const MIN: i64, const MAX: i64> Whole<MIN, MAX> {
@@ -180,18 +192,43 @@ impl<const MIN: i64, const MAX: i64> Whole<MIN, MAX> {
     pub fn millis(self) -> Duration {
         Duration::from_millis(self.0)
     }
-}
 
-impl<const MIN: i64, const MAX: i64> TryFrom<i64> for Whole<MIN, MAX> {
-    type Error = String;
-
-    fn try_from(number: i64) -> Result<Self, String> {
+    fn new(number: i128) -> Result<Self, String> {
         match u64::try_from(number) {
-            _ if number < MIN => Err(format!("must be at least {MIN}")),
-            _ if number > MAX => Err(format!("must be at most {MAX}")),
+            _ if number < i128::from(MIN) => Err(format!("must be at least {MIN}")),
+            _ if number > i128::from(MAX) => Err(format!("must be at most {MAX}")),
             Ok(number) => Ok(Self(number)),
             Err(_) => Err(format!("must be at least {MIN}")),
         }
+    }
+}
+
+impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Whole<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Number<const MIN: i64, const MAX: i64>;
+        impl<const MIN: i64, const MAX: i64> de::Visitor<'_> for Number<MIN, MAX> {
+            type Value = Whole<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<Self::Value, E> {
+                Whole::new(number.into()).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<Self::Value, E> {
+                Whole::new(number.into()).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                let text = text.trim();
+                let digits = text.strip_prefix('-').unwrap_or(text);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(E::custom("expected a whole number"));
+                }
+                // Digits past what an i128 holds are out of range all the same.
+                let beyond = if text.starts_with('-') { i128::MIN } else { i128::MAX };
+                Whole::new(text.parse().unwrap_or(beyond)).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Number)
     }
 }
 
@@ -201,199 +238,162 @@ impl<const MIN: i64, const MAX: i64> From<Whole<MIN, MAX>> for i64 {
     }
 }
 
-/// Every setting of the daemon: those only a restart changes, and those a reload applies; and
-/// the TLS identity their files hold, read and checked once, if a listener speaks TLS.
-#[derive(Debug, Clone)]
+/// `true` or `false` (also as an environment variable's text); nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Truth;
+        impl de::Visitor<'_> for Truth {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Flag, E> {
+                Ok(Flag(flag))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Flag, E> {
+                text.trim().parse().map(Flag).map_err(|_| E::custom("expected true or false"))
+            }
+        }
+        deserializer.deserialize_any(Truth)
+    }
+}
+
+/// A file's path, written as a string (a number is no path); empty for none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FilePath(pub String);
+
+impl<'de> Deserialize<'de> for FilePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = FilePath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, in quotes")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<FilePath, E> {
+                Ok(FilePath(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Text)
+    }
+}
+
+/// Every setting, one struct per section of `config/zen-server.toml` (each field a section);
+/// and the TLS identity their files hold, read and checked once, if a listener speaks TLS.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// What only a restart changes.
-    pub restart: RestartSettings,
-    /// What a reload applies.
-    pub live: LiveSettings,
+    pub server: ServerSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+    pub oracle: OracleSettings,
+    pub proxy: ProxySettings,
+    pub tls: TlsSettings,
+    pub metrics: MetricsSettings,
     /// The certificate and key of `tls.cert_file` and `tls.key_file`, when TLS is used.
-    pub tls: Option<Arc<Identity>>,
+    #[serde(skip)]
+    pub identity: Option<Arc<Identity>>,
+    /// What the server says at start (and `check-config` on standard error): not mistakes,
+    /// but what an operator may not expect.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
-/// The settings a running daemon cannot change: a reload keeps their running values.
+/// `[server]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RestartSettings {
-    /// Listening and threads.
-    pub server: ServerRestart,
-    /// How and where logs are written.
-    pub log: LogRestart,
-    /// How the oracle computes answers, and its fault injection.
-    pub oracle: OracleRestart,
-    /// Listeners behind a load balancer that speaks the PROXY protocol.
-    pub proxy: ProxyRestart,
-    /// Listeners that speak TLS.
-    pub tls: TlsRestart,
-    /// The Prometheus endpoint.
-    pub metrics: MetricsRestart,
-}
-
-/// The `[server]` settings only a restart changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerRestart {
-    /// Addresses to listen on.
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
     pub listen: Listen,
-    /// Session threads; 0 means one per CPU.
     pub workers: Whole<0, MAX_WORKERS>,
-    /// Queue length of each listening socket.
     pub backlog: Whole<0, U32_MAX>,
-    /// Listen with `SO_REUSEPORT`, so that a new server can bind the same addresses while this
-    /// one runs (an upgrade without refusing anyone).
-    pub reuse_port: bool,
+    pub reuse_port: Flag,
+    pub shutdown_timeout_secs: Whole<0, YEAR_SECS>,
+    pub drain_grace_ms: Whole<0, YEAR_MS>,
+    pub lame_duck_ms: Whole<0, YEAR_MS>,
+    pub worker_stall_timeout_secs: Whole<1, YEAR_SECS>,
 }
 
-/// The `[log]` settings only a restart changes.
+/// `[limits]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogRestart {
-    /// How each event is written.
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_question_bytes: Whole<1, { i64::MAX }>,
+    pub idle_timeout_secs: Whole<1, YEAR_SECS>,
+    pub max_connections: Whole<1, U32_MAX>,
+    pub max_connections_per_client: Whole<0, U32_MAX>,
+    pub max_pending_bytes: Whole<1, { i64::MAX }>,
+    pub write_timeout_secs: Whole<1, YEAR_SECS>,
+    pub keepalive_idle_secs: Whole<0, KEEPALIVE_SECS_MAX>,
+    pub keepalive_interval_secs: Whole<1, KEEPALIVE_SECS_MAX>,
+    pub keepalive_retries: Whole<1, 127>,
+}
+
+/// `[log]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
     pub format: LogFormat,
-    /// Where events are written.
     pub output: LogOutput,
+    pub level: LogLevel,
 }
 
-/// The `[oracle]` settings only a restart changes.
+/// `[oracle]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OracleRestart {
-    /// Blocking work per computed answer, in milliseconds.
+#[serde(deny_unknown_fields)]
+pub struct OracleSettings {
     pub simulated_cost_ms: Whole<0, YEAR_MS>,
-    /// Threads computing costly answers.
     pub workers: Whole<1, MAX_WORKERS>,
-    /// A question that makes the oracle panic (fault injection).
     pub panic_question: FaultQuestion,
-    /// A question that blocks the thread answering it for good (fault injection).
     pub hang_question: FaultQuestion,
+    pub answers: Arc<AnswerTable>,
 }
 
-/// The `[proxy]` settings only a restart changes.
+/// `[proxy]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyRestart {
-    /// Addresses where every connection starts with a PROXY header.
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
     pub listen: Listen,
+    pub trusted: Trusted,
+    pub header_timeout_ms: Whole<1, YEAR_MS>,
 }
 
-/// The `[tls]` settings only a restart changes.
+/// `[tls]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TlsRestart {
-    /// Addresses where every connection speaks TLS.
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
     pub listen: Listen,
-    /// Addresses where every connection begins with a PROXY header, then speaks TLS.
     pub proxy_listen: Listen,
+    pub cert_file: FilePath,
+    pub key_file: FilePath,
+    pub client_ca_file: FilePath,
+    pub handshake_timeout_ms: Whole<1, YEAR_MS>,
 }
 
-impl TlsRestart {
+impl TlsSettings {
     /// Whether any listener speaks TLS.
     pub fn is_used(&self) -> bool {
         !self.listen.addrs().is_empty() || !self.proxy_listen.addrs().is_empty()
     }
 }
 
-/// The `[metrics]` settings (only a restart changes them).
+/// `[metrics]`: each field is the key of that name, documented in `config/zen-server.toml`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRestart {
-    /// Where to serve Prometheus metrics over HTTP; nowhere if empty.
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
     pub listen: MetricsListen,
-}
-
-/// The settings a reload applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveSettings {
-    /// Shutting down.
-    pub server: ServerLive,
-    /// What one client may cost the server.
-    pub limits: LimitSettings,
-    /// What is logged.
-    pub log: LogLive,
-    /// The answers.
-    pub oracle: OracleLive,
-    /// Who may send PROXY headers.
-    pub proxy: ProxyLive,
-    /// The TLS listeners' identity.
-    pub tls: TlsLive,
-}
-
-/// The `[server]` settings a reload applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerLive {
-    /// Time clients get to receive their answers once shutdown starts.
-    pub shutdown_timeout_secs: Whole<0, YEAR_SECS>,
-    /// Once shutdown starts, how long a client must have asked nothing before it is closed.
-    pub drain_grace_ms: Whole<0, YEAR_MS>,
-    /// Once shutdown starts, how long to keep accepting while failing health checks.
-    pub lame_duck_ms: Whole<0, YEAR_MS>,
-    /// How long a worker thread may leave liveness checks unanswered before the daemon exits.
-    pub worker_stall_timeout_secs: Whole<1, YEAR_SECS>,
-}
-
-/// The `[limits]` section (a reload applies it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LimitSettings {
-    /// Longest question accepted, `?` included.
-    pub max_question_bytes: Whole<1, { i64::MAX }>,
-    /// A connection completing no question for this long is closed.
-    pub idle_timeout_secs: Whole<1, YEAR_SECS>,
-    /// Connections served at once.
-    pub max_connections: Whole<1, U32_MAX>,
-    /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; 0 for no limit.
-    pub max_connections_per_client: Whole<0, U32_MAX>,
-    /// Bytes owed to a client above which its questions are no longer asked or read.
-    pub max_pending_bytes: Whole<1, { i64::MAX }>,
-    /// A client reading nothing for this long while answers wait is disconnected.
-    pub write_timeout_secs: Whole<1, YEAR_SECS>,
-    /// Seconds of silence before the first keepalive probe; 0 turns keepalive off.
-    pub keepalive_idle_secs: Whole<0, KEEPALIVE_SECS_MAX>,
-    /// Seconds between keepalive probes.
-    pub keepalive_interval_secs: Whole<1, KEEPALIVE_SECS_MAX>,
-    /// Unanswered probes before the connection is dropped (Linux's `TCP_KEEPCNT` bound).
-    pub keepalive_retries: Whole<1, 127>,
-}
-
-/// The `[log]` settings a reload applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogLive {
-    /// A level or tracing-subscriber `EnvFilter` directives.
-    pub level: LogLevel,
-}
-
-/// The `[oracle]` settings a reload applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OracleLive {
-    /// The question-and-answer table, shared: a reload compares it and hands it to the oracle
-    /// without copying it.
-    pub answers: Arc<AnswerTable>,
-}
-
-/// The `[proxy]` settings a reload applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyLive {
-    /// Source ranges allowed to send a PROXY header.
-    pub trusted: Trusted,
-    /// How long a connection may take to send its header, in milliseconds.
-    pub header_timeout_ms: Whole<1, YEAR_MS>,
-}
-
-/// The `[tls]` settings a reload applies: a reload reads the files again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TlsLive {
-    /// The certificate and the rest of its chain (PEM).
-    pub cert_file: String,
-    /// The certificate's private key (PEM).
-    pub key_file: String,
-    /// The CA client certificates must chain to (PEM); empty for no client certificates.
-    pub client_ca_file: String,
-    /// How long a client may take to complete its handshake, in milliseconds.
-    pub handshake_timeout_ms: Whole<1, YEAR_MS>,
-}
-
-/// The built-in layer, parsed once: it is the same on every load and reload.
-fn builtin_layer() -> Result<Map<String, Value>, ConfigError> {
-    static BUILTIN: OnceLock<Map<String, Value>> = OnceLock::new();
-    if let Some(layer) = BUILTIN.get() {
-        return Ok(layer.clone());
-    }
-    let layer = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
-    Ok(BUILTIN.get_or_init(|| layer).clone())
 }
 
 /// Settings given on the command line; they win over every other layer.
@@ -424,7 +424,7 @@ pub struct Sources {
     /// Command-line settings.
     pub overrides: Overrides,
     /// `ZEN_*` variables that are no settings but Kubernetes' links to a service named `zen`
-    /// or `zen-server`, left aside (to be warned about once logging is set up).
+    /// or `zen-server`: named in a warning, otherwise left aside.
     pub service_links: Vec<String>,
 }
 
@@ -440,17 +440,14 @@ impl Sources {
     }
 }
 
-/// The `ZEN_*` variables that are meant as settings, and those that are Kubernetes' service
-/// links instead.
+/// The `ZEN_*` variables meant as settings, and those that are Kubernetes' service links.
 fn zen_vars(
     vars: impl Iterator<Item = (OsString, OsString)>,
 ) -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
     let prefix = format!("{ENV_PREFIX}_");
     let (mut settings, mut links) = (HashMap::new(), Vec::new());
     for (name, value) in vars {
-        let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix) && *n != CONFIG_FILE_VAR) else {
-            continue;
-        };
+        let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix) && *n != CONFIG_FILE_VAR) else { continue };
         if is_service_link(name) {
             links.push(name.to_owned());
             continue;
@@ -463,8 +460,7 @@ fn zen_vars(
 }
 
 /// Whether `name` has the shape of a variable Kubernetes sets for a service of the namespace
-/// (`ZEN_PORT`, `ZEN_SERVER_SERVICE_HOST`, `ZEN_SERVER_PORT_1060_TCP_ADDR`, ...): no `__`, and
-/// one of the endings those have.
+/// (`ZEN_PORT`, `ZEN_SERVER_SERVICE_HOST`, `ZEN_SERVER_PORT_1060_TCP_ADDR`, ...).
 fn is_service_link(name: &str) -> bool {
     let protocol_port = |rest: &str| {
         let mut parts = rest.split('_');
@@ -481,109 +477,75 @@ fn is_service_link(name: &str) -> bool {
             || name.split_once("_PORT_").is_some_and(|(_, rest)| protocol_port(rest)))
 }
 
-/// A settings layer's values, in the order they are written; each value knows where it comes
-/// from (the file's path, the environment variable), but the built-in ones.
-type Layer = Map<String, Value>;
+/// One layer of values, each knowing where it comes from (config-rs keeps that through the
+/// merge).
+#[derive(Debug, Clone)]
+struct Layer(Map<String, Value>);
 
-/// Where the value of `key` in `layer` comes from, for messages.
-fn origin(layer: &Layer, key: &str) -> String {
-    lookup(layer, key).and_then(Value::origin).unwrap_or(BUILTIN_ORIGIN).to_owned()
-}
-
-/// The layers of one load, lowest first, and the keys the command line and the running settings
-/// decided: what errors are blamed on.
-struct Layers {
-    layers: Vec<Layer>,
-    /// Keys whose values the command line set.
-    command_line: Vec<&'static str>,
-    /// Keys whose values a reload kept from the running settings.
-    running: Vec<String>,
-}
-
-impl Layers {
-    /// The layer that set `key`: the last that has it.
-    fn origin(&self, key: &str) -> String {
-        if self.running.iter().any(|kept| key == kept || key.starts_with(&format!("{kept}["))) {
-            return RUNNING_ORIGIN.into();
-        }
-        if self.command_line.iter().any(|set| key == *set || key.starts_with(&format!("{set}["))) {
-            return COMMAND_LINE_ORIGIN.into();
-        }
-        self.layers.iter().rev().find(|layer| lookup(layer, key).is_some()).map_or_else(String::new, |l| origin(l, key))
+impl Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
     }
 
-    /// `key`'s value as written in the layer that set it.
-    fn shown(&self, key: &str) -> String {
-        let value = self.layers.iter().rev().find_map(|layer| lookup(layer, key));
-        value.map(|value| Shown(value).to_string()).unwrap_or_default()
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The layers merged, each value with its origin: what errors are blamed on.
+struct Merged(Map<String, Value>);
+
+impl Merged {
+    /// Dotted `key`'s value (`section.name`, `section.name[2]`, `section.name[2].field`).
+    fn get(&self, key: &str) -> Option<&Value> {
+        let mut parts = key.split('.');
+        let mut value = self.0.get(parts.next()?)?;
+        for part in parts {
+            let (name, indices) = part.split_once('[').unwrap_or((part, ""));
+            value = match &value.kind {
+                ValueKind::Table(table) => table.get(name)?,
+                _ => return None,
+            };
+            for index in indices.split('[').filter(|i| !i.is_empty()) {
+                let index: usize = index.trim_end_matches(']').parse().ok()?;
+                value = match &value.kind {
+                    ValueKind::Array(items) => items.get(index)?,
+                    _ => return None,
+                };
+            }
+        }
+        Some(value)
+    }
+
+    /// The layer that set `key`.
+    fn origin(&self, key: &str) -> String {
+        self.get(key).and_then(Value::origin).unwrap_or(BUILTIN_ORIGIN).to_owned()
     }
 
     fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            origin: self.origin(key),
-            key: key.into(),
-            value: self.shown(key),
-            reason: reason.into(),
-        }
-    }
-
-    /// The mistake to report of `mistakes`: the first, by layer, then by its place in the
-    /// layer (the file's order).
-    fn first(&self, mistakes: Vec<ConfigError>) -> Option<ConfigError> {
-        let rank = |error: &ConfigError| match error {
-            ConfigError::Invalid { key, .. } | ConfigError::UnknownKey { key, .. } => self.rank(key),
-            _ => (usize::MAX, 0, 0),
-        };
-        mistakes.into_iter().min_by_key(rank)
-    }
-
-    /// Where a mistake at `key` is: its layer, then its section's and its own place there.
-    fn rank(&self, key: &str) -> (usize, usize, usize) {
-        let (section, name) = key.split('[').next().unwrap_or(key).split_once('.').unwrap_or((key, ""));
-        let position = |values: &Map<String, Value>| {
-            let section_at = values.get_index_of(section)?;
-            let at = match &values.get(section)?.kind {
-                ValueKind::Table(table) => table.get_index_of(name).unwrap_or(0),
-                _ => 0,
-            };
-            Some((section_at, at))
-        };
-        let found = self.layers.iter().enumerate().rev().find_map(|(index, layer)| Some((index, position(layer)?)));
-        found.map_or((usize::MAX, 0, 0), |(index, (section_at, at))| (index, section_at, at))
+        let value = self.get(key).map(|value| Shown(value).to_string()).unwrap_or_default();
+        ConfigError::Invalid { origin: self.origin(key), key: key.into(), value, reason: reason.into() }
     }
 
     /// A config-rs error about a key, named with its layer and value.
     fn explain(&self, error: config::ConfigError) -> ConfigError {
-        match error {
-            config::ConfigError::At { key: Some(key), error, .. } => self.invalid(&key, error.to_string()),
-            config::ConfigError::Type { key: Some(key), expected, .. } => {
-                self.invalid(&key, format!("expected {expected}"))
-            }
-            error => ConfigError::Load(error),
-        }
-    }
-}
-
-/// The built-in value of dotted `key` (`section.name`, `section.name[2]`,
-/// `section.name[2].field`), if there is such a key.
-fn lookup<'a>(values: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    let mut parts = key.split('.');
-    let mut value = values.get(parts.next()?)?;
-    for part in parts {
-        let (name, indices) = part.split_once('[').map_or((part, ""), |(name, rest)| (name, rest));
-        value = match &value.kind {
-            ValueKind::Table(table) => table.get(name)?,
-            _ => return None,
+        let (key, reason) = match error {
+            config::ConfigError::At { key: Some(key), error, .. } => (key, error.to_string()),
+            config::ConfigError::Type { key: Some(key), expected, .. } => (key, format!("expected {expected}")),
+            config::ConfigError::Message(reason) => (String::new(), reason),
+            error => return ConfigError::Load(error),
         };
-        for index in indices.split('[').filter(|i| !i.is_empty()) {
-            let index: usize = index.trim_end_matches(']').parse().ok()?;
-            value = match &value.kind {
-                ValueKind::Array(items) => items.get(index)?,
-                _ => return None,
-            };
+        // serde's words for a key a section does not have.
+        if let Some(field) = reason.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            let key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+            let expected =
+                reason.split_once(", expected ").map_or(String::new(), |(_, known)| format!(" (expected {known})"));
+            return ConfigError::UnknownKey { origin: self.origin(&key), key, hint: expected };
         }
+        let reason =
+            reason.split_once(", expected ").map_or(reason.clone(), |(_, expected)| format!("expected {expected}"));
+        self.invalid(&key, one_line(&reason))
     }
-    Some(value)
 }
 
 impl Settings {
@@ -605,9 +567,8 @@ impl Settings {
         Self::load_over(sources, None, true).map(|(settings, _)| settings)
     }
 
-    /// As [`load`](Self::load), but without reading the files of the TLS identity (`tls` is
-    /// then `None`): for a client that follows a server's settings, which must not need the
-    /// server's private key.
+    /// As [`load`](Self::load), without reading the files of the TLS identity: for a client
+    /// that follows a server's settings, which must not need the server's private key.
     ///
     /// # Errors
     ///
@@ -617,8 +578,8 @@ impl Settings {
     }
 
     /// What a reload of a daemon running with `running` puts in effect: the settings from every
-    /// layer, with the [`RestartSettings`] kept from `running`, validated as a whole; and the
-    /// keys whose new values were set aside until a restart.
+    /// layer, the [`RESTART_ONLY`] keys kept from `running`, validated as a whole; and the keys
+    /// whose new values were set aside until a restart.
     ///
     /// # Errors
     ///
@@ -633,172 +594,184 @@ impl Settings {
         running: Option<&Settings>,
         read_tls_files: bool,
     ) -> Result<(Self, Vec<String>), ConfigError> {
-        let builtin = builtin_layer()?;
-        let file = sources.file.as_ref().map(file_layer).transpose()?;
-        let env = env_layer(&sources.env, &builtin)?;
-        let mut layers = Layers { layers: Vec::new(), command_line: Vec::new(), running: Vec::new() };
-        // Every mistake found, the first reported: keys and kinds of each layer, then values.
-        let mut mistakes = Vec::new();
-        for layer in file.iter().chain([&env]) {
-            check_keys(layer, &builtin, "", &mut mistakes);
+        let builtin = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
+        let mut layers = vec![Layer(builtin)];
+        layers.extend(sources.file.as_ref().map(file_layer).transpose()?);
+        layers.push(env_layer(&sources.env)?);
+        let (mut settings, mut merged) = Self::merge(&layers)?;
+        let configured = settings.server.listen.addrs().to_vec();
+        if let Some(layer) = command_line_layer(&sources.overrides, &configured) {
+            let configured_in = merged.origin("server.listen");
+            layers.push(layer);
+            (settings, merged) = Self::merge(&layers).map_err(|mut error| {
+                if let (ConfigError::Invalid { reason, .. }, None, Some(port)) =
+                    (&mut error, &sources.overrides.listen, sources.overrides.port)
+                {
+                    let configured: Vec<String> = configured.iter().map(ToString::to_string).collect();
+                    reason.push_str(&format!(
+                        ": -p {port} gave the same port to the addresses of server.listen in {configured_in} ({})",
+                        configured.join(", ")
+                    ));
+                }
+                error
+            })?;
         }
-        layers.layers = [Some(builtin), file, Some(env)].into_iter().flatten().collect();
-        // Only known sections reach config-rs: it reads a top-level key as a path, and one such
-        // as `n[9999999]` would make it build an array of that length (the mistake is recorded).
-        let mut builder = Config::builder();
-        for layer in &layers.layers {
-            let known = layer.iter().filter(|(section, _)| layers.layers[0].contains_key(*section));
-            builder =
-                builder.add_source(Values(known.map(|(section, values)| (section.clone(), values.clone())).collect()));
+        let mut set_aside = Vec::new();
+        if let Some(running) = running {
+            let (new, kept) = (flatten(&settings), flatten(running));
+            set_aside = RESTART_ONLY
+                .iter()
+                .filter(|key| new.get(**key) != kept.get(**key))
+                .map(|key| key.to_string())
+                .collect();
+            set_aside.sort();
+            layers.push(running_layer(running)?);
+            (settings, merged) = Self::merge(&layers)?;
         }
-        let merged = builder.build()?;
-        let restart = deserialize::<RestartSettings>(&merged, &layers, &mut mistakes);
-        let live = deserialize::<LiveSettings>(&merged, &layers, &mut mistakes);
-        if let (true, Some(restart), Some(live)) = (mistakes.is_empty(), restart, live) {
-            let mut settings = Settings { restart, live, tls: None };
-            settings.apply(&sources.overrides, &mut layers)?;
-            let mut set_aside = Vec::new();
-            if let Some(running) = running {
-                set_aside = changed_keys(&running.restart, &settings.restart);
-                settings.restart = running.restart.clone();
-                layers.running.clone_from(&set_aside);
-            }
-            settings.check_together(&layers, &sources.overrides)?;
-            if read_tls_files {
-                settings.tls = settings.load_identity(&layers)?.map(Arc::new);
-            }
-            return Ok((settings, set_aside));
+        settings.check_together(&merged, &sources.overrides)?;
+        if read_tls_files {
+            settings.identity = settings.load_identity(&merged)?.map(Arc::new);
         }
-        Err(layers.first(mistakes).unwrap_or_else(|| {
-            ConfigError::Load(config::ConfigError::Message("the settings could not be read".into()))
-        }))
+        settings.warnings = settings.warnings(&merged, sources);
+        Ok((settings, set_aside))
     }
 
-    fn apply(&mut self, overrides: &Overrides, layers: &mut Layers) -> Result<(), ConfigError> {
-        let configured: Vec<SocketAddr> = self.restart.server.listen.addrs().to_vec();
-        let mut listen = overrides.listen.clone().unwrap_or_else(|| configured.clone());
-        if let Some(port) = overrides.port {
-            listen.iter_mut().for_each(|addr| addr.set_port(port));
-        }
-        if overrides.listen.is_none() && overrides.port.is_none() {
-            return Ok(());
-        }
-        let configured_in = layers.origin("server.listen");
-        layers.command_line.push("server.listen");
-        let shown = format!("{:?}", listen.iter().map(ToString::to_string).collect::<Vec<_>>());
-        let invalid = |reason: String| ConfigError::Invalid {
-            origin: COMMAND_LINE_ORIGIN.into(),
-            key: "server.listen".into(),
-            value: shown.clone(),
-            reason,
-        };
-        match (overrides.listen.is_some(), Listen::try_from(listen.into_iter().map(ListenAddr).collect::<Vec<_>>())) {
-            (_, Ok(listen)) => self.restart.server.listen = listen,
-            (true, Err(reason)) => return Err(invalid(reason)),
-            (false, Err(reason)) => {
-                let configured: Vec<String> = configured.iter().map(ToString::to_string).collect();
-                let port = overrides.port.unwrap_or_default();
-                return Err(invalid(format!(
-                    "{reason}: -p {port} gave the same port to the addresses of server.listen in {configured_in} ({})",
-                    configured.join(", ")
-                )));
+    /// The layers merged by config-rs, read by serde.
+    fn merge(layers: &[Layer]) -> Result<(Self, Merged), ConfigError> {
+        // config-rs reads a top-level key as a path (`n[9999999]` would make it build an array
+        // that long): an unknown section is refused before it gets there.
+        for Layer(values) in &layers[1..] {
+            if let Some((section, value)) = values.iter().find(|(section, _)| !layers[0].0.contains_key(*section)) {
+                let hint = " (the sections are: server, limits, log, oracle, proxy, tls, metrics)".to_owned();
+                let origin = value.origin().unwrap_or(BUILTIN_ORIGIN).to_owned();
+                return Err(ConfigError::UnknownKey { origin, key: section.clone(), hint });
             }
         }
-        Ok(())
+        let config =
+            layers.iter().fold(Config::builder(), |builder, layer| builder.add_source(layer.clone())).build()?;
+        let merged = Merged(config.collect()?);
+        let settings = config.try_deserialize().map_err(|error| merged.explain(error))?;
+        Ok((settings, merged))
     }
 
-    /// The rules that tie several settings together, checked on the merged result and blamed
-    /// on the layer that set the value named.
-    fn check_together(&self, layers: &Layers, overrides: &Overrides) -> Result<(), ConfigError> {
-        let (restart, live) = (&self.restart, &self.live);
-        let max_question = live.limits.max_question_bytes.count();
-        let (lame_duck, shutdown) = (live.server.lame_duck_ms.millis(), live.server.shutdown_timeout_secs.secs());
+    /// The rules that tie several settings together, blamed on the layer that set the value
+    /// named.
+    fn check_together(&self, merged: &Merged, overrides: &Overrides) -> Result<(), ConfigError> {
+        let max_question = self.limits.max_question_bytes.count();
+        let (lame_duck, shutdown) = (self.server.lame_duck_ms.millis(), self.server.shutdown_timeout_secs.secs());
         if !lame_duck.is_zero() && lame_duck >= shutdown {
-            let reason = format!(
-                "must be shorter than server.shutdown_timeout_secs ({} s)",
-                live.server.shutdown_timeout_secs.get()
-            );
-            return Err(layers.invalid("server.lame_duck_ms", reason));
+            let reason = format!("must be shorter than server.shutdown_timeout_secs ({} s)", shutdown.as_secs());
+            return Err(merged.invalid("server.lame_duck_ms", reason));
         }
-        let longest = live.oracle.answers.longest_question();
+        let longest = self.oracle.answers.longest_question();
         if longest > max_question {
             let reason = format!("is shorter than the longest question in oracle.answers ({longest} bytes)");
-            return Err(layers.invalid("limits.max_question_bytes", reason));
+            return Err(merged.invalid("limits.max_question_bytes", reason));
         }
         for (key, question) in [
-            ("oracle.panic_question", &restart.oracle.panic_question),
-            ("oracle.hang_question", &restart.oracle.hang_question),
+            ("oracle.panic_question", &self.oracle.panic_question),
+            ("oracle.hang_question", &self.oracle.hang_question),
         ] {
             if question.len() > max_question {
                 let reason = format!(
                     "is longer than limits.max_question_bytes ({max_question} bytes), so no client could ask it"
                 );
-                return Err(layers.invalid(key, reason));
+                return Err(merged.invalid(key, reason));
             }
         }
-        // At least one listener, and no two on one address.
         let lists = [
-            ("server.listen", restart.server.listen.addrs()),
-            ("proxy.listen", restart.proxy.listen.addrs()),
-            ("tls.listen", restart.tls.listen.addrs()),
-            ("tls.proxy_listen", restart.tls.proxy_listen.addrs()),
+            ("server.listen", self.server.listen.addrs()),
+            ("proxy.listen", self.proxy.listen.addrs()),
+            ("tls.listen", self.tls.listen.addrs()),
+            ("tls.proxy_listen", self.tls.proxy_listen.addrs()),
         ];
         if lists.iter().all(|(_, addrs)| addrs.is_empty()) {
             let reason = "at least one address is needed (here, or in proxy.listen, tls.listen or tls.proxy_listen)";
-            return Err(layers.invalid("server.listen", reason));
+            return Err(merged.invalid("server.listen", reason));
         }
-        let metrics = ("metrics.listen", restart.metrics.listen.0.as_slice());
+        let metrics = ("metrics.listen", self.metrics.listen.0.as_slice());
         let from_command_line = overrides.listen.is_some() || overrides.port.is_some();
         for (index, &(key, addrs)) in lists.iter().chain([&metrics]).enumerate().skip(1) {
             for &(earlier, earlier_addrs) in &lists[..index.min(lists.len())] {
                 let Err(reason) = check_overlaps(&[earlier_addrs, addrs].concat()) else { continue };
-                let (origin, with) = match (earlier, from_command_line) {
-                    ("server.listen", true) => (
-                        format!("{} and {COMMAND_LINE_ORIGIN}", layers.origin(key)),
-                        "the addresses given on the command line",
-                    ),
-                    _ => (layers.origin(key), earlier),
-                };
-                let reason = format!("{reason} (with {with})");
-                return Err(ConfigError::Invalid { origin, key: key.into(), value: layers.shown(key), reason });
+                let mut error = merged.invalid(key, format!("{reason} (with {earlier})"));
+                if let (ConfigError::Invalid { origin, reason: why, .. }, "server.listen", true) =
+                    (&mut error, earlier, from_command_line)
+                {
+                    *origin = format!("{origin} and {COMMAND_LINE_ORIGIN}");
+                    *why = format!("{reason} (with the addresses given on the command line)");
+                }
+                return Err(error);
             }
         }
         Ok(())
     }
 
-    /// The identity of the TLS listeners, read from its files, if there are such listeners.
-    fn load_identity(&self, layers: &Layers) -> Result<Option<Identity>, ConfigError> {
-        if !self.restart.tls.is_used() {
+    /// The identity of the TLS listeners, read from its files, if there are such listeners; a
+    /// file missing is blamed on the layer that set the listener.
+    fn load_identity(&self, merged: &Merged) -> Result<Option<Identity>, ConfigError> {
+        if !self.tls.is_used() {
             return Ok(None);
         }
-        let tls = &self.live.tls;
+        let listener = if self.tls.listen.addrs().is_empty() { "tls.proxy_listen" } else { "tls.listen" };
+        let tls = &self.tls;
         for (key, path) in [("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
-            if path.is_empty() {
-                return Err(layers.invalid(key, "a TLS listener needs it (tls.listen, tls.proxy_listen)"));
+            if path.0.is_empty() {
+                return Err(merged.invalid(listener, format!("a TLS listener needs {key}, which is not set")));
             }
         }
-        let client_ca = (!tls.client_ca_file.is_empty()).then(|| Path::new(&tls.client_ca_file));
-        let identity = Identity::load(Path::new(&tls.cert_file), Path::new(&tls.key_file), client_ca);
+        let client_ca = (!tls.client_ca_file.0.is_empty()).then(|| Path::new(&tls.client_ca_file.0));
+        let identity = Identity::load(Path::new(&tls.cert_file.0), Path::new(&tls.key_file.0), client_ca);
         identity.map(Some).map_err(|TlsError { file, reason, .. }| {
             let key = match file {
                 TlsFile::Certificate => "tls.cert_file",
                 TlsFile::Key => "tls.key_file",
                 TlsFile::ClientCa => "tls.client_ca_file",
             };
-            layers.invalid(key, one_line(&reason))
+            merged.invalid(key, one_line(&reason))
         })
+    }
+
+    /// What an operator may not expect of these settings, each said on one line.
+    fn warnings(&self, merged: &Merged, sources: &Sources) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !sources.service_links.is_empty() {
+            warnings.push(format!("ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out): {}", sources.service_links.join(", ")));
+        }
+        let origin = merged.origin("oracle.answers");
+        if origin != BUILTIN_ORIGIN {
+            let builtin = Settings::builtin_table_len();
+            let entries = self.oracle.answers.len();
+            warnings.push(format!("oracle.answers in {origin} replaces the whole built-in table ({builtin} entries) with its {entries}: list every question the server is to know"));
+        }
+        if !self.tls.is_used() {
+            for key in ["tls.cert_file", "tls.key_file", "tls.client_ca_file"] {
+                if merged.get(key).is_some_and(|value| value.origin().is_some()) {
+                    warnings.push(format!(
+                        "{key} is set in {} but no TLS listener is (tls.listen, tls.proxy_listen): it is not used",
+                        merged.origin(key)
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
+    /// How many entries the built-in table has.
+    fn builtin_table_len() -> usize {
+        let table: Result<toml::Table, _> = BUILTIN_TOML.parse();
+        table.ok().and_then(|t| t.get("oracle")?.get("answers")?.as_array().map(Vec::len)).unwrap_or(0)
     }
 
     /// Every address to listen on, with what its connections begin with: `server.listen`,
     /// `proxy.listen`, `tls.listen`, `tls.proxy_listen`, in that order.
     pub fn listen_addrs(&self) -> Vec<(SocketAddr, ListenerKind)> {
-        let restart = &self.restart;
         let kind = |proxy, tls| ListenerKind { proxy, tls };
         [
-            (restart.server.listen.addrs(), kind(false, false)),
-            (restart.proxy.listen.addrs(), kind(true, false)),
-            (restart.tls.listen.addrs(), kind(false, true)),
-            (restart.tls.proxy_listen.addrs(), kind(true, true)),
+            (self.server.listen.addrs(), kind(false, false)),
+            (self.proxy.listen.addrs(), kind(true, false)),
+            (self.tls.listen.addrs(), kind(false, true)),
+            (self.tls.proxy_listen.addrs(), kind(true, true)),
         ]
         .into_iter()
         .flat_map(|(addrs, kind)| addrs.iter().map(move |&addr| (addr, kind)))
@@ -807,67 +780,26 @@ impl Settings {
 
     /// What connections to `addr`, a socket bound elsewhere, begin with, by the list it is in.
     pub fn listener_kind(&self, addr: SocketAddr) -> ListenerKind {
-        let tls = &self.restart.tls;
-        let proxy = self.restart.proxy.listen.addrs().contains(&addr) || tls.proxy_listen.addrs().contains(&addr);
+        let tls = &self.tls;
+        let proxy = self.proxy.listen.addrs().contains(&addr) || tls.proxy_listen.addrs().contains(&addr);
         let tls = tls.listen.addrs().contains(&addr) || tls.proxy_listen.addrs().contains(&addr);
         ListenerKind { proxy, tls }
     }
 
-    /// What the server applies from these settings, at start and on each reload.
-    pub fn server_limits(&self) -> ApplyLimits {
-        let live = &self.live;
-        ApplyLimits {
-            proxy: ProxyPolicy {
-                trusted: live.proxy.trusted.ranges().to_vec(),
-                header_timeout: live.proxy.header_timeout_ms.millis(),
-            },
-            max_connections: u32::try_from(live.limits.max_connections.get()).unwrap_or(u32::MAX),
-            max_connections_per_client: u32::try_from(live.limits.max_connections_per_client.get()).unwrap_or(u32::MAX),
-            shutdown_timeout: live.server.shutdown_timeout_secs.secs(),
-            lame_duck: live.server.lame_duck_ms.millis(),
-            connection_options: live.limits.connection_options(),
-            worker_stall_timeout: live.server.worker_stall_timeout_secs.secs(),
-        }
-    }
-
-    /// The limits one session enforces.
-    pub fn session(&self) -> SessionConfig {
-        let limits = &self.live.limits;
-        SessionConfig {
-            max_question_bytes: limits.max_question_bytes.count(),
-            max_pending_bytes: limits.max_pending_bytes.count(),
-            idle_timeout: limits.idle_timeout_secs.secs(),
-            write_timeout: limits.write_timeout_secs.secs(),
-            drain_grace: self.live.server.drain_grace_ms.millis(),
-        }
-    }
-
     /// The number of session threads to run: `server.workers`, or one per CPU when it is 0.
     pub fn worker_count(&self) -> usize {
-        match self.restart.server.workers.count() {
+        match self.server.workers.count() {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
     }
 
-    /// How the oracle answers: its cost, workers and fault injection.
-    pub fn oracle_config(&self) -> OracleConfig {
-        let oracle = &self.restart.oracle;
-        OracleConfig {
-            simulated_cost: oracle.simulated_cost_ms.millis(),
-            workers: oracle.workers.count(),
-            panic_question: oracle.panic_question.question().cloned(),
-            hang_question: oracle.hang_question.question().cloned(),
-        }
-    }
-
-    /// The dotted keys whose values differ between `self` and `other` (a list, such as
-    /// `oracle.answers`, counts as one key), in order.
+    /// The dotted keys whose values differ between `self` and `other`, sorted (a list, such as
+    /// `oracle.answers`, is one key).
     pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
-        let mut keys = changed_keys(&self.restart, &other.restart);
-        keys.extend(changed_keys(&self.live, &other.live));
-        keys.sort();
-        keys
+        let (mine, theirs) = (flatten(self), flatten(other));
+        let keys: BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.into_iter().filter(|key| mine.get(*key) != theirs.get(*key)).cloned().collect()
     }
 
     /// The settings as TOML, as `check-config` prints them.
@@ -876,77 +808,59 @@ impl Settings {
     ///
     /// Only if serialization fails, which the test suite rules out.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        let mut all = toml::Table::try_from(&self.restart)?;
-        for (section, values) in toml::Table::try_from(&self.live)? {
-            match (all.get_mut(&section), values) {
-                (Some(toml::Value::Table(merged)), toml::Value::Table(values)) => merged.extend(values),
-                (_, values) => drop(all.insert(section, values)),
-            }
-        }
-        toml::to_string_pretty(&all)
+        toml::to_string_pretty(self)
     }
 }
 
-impl LimitSettings {
-    /// The options accepted connections get.
-    pub fn connection_options(&self) -> ConnectionOptions {
-        let keepalive = (self.keepalive_idle_secs.get() > 0).then(|| Keepalive {
-            idle: self.keepalive_idle_secs.secs(),
-            interval: self.keepalive_interval_secs.secs(),
-            retries: u32::try_from(self.keepalive_retries.get()).unwrap_or(u32::MAX),
-        });
-        ConnectionOptions { keepalive }
-    }
-}
-
-/// Deserializes `merged` into `T`, or records the mistake.
-fn deserialize<T: DeserializeOwned>(merged: &Config, layers: &Layers, mistakes: &mut Vec<ConfigError>) -> Option<T> {
-    merged.clone().try_deserialize().map_err(|error| mistakes.push(layers.explain(error))).ok()
-}
-
-/// The dotted keys whose values differ between `a` and `b`, sorted.
-fn changed_keys<T: Serialize>(a: &T, b: &T) -> Vec<String> {
-    fn leaves(value: toml::Value, prefix: &str, into: &mut Vec<(String, toml::Value)>) {
+/// Every leaf of `settings` by its dotted key (a list is a leaf).
+fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
+    fn leaves(value: toml::Value, key: String, into: &mut BTreeMap<String, toml::Value>) {
         match value {
             toml::Value::Table(table) => {
                 for (name, value) in table {
-                    let key = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
-                    leaves(value, &key, into);
+                    leaves(value, if key.is_empty() { name } else { format!("{key}.{name}") }, into);
                 }
             }
-            value => into.push((prefix.to_owned(), value)),
+            value => drop(into.insert(key, value)),
         }
     }
-    let flatten = |settings: &T| {
-        let mut all = Vec::new();
-        if let Ok(value) = toml::Value::try_from(settings) {
-            leaves(value, "", &mut all);
+    let mut all = BTreeMap::new();
+    if let Ok(value) = toml::Value::try_from(settings) {
+        leaves(value, String::new(), &mut all);
+    }
+    all
+}
+
+/// The running values of every [`RESTART_ONLY`] key, as a layer.
+fn running_layer(running: &Settings) -> Result<Layer, ConfigError> {
+    let running = flatten(running);
+    let mut layer = toml::Table::new();
+    for key in RESTART_ONLY {
+        let (section, name) = key.split_once('.').unwrap_or((key, ""));
+        if let (Some(value), toml::Value::Table(table)) =
+            (running.get(key), layer.entry(section).or_insert_with(|| toml::Table::new().into()))
+        {
+            table.insert(name.into(), value.clone());
         }
-        all
+    }
+    Ok(Layer(layer.into_iter().map(|(key, value)| (key, from_toml(value, RUNNING_ORIGIN))).collect()))
+}
+
+/// `server.listen` from the command line: its addresses, or `configured` on its port.
+fn command_line_layer(overrides: &Overrides, configured: &[SocketAddr]) -> Option<Layer> {
+    let listen: Vec<SocketAddr> = match (&overrides.listen, overrides.port) {
+        (Some(addrs), _) => addrs.clone(),
+        (None, Some(port)) => configured.iter().map(|addr| SocketAddr::new(addr.ip(), port)).collect(),
+        (None, None) => return None,
     };
-    let (mine, theirs) = (flatten(a), flatten(b));
-    let mut keys: Vec<String> =
-        mine.iter().zip(&theirs).filter(|((_, a), (_, b))| a != b).map(|((key, _), _)| key.clone()).collect();
-    keys.sort();
-    keys
+    let origin = COMMAND_LINE_ORIGIN.to_owned();
+    let items = listen.iter().map(|addr| Value::new(Some(&origin), ValueKind::String(addr.to_string())));
+    let server = Map::from_iter([("listen".to_owned(), Value::new(Some(&origin), ValueKind::Array(items.collect())))]);
+    Some(Layer(Map::from_iter([("server".to_owned(), Value::new(Some(&origin), ValueKind::Table(server)))])))
 }
 
-/// A layer of values already read and checked.
-#[derive(Debug, Clone)]
-struct Values(Map<String, Value>);
-
-impl Source for Values {
-    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
-        Ok(self.0.clone())
-    }
-}
-
-/// Reads and parses the operator's file.
-fn file_layer(file: &ConfigFile) -> Result<Map<String, Value>, ConfigError> {
+/// Reads and parses the operator's file; every value knows it comes from there.
+fn file_layer(file: &ConfigFile) -> Result<Layer, ConfigError> {
     let fail =
         |reason: String| ConfigError::File { named_by: file.named_by, path: file.path.display().to_string(), reason };
     match std::fs::metadata(&file.path) {
@@ -960,14 +874,12 @@ fn file_layer(file: &ConfigFile) -> Result<Map<String, Value>, ConfigError> {
     }
     let bytes = std::fs::read(&file.path).map_err(|error| fail(error.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
-        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        let line = 1 + error.as_bytes()[..error.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
         fail(format!("line {line} is not valid UTF-8 (a settings file is UTF-8 text)"))
     })?;
     let table: toml::Table = toml::from_str(&text).map_err(|error| fail(parse_error(&error, &text)))?;
-    // Escaped, as every name a message quotes: a message is one line.
     let origin = one_line(&file.path.display().to_string());
-    Ok(table.into_iter().map(|(key, value)| (key, from_toml(value, &origin))).collect())
+    Ok(Layer(table.into_iter().map(|(key, value)| (key, from_toml(value, &origin))).collect()))
 }
 
 /// A TOML parse error of `text` on one line: the line's number, the line, and what is wrong.
@@ -975,33 +887,41 @@ fn parse_error(error: &toml::de::Error, text: &str) -> String {
     let message = one_line(&error.message().trim_end_matches('\n').replace('\n', "; "));
     let Some(span) = error.span() else { return message };
     let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
-    let written = one_line(text.lines().nth(line - 1).unwrap_or_default().trim());
-    format!("line {line}, `{written}`: {message}")
+    let written = text.lines().nth(line - 1).unwrap_or_default().trim();
+    if written.starts_with('[') && !written.starts_with("[[") && message.contains("duplicate key") {
+        return format!(
+            "line {line}, `{}`: the section is already there above: keep one {}",
+            one_line(written),
+            one_line(written)
+        );
+    }
+    format!("line {line}, `{}`: {message}", one_line(written))
 }
 
 /// A TOML value as a config-rs value from `origin`.
-fn from_toml(value: toml::Value, origin: &String) -> Value {
+fn from_toml(value: toml::Value, origin: &str) -> Value {
+    let origin = origin.to_owned();
     let kind = match value {
         toml::Value::String(text) => ValueKind::String(text),
         toml::Value::Integer(number) => ValueKind::I64(number),
         toml::Value::Float(number) => ValueKind::Float(number),
         toml::Value::Boolean(flag) => ValueKind::Boolean(flag),
         toml::Value::Datetime(time) => ValueKind::String(time.to_string()),
-        toml::Value::Array(items) => ValueKind::Array(items.into_iter().map(|item| from_toml(item, origin)).collect()),
+        toml::Value::Array(items) => ValueKind::Array(items.into_iter().map(|item| from_toml(item, &origin)).collect()),
         toml::Value::Table(table) => {
-            ValueKind::Table(table.into_iter().map(|(key, value)| (key, from_toml(value, origin))).collect())
+            ValueKind::Table(table.into_iter().map(|(key, value)| (key, from_toml(value, &origin))).collect())
         }
     };
-    Value::new(Some(origin), kind)
+    Value::new(Some(&origin), kind)
 }
 
-/// Turns `ZEN_<SECTION>__<KEY>` variables into values of the kinds the built-in keys have.
-fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
+/// `ZEN_<SECTION>__<KEY>` variables as a layer: text, or a list of texts split at commas for
+/// a list's key; each value knows its variable. Their types read them as they read a file's.
+fn env_layer(vars: &HashMap<String, String>) -> Result<Layer, ConfigError> {
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let mut layer = Map::new();
     for name in names {
-        let text = &vars[name];
         let unknown = |reason: String| ConfigError::UnknownVariable { name: name.clone(), reason };
         let Some((section, key)) =
             name.strip_prefix(ENV_PREFIX).and_then(|n| n.strip_prefix('_')).and_then(|n| n.split_once("__"))
@@ -1011,87 +931,28 @@ fn env_layer(vars: &HashMap<String, String>, known: &Map<String, Value>) -> Resu
             )));
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let model = lookup(known, &format!("{section}.{key}"))
-            .ok_or_else(|| unknown(format!("there is no setting {section}.{key}")))?;
+        let dotted = format!("{section}.{key}");
+        if dotted == "oracle.answers" {
+            return Err(unknown("oracle.answers can only be set in a settings file".into()));
+        }
         let origin = format!("environment variable {}", one_line(name));
-        let invalid = |reason: &str| ConfigError::Invalid {
-            origin: origin.clone(),
-            key: format!("{section}.{key}"),
-            value: format!("{text:?}"),
-            reason: reason.into(),
-        };
-        let kind = match &model.kind {
-            ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_) => {
-                ValueKind::I64(text.trim().parse().map_err(|_| invalid("expected a whole number"))?)
-            }
-            ValueKind::Boolean(_) => {
-                ValueKind::Boolean(text.trim().parse().map_err(|_| invalid("expected true or false"))?)
-            }
-            ValueKind::String(_) => ValueKind::String(text.clone()),
-            ValueKind::Array(items) if items.iter().all(|item| matches!(item.kind, ValueKind::String(_))) => {
-                // An empty variable is an empty list.
-                let items = text
-                    .split(',')
+        let text = &vars[name];
+        let kind = match LIST_KEYS.contains(&dotted.as_str()) {
+            // An empty variable is an empty list.
+            true => ValueKind::Array(
+                text.split(',')
                     .filter(|_| !text.trim().is_empty())
-                    .map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())));
-                ValueKind::Array(items.collect())
-            }
-            _ => return Err(unknown(format!("{section}.{key} can only be set in a settings file"))),
+                    .map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())))
+                    .collect(),
+            ),
+            false => ValueKind::String(text.clone()),
         };
-        let section = layer.entry(section).or_insert_with(|| Value::new(None, ValueKind::Table(Map::new())));
+        let section = layer.entry(section).or_insert_with(|| Value::new(Some(&origin), ValueKind::Table(Map::new())));
         if let ValueKind::Table(table) = &mut section.kind {
             table.insert(key, Value::new(Some(&origin), kind));
         }
     }
-    Ok(layer)
-}
-
-/// Records every key of `values` the built-in `known` ones do not have, and every value of
-/// another kind than the built-in one.
-fn check_keys(values: &Layer, known: &Layer, prefix: &str, mistakes: &mut Vec<ConfigError>) {
-    for (name, value) in values {
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
-        let Some(model) = known.get(name) else {
-            let mut keys: Vec<&str> = known.keys().map(String::as_str).collect();
-            keys.sort_unstable();
-            let within = if prefix.is_empty() { "sections".to_owned() } else { format!("keys of {prefix}") };
-            let hint = format!(" (the {within} are: {})", keys.join(", "));
-            mistakes.push(ConfigError::UnknownKey { origin: value.origin().unwrap_or_default().to_owned(), key, hint });
-            continue;
-        };
-        check_kind(&key, value, model, mistakes);
-    }
-}
-
-/// Records a `value` of another kind than the built-in `model`.
-fn check_kind(key: &str, value: &Value, model: &Value, mistakes: &mut Vec<ConfigError>) {
-    let whole = |kind: &ValueKind| {
-        matches!(kind, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_))
-    };
-    let expected = match (&model.kind, &value.kind) {
-        (ValueKind::Table(known), ValueKind::Table(values)) => return check_keys(values, known, key, mistakes),
-        (ValueKind::Array(models), ValueKind::Array(items)) => {
-            if let Some(model) = models.first() {
-                for (index, item) in items.iter().enumerate() {
-                    check_kind(&format!("{key}[{index}]"), item, model, mistakes);
-                }
-            }
-            return;
-        }
-        (model, kind) if whole(model) && !whole(kind) => "expected a whole number",
-        (ValueKind::String(_), kind) if !matches!(kind, ValueKind::String(_)) => "expected a string, in quotes",
-        (ValueKind::Boolean(_), kind) if !matches!(kind, ValueKind::Boolean(_)) => "expected true or false",
-        (ValueKind::Table(_), _) => "expected a section of settings",
-        (ValueKind::Array(_), _) => "expected a list in [brackets]",
-        _ => return,
-    };
-    let error = ConfigError::Invalid {
-        origin: value.origin().unwrap_or_default().to_owned(),
-        key: key.into(),
-        value: Shown(value).to_string(),
-        reason: expected.into(),
-    };
-    mistakes.push(error);
+    Ok(Layer(layer))
 }
 
 /// A value as an operator would write it; a long list is cut short.
@@ -1101,19 +962,12 @@ impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHOWN_ITEMS: usize = 4;
         match &self.0.kind {
-            ValueKind::String(text) => write!(f, "{text:?}"),
+            ValueKind::String(text) => write!(f, "{}", one_line(&format!("{text:?}"))),
             ValueKind::Array(items) => {
-                f.write_str("[")?;
-                for (index, item) in items.iter().take(SHOWN_ITEMS).enumerate() {
-                    if index > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{}", Shown(item))?;
-                }
-                if items.len() > SHOWN_ITEMS {
-                    write!(f, ", ... {} in all", items.len())?;
-                }
-                f.write_str("]")
+                let shown: Vec<String> = items.iter().take(SHOWN_ITEMS).map(|item| Shown(item).to_string()).collect();
+                let more =
+                    if items.len() > SHOWN_ITEMS { format!(", ... {} in all", items.len()) } else { String::new() };
+                write!(f, "[{}{more}]", shown.join(", "))
             }
             ValueKind::Table(_) => f.write_str("{ ... }"),
             ValueKind::Nil => f.write_str("nothing"),
@@ -1121,6 +975,7 @@ impl fmt::Display for Shown<'_> {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -1181,7 +1036,7 @@ mod tests {
             ("ZEN_TLS__KEY_FILE", key),
         ];
         let settings = Settings::load(&env_sources(&tls_only)).unwrap();
-        assert_eq!(settings.tls.as_ref().map(|identity| identity.subject.as_str()), Some("CN=server"));
+        assert_eq!(settings.identity.as_ref().map(|identity| identity.subject.as_str()), Some("CN=server"));
         assert_eq!(
             settings.listen_addrs(),
             [("127.0.0.1:1061".parse().unwrap(), ListenerKind { proxy: false, tls: true })]
@@ -1194,8 +1049,10 @@ mod tests {
             "{error}"
         );
         let error = load_error(&env_sources(&[("ZEN_TLS__LISTEN", "127.0.0.1:1061"), ("ZEN_TLS__CERT_FILE", cert)]));
-        assert!(error.starts_with("invalid tls.key_file = \"\" in "), "{error}");
-        assert!(error.ends_with(": a TLS listener needs it (tls.listen, tls.proxy_listen)"), "{error}");
+        assert_eq!(
+            error,
+            "invalid tls.listen = [\"127.0.0.1:1061\"] in environment variable ZEN_TLS__LISTEN: a TLS listener needs tls.key_file, which is not set"
+        );
         let (_, other_key) = pki.issue("other", 2100, false);
         let mismatched = [
             ("ZEN_TLS__PROXY_LISTEN", "127.0.0.1:1061"),
@@ -1209,7 +1066,7 @@ mod tests {
             "{error}"
         );
         // Without a TLS listener, the files are not read.
-        assert!(Settings::load(&env_sources(&[("ZEN_TLS__CERT_FILE", "/nowhere")])).unwrap().tls.is_none());
+        assert!(Settings::load(&env_sources(&[("ZEN_TLS__CERT_FILE", "/nowhere")])).unwrap().identity.is_none());
     }
 
     #[test]
@@ -1237,9 +1094,9 @@ mod tests {
     #[test]
     fn builtin_defaults_listen_on_loopback_1060_and_know_the_book_answers() {
         let settings = Settings::builtin().unwrap();
-        assert_eq!(settings.restart.server.listen.addrs(), ["127.0.0.1:1060".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(settings.restart.log.format, LogFormat::Text);
-        let table = &settings.live.oracle.answers;
+        assert_eq!(settings.server.listen.addrs(), ["127.0.0.1:1060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(settings.log.format, LogFormat::Text);
+        let table = &settings.oracle.answers;
         assert_eq!(table.answer(b"Beautiful is better than?").as_bytes(), b"Ugly.");
         assert_eq!(table.answer(b"Explicit is better than?").as_bytes(), b"Implicit.");
         assert_eq!(table.answer(b"Simple is better than?").as_bytes(), b"Complex.");
@@ -1258,10 +1115,10 @@ mod tests {
             ..Sources::default()
         };
         let settings = Settings::load(&sources).unwrap();
-        assert_eq!(settings.restart.server.backlog.get(), 7, "file beats built-in");
-        assert_eq!(settings.live.log.level.as_str(), "debug", "file beats built-in");
-        assert_eq!(settings.restart.server.workers.get(), 3, "env beats file");
-        let listen: Vec<String> = settings.restart.server.listen.addrs().iter().map(|a| a.to_string()).collect();
+        assert_eq!(settings.server.backlog.get(), 7, "file beats built-in");
+        assert_eq!(settings.log.level.as_str(), "debug", "file beats built-in");
+        assert_eq!(settings.server.workers.get(), 3, "env beats file");
+        let listen: Vec<String> = settings.server.listen.addrs().iter().map(|a| a.to_string()).collect();
         assert_eq!(listen, ["127.0.0.2:4000", "[::1]:4000"], "env list, then the -p port");
     }
 
@@ -1273,14 +1130,14 @@ mod tests {
             overrides: Overrides { listen: Some(vec![addr]), port: None },
             ..Sources::default()
         };
-        assert_eq!(Settings::load(&sources).unwrap().restart.server.listen.addrs(), [addr]);
+        assert_eq!(Settings::load(&sources).unwrap().server.listen.addrs(), [addr]);
     }
 
     #[test]
     fn a_file_answer_list_replaces_the_builtin_one() {
         let file = TempFile::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Because.\" }]\n");
         let settings = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
-        let table = &settings.live.oracle.answers;
+        let table = &settings.oracle.answers;
         assert_eq!(table.len(), 1);
         assert_eq!(table.answer(b"Beautiful is better than?"), Answer::UNKNOWN_APHORISM);
     }
@@ -1365,14 +1222,7 @@ mod tests {
     #[test]
     fn limits_come_from_the_environment_too() {
         let sources = Sources { env: env(&[("ZEN_LIMITS__MAX_CONNECTIONS", "5")]), ..Sources::default() };
-        assert_eq!(Settings::load(&sources).unwrap().live.limits.max_connections.get(), 5);
-    }
-
-    #[test]
-    fn keepalive_zero_turns_it_off() {
-        let sources = Sources { env: env(&[("ZEN_LIMITS__KEEPALIVE_IDLE_SECS", "0")]), ..Sources::default() };
-        assert!(Settings::load(&sources).unwrap().live.limits.connection_options().keepalive.is_none());
-        assert!(Settings::builtin().unwrap().live.limits.connection_options().keepalive.is_some());
+        assert_eq!(Settings::load(&sources).unwrap().limits.max_connections.get(), 5);
     }
 
     #[test]
@@ -1474,7 +1324,7 @@ mod tests {
         assert!(!error.contains("enum") && !error.contains("LogFormat"), "{error}");
         let sources =
             Sources { env: env(&[("ZEN_LOG__FORMAT", "JSON"), ("ZEN_LOG__OUTPUT", "StdOut")]), ..Sources::default() };
-        let log = Settings::load(&sources).unwrap().restart.log;
+        let log = Settings::load(&sources).unwrap().log;
         assert_eq!((log.format, log.output), (LogFormat::Json, LogOutput::Stdout));
     }
 
@@ -1490,7 +1340,7 @@ mod tests {
         let sources =
             Sources { env: env(&[("ZEN_SERVER__LISTEN", "127.0.0.1:7001, [::1]:7002")]), ..Sources::default() };
         let settings = Settings::load(&sources).unwrap();
-        let listen = settings.restart.server.listen.addrs();
+        let listen = settings.server.listen.addrs();
         assert_eq!(listen, ["127.0.0.1:7001".parse::<SocketAddr>().unwrap(), "[::1]:7002".parse().unwrap()]);
     }
 
@@ -1577,7 +1427,7 @@ mod tests {
         ] {
             let error = env_error(&[(var, value)]);
             let key = var.trim_start_matches("ZEN_").replace("__", ".").to_lowercase();
-            assert!(error.starts_with(&format!("invalid {key} = {value} in environment variable {var}")), "{error}");
+            assert!(error.starts_with(&format!("invalid {key} = {value:?} in environment variable {var}")), "{error}");
             assert!(error.ends_with(reason), "{error}");
         }
         let at_the_bounds = env(&[
@@ -1606,5 +1456,124 @@ mod tests {
             "[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }, { questoin = \"C?\", answer = \"D.\" }]\n",
         );
         assert!(error.starts_with("unknown key oracle.answers[1].questoin in "), "{error}");
+    }
+
+    /// Every leaf key of a TOML text, dotted.
+    fn toml_keys(text: &str) -> Vec<String> {
+        let table: toml::Table = text.parse().unwrap();
+        let settings = Settings::builtin().unwrap();
+        let mut keys: Vec<String> = flatten(&settings).into_keys().collect();
+        keys.retain(|key| {
+            let (section, name) = key.split_once('.').unwrap();
+            table.get(section).and_then(|s| s.get(name)).is_some()
+        });
+        keys
+    }
+
+    #[test]
+    fn the_builtin_file_and_the_structs_have_the_same_keys_both_ways() {
+        let table: toml::Table = BUILTIN_TOML.parse().unwrap();
+        let mut in_file: Vec<String> = table
+            .iter()
+            .flat_map(|(section, keys)| keys.as_table().unwrap().keys().map(move |key| format!("{section}.{key}")))
+            .collect();
+        in_file.sort();
+        let in_structs: Vec<String> = flatten(&Settings::builtin().unwrap()).into_keys().collect();
+        assert_eq!(in_file, in_structs);
+        assert_eq!(toml_keys(BUILTIN_TOML), in_structs);
+        // A key the file has and no struct reads is refused, as is a struct field the file lacks.
+        let extra = BUILTIN_TOML.replacen("[server]\n", "[server]\nthreads = 2\n", 1);
+        assert_ne!(extra, BUILTIN_TOML);
+        let error = config::File::from_str(&extra, FileFormat::Toml)
+            .collect()
+            .map(|values| Settings::merge(&[Layer(values)]).map(|_| ()).unwrap_err().to_string());
+        assert!(error.unwrap().starts_with("unknown key server.threads in built-in defaults"));
+        let missing = BUILTIN_TOML.replace("backlog = ", "# backlog = ");
+        let values = config::File::from_str(&missing, FileFormat::Toml).collect().unwrap();
+        let error = Settings::merge(&[Layer(values)]).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("backlog"), "{error}");
+    }
+
+    #[test]
+    fn every_restart_only_key_is_a_setting() {
+        let keys = flatten(&Settings::builtin().unwrap());
+        for key in RESTART_ONLY.iter().chain(&LIST_KEYS) {
+            assert!(keys.contains_key(*key), "{key}");
+        }
+    }
+
+    #[test]
+    fn changed_keys_pair_values_by_key_whatever_order_they_are_written_in() {
+        let running = Settings::builtin().unwrap();
+        let reordered = TempFile::new(
+            "[limits]\nwrite_timeout_secs = 30\nidle_timeout_secs = 300\n[server]\nlame_duck_ms = 0\nbacklog = 1024\n",
+        );
+        let sources = Sources { file: Some(reordered.config()), ..Sources::default() };
+        assert_eq!(running.changed_keys(&Settings::load(&sources).unwrap()), Vec::<String>::new());
+        // Two values swapped: both keys named, and only they.
+        let swapped = TempFile::new("[limits]\nwrite_timeout_secs = 300\nidle_timeout_secs = 30\n");
+        let sources = Sources { file: Some(swapped.config()), ..Sources::default() };
+        let changed = running.changed_keys(&Settings::load(&sources).unwrap());
+        assert_eq!(changed, ["limits.idle_timeout_secs", "limits.write_timeout_secs"]);
+    }
+
+    #[test]
+    fn a_file_table_replacing_the_builtin_one_is_a_warning_with_both_counts() {
+        let file = TempFile::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Because.\" }]\n");
+        let settings = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
+        let builtin = Settings::builtin().unwrap();
+        assert!(builtin.warnings.is_empty(), "{:?}", builtin.warnings);
+        let path = file.0.display();
+        let expected = format!(
+            "oracle.answers in {path} replaces the whole built-in table ({} entries) with its 1: list every question the server is to know",
+            builtin.oracle.answers.len()
+        );
+        assert_eq!(settings.warnings, [expected]);
+    }
+
+    #[test]
+    fn a_tls_listener_without_its_files_is_blamed_on_the_layer_that_set_the_listener() {
+        let (error, file) = file_error("[tls]\nlisten = [\"127.0.0.1:1061\"]\n");
+        let path = file.0.display();
+        assert_eq!(
+            error,
+            format!(
+                "invalid tls.listen = [\"127.0.0.1:1061\"] in {path}: a TLS listener needs tls.cert_file, which is not set"
+            )
+        );
+    }
+
+    #[test]
+    fn tls_files_without_a_tls_listener_and_service_links_are_warnings() {
+        let sources = Sources {
+            env: env(&[("ZEN_TLS__CERT_FILE", "/etc/zen/cert.pem")]),
+            service_links: vec!["ZEN_PORT".into()],
+            ..Sources::default()
+        };
+        let warnings = Settings::load(&sources).unwrap().warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("ignoring environment variables") && warnings[0].ends_with(": ZEN_PORT"));
+        assert_eq!(
+            warnings[1],
+            "tls.cert_file is set in environment variable ZEN_TLS__CERT_FILE but no TLS listener is (tls.listen, tls.proxy_listen): it is not used"
+        );
+    }
+
+    #[test]
+    fn a_port_out_of_range_and_a_section_written_twice_are_named_as_such() {
+        let (error, file) = file_error("[server]\nlisten = [\"127.0.0.1:99999\"]\n");
+        let path = file.0.display();
+        assert_eq!(
+            error,
+            format!(
+                "invalid server.listen[0] = \"127.0.0.1:99999\" in {path}: port 99999 is out of range: a port is from 0 to 65535"
+            )
+        );
+        let (error, file) = file_error("[server]\nworkers = 2\n[limits]\nmax_connections = 5\n[server]\nbacklog = 5\n");
+        let path = file.0.display();
+        assert_eq!(
+            error,
+            format!("--config {path}: line 5, `[server]`: the section is already there above: keep one [server]")
+        );
     }
 }

@@ -25,10 +25,11 @@ use tokio::sync::oneshot;
 
 use crate::{
     config::{ConfigError, Settings, Sources},
+    limits::SessionConfig,
     metrics::Metrics,
     notify::Notifier,
     oracle::{AnswerTable, Oracle, ReplaceTable},
-    server::{CheckAlive, Drain, DrainReport, Server, ServerIdle, WorkerStalled},
+    server::{ApplyLimits, CheckAlive, Drain, DrainReport, Server, ServerIdle, WorkerStalled},
     telemetry::LogControl,
     tls,
 };
@@ -118,7 +119,7 @@ struct Prepared {
 fn prepare(sources: &Sources, running: &Settings) -> Result<Prepared, ReloadError> {
     let (settings, needs_restart) = Settings::reload(sources, running)?;
     let live = running.changed_keys(&settings);
-    let table = live.iter().any(|key| key == "oracle.answers").then(|| settings.live.oracle.answers.clone());
+    let table = live.iter().any(|key| key == "oracle.answers").then(|| settings.oracle.answers.clone());
     Ok(Prepared { settings, live, needs_restart, table })
 }
 
@@ -181,13 +182,13 @@ impl Control {
             .name("zen-reload".into())
             .spawn(move || drop(done.send(prepare(&sources, &running))));
         let (oracle, server, log) = (self.oracle.clone(), self.server.clone(), reload.log.clone());
-        let running_table = self.settings.live.oracle.answers.clone();
+        let running_table = self.settings.oracle.answers.clone();
         let (acceptor, metrics) = (self.tls.clone(), self.metrics.clone());
         let applied = async move {
             reader.map_err(ReloadError::Thread)?;
             let mut prepared = prepared.await.map_err(|_| ReloadError::Lost)??;
-            if let (Some(acceptor), Some(identity)) = (&acceptor, &prepared.settings.tls) {
-                acceptor.replace(identity, prepared.settings.live.tls.handshake_timeout_ms.millis());
+            if let (Some(acceptor), Some(identity)) = (&acceptor, &prepared.settings.identity) {
+                acceptor.replace(identity, prepared.settings.tls.handshake_timeout_ms.millis());
                 metrics.set_certificate_expiry(identity.not_after);
                 tracing::info!(subject = %identity.subject, expires = %identity.expires, "TLS certificate loaded");
                 identity.warn_if_expiring();
@@ -196,16 +197,16 @@ impl Control {
             // did not change, keeps what was computed of it); answered once stored: in force for
             // every replica's next batch and every session's next read.
             let table = prepared.table.take().unwrap_or(running_table);
-            if oracle.send(ReplaceTable { table, limits: prepared.settings.session() }).await.is_err() {
+            if oracle.send(ReplaceTable { table, limits: SessionConfig::from(&prepared.settings) }).await.is_err() {
                 tracing::error!("the oracle is gone; the answer table and session limits were not replaced");
             }
             if prepared.live.iter().any(|key| key == "log.level")
                 && let Some(log) = &log
-                && let Err(error) = log.set_level(prepared.settings.live.log.level.as_str())
+                && let Err(error) = log.set_level(prepared.settings.log.level.as_str())
             {
                 tracing::error!(%error, "cannot change the log level");
             }
-            let _ = server.send(prepared.settings.server_limits()).await;
+            let _ = server.send(ApplyLimits::from(&prepared.settings)).await;
             Ok(prepared)
         };
         ctx.spawn(wrap_future::<_, Self>(applied).map(|applied, control, ctx| {
@@ -235,9 +236,13 @@ impl Control {
         let changed = if live.is_empty() { "nothing".to_owned() } else { list(&live) };
         let later: Vec<String> =
             live.iter().filter(|key| NEW_CONNECTIONS_ONLY.contains(&key.as_str())).cloned().collect();
+        let answers = settings.oracle.answers.len();
         match later.is_empty() {
-            true => tracing::info!(%changed, "settings reloaded"),
-            false => tracing::info!(%changed, new_connections_only = %list(&later), "settings reloaded"),
+            true => tracing::info!(%changed, answers, "settings reloaded"),
+            false => tracing::info!(%changed, answers, new_connections_only = %list(&later), "settings reloaded"),
+        }
+        for warning in settings.warnings.iter().filter(|warning| !self.settings.warnings.contains(warning)) {
+            tracing::warn!("{warning}");
         }
         self.metrics.reloaded(true);
         self.settings = settings;
@@ -291,7 +296,7 @@ impl Handler<Shutdown> for Control {
             return;
         }
         self.shutting_down = true;
-        match self.settings.live.server.lame_duck_ms.get() {
+        match self.settings.server.lame_duck_ms.get() {
             0 => tracing::info!(cause, "shutting down: no new connections, answering what was asked"),
             lame_duck_ms => {
                 tracing::info!(cause, lame_duck_ms, "shutting down: answering what was asked, after a lame-duck period")

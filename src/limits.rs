@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use crate::config::Settings;
+
 /// Per-session limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -25,4 +27,17 @@ pub struct SessionConfig {
     /// the server is shutting down and closed (so that one between two questions is not cut
     /// off).
     pub drain_grace: Duration,
+}
+
+impl From<&Settings> for SessionConfig {
+    fn from(settings: &Settings) -> Self {
+        let limits = &settings.limits;
+        SessionConfig {
+            max_question_bytes: limits.max_question_bytes.count(),
+            max_pending_bytes: limits.max_pending_bytes.count(),
+            idle_timeout: limits.idle_timeout_secs.secs(),
+            write_timeout: limits.write_timeout_secs.secs(),
+            drain_grace: settings.server.drain_grace_ms.millis(),
+        }
+    }
 }

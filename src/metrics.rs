@@ -17,7 +17,10 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
 use serde::{Deserialize, Serialize};
 
-use crate::tls::{HANDSHAKE_RESULTS, HandshakeError};
+use crate::{
+    server::listener::parse_socket_addr,
+    tls::{HANDSHAKE_RESULTS, HandshakeError},
+};
 
 /// How often per-thread counts are added to the shared counters.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -477,10 +480,9 @@ impl TryFrom<String> for MetricsListen {
     fn try_from(text: String) -> Result<Self, String> {
         match text.as_str() {
             "" => Ok(Self(None)),
-            text => text
-                .parse()
-                .map(|addr| Self(Some(addr)))
-                .map_err(|_| "expected an IP address and port, such as 127.0.0.1:9106, or \"\" for no metrics".into()),
+            text => {
+                parse_socket_addr(text, "such as 127.0.0.1:9106, or \"\" for no metrics").map(|addr| Self(Some(addr)))
+            }
         }
     }
 }

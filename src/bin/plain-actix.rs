@@ -46,7 +46,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let table = Settings::builtin()?.live.oracle.answers;
+    let table = Settings::builtin()?.oracle.answers;
     let system = System::new();
     let listener = system.block_on(async {
         let listener =

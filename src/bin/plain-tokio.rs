@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         Some(threads) => threads.get(),
         None => std::thread::available_parallelism().context("cannot count CPUs")?.get(),
     };
-    let table = Settings::builtin()?.live.oracle.answers;
+    let table = Settings::builtin()?.oracle.answers;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {

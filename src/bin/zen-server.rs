@@ -71,30 +71,32 @@ fn run(
     let sources = Sources::from_process(file, cli.overrides()?)?;
     let settings = Settings::load(&sources)?;
     if let Some(ServerCommand::CheckConfig) = cli.command {
-        if let Some(identity) = settings.tls.as_ref().filter(|identity| identity.expires_within(EXPIRY_WARNING)) {
-            let (file, expires) = (&settings.live.tls.cert_file, &identity.expires);
+        if let Some(identity) = settings.identity.as_ref().filter(|identity| identity.expires_within(EXPIRY_WARNING)) {
+            let (file, expires) = (&settings.tls.cert_file.0, &identity.expires);
             eprintln!(
                 "zen-server: warning: tls.cert_file {file:?}: the certificate expires on {expires}, within 14 days"
             );
         }
-        print!("# effective zen-server settings\n{}", settings.to_toml()?);
+        for warning in &settings.warnings {
+            eprintln!("zen-server: warning: {warning}");
+        }
+        let answers = settings.oracle.answers.len();
+        print!("# effective zen-server settings (oracle.answers has {answers} entries)\n{}", settings.to_toml()?);
         return Ok(());
     }
     let sockets = sockets(cli, activated, &settings)?;
     let destination = match errors {
-        Destination::Output(_) => Destination::Output(settings.restart.log.output),
+        Destination::Output(_) => Destination::Output(settings.log.output),
         away => away.clone(),
     };
-    let (log, _flush_at_exit) =
-        telemetry::init(settings.live.log.level.as_str(), settings.restart.log.format, &destination)?;
+    let (log, _flush_at_exit) = telemetry::init(settings.log.level.as_str(), settings.log.format, &destination)?;
     if matches!(&sockets, Some(Sockets::Listeners(_))) {
         tracing::info!("serving on inherited sockets; server.listen is not used");
     }
-    if !sources.service_links.is_empty() {
-        let names = sources.service_links.join(", ");
-        tracing::warn!(%names, "ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out)");
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
     }
-    let metrics = match settings.restart.metrics.listen.0 {
+    let metrics = match settings.metrics.listen.0 {
         Some(addr) => {
             let metrics = Metrics::serve(addr)?;
             tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
@@ -125,7 +127,7 @@ fn sockets(
         return Err(InheritError::AlsoActivated { origin: flag }.into());
     }
     if cli.inetd {
-        if settings.restart.log.output == LogOutput::Stdout {
+        if settings.log.output == LogOutput::Stdout {
             return Err(LogsOnTheConnection.into());
         }
         return Ok(Some(Sockets::Connection(inherit::connection_on_stdin()?)));
@@ -146,7 +148,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(error) = error.downcast_ref::<CliError>() {
         return match error {
             CliError::Resolve { .. } => EX_UNAVAILABLE,
-            CliError::BadListen(_) => EX_CONFIG,
+            CliError::BadListen(..) => EX_CONFIG,
         };
     }
     if let Some(error) = error.downcast_ref::<InheritError>() {

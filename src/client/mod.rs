@@ -234,7 +234,7 @@ impl Probe {
             };
             (addr, kind)
         });
-        let probe = settings.live.oracle.answers.entries().into_iter().next().map_or_else(Self::book, |entry| Self {
+        let probe = settings.oracle.answers.entries().into_iter().next().map_or_else(Self::book, |entry| Self {
             question: Question::new(entry.question.clone()),
             answer: Answer::new(entry.answer.clone()),
         });

@@ -39,6 +39,7 @@ use self::{
     lookup::Lookup,
 };
 use crate::{
+    config::OracleSettings,
     health::Health,
     inbox,
     limits::SessionConfig,
@@ -101,6 +102,17 @@ pub struct OracleConfig {
     pub panic_question: Option<Question>,
     /// Fault injection: asking this question blocks the thread looking it up, for good.
     pub hang_question: Option<Question>,
+}
+
+impl From<&OracleSettings> for OracleConfig {
+    fn from(oracle: &OracleSettings) -> Self {
+        OracleConfig {
+            simulated_cost: oracle.simulated_cost_ms.millis(),
+            workers: oracle.workers.count(),
+            panic_question: oracle.panic_question.question().cloned(),
+            hang_question: oracle.hang_question.question().cloned(),
+        }
+    }
 }
 
 /// What a reload changes for connections already open, as one snapshot: the answer table, the

@@ -64,6 +64,7 @@ pub enum TableError {
 
 /// One entry of `oracle.answers`, as the settings list it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AnswerEntry {
     /// The question, ending with `?`.
     pub question: String,

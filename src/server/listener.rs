@@ -272,10 +272,33 @@ impl TryFrom<String> for ListenAddr {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-            .map(Self)
-            .map_err(|_| "expected an IP address and port, such as 127.0.0.1:1060 or [::1]:1060".into())
+        parse_socket_addr(&text, LISTEN_EXAMPLE).map(Self)
     }
+}
+
+/// How addresses to listen on are written, for messages.
+pub const LISTEN_EXAMPLE: &str = "such as 127.0.0.1:1060 or [::1]:1060";
+
+/// `text` as an IP address and port; an error says what is wrong, with `example`s of the right
+/// form.
+///
+/// # Errors
+///
+/// A port past 65535, or text that is no address and port.
+pub fn parse_socket_addr(text: &str, example: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        let port = text.rsplit_once(':').map(|(ip, port)| (ip.trim_start_matches('[').trim_end_matches(']'), port));
+        match port {
+            Some((ip, port))
+                if ip.parse::<std::net::IpAddr>().is_ok()
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                format!("port {port} is out of range: a port is from 0 to 65535")
+            }
+            _ => format!("expected an IP address and port, {example}"),
+        }
+    })
 }
 
 impl From<ListenAddr> for String {

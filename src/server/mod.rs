@@ -33,12 +33,13 @@ use std::{
 use actix::{fut::wrap_future, prelude::*};
 
 use self::{
-    listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions, ListenerKind},
+    listener::{AcceptError, AcceptStream, Accepted, ConnectionOptions, Keepalive, ListenerKind},
     opening::Opening,
     worker::{LIVENESS_INTERVAL, Unresponsive, Workers},
 };
 use crate::{
     admission::Admission,
+    config::Settings,
     log_queue,
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
@@ -106,6 +107,29 @@ pub struct ApplyLimits {
     pub connection_options: ConnectionOptions,
     /// How long a worker may leave a liveness check unanswered before the daemon exits.
     pub worker_stall_timeout: Duration,
+}
+
+impl From<&Settings> for ApplyLimits {
+    fn from(settings: &Settings) -> Self {
+        let (limits, server) = (&settings.limits, &settings.server);
+        let keepalive = (limits.keepalive_idle_secs.get() > 0).then(|| Keepalive {
+            idle: limits.keepalive_idle_secs.secs(),
+            interval: limits.keepalive_interval_secs.secs(),
+            retries: u32::try_from(limits.keepalive_retries.get()).unwrap_or(u32::MAX),
+        });
+        ApplyLimits {
+            proxy: ProxyPolicy {
+                trusted: settings.proxy.trusted.ranges().to_vec(),
+                header_timeout: settings.proxy.header_timeout_ms.millis(),
+            },
+            max_connections: u32::try_from(limits.max_connections.get()).unwrap_or(u32::MAX),
+            max_connections_per_client: u32::try_from(limits.max_connections_per_client.get()).unwrap_or(u32::MAX),
+            shutdown_timeout: server.shutdown_timeout_secs.secs(),
+            lame_duck: server.lame_duck_ms.millis(),
+            connection_options: ConnectionOptions { keepalive },
+            worker_stall_timeout: server.worker_stall_timeout_secs.secs(),
+        }
+    }
 }
 
 /// How a drain ended.
@@ -319,7 +343,7 @@ impl Actor for Server {
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
             let (addr, kind) = (listener.local_addr(), listener.kind());
-            tracing::info!(%addr, workers = self.workers.count(), proxy = kind.proxy, tls = kind.tls, "listening");
+            tracing::info!(%addr, pid = std::process::id(), workers = self.workers.count(), proxy = kind.proxy, tls = kind.tls, "listening");
             match listener.socket() {
                 Ok(socket) => self.listening_sockets.push((socket, kind)),
                 Err(error) => {
@@ -468,6 +492,15 @@ mod tests {
             write_timeout: Duration::from_secs(60),
             drain_grace: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn keepalive_idle_zero_turns_keepalive_off() {
+        let builtin = Settings::builtin().unwrap();
+        assert!(ApplyLimits::from(&builtin).connection_options.keepalive.is_some());
+        let env = [("ZEN_LIMITS__KEEPALIVE_IDLE_SECS".to_owned(), "0".to_owned())].into();
+        let off = Settings::load(&crate::config::Sources { env, ..Default::default() }).unwrap();
+        assert!(ApplyLimits::from(&off).connection_options.keepalive.is_none());
     }
 
     /// An oracle knowing one question, and workers asking it on `threads` new threads (for the

@@ -224,11 +224,18 @@ fn an_empty_config_variable_is_named() {
 }
 
 #[test]
-fn of_several_mistakes_in_a_file_the_first_is_reported() {
+fn of_several_mistakes_the_first_in_the_documented_order_is_reported() {
     let file = TempConfig::new("[server]\nworkers = 2.5\nbacklog = -1\n[limits]\nmax_connections = 0\n");
     assert_config_error(&["check-config", "--config", file.path()], &[], &["server.workers = 2.5"]);
-    let file = TempConfig::new("[limits]\nmax_connections = 0\n[server]\nbacklog = -1\nworkers = \"x\"\n");
-    assert_config_error(&["check-config", "--config", file.path()], &[], &["limits.max_connections = 0"]);
+    let file = TempConfig::new("[limits]\nmax_connections = 0\n[server]\nbacklog = -1\n");
+    assert_config_error(&["check-config", "--config", file.path()], &[], &["server.backlog = -1"]);
+    // Whatever the layer: the environment's mistake comes first here.
+    let env = [("ZEN_SERVER__WORKERS", "x")];
+    assert_config_error(
+        &["check-config", "--config", file.path()],
+        &env,
+        &["server.workers = \"x\"", "ZEN_SERVER__WORKERS"],
+    );
 }
 
 #[test]
@@ -246,4 +253,50 @@ fn an_answer_breaking_the_rules_is_named_with_its_question() {
         "[oracle]\nanswers = [{ question = \"A?\", answer = \"B.\" }, { question = \"Why?\", answer = \"Be. Cause.\" }]\n",
     );
     assert_config_error(&["check-config", "--config", file.path()], &[], &["question \"Why?\"", "Be. Cause."]);
+}
+
+#[test]
+fn check_config_prints_the_warnings_the_server_would_log_and_still_exits_0() {
+    let file = TempConfig::new("[oracle]\nanswers = [{ question = \"Why?\", answer = \"Because.\" }]\n");
+    let env = [("ZEN_TLS__CERT_FILE", "/etc/zen/cert.pem"), ("ZEN_PORT", "tcp://10.0.0.1:1060")];
+    let (status, stdout, stderr) = run_server(&["check-config", "--config", file.path()], &env);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with("# effective zen-server settings (oracle.answers has 1 entries)"), "{stdout}");
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    assert!(warnings.iter().all(|line| line.starts_with("zen-server: warning: ")), "{stderr}");
+    assert!(warnings[0].contains("links to a service") && warnings[0].ends_with("ZEN_PORT"), "{stderr}");
+    assert!(warnings[1].contains(&format!("oracle.answers in {} replaces the whole built-in table (", file.path())));
+    assert!(warnings[1].contains("entries) with its 1"), "{stderr}");
+    assert!(warnings[2].starts_with(
+        "zen-server: warning: tls.cert_file is set in environment variable ZEN_TLS__CERT_FILE but no TLS listener is"
+    ));
+    // The server logs the same, once each, at warn.
+    let server = ZenServer::launch(
+        env.iter().fold(Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]), |l, (k, v)| l.env(k, v)),
+    );
+    for warning in &warnings {
+        let text = warning.trim_start_matches("zen-server: warning: ");
+        assert_eq!(
+            server.log().lines().filter(|line| line.contains("WARN") && line.contains(text)).count(),
+            1,
+            "{text}:\n{}",
+            server.log()
+        );
+    }
+}
+
+#[test]
+fn a_port_out_of_range_in_the_file_says_so_as_the_command_line_does() {
+    let file = TempConfig::new("[server]\nlisten = [\"127.0.0.1:99999\"]\n");
+    assert_config_error(
+        &["check-config", "--config", file.path()],
+        &[],
+        &["server.listen[0] = \"127.0.0.1:99999\"", file.path(), "port 99999 is out of range"],
+    );
+    assert_config_error(
+        &["check-config", "--listen", "127.0.0.1:99999"],
+        &[],
+        &["--listen", "port 99999 is out of range"],
+    );
 }

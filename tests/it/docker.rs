@@ -435,7 +435,7 @@ fn compose_brings_the_service_up_healthy_and_down_with_a_drain() {
     let image_settings = std::fs::read_to_string("deploy/docker/zen-server.toml").unwrap();
     let settings = zen_server::config::Settings::builtin().unwrap();
     assert!(!image_settings.contains("shutdown_timeout_secs"), "the image keeps the built-in drain timeout");
-    let drain = settings.live.server.shutdown_timeout_secs.get();
+    let drain = settings.server.shutdown_timeout_secs.get();
     assert!(grace > drain, "stop_grace_period ({grace} s) must exceed the drain's {drain} s");
 
     let host = HostState::now();

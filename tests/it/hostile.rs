@@ -200,7 +200,8 @@ fn clients_pipelining_for_long_answers_without_reading_hold_no_more_than_the_doc
     let server = ZenServer::launch(Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]));
     // The settings' defaults, as the server runs with them.
     let settings = zen_server::config::Settings::builtin().unwrap();
-    let per_connection = zen_server::session::most_bytes_held(&settings.session(), ANSWER_BYTES);
+    let per_connection =
+        zen_server::session::most_bytes_held(&zen_server::limits::SessionConfig::from(&settings), ANSWER_BYTES);
     let mut warm = connect(server.addr());
     assert_eq!(ask_like_the_book(&mut warm, b"Big?").len(), ANSWER_BYTES);
     let baseline_kib = server.rss_kib();

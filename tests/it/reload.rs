@@ -244,3 +244,21 @@ fn reloading_a_large_table_keeps_every_client_answered_within_100_ms() {
     let slowest = reload_a_large_table(4);
     assert!(slowest <= Duration::from_millis(100), "an answer waited {slowest:?} during the reload");
 }
+
+#[test]
+fn the_pid_in_the_listening_line_names_this_server_to_signal_and_no_other() {
+    let (file, other_file) = (TempConfig::new(&table("Ugly.")), TempConfig::new(&table("Ugly.")));
+    let (server, other) = (launch_with(&file), launch_with(&other_file));
+    let line = server.wait_for_log(&["listening"], DEADLINE).expect("a listening line");
+    let pid = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("pid="))
+        .unwrap_or_else(|| panic!("no pid field in {line}"));
+    assert_eq!(pid.parse::<u32>().ok(), Some(server.pid()), "{line}");
+    assert_ne!(server.pid(), other.pid());
+    file.write(&table("Pretty."));
+    let status = std::process::Command::new("kill").args(["-HUP", pid]).status().expect("kill runs");
+    assert!(status.success());
+    assert!(server.wait_for_log(&["settings reloaded", "answers=1"], DEADLINE).is_some(), "log:\n{}", server.log());
+    assert_eq!(ask_like_the_book(&mut connect(server.addr()), b"Beautiful is better than?"), b"Pretty.");
+}

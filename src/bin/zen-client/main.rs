@@ -90,14 +90,14 @@ fn target_from_settings(
     let tls = match kind.tls {
         false => None,
         true => {
-            let server = &settings.live.tls;
-            if !server.client_ca_file.is_empty() && tls.cert.is_none() {
+            let server = &settings.tls;
+            if !server.client_ca_file.0.is_empty() && tls.cert.is_none() {
                 bail!(
                     "the server asks TLS clients for a certificate (tls.client_ca_file {:?}): give --cert and --key",
                     server.client_ca_file
                 );
             }
-            let options = tls.options(Trust::Certificate(server.cert_file.clone().into()));
+            let options = tls.options(Trust::Certificate(server.cert_file.0.clone().into()));
             Some(TlsClient::new(&options, &addr)?)
         }
     };
