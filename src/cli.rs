@@ -9,13 +9,30 @@ use std::{
     path::PathBuf,
 };
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
     config::Overrides,
     protocol::DEFAULT_PORT,
     server::listener::{LISTEN_EXAMPLE, parse_socket_addr},
 };
+
+/// The ways to run `zen-server`, one a line, as `--help` and every command-line error show them.
+///
+/// clap's own usage line is built from the arguments a mistake involved, which makes commands
+/// it would itself refuse (`zen-server --inetd [HOST]`); these are each accepted as written.
+const SERVER_USAGE: &str = "\
+zen-server [HOST] [-p PORT] [--exit-when-idle SECS] [--config FILE]
+       zen-server --listen ADDR [--listen ADDR]... [--exit-when-idle SECS] [--config FILE]
+       zen-server --listen-fd FD [--exit-when-idle SECS] [--config FILE]
+       zen-server --inetd [--config FILE]
+       zen-server check-config [-p PORT] [--config FILE]
+       zen-server check-config [--listen ADDR]... [--config FILE]";
+
+/// The ways to run `zen-server check-config`, for its own mistakes.
+const CHECK_CONFIG_USAGE: &str = "\
+zen-server check-config [-p PORT] [--config FILE]
+       zen-server check-config [--listen ADDR]... [--config FILE]";
 
 /// What `zen-server --help` says after the flags.
 const SERVER_HELP: &str = "\
@@ -38,8 +55,11 @@ Exit codes: 0 stopped as asked; 1 anything else; 2 bad command line; 69 unavaila
 may work (address in use, HOST not resolved); 78 a setting is wrong (do not restart).";
 
 /// `zen-server`: serves the Zen of Python over TCP.
+///
+/// Parse it with [`ServerCli::parse_args`], which also refuses the combinations clap's
+/// derived parsers let through.
 #[derive(Debug, Parser)]
-#[command(name = "zen-server", version, about, after_help = SERVER_HELP)]
+#[command(name = "zen-server", version, about, after_help = SERVER_HELP, override_usage = SERVER_USAGE)]
 pub struct ServerCli {
     /// What to do; without a command, serve.
     #[command(subcommand)]
@@ -77,6 +97,7 @@ pub struct ServerCli {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Check the layered settings and print the effective configuration as TOML.
+    #[command(override_usage = CHECK_CONFIG_USAGE)]
     CheckConfig,
 }
 
@@ -97,6 +118,52 @@ pub enum CliError {
 }
 
 impl ServerCli {
+    /// Parses `args` (the program's name first), with the matches that tell where each value
+    /// came from.
+    ///
+    /// # Errors
+    ///
+    /// A [`clap::Error`] (exit code 2) for a command line that is not one of the ways `--help`
+    /// shows, including combinations clap cannot see because they are split around the command
+    /// (`-p 2060 check-config --listen ADDR`, `--inetd check-config`).
+    pub fn parse_args<I, T>(args: I) -> Result<(Self, ArgMatches), clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Self::from_arg_matches(&matches).map_err(|error| error.format(&mut command))?;
+        match cli.conflict() {
+            Some(message) => Err(command.error(ErrorKind::ArgumentConflict, message)),
+            None => Ok((cli, matches)),
+        }
+    }
+
+    /// What is wrong with a combination of arguments given on both sides of the command, where
+    /// clap checks each side alone; worded as clap words its own.
+    fn conflict(&self) -> Option<String> {
+        if let Some(ServerCommand::CheckConfig) = self.command {
+            let leave_out = "leave it out";
+            let serving = [
+                (self.host.is_some(), "[HOST]", "give the addresses to check with --listen ADDR"),
+                (self.inetd, "--inetd", leave_out),
+                (self.listen_fd.is_some(), "--listen-fd <FD>", leave_out),
+                (self.exit_when_idle.is_some(), "--exit-when-idle <SECS>", leave_out),
+            ];
+            if let Some((_, argument, remedy)) = serving.into_iter().find(|(given, ..)| *given) {
+                return Some(format!(
+                    "the argument '{argument}' cannot be used with 'check-config', which only checks the settings: {remedy}"
+                ));
+            }
+        }
+        match (self.host.is_some(), self.port.is_some(), self.listen.is_empty()) {
+            (true, _, false) => Some("the argument '[HOST]' cannot be used with '--listen <ADDR>'".into()),
+            (_, true, false) => Some("the argument '--port <PORT>' cannot be used with '--listen <ADDR>'".into()),
+            _ => None,
+        }
+    }
+
     /// The settings this command line overrides.
     ///
     /// # Errors
@@ -184,7 +251,7 @@ mod tests {
     use super::*;
 
     fn server(args: &[&str]) -> ServerCli {
-        ServerCli::try_parse_from(std::iter::once("zen-server").chain(args.iter().copied())).unwrap()
+        ServerCli::parse_args(std::iter::once("zen-server").chain(args.iter().copied())).unwrap().0
     }
 
     #[test]
@@ -220,7 +287,7 @@ mod tests {
 
     /// The message of the command-line error `args` make, which must be one (exit 2).
     fn refused(args: &[&str]) -> String {
-        let error = ServerCli::try_parse_from(std::iter::once("zen-server").chain(args.iter().copied())).unwrap_err();
+        let error = ServerCli::parse_args(std::iter::once("zen-server").chain(args.iter().copied())).unwrap_err();
         assert_eq!(error.exit_code(), 2, "{error}");
         error.to_string()
     }
@@ -264,6 +331,9 @@ mod tests {
         assert!(matches!(cli.command, Some(ServerCommand::CheckConfig)));
         assert_eq!(cli.host, None);
         assert_eq!(cli.port, Some(7));
+        let cli = server(&["-p", "7", "check-config"]);
+        assert!(matches!(cli.command, Some(ServerCommand::CheckConfig)));
+        assert_eq!(cli.port, Some(7), "a global argument may come before the command");
     }
 
     #[test]

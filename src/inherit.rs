@@ -92,6 +92,10 @@ pub fn listener_on(fd: RawFd) -> Result<TcpListener, InheritError> {
     listener(take(fd, origin)?, origin, fd)
 }
 
+/// What to do when `--inetd` is given a UNIX socket: socat's `EXEC` passes one (a socketpair
+/// it relays through) unless told `nofork`, which hands over the client's TCP socket itself.
+const UNIX_SOCKET_UNDER_INETD: &str = r#" (socat passes one unless EXEC has nofork: socat TCP-LISTEN:PORT,reuseaddr,fork EXEC:"zen-server --inetd",nofork)"#;
+
 /// The accepted TCP connection on standard input (`--inetd`).
 ///
 /// # Errors
@@ -99,7 +103,7 @@ pub fn listener_on(fd: RawFd) -> Result<TcpListener, InheritError> {
 /// [`InheritError`] if standard input is not a connected TCP socket.
 pub fn connection_on_stdin() -> Result<TcpStream, InheritError> {
     let (origin, fd) = ("--inetd", 0);
-    let socket = tcp_socket(take(fd, origin)?, origin, fd, "an accepted TCP connection")?;
+    let socket = tcp_socket(take(fd, origin)?, origin, fd, "an accepted TCP connection", UNIX_SOCKET_UNDER_INETD)?;
     if socket.is_listener().map_err(|source| InheritError::Io { origin, fd, source })? {
         return Err(InheritError::WrongKind {
             origin,
@@ -130,7 +134,7 @@ pub fn stderr_is_the_connection() -> bool {
 }
 
 fn listener(owned: OwnedFd, origin: &'static str, fd: RawFd) -> Result<TcpListener, InheritError> {
-    let socket = tcp_socket(owned, origin, fd, "a listening TCP socket")?;
+    let socket = tcp_socket(owned, origin, fd, "a listening TCP socket", "")?;
     if !socket.is_listener().map_err(|source| InheritError::Io { origin, fd, source })? {
         return Err(InheritError::WrongKind {
             origin,
@@ -144,8 +148,15 @@ fn listener(owned: OwnedFd, origin: &'static str, fd: RawFd) -> Result<TcpListen
     Ok(socket.into())
 }
 
-/// Checks that `owned` is a TCP socket of IPv4 or IPv6.
-fn tcp_socket(owned: OwnedFd, origin: &'static str, fd: RawFd, expected: &'static str) -> Result<Socket, InheritError> {
+/// Checks that `owned` is a TCP socket of IPv4 or IPv6; `unix_hint` says what to do if it is a
+/// UNIX socket.
+fn tcp_socket(
+    owned: OwnedFd,
+    origin: &'static str,
+    fd: RawFd,
+    expected: &'static str,
+    unix_hint: &'static str,
+) -> Result<Socket, InheritError> {
     let socket = Socket::from(owned);
     let wrong = |found| InheritError::WrongKind { origin, fd, found, expected, hint: "" };
     match socket.r#type() {
@@ -154,9 +165,12 @@ fn tcp_socket(owned: OwnedFd, origin: &'static str, fd: RawFd, expected: &'stati
         Err(error) if error.raw_os_error() == Some(libc::ENOTSOCK) => return Err(wrong("not a socket")),
         Err(source) => return Err(InheritError::Io { origin, fd, source }),
     }
-    match socket.local_addr().map(|addr| addr.as_socket()) {
-        Ok(Some(_)) => Ok(socket),
-        Ok(None) => Err(wrong("a socket of another family (not IPv4 or IPv6)")),
+    match socket.local_addr() {
+        Ok(addr) if addr.as_socket().is_some() => Ok(socket),
+        Ok(addr) if addr.is_unix() => {
+            Err(InheritError::WrongKind { origin, fd, found: "a UNIX socket", expected, hint: unix_hint })
+        }
+        Ok(_) => Err(wrong("a socket of another family (not IPv4 or IPv6)")),
         Err(source) => Err(InheritError::Io { origin, fd, source }),
     }
 }

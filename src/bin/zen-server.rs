@@ -13,7 +13,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+use clap::parser::ValueSource;
 use tracing::Level;
 use zen_server::{
     app::{self, Listener, Options, RunError, Sockets},
@@ -43,8 +43,7 @@ fn main() -> ExitCode {
     if let Err(error) = ConfigError::check_config_var() {
         return fail(&error.into(), &Destination::Output(LogOutput::Stderr));
     }
-    let matches = ServerCli::command().get_matches();
-    let cli = ServerCli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let (cli, matches) = ServerCli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
     // inetd's nowait mode may have put the connection on standard error too: then nothing,
     // not even an error at start-up, may be written there.
     let errors = match cli.inetd && inherit::stderr_is_the_connection() {

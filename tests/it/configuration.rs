@@ -1,6 +1,9 @@
 //! Settings layers, `check-config`, and start-up failures as an operator sees them.
 
-use std::net::TcpListener;
+use std::{collections::BTreeSet, net::TcpListener};
+
+use clap::CommandFactory;
+use zen_server::cli::ServerCli;
 
 use crate::helpers::{Launch, TempConfig, ZenServer, ask_like_the_book, connect, run_server};
 
@@ -299,4 +302,155 @@ fn a_port_out_of_range_in_the_file_says_so_as_the_command_line_does() {
         &[],
         &["--listen", "port 99999 is out of range"],
     );
+}
+
+/// A settings file that is not there: a command line the server accepts then exits 78 naming
+/// it, before it binds or takes anything, and one it refuses exits 2.
+const MISSING_FILE: &str = "/nonexistent/zen-server-usage.toml";
+
+/// The words that give `arg` on a command line, with a value of its kind.
+fn words_of(arg: &clap::Arg) -> Vec<String> {
+    let value = match arg.get_action().takes_values() {
+        true => arg.get_value_names().and_then(|names| names.first()).map(|name| fill(name.as_str())),
+        false => None,
+    };
+    match (arg.get_long(), value) {
+        (None, Some(value)) => vec![value],
+        (Some(long), Some(value)) => vec![format!("--{long}"), value],
+        (Some(long), None) => vec![format!("--{long}")],
+        (None, None) => panic!("{}: neither a flag nor a value", arg.get_id()),
+    }
+}
+
+/// A value for the placeholder `name` of a usage line.
+fn fill(name: &str) -> String {
+    match name {
+        "HOST" => "127.0.0.1",
+        "PORT" => "2060",
+        "ADDR" => "127.0.0.1:2060",
+        "FD" => "0",
+        "SECS" => "8",
+        "FILE" => MISSING_FILE,
+        word => word,
+    }
+    .to_owned()
+}
+
+/// How the error names `arg`: clap shows HOST as `[HOST]` and -p as `--port <PORT>`.
+fn named(arg: &clap::Arg) -> String {
+    arg.get_long().map_or_else(|| arg.get_id().as_str().to_uppercase(), |long| format!("--{long}"))
+}
+
+/// Every command line made of two arguments clap is told conflict (the global ones also after
+/// `check-config`, and on both sides of it), and of each serving argument `check-config`
+/// does not take, given before it; each with the names its error must give.
+fn conflicting_command_lines() -> Vec<(Vec<String>, [String; 2])> {
+    let mut command = ServerCli::command();
+    command.build();
+    let check_config = command.find_subcommand("check-config").expect("the check-config command");
+    let takes: BTreeSet<&str> = check_config.get_arguments().map(|arg| arg.get_id().as_str()).collect();
+    let own = |arg: &&clap::Arg| !["help", "version"].contains(&arg.get_id().as_str());
+    let mut pairs = BTreeSet::new();
+    for arg in command.get_arguments().filter(own) {
+        for other in command.get_arg_conflicts_with(arg) {
+            let mut pair = [arg.get_id().as_str(), other.get_id().as_str()];
+            pair.sort_unstable();
+            pairs.insert(pair);
+        }
+    }
+    let arg = |id: &str| command.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+    let mut lines = Vec::new();
+    for [a, b] in pairs {
+        let (a, b) = (arg(a), arg(b));
+        let names = [named(a), named(b)];
+        lines.push(([words_of(a), words_of(b)].concat(), names.clone()));
+        if takes.contains(a.get_id().as_str()) && takes.contains(b.get_id().as_str()) {
+            let command = vec!["check-config".to_owned()];
+            lines.push(([command.clone(), words_of(a), words_of(b)].concat(), names.clone()));
+            lines.push(([words_of(a), command.clone(), words_of(b)].concat(), names.clone()));
+            lines.push(([words_of(b), command, words_of(a)].concat(), names.clone()));
+        }
+    }
+    for serving in command.get_arguments().filter(own).filter(|arg| !takes.contains(arg.get_id().as_str())) {
+        lines.push((
+            [words_of(serving), vec!["check-config".to_owned()]].concat(),
+            [named(serving), "check-config".into()],
+        ));
+    }
+    lines
+}
+
+/// Every command a usage line describes: each optional part (`[-p PORT]`, `[--listen
+/// ADDR]...`) left out or given once, each placeholder filled; clap's catch-alls (`[OPTIONS]`,
+/// `[COMMAND]`) stand for nothing in particular and are left out.
+fn commands_of_usage(line: &str) -> Vec<Vec<String>> {
+    let mut rest = line.trim().strip_prefix("zen-server").unwrap_or_else(|| panic!("not a usage line: {line:?}"));
+    let mut parts: Vec<(bool, Vec<String>)> = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        let (optional, part, after) = match rest.strip_prefix('[') {
+            Some(inside) => {
+                let (part, after) = inside.split_once(']').unwrap_or_else(|| panic!("unclosed [ in {line:?}"));
+                (true, part, after.trim_start_matches("..."))
+            }
+            None => {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                (false, rest[..end].trim_end_matches("..."), &rest[end..])
+            }
+        };
+        rest = after;
+        if !(optional && ["OPTIONS", "COMMAND"].contains(&part)) {
+            let words = part.split_whitespace().map(|word| fill(word.trim_start_matches('<').trim_end_matches('>')));
+            parts.push((optional, words.collect()));
+        }
+    }
+    let mut commands = vec![Vec::new()];
+    for (optional, words) in parts {
+        let given = commands.iter().map(|command| [command.clone(), words.clone()].concat());
+        commands = match optional {
+            true => commands.clone().into_iter().chain(given).collect(),
+            false => given.collect(),
+        };
+    }
+    commands
+}
+
+#[test]
+fn every_conflict_exits_2_with_one_error_line_naming_both_and_usage_lines_each_of_which_is_accepted() {
+    let lines = conflicting_command_lines();
+    assert!(lines.len() >= 15, "only {} conflicting command lines: {lines:?}", lines.len());
+    let mut usage_lines = BTreeSet::new();
+    for (args, names) in &lines {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Were it accepted, the missing file would stop it before it serves.
+        let (status, _, stderr) = run_server(&args, &[("ZEN_CONFIG", MISSING_FILE)]);
+        assert_eq!(status.code(), Some(2), "{args:?} is a command-line mistake:\n{stderr}");
+        let (usage, others): (Vec<&str>, Vec<&str>) = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty() && *line != "For more information, try '--help'.")
+            .partition(|line| line.starts_with("Usage: ") || line.starts_with("       zen-server"));
+        let [error] = others[..] else { panic!("{args:?}: one error line expected:\n{stderr}") };
+        assert!(error.starts_with("error: "), "{args:?}:\n{stderr}");
+        for name in names {
+            assert!(error.contains(name.as_str()), "{args:?}: {name} missing from {error:?}");
+        }
+        assert!(!usage.is_empty(), "{args:?}: no usage line:\n{stderr}");
+        usage_lines.extend(usage.iter().map(|line| line.trim_start_matches("Usage: ").trim().to_owned()));
+    }
+    let documented = std::fs::read_to_string("docs/deployment.md").unwrap();
+    for usage in &usage_lines {
+        assert!(documented.lines().any(|line| line == usage), "`{usage}` is not in docs/deployment.md's command lines");
+        for command in commands_of_usage(usage) {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            let (status, _, stderr) = run_server(&args, &[("ZEN_CONFIG", MISSING_FILE)]);
+            assert!(
+                status.code() == Some(EX_CONFIG) && stderr.contains(MISSING_FILE),
+                "the usage line `{usage}` shows `zen-server {}`, which is refused ({status}):\n{stderr}",
+                args.join(" ")
+            );
+        }
+    }
 }

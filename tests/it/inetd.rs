@@ -1,13 +1,16 @@
 //! The book's two inetd variants: one accepted connection on standard input (`--inetd`,
 //! inetd's nowait mode), and a listening socket on standard input (`--listen-fd 0
 //! --exit-when-idle SECS`, inetd's wait mode); the wrong kind of socket in either; both driven
-//! by a real socket-passing tool, `systemd-socket-activate`; and the shipped lines of
+//! by real socket-passing tools, `systemd-socket-activate` and socat; and the shipped lines of
 //! `deploy/inetd/inetd.conf` under the real inetd, Debian's `openbsd-inetd`.
 
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    os::{fd::OwnedFd, unix::fs::PermissionsExt},
+    os::{
+        fd::OwnedFd,
+        unix::{fs::PermissionsExt, net::UnixStream},
+    },
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -16,7 +19,7 @@ use std::{
 
 use crate::helpers::{
     DEADLINE, Launch, SERVER_BIN, TempDir, ZenServer, ask_like_the_book, connect, free_port, free_port_below_ephemeral,
-    read_answers, read_to_close,
+    read_answers, read_to_close, read_until_closed,
 };
 
 const EX_CONFIG: i32 = 78;
@@ -176,6 +179,114 @@ fn the_wrong_kind_of_socket_on_standard_input_is_a_one_line_error_and_exit_78() 
     let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
     let log = refused(&["--inetd"], null);
     assert!(log.contains("--inetd: descriptor 0 is not a socket"), "{log}");
+}
+
+/// How docs/deployment.md runs `--inetd` under socat, and what the error says to do when
+/// socat hands over a UNIX socket instead of the TCP connection.
+const SOCAT_COMMAND: &str = r#"socat TCP-LISTEN:PORT,reuseaddr,fork EXEC:"zen-server --inetd",nofork"#;
+
+#[test]
+fn a_unix_socket_on_standard_input_as_socat_passes_without_nofork_is_refused_naming_the_command_that_works() {
+    let (_socat, server_end) = UnixStream::pair().unwrap();
+    let log = refused(&["--inetd"], OwnedFd::from(server_end));
+    assert!(log.contains("--inetd: descriptor 0 is a UNIX socket") && log.contains(SOCAT_COMMAND), "{log}");
+}
+
+/// socat, started by a test with a command line of docs/deployment.md; stopped by its PID.
+struct Socat {
+    child: Child,
+    /// What socat and the servers it started wrote to standard error.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Socat {
+    /// Runs `command` (a shell command line starting with `socat`, listening on `port`), with
+    /// this build's zen-server first on the PATH, and waits until it listens.
+    fn start(command: &str, port: u16) -> Self {
+        let bin = std::path::Path::new(SERVER_BIN).parent().unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let mut shell = Command::new("sh");
+        // `exec`: the PID is socat's.
+        shell.arg("-c").arg(format!("exec {command}")).env("PATH", path);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ZEN_") {
+                shell.env_remove(name);
+            }
+        }
+        let mut child = shell.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (sender, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let end = Instant::now() + DEADLINE;
+        while !is_listening_on(port) {
+            assert!(Instant::now() < end, "socat did not listen on {port} in time: {command}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, lines }
+    }
+
+    /// Waits for a line containing `text`; returns it, or every line seen.
+    fn wait_for(&self, text: &str) -> Result<String, Vec<String>> {
+        let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else { break };
+            if line.contains(text) {
+                return Ok(line);
+            }
+            seen.push(line);
+        }
+        Err(seen)
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a socket listens on TCP port `port` (`/proc/net/tcp` and `tcp6`, state `0A`).
+fn is_listening_on(port: u16) -> bool {
+    let local_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).any(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            columns.len() > 3 && columns[1].ends_with(&local_port) && columns[3] == "0A"
+        })
+    })
+}
+
+#[test]
+#[ignore = "needs socat: apt-get install socat"]
+fn under_socat_with_nofork_each_client_is_answered_and_without_it_the_error_gives_the_command_that_works() {
+    let documented = std::fs::read_to_string("docs/deployment.md").unwrap();
+    assert!(documented.contains(SOCAT_COMMAND), "docs/deployment.md does not give {SOCAT_COMMAND}");
+
+    let port = free_port();
+    let socat = Socat::start(&SOCAT_COMMAND.replace("PORT", &port.to_string()), port);
+    for _ in 0..2 {
+        let mut client = connect(format!("127.0.0.1:{port}").parse().unwrap());
+        client.write_all(b"Beautiful is better than?Explicit is better than?").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_close(&mut client), b"Ugly.Implicit.");
+    }
+    drop(socat);
+
+    // Without nofork, socat relays between the client and a UNIX socket it gives the server.
+    let port = free_port();
+    let socat = Socat::start(&SOCAT_COMMAND.replace("PORT", &port.to_string()).replace(",nofork", ""), port);
+    let mut client = connect(format!("127.0.0.1:{port}").parse().unwrap());
+    client.write_all(b"Beautiful is better than?").unwrap();
+    let error = socat.wait_for("zen-server: ").unwrap_or_else(|seen| panic!("no error from zen-server: {seen:?}"));
+    assert!(error.contains("--inetd: descriptor 0 is a UNIX socket") && error.contains(SOCAT_COMMAND), "{error}");
+    assert_eq!(read_until_closed(&mut client), b"", "no answer without nofork");
 }
 
 #[test]

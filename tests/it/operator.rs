@@ -203,3 +203,19 @@ fn probe_follows_the_servers_settings_file_its_port_and_its_answers() {
     let output = zen_client(&["probe"], &[("ZEN_CONFIG", file.path())]);
     assert_eq!(output.status.code(), Some(1), "probed a stopped server successfully");
 }
+
+#[test]
+fn cargo_run_without_bin_runs_zen_server() {
+    // Otherwise cargo asks which binary, listing the yardsticks that need a feature.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let output = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path", manifest])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let package = &metadata["packages"][0];
+    assert_eq!(package["name"], "zen-server");
+    assert_eq!(package["default_run"], "zen-server", "Cargo.toml's default-run");
+}
