@@ -55,11 +55,10 @@ Exit codes: 0 stopped as asked; 1 anything else; 2 bad command line; 69 unavaila
 may work (address in use, HOST not resolved); 78 a setting is wrong (do not restart).";
 
 /// `zen-server`: serves the Zen of Python over TCP.
-///
-/// Parse it with [`ServerCli::parse_args`], which also refuses the combinations clap's
-/// derived parsers let through.
 #[derive(Debug, Parser)]
 #[command(name = "zen-server", version, about, after_help = SERVER_HELP, override_usage = SERVER_USAGE)]
+// Parse it with `ServerCli::parse_args`, which also refuses the combinations clap's derived
+// parsers let through (a doc comment here would be printed by --help).
 pub struct ServerCli {
     /// What to do; without a command, serve.
     #[command(subcommand)]
