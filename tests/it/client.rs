@@ -4,9 +4,10 @@
 use std::{
     net::TcpListener,
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
-use crate::helpers::ZenServer;
+use crate::helpers::{TempDir, ZenServer};
 
 const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
 
@@ -89,5 +90,33 @@ fn each_help_opens_with_its_own_description_and_gives_examples_signals_exit_code
     let help = String::from_utf8(output.stdout).unwrap();
     for part in ["Examples:", "127.0.0.1:1060", "SIGHUP", "SIGTERM", "ZEN_<SECTION>__<KEY>", "Exit codes:", "78"] {
         assert!(help.contains(part), "{part} missing from zen-server --help:\n{help}");
+    }
+}
+
+#[test]
+fn tls_to_a_plain_listener_is_told_within_a_second_or_so_to_drop_tls() {
+    let server = ZenServer::start();
+    let addr = server.addr().to_string();
+    // Whom the client trusts does not matter: the server never gets to a certificate.
+    let dir = TempDir::new("plain-tls");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap().cert.pem()).unwrap();
+    let ca = ca.to_str().unwrap();
+    // The plain server answers the hello as a question when its random bytes hold a '?' (about
+    // one connection in three), and otherwise waits for the rest of a question.
+    let answered = format!(
+        "zen-client: the server at {addr} does not speak TLS here (it answered the TLS hello with \"Error: unknown aphorism.\"): drop --tls\n"
+    );
+    let silent = format!(
+        "zen-client: the server at {addr} does not speak TLS here (no reply to the TLS hello within 1s): drop --tls\n"
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let output = zen_client(&["ask", "--tls", "--ca", ca, "--addr", &addr, "Why?"]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr == answered || stderr == silent, "{stderr}");
+        assert!(took < Duration::from_secs(2), "told after {took:?}, not before ask's own 5 s timeout");
     }
 }
