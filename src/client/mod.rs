@@ -111,6 +111,18 @@ pub async fn ask(target: &Target, questions: &[Question], timeout: Duration) -> 
     answers.await.map_err(|_| ClientError::TimedOut(timeout))?
 }
 
+/// Opens one connection to `target` as [`ask`] does (its PROXY header and TLS handshake
+/// included), closes it, and returns the address reached: of those `target.addr` names, the
+/// first that accepted.
+///
+/// # Errors
+///
+/// As [`ask`]'s, for connecting.
+pub async fn reach(target: &Target, timeout: Duration) -> Result<SocketAddr, ClientError> {
+    let reached = async { connect(target).await.map(|(peer, _)| peer) };
+    tokio::time::timeout(timeout, reached).await.map_err(|_| ClientError::TimedOut(timeout))?
+}
+
 /// Connects to `target`: the PROXY header, then the TLS handshake, as it says. Returns the
 /// address connected to, and the connection.
 async fn connect(target: &Target) -> Result<(SocketAddr, Pin<Box<dyn Connection>>), ClientError> {

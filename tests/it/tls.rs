@@ -415,7 +415,8 @@ fn a_self_signed_certificate_without_ca_is_not_trusted_and_the_client_is_told_to
         )
     };
     let system = untrusted("not signed by a CA this system trusts");
-    for command in [&["ask", "--tls", "--addr", &addr, "Why?"][..], &["probe", "--tls", "--addr", &addr]] {
+    let bench = ["bench", "--tls", "--addr", &addr, "--duration", "0.2", "--warmup", "0"];
+    for command in [&["ask", "--tls", "--addr", &addr, "Why?"][..], &["probe", "--tls", "--addr", &addr], &bench] {
         let (code, _, stderr) = zen_client_trusting(&stranger.ca(), command);
         assert_eq!((code, stderr.as_str()), (Some(1), system.as_str()), "{command:?}");
     }
