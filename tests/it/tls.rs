@@ -420,6 +420,9 @@ fn a_self_signed_certificate_without_ca_is_not_trusted_and_the_client_is_told_to
         let (code, _, stderr) = zen_client_trusting(&stranger.ca(), command);
         assert_eq!((code, stderr.as_str()), (Some(1), system.as_str()), "{command:?}");
     }
+    // The server logs the refusal the client sent it.
+    let refused = server.wait_for_log(&["TLS handshake failed", "reason=received fatal alert: "], DEADLINE);
+    assert!(refused.is_some_and(|line| line.contains(" INFO ")), "{}", server.log());
     // Another CA, given: named.
     let other = stranger.ca();
     let (code, _, stderr) =
@@ -472,6 +475,78 @@ fn a_certificate_for_other_names_is_refused_naming_the_names_it_holds_and_how_to
     // One of those, as told.
     let (code, stdout, stderr) = ask("localhost");
     assert_eq!((code, stdout.as_str()), (Some(0), "Why? Error: unknown aphorism.\n"), "{stderr}");
+}
+
+/// Connects to `addr`, sends a question as a plain client does, and reads until the server
+/// closes; returns the client's address.
+fn plain_client_at(addr: SocketAddr) -> SocketAddr {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"Beautiful is better than?").unwrap();
+    read_to_close(&mut stream);
+    stream.local_addr().unwrap()
+}
+
+/// Reads from `stream` until the server closes it (or the deadline passes).
+fn read_to_close(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+}
+
+/// The `suppressed` counts of the `info` lines of failed handshakes in `log`, in order.
+fn suppressed_counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|line| line.contains(" INFO ") && line.contains("TLS handshake failed"))
+        .map(|line| {
+            let count = line.split_whitespace().find_map(|word| word.strip_prefix("suppressed="));
+            count.and_then(|count| count.parse().ok()).unwrap_or_else(|| panic!("no count in {line}"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_plain_client_on_a_tls_listener_makes_one_info_line_naming_it_and_the_reason() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let peer = plain_client_at(server.tls_addr(false));
+    let line = server.wait_for_log(&["TLS handshake failed", &format!(" peer={peer} ")], DEADLINE);
+    let line = line.unwrap_or_else(|| panic!("no line for {peer}:\n{}", server.log()));
+    assert!(line.contains(" INFO ") && line.contains(" reason=bad client hello: "), "{line}");
+    assert!(line.ends_with(" suppressed=0"), "{line}");
+    assert_eq!(suppressed_counts(&server.log()), [0], "{}", server.log());
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_flood_of_failed_handshakes_makes_few_lines_and_a_later_one_counts_those_left_out() {
+    const FLOOD: usize = 50;
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let addr = server.tls_addr(false);
+    // All at once: connected, each sends its question, and each is read to its end.
+    let mut flood: Vec<TcpStream> = (0..FLOOD).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for stream in &mut flood {
+        stream.write_all(b"Beautiful is better than?").unwrap();
+    }
+    flood.iter_mut().for_each(read_to_close);
+    // Then one failure at a time, until one is logged with a count of those left out.
+    let mut failures = FLOOD;
+    let end = Instant::now() + DEADLINE;
+    let counts = loop {
+        let counts = suppressed_counts(&server.log());
+        if counts.iter().any(|&count| count > 0) {
+            break counts;
+        }
+        assert!(Instant::now() < end, "no line counts failures left out:\n{}", server.log());
+        plain_client_at(addr);
+        failures += 1;
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(counts.len() < FLOOD, "{} lines for {failures} failures:\n{}", counts.len(), server.log());
+    let left_out: u64 = counts.iter().sum();
+    assert!(counts.len() as u64 + left_out <= failures as u64, "more counted than failed:\n{}", server.log());
 }
 
 /// A client on one long-lived TLS connection, pipelining batches of the book's questions and
