@@ -206,8 +206,9 @@ fn parse_host(host: &str) -> Result<String, String> {
     Ok(host.to_owned())
 }
 
-/// How many single-character edits turn `a` into `b`.
-fn edit_distance(a: &str, b: &str) -> usize {
+/// How many single-character edits turn `a` into `b`: the measure by which a misspelt command
+/// is recognised, here and by `zen-client`.
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, a) in a.chars().enumerate() {

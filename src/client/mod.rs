@@ -17,7 +17,7 @@ use tokio::{
     net::TcpStream,
 };
 
-pub use self::tls::{TlsClient, TlsOptions, Trust};
+pub use self::tls::{TlsClient, TlsFailure, TlsOptions, Trust};
 use crate::{
     config::Settings,
     protocol::{ANSWER_END, Answer, HEALTH_QUESTION, QUESTION_END, Question, is_leading_whitespace},
@@ -44,14 +44,9 @@ pub enum ClientError {
     /// The TLS settings cannot be used (a file, a name).
     #[error("{0}")]
     Tls(String),
-    /// The TLS handshake failed.
-    #[error("TLS handshake with {addr} failed: {source}")]
-    Handshake {
-        /// The address as it was given.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
+    /// TLS failed: the handshake, or the server's refusal of the client's certificate after it.
+    #[error("{0}")]
+    TlsFailed(#[from] TlsFailure),
     /// No complete answer came in time.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
@@ -116,28 +111,49 @@ pub async fn ask(target: &Target, questions: &[Question], timeout: Duration) -> 
     answers.await.map_err(|_| ClientError::TimedOut(timeout))?
 }
 
-/// Connects to `target`: the PROXY header, then the TLS handshake, as it says.
-async fn connect(target: &Target) -> Result<Pin<Box<dyn Connection>>, ClientError> {
+/// Opens one connection to `target` as [`ask`] does (its PROXY header and TLS handshake
+/// included), closes it, and returns the address reached: of those `target.addr` names, the
+/// first that accepted.
+///
+/// # Errors
+///
+/// As [`ask`]'s, for connecting.
+pub async fn reach(target: &Target, timeout: Duration) -> Result<SocketAddr, ClientError> {
+    let reached = async { connect(target).await.map(|(peer, _)| peer) };
+    tokio::time::timeout(timeout, reached).await.map_err(|_| ClientError::TimedOut(timeout))?
+}
+
+/// Connects to `target`: the PROXY header, then the TLS handshake, as it says. Returns the
+/// address connected to, and the connection.
+async fn connect(target: &Target) -> Result<(SocketAddr, Pin<Box<dyn Connection>>), ClientError> {
     let addr = target.addr.as_str();
     let mut stream =
         TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+    let peer = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     if target.proxy_header {
         stream.write_all(PROXY_HEADER).await?;
     }
-    Ok(match &target.tls {
+    let connection: Pin<Box<dyn Connection>> = match &target.tls {
         None => Box::pin(stream),
-        Some(tls) => Box::pin(
-            tls.connect(stream).await.map_err(|source| ClientError::Handshake { addr: addr.to_owned(), source })?,
-        ),
-    })
+        Some(tls) => Box::pin(tls.handshake(stream, addr, target.proxy_header).await?),
+    };
+    Ok((peer, connection))
 }
 
 async fn exchange(target: &Target, questions: &[Question]) -> Result<Vec<Answer>, ClientError> {
-    let mut stream = connect(target).await?;
+    let (_, mut stream) = connect(target).await?;
+    // A TLS 1.3 server refuses a client's certificate only after the client's side of the
+    // handshake is done: the refusal comes with the first read or write.
+    let failed = |error: io::Error| match &target.tls {
+        Some(tls) => {
+            tls.explain(&target.addr, target.proxy_header, error).map_or_else(ClientError::Io, ClientError::from)
+        }
+        None => ClientError::Io(error),
+    };
     let request: Vec<u8> = questions.iter().flat_map(|q| q.as_bytes().iter().copied()).collect();
-    stream.write_all(&request).await?;
-    stream.flush().await?;
+    stream.write_all(&request).await.map_err(failed)?;
+    stream.flush().await.map_err(failed)?;
     let mut answers = Vec::with_capacity(questions.len());
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
@@ -151,7 +167,7 @@ async fn exchange(target: &Target, questions: &[Question]) -> Result<Vec<Answer>
         let read = match stream.read_buf(&mut buffer).await {
             // A TLS server that closes without a close_notify has closed all the same.
             Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && target.tls.is_some() => 0,
-            read => read?,
+            read => read.map_err(failed)?,
         };
         if read == 0 {
             // A PROXY listener closes, without a word, a connection that starts with no header,

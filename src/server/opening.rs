@@ -8,15 +8,19 @@
 //! told `Error: too many connections from your address.` and closed; on a TLS listener it is
 //! told so over TLS, since nothing else reaches a TLS client readably, if it completes its
 //! handshake within [`REFUSAL_TIMEOUT`], and closed without a word otherwise; its connection
-//! slot is given back at once (see [`crate::admission`]).
+//! slot is given back at once (see [`crate::admission`]). A failed handshake is logged with the
+//! client's address and the reason, at most once a second per worker thread
+//! ([`HANDSHAKE_FAILURE_LOG_INTERVAL`]), the next line counting those not logged.
 
 use std::{
+    cell::Cell,
     io::{self, Cursor},
+    net::SocketAddr,
     pin::Pin,
     rc::Rc,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -31,6 +35,7 @@ use crate::{
     protocol::Answer,
     proxy::{Proxied, ProxyPolicy},
     session::{SessionDeps, SessionInfo, ZenSession},
+    telemetry::one_line,
     tls,
 };
 
@@ -46,6 +51,56 @@ const OPENING_WHEN_DRAINING: Duration = Duration::from_secs(1);
 /// The most encrypted bytes a TLS connection holds for a client that does not read, beyond what
 /// the session holds (`limits.max_pending_bytes`): about one TLS record.
 const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024 + 256;
+
+/// How often at most one worker thread logs a failed TLS handshake: a plain client on a TLS
+/// listener, or a certificate the client does not trust, is worth a line in the default log,
+/// but a flood of them (a scanner, a misconfigured load balancer) must not flood the log.
+const HANDSHAKE_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This worker thread's failed handshakes, logged or counted.
+    static HANDSHAKE_FAILURES: Throttle = const { Throttle::new(HANDSHAKE_FAILURE_LOG_INTERVAL) };
+}
+
+/// Lets one event through per interval, and counts those it holds back.
+struct Throttle {
+    interval: Duration,
+    last: Cell<Option<Instant>>,
+    held_back: Cell<u64>,
+}
+
+impl Throttle {
+    const fn new(interval: Duration) -> Self {
+        Self { interval, last: Cell::new(None), held_back: Cell::new(0) }
+    }
+
+    /// Whether an event at `now` goes through, and if so how many were held back since the
+    /// last one that did.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                self.held_back.set(self.held_back.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.held_back.replace(0))
+            }
+        }
+    }
+}
+
+/// Logs a failed handshake from `peer` at `info`, with how many this thread held back since
+/// its last such line (`suppressed`); at `debug` only if that line is less than
+/// [`HANDSHAKE_FAILURE_LOG_INTERVAL`] old.
+fn log_handshake_failure(peer: SocketAddr, error: &tls::HandshakeError) {
+    // The reason is written out only for a line that is logged: a flood costs a count each.
+    let reason = || one_line(&error.to_string());
+    match HANDSHAKE_FAILURES.with(|throttle| throttle.admit(Instant::now())) {
+        Some(suppressed) => tracing::info!(%peer, reason = %reason(), suppressed, "TLS handshake failed"),
+        None => tracing::debug!(%peer, reason = %reason(), "TLS handshake failed"),
+    }
+}
 
 /// What a connection begins with, as its listener says.
 #[derive(Clone, Default)]
@@ -173,7 +228,7 @@ async fn open(
     let mut stream = match handshake {
         Ok(stream) => stream,
         Err(error) => {
-            tracing::debug!(peer = %info.peer, %error, "TLS handshake failed");
+            log_handshake_failure(info.peer, &error);
             let reason = if permit.is_some() { CloseReason::TlsHandshake } else { CloseReason::PerClientLimit };
             deps.tally.closed(reason);
             return;
@@ -304,5 +359,24 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_event_through_per_interval_and_counts_the_others() {
+        let throttle = Throttle::new(Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(throttle.admit(start), Some(0));
+        for millis in [1, 500, 999] {
+            assert_eq!(throttle.admit(start + Duration::from_millis(millis)), None, "{millis} ms later");
+        }
+        assert_eq!(throttle.admit(start + Duration::from_secs(1)), Some(3));
+        assert_eq!(throttle.admit(start + Duration::from_millis(1500)), None);
+        assert_eq!(throttle.admit(start + Duration::from_secs(60)), Some(1));
+        assert_eq!(throttle.admit(start + Duration::from_secs(120)), Some(0));
     }
 }

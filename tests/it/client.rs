@@ -1,12 +1,13 @@
-//! `zen-client ask` and `probe` against the real server, and against no server at all: what
-//! they print and their exit codes (0 ok, 1 failure, 2 bad command line).
+//! `zen-client ask`, `probe` and `bench` against the real server, and against no server at
+//! all: what they print and their exit codes (0 ok, 1 failure, 2 bad command line).
 
 use std::{
     net::TcpListener,
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
-use crate::helpers::ZenServer;
+use crate::helpers::{DEADLINE, TempDir, ZenServer};
 
 const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
 
@@ -89,5 +90,85 @@ fn each_help_opens_with_its_own_description_and_gives_examples_signals_exit_code
     let help = String::from_utf8(output.stdout).unwrap();
     for part in ["Examples:", "127.0.0.1:1060", "SIGHUP", "SIGTERM", "ZEN_<SECTION>__<KEY>", "Exit codes:", "78"] {
         assert!(help.contains(part), "{part} missing from zen-server --help:\n{help}");
+    }
+}
+
+#[test]
+fn tls_to_a_plain_listener_is_told_within_a_second_or_so_to_drop_tls() {
+    let server = ZenServer::start();
+    let addr = server.addr().to_string();
+    // Whom the client trusts does not matter: the server never gets to a certificate.
+    let dir = TempDir::new("plain-tls");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap().cert.pem()).unwrap();
+    let ca = ca.to_str().unwrap();
+    // The plain server answers the hello as a question when its random bytes hold a '?' (about
+    // one connection in three), and otherwise waits for the rest of a question.
+    let answered = format!(
+        "zen-client: the server at {addr} does not speak TLS here (it answered the TLS hello with \"Error: unknown aphorism.\"): drop --tls\n"
+    );
+    let silent = format!(
+        "zen-client: the server at {addr} does not speak TLS here (no reply to the TLS hello within 1s): drop --tls\n"
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let output = zen_client(&["ask", "--tls", "--ca", ca, "--addr", &addr, "Why?"]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr == answered || stderr == silent, "{stderr}");
+        assert!(took < Duration::from_secs(2), "told after {took:?}, not before ask's own 5 s timeout");
+    }
+}
+
+#[test]
+fn a_misspelt_command_is_told_the_command_it_may_be() {
+    for (word, command) in [("aks", "ask"), ("prboe", "probe"), ("bnech", "bench"), ("pro", "probe")] {
+        let output = zen_client(&[word]);
+        assert_eq!(output.status.code(), Some(2), "{word}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with(&format!("error: unrecognized subcommand '{word}'")), "{stderr}");
+        assert!(stderr.contains(&format!("a similar subcommand exists: '{command}'")), "{stderr}");
+    }
+    let output = zen_client(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("similar"));
+}
+
+#[test]
+fn bench_takes_a_host_name_and_still_spreads_loopback_connections_over_source_addresses() {
+    let server = ZenServer::start();
+    let addr = format!("localhost:{}", server.addr().port());
+    // Paced, so that it loads nobody's machine.
+    let args = ["--conns", "3", "--rate", "100", "--duration", "0.3", "--warmup", "0", "--json"];
+    let output = zen_client(&[&["bench", "--addr", &addr][..], &args].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["answers"].as_u64().is_some_and(|answers| answers > 0), "{report}");
+    // Connections 2 and 3 come from the second and third loopback addresses.
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        let from = format!("peer={source}:");
+        let seen = server.wait_for_log(&["connection accepted", &from], DEADLINE);
+        assert!(seen.is_some(), "no connection from {source}:\n{}", server.log());
+    }
+    // A name that does not resolve is one line naming it.
+    let output = zen_client(&["bench", "--addr", "no-such-host.invalid:1060"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("zen-client: cannot connect to no-such-host.invalid:1060: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bench_offers_no_option_it_refuses() {
+    let help = String::from_utf8(zen_client(&["bench", "--help"]).stdout).unwrap();
+    assert!(help.contains("--tls") && !help.contains("--proxy-header"), "{help}");
+    assert_eq!(zen_client(&["bench", "--proxy-header"]).status.code(), Some(2));
+    // Where it is accepted, its help says how it goes with --tls.
+    for command in ["ask", "probe"] {
+        let help = String::from_utf8(zen_client(&[command, "--help"]).stdout).unwrap();
+        assert!(help.contains("--proxy-header") && help.contains("tls.proxy_listen"), "{command}: {help}");
     }
 }

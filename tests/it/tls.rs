@@ -86,6 +86,18 @@ impl Pki {
         (self.path(&format!("{name}.pem")), self.path(&key))
     }
 
+    /// Writes `name.pem` and `name.key`: a certificate for `localhost` and 127.0.0.1 signed with
+    /// its own key, saying it is not a CA (as a server's must).
+    pub fn self_signed(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+        self.openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-keyout", &key, "-out", &cert, "-days", "30", "-subj", &format!("/CN={name}")])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .ok();
+        (self.path(&cert), self.path(&key))
+    }
+
     /// `[tls]` settings serving `name`'s certificate on a TLS listener and a PROXY+TLS one.
     pub fn settings(&self, name: &str, more: &str) -> String {
         format!(
@@ -287,6 +299,14 @@ fn with_a_client_ca_only_clients_with_its_certificates_get_in_and_refusals_are_c
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "Flat is better than? Nested.\n");
+    // Without them, it is told what to give.
+    let (ca, addr) = (pki.ca(), addr.to_string());
+    let (code, _, stderr) =
+        zen_client_trusting(&ca, &["ask", "--tls", "--ca", ca.to_str().unwrap(), "--addr", &addr, "A?"]);
+    let expected = format!(
+        "zen-client: the server at {addr} asks for a client certificate: pass --cert FILE and --key FILE (a certificate from the CA in its tls.client_ca_file)\n"
+    );
+    assert_eq!((code, stderr), (Some(1), expected));
 }
 
 #[test]
@@ -370,6 +390,163 @@ fn probe_follows_tls_only_settings_trusting_the_servers_own_certificate() {
     let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     assert_eq!(probe(&env, &["--tls", "--cert", cert, "--key", key]), (Some(0), String::new()));
+}
+
+/// Runs `zen-client` with `args` and `ca` as the system's only CA certificate
+/// (`SSL_CERT_FILE`); returns its exit code, standard output and standard error.
+fn zen_client_trusting(ca: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(CLIENT_BIN).args(args).env("SSL_CERT_FILE", ca).env_remove("SSL_CERT_DIR").output();
+    let output = output.unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (output.status.code(), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_self_signed_certificate_without_ca_is_not_trusted_and_the_client_is_told_to_pass_its_ca() {
+    let pki = Pki::new();
+    let (cert, _) = pki.self_signed("server");
+    let stranger = Pki::new();
+    let (server, _config) = tls_server(&pki, "server", "");
+    let addr = server.tls_addr(false).to_string();
+    let untrusted = |why: &str| {
+        format!(
+            "zen-client: the certificate of the server at {addr} is not trusted ({why}): pass --ca FILE (the CA that signed it)\n"
+        )
+    };
+    let system = untrusted("not signed by a CA this system trusts");
+    let bench = ["bench", "--tls", "--addr", &addr, "--duration", "0.2", "--warmup", "0"];
+    for command in [&["ask", "--tls", "--addr", &addr, "Why?"][..], &["probe", "--tls", "--addr", &addr], &bench] {
+        let (code, _, stderr) = zen_client_trusting(&stranger.ca(), command);
+        assert_eq!((code, stderr.as_str()), (Some(1), system.as_str()), "{command:?}");
+    }
+    // The server logs the refusal the client sent it.
+    let refused = server.wait_for_log(&["TLS handshake failed", "reason=received fatal alert: "], DEADLINE);
+    assert!(refused.is_some_and(|line| line.contains(" INFO ")), "{}", server.log());
+    // Another CA, given: named.
+    let other = stranger.ca();
+    let (code, _, stderr) =
+        zen_client_trusting(&other, &["ask", "--tls", "--ca", other.to_str().unwrap(), "--addr", &addr, "Why?"]);
+    let named = untrusted(&format!("not signed by a CA in --ca {}", other.display()));
+    assert_eq!((code, stderr), (Some(1), named));
+    // The certificate itself, given as the CA, as the message says.
+    let ca = cert.to_str().unwrap();
+    let (code, stdout, stderr) = zen_client_trusting(&other, &["ask", "--tls", "--ca", ca, "--addr", &addr, "Why?"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "Why? Error: unknown aphorism.\n"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_ca_certificate_served_as_the_servers_own_is_named_as_such() {
+    let pki = Pki::new();
+    // `openssl req -x509` makes a CA certificate (basicConstraints CA:TRUE), as Pki's CA is.
+    let (server, _config) = tls_server(&pki, "ca", "");
+    let addr = server.tls_addr(false).to_string();
+    let expected = format!(
+        "zen-client: the server at {addr} presents a CA certificate (basicConstraints CA:TRUE) as its own, which TLS clients refuse: it must serve a certificate its CA issued for it (CA:FALSE)\n"
+    );
+    let ca = pki.ca();
+    for command in [
+        &["ask", "--tls", "--ca", ca.to_str().unwrap(), "--addr", &addr, "Why?"][..],
+        &["probe", "--tls", "--addr", &addr],
+    ] {
+        let (code, _, stderr) = zen_client_trusting(&ca, command);
+        assert_eq!((code, stderr.as_str()), (Some(1), expected.as_str()), "{command:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_certificate_for_other_names_is_refused_naming_the_names_it_holds_and_how_to_pick_one() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let addr = server.tls_addr(false).to_string();
+    let ca = pki.ca();
+    let ask = |name: &str| {
+        let args = ["ask", "--tls", "--ca", ca.to_str().unwrap(), "--addr", &addr, "--server-name", name, "Why?"];
+        zen_client_trusting(&ca, &args)
+    };
+    let (code, _, stderr) = ask("zen.example.net");
+    let expected = format!(
+        "zen-client: the certificate of the server at {addr} is for localhost, 127.0.0.1, not zen.example.net: pass --server-name NAME (one of those)\n"
+    );
+    assert_eq!((code, stderr), (Some(1), expected));
+    // One of those, as told.
+    let (code, stdout, stderr) = ask("localhost");
+    assert_eq!((code, stdout.as_str()), (Some(0), "Why? Error: unknown aphorism.\n"), "{stderr}");
+}
+
+/// Connects to `addr`, sends a question as a plain client does, and reads until the server
+/// closes; returns the client's address.
+fn plain_client_at(addr: SocketAddr) -> SocketAddr {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"Beautiful is better than?").unwrap();
+    read_to_close(&mut stream);
+    stream.local_addr().unwrap()
+}
+
+/// Reads from `stream` until the server closes it (or the deadline passes).
+fn read_to_close(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+}
+
+/// The `suppressed` counts of the `info` lines of failed handshakes in `log`, in order.
+fn suppressed_counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|line| line.contains(" INFO ") && line.contains("TLS handshake failed"))
+        .map(|line| {
+            let count = line.split_whitespace().find_map(|word| word.strip_prefix("suppressed="));
+            count.and_then(|count| count.parse().ok()).unwrap_or_else(|| panic!("no count in {line}"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_plain_client_on_a_tls_listener_makes_one_info_line_naming_it_and_the_reason() {
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let peer = plain_client_at(server.tls_addr(false));
+    let line = server.wait_for_log(&["TLS handshake failed", &format!(" peer={peer} ")], DEADLINE);
+    let line = line.unwrap_or_else(|| panic!("no line for {peer}:\n{}", server.log()));
+    assert!(line.contains(" INFO ") && line.contains(" reason=bad client hello: "), "{line}");
+    assert!(line.ends_with(" suppressed=0"), "{line}");
+    assert_eq!(suppressed_counts(&server.log()), [0], "{}", server.log());
+}
+
+#[test]
+#[ignore = "needs openssl: apt-get install openssl"]
+fn a_flood_of_failed_handshakes_makes_few_lines_and_a_later_one_counts_those_left_out() {
+    const FLOOD: usize = 50;
+    let pki = Pki::new();
+    pki.issue("server", 20, false);
+    let (server, _config) = tls_server(&pki, "server", "");
+    let addr = server.tls_addr(false);
+    // All at once: connected, each sends its question, and each is read to its end.
+    let mut flood: Vec<TcpStream> = (0..FLOOD).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for stream in &mut flood {
+        stream.write_all(b"Beautiful is better than?").unwrap();
+    }
+    flood.iter_mut().for_each(read_to_close);
+    // Then one failure at a time, until one is logged with a count of those left out.
+    let mut failures = FLOOD;
+    let end = Instant::now() + DEADLINE;
+    let counts = loop {
+        let counts = suppressed_counts(&server.log());
+        if counts.iter().any(|&count| count > 0) {
+            break counts;
+        }
+        assert!(Instant::now() < end, "no line counts failures left out:\n{}", server.log());
+        plain_client_at(addr);
+        failures += 1;
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(counts.len() < FLOOD, "{} lines for {failures} failures:\n{}", counts.len(), server.log());
+    let left_out: u64 = counts.iter().sum();
+    assert!(counts.len() as u64 + left_out <= failures as u64, "more counted than failed:\n{}", server.log());
 }
 
 /// A client on one long-lived TLS connection, pipelining batches of the book's questions and

@@ -79,7 +79,7 @@ const ZEN_EXCHANGES: Exchanges = Exchanges {
 const REDIS_PING_EXCHANGES: Exchanges = Exchanges { pairs: &[(b"PING\r\n", b"+PONG\r\n")], terminator: b'\n' };
 
 /// Longest a single exchange (connect, or one answer) may take before it counts as an error.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes read at a time.
 const READ_BUFFER_BYTES: usize = 16 * 1024;

@@ -3,11 +3,15 @@
 //! Only the parsing lives here; `main` runs what was asked and [`bench`](crate::bench) generates
 //! the load.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, CommandFactory, Parser, Subcommand,
+    error::{ContextKind, ContextValue, ErrorKind},
+};
 use zen_server::{
     Question,
+    cli::edit_distance,
     client::{self, TlsOptions, Trust},
 };
 
@@ -50,7 +54,8 @@ pub enum ClientCommand {
         /// Server address, HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:1060", value_parser = parse_host_port)]
         addr: String,
-        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen.
+        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen (with
+        /// --tls: in tls.proxy_listen, the header first, then TLS).
         #[arg(long)]
         proxy_header: bool,
         #[command(flatten)]
@@ -64,9 +69,10 @@ pub enum ClientCommand {
     },
     /// Generate load, check every answer, and report throughput, latency and CPU use.
     Bench {
-        /// Server address, IP:PORT.
-        #[arg(long, default_value = "127.0.0.1:1060")]
-        addr: SocketAddr,
+        /// Server address, HOST:PORT. A host name is looked up once, before the load starts:
+        /// the load goes to the first of its addresses that accepts a connection.
+        #[arg(long, default_value = "127.0.0.1:1060", value_parser = parse_host_port)]
+        addr: String,
         /// The kind of load.
         #[arg(long, value_enum, default_value_t = BenchMode::Pipelined)]
         mode: BenchMode,
@@ -108,7 +114,9 @@ pub enum ClientCommand {
     /// Exit 0 only if the server gives a known question its right answer in time. Without
     /// --addr, the address and the question come from the server's own settings (built-in,
     /// --config or ZEN_CONFIG, ZEN_* variables): its first listening address and the first
-    /// entry of its answer table; with --addr, the book's first question is asked.
+    /// entry of its answer table, over TLS by itself when the settings list only TLS
+    /// listeners, trusting the server's own certificate (tls.cert_file); with --addr, the
+    /// book's first question is asked.
     Probe {
         /// Server address, HOST:PORT.
         #[arg(long, value_parser = parse_host_port)]
@@ -116,8 +124,9 @@ pub enum ClientCommand {
         /// The server's settings file, to find its address and a question it knows.
         #[arg(long, value_name = "FILE", env = "ZEN_CONFIG", conflicts_with = "addr")]
         config: Option<PathBuf>,
-        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen (without
-        /// --addr: the first one in the settings).
+        /// Start with a PROXY header (`PROXY UNKNOWN`), for a listener in proxy.listen (with
+        /// --tls: in tls.proxy_listen, the header first, then TLS; without --addr: the first
+        /// such listener in the settings).
         #[arg(long)]
         proxy_header: bool,
         #[command(flatten)]
@@ -131,10 +140,7 @@ pub enum ClientCommand {
 /// How to speak TLS, for every command.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TlsArgs {
-    /// Speak TLS (after the PROXY header, with --proxy-header). Without --ca, the server's
-    /// certificate must chain to the system's CAs; `probe` without --addr speaks TLS by
-    /// itself when the settings list only TLS listeners, and trusts the server's own
-    /// certificate (tls.cert_file).
+    /// Speak TLS. Without --ca, the server's certificate must chain to the system's CAs.
     #[arg(long)]
     pub tls: bool,
     /// The CA certificates (PEM) the server's certificate must chain to.
@@ -150,6 +156,36 @@ pub struct TlsArgs {
     /// The name the server's certificate must carry (by default, the host of --addr).
     #[arg(long, value_name = "NAME", requires = "tls")]
     pub server_name: Option<String>,
+}
+
+impl ClientCli {
+    /// Parses the process's arguments, as clap's `parse` does (exiting 2 on a mistake, 0 after
+    /// --help), but suggesting the commands a misspelt one may be: clap's own similarity finds
+    /// none for a short word with two letters swapped (`aks`).
+    pub fn parse_or_exit() -> Self {
+        Self::try_parse().unwrap_or_else(|error| with_similar_commands(error).exit())
+    }
+}
+
+/// `error`, if it is an unknown command with no suggestion, with the commands within two
+/// edits of it (or that it begins) as suggestions.
+fn with_similar_commands(mut error: clap::Error) -> clap::Error {
+    if error.kind() != ErrorKind::InvalidSubcommand || error.get(ContextKind::SuggestedSubcommand).is_some() {
+        return error;
+    }
+    let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidSubcommand) else {
+        return error;
+    };
+    let word = word.clone();
+    let similar: Vec<String> = ClientCli::command()
+        .get_subcommands()
+        .map(|command| command.get_name().to_owned())
+        .filter(|name| edit_distance(&word, name) <= 2 || (word.len() >= 2 && name.starts_with(&word)))
+        .collect();
+    if !similar.is_empty() {
+        error.insert(ContextKind::SuggestedSubcommand, ContextValue::Strings(similar));
+    }
+    error
 }
 
 impl TlsArgs {
@@ -310,6 +346,20 @@ mod tests {
         for addr in ["127.0.0.1:1060", "localhost:1060", "[::1]:1060"] {
             assert!(client(&["probe", "--addr", addr]).is_ok(), "{addr}");
         }
+    }
+
+    #[test]
+    fn a_misspelt_command_is_offered_the_commands_within_two_edits_or_that_it_begins() {
+        let suggested = |word: &str| {
+            let error = with_similar_commands(client(&[word]).unwrap_err());
+            match error.get(ContextKind::SuggestedSubcommand) {
+                Some(ContextValue::Strings(names)) => names.clone(),
+                _ => Vec::new(),
+            }
+        };
+        assert_eq!(suggested("aks"), ["ask"]);
+        assert_eq!(suggested("prob"), ["probe"]);
+        assert_eq!(suggested("frobnicate"), Vec::<String>::new());
     }
 
     #[test]

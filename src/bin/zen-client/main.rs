@@ -13,7 +13,7 @@ mod procfs;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use zen_server::{
     Question,
     client::{self, Probe, Target, TlsClient, Trust},
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Exits 2 on a bad command line, 0 after --help.
-    let cli = ClientCli::parse();
+    let cli = ClientCli::parse_or_exit();
     if let ClientCommand::Bench { conns, rate: Some(rate), .. } = &cli.command
         && let Err(error) = bench::pacing_interval(*conns, *rate)
     {
@@ -134,13 +134,14 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<()> {
             json,
             tls,
         } => {
-            let tls = match tls.tls {
-                true => Some(TlsClient::new(&tls.options(Trust::System), &addr.to_string())?),
-                false => None,
-            };
+            // A host name is looked up here, once, and a failure to connect or to complete a TLS
+            // handshake said as `ask` says it, before any load. The load then goes to the
+            // address reached, spread over loopback source addresses if it is one.
+            let target = target(addr, false, &tls)?;
+            let addr = client::reach(&target, bench::EXCHANGE_TIMEOUT).await?;
             let config = BenchConfig {
                 addr,
-                tls,
+                tls: target.tls,
                 protocol,
                 mode,
                 conns,
