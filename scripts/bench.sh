@@ -18,7 +18,9 @@
 #                                 answer is wrong (figures from it mean nothing)
 #   scripts/bench.sh --help       this text
 #
-# Scenarios: cNxD (N connections, D questions in flight each), cpu50k (50 connections paced at
+# Scenarios: cNxD (N connections, D questions in flight each); shared (c50x1 for zen-server with
+# its default workers and with each count from 1 to the CPUs, beside plain-tokio and plain-actix:
+# unpinned, the load generator competes with the server for every core); cpu50k (50 connections paced at
 # 50,000 questions/s in all, a rate every server sustains: the server's CPU time per answer),
 # cpu10k (1,000 connections each asking every 100 ms, one question at a time, as the book's
 # clients ask), churn, idle and many. Every report also gives the load generator's own CPU share,
@@ -165,6 +167,8 @@ start_server() {
     zen-tls) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
            ZEN_SERVER__LISTEN= ZEN_TLS__LISTEN=127.0.0.1:0 ZEN_TLS__CERT_FILE="$tls_dir/server.pem" \
            ZEN_TLS__KEY_FILE="$tls_dir/server.key" $2 "$zen" 2>"$log" & ;;
+    zen-w*) env ZEN_LOG__LEVEL=warn,zen_server::server=info ZEN_LIMITS__MAX_CONNECTIONS=20000 \
+           ZEN_SERVER__WORKERS="${1#zen-w}" $2 "$zen" --listen 127.0.0.1:0 2>"$log" & ;;
     reference) $2 "$reference" --listen 127.0.0.1:0 2>"$log" & ;;
     actix) $2 "$actix" --listen 127.0.0.1:0 2>"$log" & ;;
     redis)
@@ -288,8 +292,9 @@ run_scenario() {
       json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns "$conns" \
                --rate "$rate" --server-pid "$server_pid" --duration "$duration" --warmup "$warmup" \
                --json 2>/dev/null)" ;;
-    c*x*)
-      local conns=${scenario#c}; conns=${conns%x*}; local depth=${scenario#*x}
+    c*x*|shared)
+      local conns=50 depth=1
+      if [ "$scenario" != shared ]; then conns=${scenario#c}; conns=${conns%x*}; depth=${scenario#*x}; fi
       json="$($client_cpu "$client" bench --protocol "$protocol" --addr "$server_addr" --conns "$conns" \
                --depth "$depth" --duration "$duration" --warmup "$warmup" --json 2>/dev/null)" ;;
     churn)
@@ -328,7 +333,7 @@ rotate() {
 
 scenarios=""
 for conns in $sweep; do scenarios="$scenarios c${conns}x1"; done
-scenarios="$scenarios c50x16 cpu50k cpu10k churn idle many"
+scenarios="$scenarios shared c50x16 cpu50k cpu10k churn idle many"
 if [ -n "$tls_dir" ]; then scenarios="$scenarios tls50k tlschurn"; fi
 # Where Redis runs too: CPU per answer at a fixed rate, and saturated throughput.
 redis_scenarios=" cpu50k cpu10k c50x1 c50x16 c1000x1 "
@@ -342,6 +347,9 @@ for placement in $placements; do
     if [[ "$actix_scenarios" == *" $scenario "* ]]; then servers="$servers actix"; fi
     if [ -n "$redis" ] && [[ "$redis_scenarios" == *" $scenario "* ]]; then servers="$servers redis"; fi
     case "$scenario" in
+      # zen-server with its default workers and with each count from 1 to the CPUs, beside both
+      # yardsticks: the default's choice, measured.
+      shared) servers="zen $(for n in $(seq "$(nproc)"); do printf 'zen-w%s ' "$n"; done)reference actix" ;;
       tls50k) servers="zen-tls ${redis_tls:+redis-tls} ${stunnel:+stunnel}" ;;
       tlschurn) servers="zen-tls ${redis_tls:+redis-tls}" ;;
     esac

@@ -56,6 +56,10 @@ REDIS_SCENARIOS = [
     ("c50x16", "50 connections, depth 16"),
     ("c1000x1", "1000 connections, depth 1"),
 ]
+# Sharing the machine: zen-server with its default `server.workers` must keep its p99 within 1.5
+# times plain tokio's and 1.2 times plain-actix's, and its answers/s at least 0.95 of each's.
+SHARED_P99 = {"reference": 1.5, "actix": 1.2}
+SHARED_ANSWERS = 0.95
 SERVERS = ("zen", "reference", "redis")
 CPU_SERVERS = ("zen", "reference", "actix", "redis")
 # Over TLS: zen-server on tls.listen, Redis on its TLS port, and plain zen-server behind stunnel
@@ -63,6 +67,7 @@ CPU_SERVERS = ("zen", "reference", "actix", "redis")
 # handshakes per second at least Redis's.
 TLS_SERVERS = ("zen-tls", "redis-tls", "stunnel")
 TLS_NAMES = {"zen-tls": "zen-server", "redis-tls": "Redis", "stunnel": "stunnel + zen-server"}
+SHARED_NAMES = {"zen": "zen-server, default workers", "reference": "plain tokio", "actix": "plain-actix"}
 
 
 def metric(result, name):
@@ -190,6 +195,49 @@ def main(raw_path, out_dir):
             lines.append(
                 f"| {title} | {METRIC_NAMES[name]} | {placement} | {fmt(zen)} | {cpu['zen']} | {fmt(ref)} | {cpu['reference']} | "
                 f"{ratio:.2f} | {bound} | {'yes' if met else 'no'} |"
+            )
+
+    if any(k[0] == "shared" for k in by_key):
+        lines += ["", "## Sharing the machine", ""]
+        lines += [
+            "50 connections asking one question at a time (`c50x1`), zen-server with its default",
+            "`server.workers` (0: one per CPU it may use but one) and with each count from 1 to the CPUs,",
+            "beside plain tokio (a thread per CPU, work stealing) and plain-actix (one arbiter).",
+            "*unpinned*: the load generator competes with the server for every core, as on a laptop or",
+            "a small VM; *pinned*: server on CPU 0, load on CPU 1 (the server may use one CPU, so its",
+            "default is one worker). Ratios are the default's medians over each yardstick's. Targets,",
+            f"unpinned: p99 at most {SHARED_P99['reference']} times the reference's and {SHARED_P99['actix']} times",
+            f"plain-actix's, answers/s at least {SHARED_ANSWERS} of each's.",
+            "",
+            "| placement | server | answers/s | p50 (us) | p99 (us) | client CPU |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        shared_servers = sorted({k[2] for k in by_key if k[0] == "shared"}, key=lambda s: (s != "zen", s))
+        for placement in placements:
+            for server in shared_servers:
+                runs = by_key[("shared", placement, server)]
+                if runs:
+                    lines.append(
+                        f"| {placement} | {SHARED_NAMES.get(server, server)} | {fmt(stats('shared', placement, server, 'answers_per_sec'))} | "
+                        f"{fmt(summary([r['latency_us']['p50'] for r in runs]))} | {fmt(stats('shared', placement, server, 'p99'))} | "
+                        f"{client_cpu(runs)} |"
+                    )
+        lines += ["", "| placement | metric | zen/reference | target | zen/actix | target | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for placement in placements:
+            zen, ref, actix = (stats("shared", placement, server, "p99") for server in ("zen", "reference", "actix"))
+            if zen is None or ref is None or actix is None:
+                continue
+            judged = placement == "unpinned"
+            met = zen[0] <= SHARED_P99["reference"] * ref[0] and zen[0] <= SHARED_P99["actix"] * actix[0]
+            lines.append(
+                f"| {placement} | p99 | {fmt_ratio(zen, ref)} | <= {SHARED_P99['reference']} | {fmt_ratio(zen, actix)} | "
+                f"<= {SHARED_P99['actix']} | {('yes' if met else 'no') if judged else '-'} |"
+            )
+            zen, ref, actix = (stats("shared", placement, server, "answers_per_sec") for server in ("zen", "reference", "actix"))
+            met = zen[0] >= SHARED_ANSWERS * ref[0] and zen[0] >= SHARED_ANSWERS * actix[0]
+            lines.append(
+                f"| {placement} | answers/s | {fmt_ratio(zen, ref)} | >= {SHARED_ANSWERS} | {fmt_ratio(zen, actix)} | "
+                f">= {SHARED_ANSWERS} | {('yes' if met else 'no') if judged else '-'} |"
             )
 
     if any(k[0] in dict(CPU_SCENARIOS) for k in by_key):
@@ -368,7 +416,8 @@ def main(raw_path, out_dir):
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
         for placement in placements:
-            for server in CPU_SERVERS + TLS_SERVERS:
+            extra = sorted(k[2] for k in by_key if k[0] == scenario and k[1] == placement and k[2] not in CPU_SERVERS + TLS_SERVERS)
+            for server in CPU_SERVERS + TLS_SERVERS + tuple(extra):
                 runs = by_key[(scenario, placement, server)]
                 if not runs:
                     continue
@@ -383,7 +432,8 @@ def main(raw_path, out_dir):
         "",
         "Scenario names: `cNxD` is N connections each keeping D questions in flight; `cpu50k` is 50",
         "connections paced at 50,000 questions/s in all; `cpu10k` is 1,000 connections each asking every",
-        "100 ms (10,000/s in all); `churn` is 50 loops of connect, ask, close;",
+        "100 ms (10,000/s in all); `churn` is 50 loops of connect, ask, close; `shared` is `c50x1`",
+        "with zen-server's workers varied (`zen-wN`: `server.workers = N`);",
         "`idle` and `many` hold connections open; `tls50k` and `tlschurn` are `cpu50k` and `churn`",
         "over TLS.",
         "",

@@ -786,10 +786,15 @@ impl Settings {
         ListenerKind { proxy, tls }
     }
 
-    /// The number of session threads to run: `server.workers`, or one per CPU when it is 0.
+    /// The number of session threads to run: `server.workers`, or, when it is 0, one per CPU
+    /// this process may use but one, and at least one. The CPU left is for what else runs: the
+    /// thread that accepts, the kernel's network work, and whatever shares the machine; a
+    /// session is bound to its thread, and on a machine whose every core is taken its clients
+    /// would otherwise wait for the scheduler's next slice (`docs/performance.md` has the
+    /// figures).
     pub fn worker_count(&self) -> usize {
         match self.server.workers.count() {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => usable_cpus().saturating_sub(1).max(1),
             n => n,
         }
     }
@@ -810,6 +815,11 @@ impl Settings {
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string_pretty(self)
     }
+}
+
+/// The CPUs this process may use: its affinity mask and its cgroup's CPU quota, rounded up.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Every leaf of `settings` by its dotted key (a list is a leaf).

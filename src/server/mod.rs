@@ -39,7 +39,7 @@ use self::{
 };
 use crate::{
     admission::Admission,
-    config::Settings,
+    config::{Settings, usable_cpus},
     log_queue,
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
@@ -343,7 +343,8 @@ impl Actor for Server {
     fn started(&mut self, ctx: &mut Self::Context) {
         for listener in mem::take(&mut self.listeners) {
             let (addr, kind) = (listener.local_addr(), listener.kind());
-            tracing::info!(%addr, pid = std::process::id(), workers = self.workers.count(), proxy = kind.proxy, tls = kind.tls, "listening");
+            let (pid, workers, cpus) = (std::process::id(), self.workers.count(), usable_cpus());
+            tracing::info!(%addr, pid, workers, cpus, proxy = kind.proxy, tls = kind.tls, "listening");
             match listener.socket() {
                 Ok(socket) => self.listening_sockets.push((socket, kind)),
                 Err(error) => {

@@ -454,3 +454,21 @@ fn every_conflict_exits_2_with_one_error_line_naming_both_and_usage_lines_each_o
         }
     }
 }
+
+#[test]
+fn the_default_workers_are_one_per_usable_cpu_but_one_and_an_explicit_count_is_kept() {
+    let listening = |launch: Launch| {
+        let server = ZenServer::launch(launch);
+        server.wait_for_log(&["listening"], crate::helpers::DEADLINE).expect("a listening line")
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let line = listening(Launch::args(&["--listen", "127.0.0.1:0"]));
+    assert!(line.contains(&format!(" workers={} cpus={cpus} ", cpus.saturating_sub(1).max(1))), "{line}");
+    // The affinity mask counts: one CPU, one worker.
+    let pinned = || Launch::args(&["--listen", "127.0.0.1:0"]).wrapper(&["taskset", "-c", "0"]);
+    let line = listening(pinned());
+    assert!(line.contains(" workers=1 cpus=1 "), "{line}");
+    // An operator's count is never changed.
+    let line = listening(pinned().env("ZEN_SERVER__WORKERS", "3"));
+    assert!(line.contains(" workers=3 cpus=1 "), "{line}");
+}
