@@ -18,6 +18,7 @@ RUN mkdir -p src/bin/zen-client tests/it \
     && echo 'fn main() {}' > src/bin/zen-server.rs \
     && echo 'fn main() {}' > src/bin/zen-client/main.rs \
     && echo 'fn main() {}' > src/bin/plain-tokio.rs \
+    && echo 'fn main() {}' > src/bin/plain-actix.rs \
     && touch src/lib.rs tests/it/main.rs \
     && cargo build --profile dist --locked --bins \
     && rm -rf src tests
