@@ -744,14 +744,18 @@ impl Settings {
             let entries = self.oracle.answers.len();
             warnings.push(format!("oracle.answers in {origin} replaces the whole built-in table ({builtin} entries) with its {entries}: list every question the server is to know"));
         }
-        if !self.tls.is_used() {
-            for key in ["tls.cert_file", "tls.key_file", "tls.client_ca_file"] {
-                if merged.get(key).is_some_and(|value| value.origin().is_some()) {
-                    warnings.push(format!(
-                        "{key} is set in {} but no TLS listener is (tls.listen, tls.proxy_listen): it is not used",
-                        merged.origin(key)
-                    ));
-                }
+        let tls = &self.tls;
+        if !tls.is_used() {
+            let files = [
+                ("tls.cert_file", &tls.cert_file),
+                ("tls.key_file", &tls.key_file),
+                ("tls.client_ca_file", &tls.client_ca_file),
+            ];
+            for (key, _) in files.into_iter().filter(|(_, path)| !path.0.is_empty()) {
+                warnings.push(format!(
+                    "{key} is set in {} but no TLS listener is (tls.listen, tls.proxy_listen): it is not used",
+                    merged.origin(key)
+                ));
             }
         }
         warnings
@@ -1278,11 +1282,14 @@ mod tests {
     }
 
     #[test]
-    fn printed_settings_load_back_to_the_same_settings() {
+    fn printed_settings_load_back_to_the_same_settings_warning_only_of_the_table() {
         let settings = Settings::builtin().unwrap();
         let file = TempFile::new(&settings.to_toml().unwrap());
         let reloaded = Settings::load(&Sources { file: Some(file.config()), ..Sources::default() }).unwrap();
         assert_eq!(reloaded.to_toml().unwrap(), settings.to_toml().unwrap());
+        // Its empty TLS files are no files: the one warning is the table's.
+        assert_eq!(reloaded.warnings.len(), 1, "{:?}", reloaded.warnings);
+        assert!(reloaded.warnings[0].starts_with("oracle.answers in "), "{:?}", reloaded.warnings);
     }
 
     fn file_error(contents: &str) -> (String, TempFile) {

@@ -309,10 +309,17 @@ impl Handler<Shutdown> for Control {
                     tracing::info!(unfinished = 0, elapsed_ms = elapsed.as_millis() as u64, "drained");
                 }
                 Ok(DrainReport { unfinished, elapsed }) => {
-                    tracing::warn!(
-                        unfinished,
-                        "shutdown timeout passed with clients still waiting for answers; closing them"
-                    );
+                    // Before the timeout, only a stalled worker thread's clients are left.
+                    match elapsed < control.settings.server.shutdown_timeout_secs.secs() {
+                        true => tracing::warn!(
+                            unfinished,
+                            "clients of a stalled worker thread still wait for answers; closing them"
+                        ),
+                        false => tracing::warn!(
+                            unfinished,
+                            "shutdown timeout passed with clients still waiting for answers; closing them"
+                        ),
+                    }
                     tracing::warn!(unfinished, elapsed_ms = elapsed.as_millis() as u64, "drained");
                 }
                 Err(error) => tracing::warn!(%error, "server was already gone"),

@@ -10,12 +10,13 @@
 //! saying how many. Redis and HAProxy log off their serving threads for the same reason.
 //!
 //! [`LogFlush`] waits, when the daemon exits, for the lines already queued to be written, for
-//! at most [`FLUSH_TIMEOUT`]: a log nobody reads cannot keep the daemon from exiting.
+//! at most [`FLUSH_TIMEOUT`]: a log nobody reads cannot keep the daemon from exiting. An exit
+//! that skips it ([`std::process::exit`]) calls [`flush_before_exit`] first.
 
 use std::{
     io::{self, Write},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
@@ -35,6 +36,17 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Lines dropped since the start, because the queue was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The daemon's queue, once started: for [`flush_before_exit`].
+static STARTED: OnceLock<LogQueue> = OnceLock::new();
+
+/// Waits, for at most [`FLUSH_TIMEOUT`], for the lines queued so far to be written: before an
+/// exit that drops no [`LogFlush`].
+pub fn flush_before_exit() {
+    if let Some(queue) = STARTED.get() {
+        queue.flush();
+    }
+}
 
 /// Log lines dropped since the daemon started, because the log's reader was behind.
 pub fn dropped_lines() -> u64 {
@@ -79,7 +91,9 @@ impl LogQueue {
     ///
     /// If the thread cannot be started.
     pub fn start(sink: impl LineSink) -> io::Result<(LogQueue, LogFlush)> {
-        Self::with_capacity(sink, LOG_QUEUE_LINES)
+        let (queue, flush) = Self::with_capacity(sink, LOG_QUEUE_LINES)?;
+        let _ = STARTED.set(queue.clone());
+        Ok((queue, flush))
     }
 
     fn with_capacity(mut sink: impl LineSink, lines: usize) -> io::Result<(LogQueue, LogFlush)> {
@@ -134,11 +148,18 @@ fn write_lines(receiver: &Receiver<Entry>, sink: &mut impl LineSink, waiting: &A
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
+        self.queue.flush();
+    }
+}
+
+impl LogQueue {
+    /// Waits, for at most [`FLUSH_TIMEOUT`], for every line queued so far to be written.
+    fn flush(&self) {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         let (done, flushed) = sync_channel(1);
         let mut flush = Entry::Flush(done);
         loop {
-            match self.queue.sender.try_send(flush) {
+            match self.sender.try_send(flush) {
                 Ok(()) => break,
                 Err(TrySendError::Full(entry)) if Instant::now() < deadline => {
                     flush = entry;

@@ -7,7 +7,10 @@ use std::io;
 use actix::Recipient;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::control::{Reload, Shutdown};
+use crate::{
+    control::{Reload, Shutdown},
+    log_queue,
+};
 
 /// Listens for SIGTERM, SIGINT and SIGHUP on the current arbiter, for as long as the process
 /// runs.
@@ -29,6 +32,7 @@ pub fn handle_signals(control: Recipient<Shutdown>, reload: Recipient<Reload>) -
         control.do_send(Shutdown { cause: first.name });
         let second = next_signal(&mut terminate, &mut interrupt).await;
         tracing::warn!(signal = second.name, "second signal: exiting at once");
+        log_queue::flush_before_exit();
         std::process::exit(second.exit_code);
     });
     Ok(())

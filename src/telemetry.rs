@@ -290,7 +290,7 @@ pub fn init(
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
         let location = info.location().map(ToString::to_string).unwrap_or_default();
-        tracing::error!(message, location, "panic");
+        tracing::error!(panic_message = message, location, "panic");
     }));
     Ok((control, flush))
 }

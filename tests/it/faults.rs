@@ -13,6 +13,24 @@ use nix::sys::signal::Signal;
 use crate::helpers::{DEADLINE, Launch, TempConfig, ZenServer, ask_like_the_book, connect, has_arrived, read_answers};
 
 #[test]
+fn a_panic_is_one_json_event_named_panic_with_its_message_and_location() {
+    let server = ZenServer::launch(
+        Launch::args(&["--listen", "127.0.0.1:0"])
+            .env("ZEN_LOG__FORMAT", "json")
+            .env("ZEN_ORACLE__PANIC_QUESTION", "Poison?"),
+    );
+    assert_eq!(ask_like_the_book(&mut connect(server.addr()), b"Poison?"), b"Error: internal error.");
+    let line = server.wait_for_log(&["\"level\":\"ERROR\""], DEADLINE).expect("an error event");
+    let event: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
+    // Each key once: a parser keeping the last of two `message` keys would lose the event's name.
+    assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+    assert_eq!(event["message"], "panic", "{line}");
+    assert_eq!(event["panic_message"], "oracle.panic_question was asked", "{line}");
+    assert!(event["location"].as_str().is_some_and(|location| location.starts_with("src/")), "{line}");
+}
+
+#[test]
 fn an_oracle_panic_answers_that_question_with_an_internal_error_and_nothing_else_breaks() {
     let file = TempConfig::new("[oracle]\npanic_question = \"Poison?\"\n");
     let server = ZenServer::launch(Launch::args(&["--config", file.path(), "--listen", "127.0.0.1:0"]));

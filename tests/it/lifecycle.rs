@@ -82,4 +82,10 @@ fn a_second_signal_during_a_drain_exits_at_once() {
     server.signal(Signal::SIGINT);
     let status = server.wait_exit(PROMPTLY).unwrap_or_else(|| panic!("still running; log:\n{}", server.log()));
     assert_eq!(status.code(), Some(130), "log:\n{}", server.log());
+    // The log says why, though the process exits without the usual flush at the end.
+    assert!(
+        server.wait_for_log(&["WARN", "second signal: exiting at once", "signal=\"SIGINT\""], DEADLINE).is_some(),
+        "log:\n{}",
+        server.log()
+    );
 }

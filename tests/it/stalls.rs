@@ -69,6 +69,12 @@ fn a_wedged_worker_is_routed_around_fails_every_probe_once_seen_and_makes_the_da
         log.contains("a worker thread has not answered for server.worker_stall_timeout_secs") && log.contains("ERROR"),
         "{log}"
     );
+    // The drain did not wait for the wedged connection, and says why it was left.
+    assert!(
+        log.contains("clients of a stalled worker thread still wait for answers; closing them unfinished=1"),
+        "{log}"
+    );
+    assert!(!log.contains("shutdown timeout passed"), "{log}");
 }
 
 #[test]
