@@ -821,7 +821,8 @@ impl Settings {
     }
 }
 
-/// The CPUs this process may use: its affinity mask and its cgroup's CPU quota, rounded up.
+/// The CPUs this process may use: its affinity mask, and its cgroup's CPU quota rounded down
+/// (at least one).
 pub fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
