@@ -154,7 +154,8 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1) as s:
 EOF
 }
 
-# Starts server $1 (zen, reference, redis, zen-tls, redis-tls or stunnel) with CPU prefix $2;
+# Starts server $1 (zen, zen-wN for server.workers = N, reference, actix, redis, zen-tls,
+# redis-tls or stunnel) with CPU prefix $2;
 # sets server_pid and server_addr (and proxy_pid for stunnel, with zen-server as server_pid).
 start_server() {
   local log port=""

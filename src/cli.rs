@@ -174,8 +174,8 @@ impl ServerCli {
     ///
     /// # Errors
     ///
-    /// [`CliError`] if HOST does not resolve or is combined with `--listen`, or a `--listen`
-    /// value is not an address.
+    /// [`CliError`] if HOST does not resolve, or a `--listen` value is not an address (HOST or
+    /// `-p` with `--listen` is refused before, by [`ServerCli::parse_args`]).
     pub fn overrides(&self) -> Result<Overrides, CliError> {
         match &self.host {
             Some(host) => {
@@ -187,7 +187,7 @@ impl ServerCli {
                 let addrs = self.listen.iter().map(|text| {
                     parse_socket_addr(text, LISTEN_EXAMPLE).map_err(|why| CliError::BadListen(text.clone(), why))
                 });
-                Ok(Overrides { listen: Some(addrs.collect::<Result<_, _>>()?), port: self.port })
+                Ok(Overrides { listen: Some(addrs.collect::<Result<_, _>>()?), port: None })
             }
         }
     }

@@ -38,6 +38,7 @@ pub use crate::{
 use crate::{
     oracle::table::AnswerTable,
     server::listener::{ListenerKind, check_overlaps},
+    threads,
     tls::{Identity, TlsError, TlsFile},
 };
 
@@ -68,10 +69,6 @@ pub const RESTART_ONLY: [&str; 14] = [
     "tls.proxy_listen",
     "metrics.listen",
 ];
-
-/// The keys whose values are lists of strings, which an environment variable gives as
-/// comma-separated items.
-const LIST_KEYS: [&str; 5] = ["server.listen", "proxy.listen", "proxy.trusted", "tls.listen", "tls.proxy_listen"];
 
 /// Upper bound on `server.workers` and `oracle.workers`, well above any core count.
 pub const MAX_WORKERS: i64 = 1024;
@@ -166,8 +163,7 @@ impl ConfigError {
 }
 
 /// A whole number from `MIN` to `MAX`: a count, a size, a duration in the unit its key names.
-/// Written as a number, or as a string of digits (as environment variables give it); a fraction
-/// or anything else is refused, never rounded.
+/// A fraction, a flag or text is refused, never rounded or read (config-rs would).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "i64")]
 pub struct Whole<const MIN: i64, const MAX: i64>(u64);
@@ -194,11 +190,12 @@ impl<const MIN: i64, const MAX: i64> Whole<MIN, MAX> {
     }
 
     fn new(number: i128) -> Result<Self, String> {
+        if number > i128::from(MAX) {
+            return Err(format!("must be at most {MAX}"));
+        }
         match u64::try_from(number) {
-            _ if number < i128::from(MIN) => Err(format!("must be at least {MIN}")),
-            _ if number > i128::from(MAX) => Err(format!("must be at most {MAX}")),
-            Ok(number) => Ok(Self(number)),
-            Err(_) => Err(format!("must be at least {MIN}")),
+            Ok(whole) if number >= i128::from(MIN) => Ok(Self(whole)),
+            _ => Err(format!("must be at least {MIN}")),
         }
     }
 }
@@ -217,16 +214,6 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Whole<MIN, MAX> {
             fn visit_u64<E: de::Error>(self, number: u64) -> Result<Self::Value, E> {
                 Whole::new(number.into()).map_err(E::custom)
             }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                let text = text.trim();
-                let digits = text.strip_prefix('-').unwrap_or(text);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(E::custom("expected a whole number"));
-                }
-                // Digits past what an i128 holds are out of range all the same.
-                let beyond = if text.starts_with('-') { i128::MIN } else { i128::MAX };
-                Whole::new(text.parse().unwrap_or(beyond)).map_err(E::custom)
-            }
         }
         deserializer.deserialize_any(Number)
     }
@@ -238,7 +225,7 @@ impl<const MIN: i64, const MAX: i64> From<Whole<MIN, MAX>> for i64 {
     }
 }
 
-/// `true` or `false` (also as an environment variable's text); nothing else.
+/// `true` or `false`; nothing else (config-rs would read `1` or `"yes"` as true).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Flag(pub bool);
@@ -253,9 +240,6 @@ impl<'de> Deserialize<'de> for Flag {
             }
             fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Flag, E> {
                 Ok(Flag(flag))
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Flag, E> {
-                text.trim().parse().map(Flag).map_err(|_| E::custom("expected true or false"))
             }
         }
         deserializer.deserialize_any(Truth)
@@ -537,10 +521,16 @@ impl Merged {
         };
         // serde's words for a key a section does not have.
         if let Some(field) = reason.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-            let key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+            // The field's name as written, which may hold dots or brackets of its own.
+            let value = match self.get(&key).map(|section| &section.kind) {
+                Some(ValueKind::Table(fields)) => fields.get(field),
+                _ => None,
+            };
+            let origin = value.and_then(Value::origin).unwrap_or(BUILTIN_ORIGIN).to_owned();
             let expected =
                 reason.split_once(", expected ").map_or(String::new(), |(_, known)| format!(" (expected {known})"));
-            return ConfigError::UnknownKey { origin: self.origin(&key), key, hint: expected };
+            let key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+            return ConfigError::UnknownKey { origin, key, hint: expected };
         }
         let reason =
             reason.split_once(", expected ").map_or(reason.clone(), |(_, expected)| format!("expected {expected}"));
@@ -597,7 +587,7 @@ impl Settings {
         let builtin = config::File::from_str(BUILTIN_TOML, FileFormat::Toml).collect()?;
         let mut layers = vec![Layer(builtin)];
         layers.extend(sources.file.as_ref().map(file_layer).transpose()?);
-        layers.push(env_layer(&sources.env)?);
+        layers.push(env_layer(&sources.env, &layers[0].0)?);
         let (mut settings, mut merged) = Self::merge(&layers)?;
         let configured = settings.server.listen.addrs().to_vec();
         if let Some(layer) = command_line_layer(&sources.overrides, &configured) {
@@ -625,14 +615,14 @@ impl Settings {
                 .map(|key| key.to_string())
                 .collect();
             set_aside.sort();
-            layers.push(running_layer(running)?);
+            layers.push(running_layer(running));
             (settings, merged) = Self::merge(&layers)?;
         }
         settings.check_together(&merged, &sources.overrides)?;
         if read_tls_files {
             settings.identity = settings.load_identity(&merged)?.map(Arc::new);
         }
-        settings.warnings = settings.warnings(&merged, sources);
+        settings.warnings = settings.find_warnings(&merged, sources);
         Ok((settings, set_aside))
     }
 
@@ -733,10 +723,10 @@ impl Settings {
     }
 
     /// What an operator may not expect of these settings, each said on one line.
-    fn warnings(&self, merged: &Merged, sources: &Sources) -> Vec<String> {
+    fn find_warnings(&self, merged: &Merged, sources: &Sources) -> Vec<String> {
         let mut warnings = Vec::new();
         if !sources.service_links.is_empty() {
-            warnings.push(format!("ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out): {}", sources.service_links.join(", ")));
+            warnings.push(format!("ignoring environment variables that are not settings but Kubernetes' links to a service named zen or zen-server (enableServiceLinks: false in the pod's spec leaves them out): {}", one_line(&sources.service_links.join(", "))));
         }
         let origin = merged.origin("oracle.answers");
         if origin != BUILTIN_ORIGIN {
@@ -798,7 +788,7 @@ impl Settings {
     /// figures).
     pub fn worker_count(&self) -> usize {
         match self.server.workers.count() {
-            0 => usable_cpus().saturating_sub(1).max(1),
+            0 => threads::usable_cpus().saturating_sub(1).max(1),
             n => n,
         }
     }
@@ -821,12 +811,6 @@ impl Settings {
     }
 }
 
-/// The CPUs this process may use: its affinity mask, and its cgroup's CPU quota rounded down
-/// (at least one).
-pub fn usable_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// Every leaf of `settings` by its dotted key (a list is a leaf).
 fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
     fn leaves(value: toml::Value, key: String, into: &mut BTreeMap<String, toml::Value>) {
@@ -840,14 +824,14 @@ fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
         }
     }
     let mut all = BTreeMap::new();
-    if let Ok(value) = toml::Value::try_from(settings) {
-        leaves(value, String::new(), &mut all);
-    }
+    // Plain data in TOML's types: `printed_settings_load_back...` proves it serializes.
+    let value = toml::Value::try_from(settings).expect("settings serialize to TOML");
+    leaves(value, String::new(), &mut all);
     all
 }
 
 /// The running values of every [`RESTART_ONLY`] key, as a layer.
-fn running_layer(running: &Settings) -> Result<Layer, ConfigError> {
+fn running_layer(running: &Settings) -> Layer {
     let running = flatten(running);
     let mut layer = toml::Table::new();
     for key in RESTART_ONLY {
@@ -858,7 +842,7 @@ fn running_layer(running: &Settings) -> Result<Layer, ConfigError> {
             table.insert(name.into(), value.clone());
         }
     }
-    Ok(Layer(layer.into_iter().map(|(key, value)| (key, from_toml(value, RUNNING_ORIGIN))).collect()))
+    Layer(layer.into_iter().map(|(key, value)| (key, from_toml(value, RUNNING_ORIGIN))).collect())
 }
 
 /// `server.listen` from the command line: its addresses, or `configured` on its port.
@@ -901,7 +885,7 @@ fn file_layer(file: &ConfigFile) -> Result<Layer, ConfigError> {
 fn parse_error(error: &toml::de::Error, text: &str) -> String {
     let message = one_line(&error.message().trim_end_matches('\n').replace('\n', "; "));
     let Some(span) = error.span() else { return message };
-    let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
+    let line = 1 + text.bytes().take(span.start).filter(|&byte| byte == b'\n').count();
     let written = text.lines().nth(line - 1).unwrap_or_default().trim();
     if written.starts_with('[') && !written.starts_with("[[") && message.contains("duplicate key") {
         return format!(
@@ -930,9 +914,11 @@ fn from_toml(value: toml::Value, origin: &str) -> Value {
     Value::new(Some(&origin), kind)
 }
 
-/// `ZEN_<SECTION>__<KEY>` variables as a layer: text, or a list of texts split at commas for
-/// a list's key; each value knows its variable. Their types read them as they read a file's.
-fn env_layer(vars: &HashMap<String, String>) -> Result<Layer, ConfigError> {
+/// `ZEN_<SECTION>__<KEY>` variables as a layer, each value knowing its variable, its text read
+/// as the kind of the key's built-in value: a whole number, `true` or `false`, a list split at
+/// commas; text that is none of these where one is expected stays text, for the key's type to
+/// refuse by name.
+fn env_layer(vars: &HashMap<String, String>, builtin: &Map<String, Value>) -> Result<Layer, ConfigError> {
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let mut layer = Map::new();
@@ -952,15 +938,26 @@ fn env_layer(vars: &HashMap<String, String>) -> Result<Layer, ConfigError> {
         }
         let origin = format!("environment variable {}", one_line(name));
         let text = &vars[name];
-        let kind = match LIST_KEYS.contains(&dotted.as_str()) {
+        let model = match builtin.get(&section).map(|value| &value.kind) {
+            Some(ValueKind::Table(keys)) => keys.get(&key).map(|value| &value.kind),
+            _ => None,
+        };
+        let as_text = || ValueKind::String(text.clone());
+        let kind = match model {
             // An empty variable is an empty list.
-            true => ValueKind::Array(
+            Some(ValueKind::Array(_)) => ValueKind::Array(
                 text.split(',')
                     .filter(|_| !text.trim().is_empty())
                     .map(|item| Value::new(Some(&origin), ValueKind::String(item.trim().into())))
                     .collect(),
             ),
-            false => ValueKind::String(text.clone()),
+            Some(ValueKind::I64(_)) => text
+                .parse()
+                .map(ValueKind::I64)
+                .or_else(|_| text.parse().map(ValueKind::U64))
+                .unwrap_or_else(|_| as_text()),
+            Some(ValueKind::Boolean(_)) => text.parse().map(ValueKind::Boolean).unwrap_or_else(|_| as_text()),
+            _ => as_text(),
         };
         let section = layer.entry(section).or_insert_with(|| Value::new(Some(&origin), ValueKind::Table(Map::new())));
         if let ValueKind::Table(table) = &mut section.kind {
@@ -1158,6 +1155,15 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_with_dots_in_its_quoted_name_is_blamed_on_its_file() {
+        let (error, file) = file_error("[server]\n\"a.b\" = 1\n");
+        assert!(
+            error.starts_with(&format!("unknown key server.a.b in {} (expected one of", file.0.display())),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_in_the_file_is_named() {
         let file = TempFile::new("[server]\nworker = 2\n");
         let error = load_error(&Sources { file: Some(file.config()), ..Sources::default() });
@@ -1317,6 +1323,27 @@ mod tests {
     }
 
     #[test]
+    fn text_where_a_number_or_a_flag_belongs_is_refused_in_a_file_and_read_in_a_variable() {
+        let (error, file) = file_error("[server]\nworkers = \"4\"\n");
+        let path = file.0.display();
+        assert_eq!(error, format!("invalid server.workers = \"4\" in {path}: expected a whole number"));
+        let (error, _file) = file_error("[server]\nreuse_port = \"true\"\n");
+        assert!(
+            error.starts_with("invalid server.reuse_port = \"true\" in ") && error.ends_with("expected true or false")
+        );
+        let (error, _file) = file_error("[server]\nreuse_port = 1\n");
+        assert!(error.starts_with("invalid server.reuse_port = 1 in ") && error.ends_with("expected true or false"));
+        let sources = env_sources(&[("ZEN_SERVER__WORKERS", "4"), ("ZEN_SERVER__REUSE_PORT", "true")]);
+        let settings = Settings::load(&sources).unwrap();
+        assert_eq!((settings.server.workers.get(), settings.server.reuse_port), (4, Flag(true)));
+        let error = env_error(&[("ZEN_SERVER__REUSE_PORT", "yes")]);
+        assert!(
+            error.starts_with("invalid server.reuse_port = \"yes\" in environment variable ZEN_SERVER__REUSE_PORT")
+        );
+        assert!(error.ends_with("expected true or false"), "{error}");
+    }
+
+    #[test]
     fn a_log_level_that_is_no_level_is_refused_naming_the_value() {
         for level in ["verbose", "inof", "info,zen_server=loud"] {
             let error = env_error(&[("ZEN_LOG__LEVEL", level)]);
@@ -1445,7 +1472,7 @@ mod tests {
         ] {
             let error = env_error(&[(var, value)]);
             let key = var.trim_start_matches("ZEN_").replace("__", ".").to_lowercase();
-            assert!(error.starts_with(&format!("invalid {key} = {value:?} in environment variable {var}")), "{error}");
+            assert!(error.starts_with(&format!("invalid {key} = {value} in environment variable {var}")), "{error}");
             assert!(error.ends_with(reason), "{error}");
         }
         let at_the_bounds = env(&[
@@ -1476,18 +1503,6 @@ mod tests {
         assert!(error.starts_with("unknown key oracle.answers[1].questoin in "), "{error}");
     }
 
-    /// Every leaf key of a TOML text, dotted.
-    fn toml_keys(text: &str) -> Vec<String> {
-        let table: toml::Table = text.parse().unwrap();
-        let settings = Settings::builtin().unwrap();
-        let mut keys: Vec<String> = flatten(&settings).into_keys().collect();
-        keys.retain(|key| {
-            let (section, name) = key.split_once('.').unwrap();
-            table.get(section).and_then(|s| s.get(name)).is_some()
-        });
-        keys
-    }
-
     #[test]
     fn the_builtin_file_and_the_structs_have_the_same_keys_both_ways() {
         let table: toml::Table = BUILTIN_TOML.parse().unwrap();
@@ -1498,7 +1513,6 @@ mod tests {
         in_file.sort();
         let in_structs: Vec<String> = flatten(&Settings::builtin().unwrap()).into_keys().collect();
         assert_eq!(in_file, in_structs);
-        assert_eq!(toml_keys(BUILTIN_TOML), in_structs);
         // A key the file has and no struct reads is refused, as is a struct field the file lacks.
         let extra = BUILTIN_TOML.replacen("[server]\n", "[server]\nthreads = 2\n", 1);
         assert_ne!(extra, BUILTIN_TOML);
@@ -1515,8 +1529,8 @@ mod tests {
     #[test]
     fn every_restart_only_key_is_a_setting() {
         let keys = flatten(&Settings::builtin().unwrap());
-        for key in RESTART_ONLY.iter().chain(&LIST_KEYS) {
-            assert!(keys.contains_key(*key), "{key}");
+        for key in RESTART_ONLY {
+            assert!(keys.contains_key(key), "{key}");
         }
     }
 

@@ -305,19 +305,18 @@ impl Handler<Shutdown> for Control {
         self.notifier.stopping(&format!("draining ({cause})"));
         ctx.spawn(wrap_future::<_, Self>(self.server.send(Drain)).map(|report, control: &mut Self, _| {
             match report {
-                Ok(DrainReport { unfinished: 0, elapsed }) => {
+                Ok(DrainReport { unfinished: 0, elapsed, .. }) => {
                     tracing::info!(unfinished = 0, elapsed_ms = elapsed.as_millis() as u64, "drained");
                 }
-                Ok(DrainReport { unfinished, elapsed }) => {
-                    // Before the timeout, only a stalled worker thread's clients are left.
-                    match elapsed < control.settings.server.shutdown_timeout_secs.secs() {
+                Ok(DrainReport { unfinished, elapsed, timed_out }) => {
+                    match timed_out {
                         true => tracing::warn!(
                             unfinished,
-                            "clients of a stalled worker thread still wait for answers; closing them"
+                            "shutdown timeout passed with clients still waiting for answers; closing them"
                         ),
                         false => tracing::warn!(
                             unfinished,
-                            "shutdown timeout passed with clients still waiting for answers; closing them"
+                            "clients of a stalled worker thread still wait for answers; closing them"
                         ),
                     }
                     tracing::warn!(unfinished, elapsed_ms = elapsed.as_millis() as u64, "drained");

@@ -10,6 +10,12 @@ use std::{num::NonZeroUsize, time::Duration};
 use actix::Arbiter;
 use actix_rt::ArbiterHandle;
 
+/// The CPUs this process may use: its affinity mask, and its cgroup's CPU quota rounded down
+/// (at least one), as Rust's `available_parallelism` counts them.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
 /// The worker threads, at least one.
 pub struct WorkerThreads {
     /// Kept to stop and join at exit (an `Arbiter` does neither when dropped).

@@ -80,7 +80,7 @@ fn run(
             eprintln!("zen-server: warning: {warning}");
         }
         let answers = settings.oracle.answers.len();
-        print!("# effective zen-server settings (oracle.answers has {answers} entries)\n{}", settings.to_toml()?);
+        print!("# effective zen-server settings (entries in oracle.answers: {answers})\n{}", settings.to_toml()?);
         return Ok(());
     }
     let sockets = sockets(cli, activated, &settings)?;

@@ -90,6 +90,14 @@ pub enum TlsFailure {
         /// What it did instead of replying with TLS.
         evidence: String,
     },
+    /// The server sent nothing back to the client's hello, which a TLS server answers at once.
+    #[error(
+        "the server at {addr} sent nothing back to the TLS hello within {HELLO_REPLY_TIMEOUT:?}, where a TLS server replies at once: if it does not speak TLS here, drop --tls"
+    )]
+    SilentAtHello {
+        /// The address as it was given.
+        addr: String,
+    },
     /// The server closed the connection at the client's hello, without a word.
     #[error("the server at {addr} closed the connection at the TLS hello{what_to_do}")]
     ClosedAtHello {
@@ -273,8 +281,7 @@ impl TlsClient {
         let handshake = match tokio::time::timeout(HELLO_REPLY_TIMEOUT, &mut connect).await {
             Ok(handshake) => handshake,
             Err(_) if connect.get_ref().is_some_and(|io| io.heard == 0) => {
-                let evidence = format!("no reply to the TLS hello within {HELLO_REPLY_TIMEOUT:?}");
-                return Err(TlsFailure::NotTls { addr: addr.to_owned(), evidence });
+                return Err(TlsFailure::SilentAtHello { addr: addr.to_owned() });
             }
             // Something came: a TLS server, if a slow one.
             Err(_) => connect.await,
@@ -674,8 +681,9 @@ mod tests {
         );
         assert_eq!(failure, expected);
         let (addr, failure, took) = failure_against(Plain::WaitsForMore).await;
-        let expected =
-            format!("the server at {addr} does not speak TLS here (no reply to the TLS hello within 1s): drop --tls");
+        let expected = format!(
+            "the server at {addr} sent nothing back to the TLS hello within 1s, where a TLS server replies at once: if it does not speak TLS here, drop --tls"
+        );
         assert_eq!(failure, expected);
         assert!(took >= HELLO_REPLY_TIMEOUT, "{took:?}");
     }

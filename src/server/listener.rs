@@ -287,14 +287,16 @@ pub const LISTEN_EXAMPLE: &str = "such as 127.0.0.1:1060 or [::1]:1060";
 /// A port past 65535, or text that is no address and port.
 pub fn parse_socket_addr(text: &str, example: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
-        let port = text.rsplit_once(':').map(|(ip, port)| (ip.trim_start_matches('[').trim_end_matches(']'), port));
-        match port {
-            Some((ip, port))
-                if ip.parse::<std::net::IpAddr>().is_ok()
-                    && !port.is_empty()
-                    && port.bytes().all(|b| b.is_ascii_digit()) =>
-            {
+        let parts = text.rsplit_once(':').map(|(ip, port)| (ip.trim_start_matches('[').trim_end_matches(']'), port));
+        let ip = parts.and_then(|(ip, _)| ip.parse::<std::net::IpAddr>().ok());
+        let port =
+            parts.map(|(_, port)| port).filter(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+        match (ip, port) {
+            (Some(_), Some(port)) if port.parse::<u16>().is_err() => {
                 format!("port {port} is out of range: a port is from 0 to 65535")
+            }
+            (Some(std::net::IpAddr::V6(ip)), Some(port)) if !text.starts_with('[') => {
+                format!("an IPv6 address takes brackets: [{ip}]:{port}")
             }
             _ => format!("expected an IP address and port, {example}"),
         }
@@ -364,6 +366,19 @@ pub fn check_overlaps(addrs: &[SocketAddr]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_that_does_not_parse_is_told_what_is_wrong_with_it() {
+        let parse = |text| parse_socket_addr(text, LISTEN_EXAMPLE).map_err(|why| why.to_string());
+        assert_eq!(parse("[::1]:1060"), Ok("[::1]:1060".parse().unwrap()));
+        assert_eq!(parse("127.0.0.1:99999"), Err("port 99999 is out of range: a port is from 0 to 65535".into()));
+        assert_eq!(parse("[::1]:70000"), Err("port 70000 is out of range: a port is from 0 to 65535".into()));
+        assert_eq!(parse("::1:1060"), Err("an IPv6 address takes brackets: [::1]:1060".into()));
+        let expected = format!("expected an IP address and port, {LISTEN_EXAMPLE}");
+        for text in ["[127.0.0.1]:1060", "localhost:1060", "127.0.0.1", "127.0.0.1:", "127.0.0.1:x"] {
+            assert_eq!(parse(text), Err(expected.clone()), "{text}");
+        }
+    }
 
     #[test]
     fn binding_an_address_in_use_names_the_address() {

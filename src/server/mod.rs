@@ -39,12 +39,13 @@ use self::{
 };
 use crate::{
     admission::Admission,
-    config::{Settings, usable_cpus},
+    config::Settings,
     log_queue,
     metrics::{FLUSH_INTERVAL, Metrics},
     protocol::Answer,
     proxy::ProxyPolicy,
     session::SessionInfo,
+    threads,
 };
 
 /// Stop accepting (after the lame-duck period, if there is one), let every session answer what
@@ -140,6 +141,9 @@ pub struct DrainReport {
     pub unfinished: usize,
     /// Time from the start of the drain to its end.
     pub elapsed: Duration,
+    /// Whether the shutdown timeout ended it (rather than the sessions, or all but a stalled
+    /// worker thread's).
+    pub timed_out: bool,
 }
 
 /// The accepting actor.
@@ -341,9 +345,9 @@ impl Actor for Server {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let (pid, workers, cpus) = (std::process::id(), self.workers.count(), threads::usable_cpus());
         for listener in mem::take(&mut self.listeners) {
             let (addr, kind) = (listener.local_addr(), listener.kind());
-            let (pid, workers, cpus) = (std::process::id(), self.workers.count(), usable_cpus());
             tracing::info!(%addr, pid, workers, cpus, proxy = kind.proxy, tls = kind.tls, "listening");
             match listener.socket() {
                 Ok(socket) => self.listening_sockets.push((socket, kind)),
@@ -460,8 +464,8 @@ impl Handler<Drain> for Server {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             };
-            let _ = tokio::time::timeout_at(deadline.into(), drained).await;
-            DrainReport { unfinished: admission.unfinished(), elapsed: started.elapsed() }
+            let timed_out = tokio::time::timeout_at(deadline.into(), drained).await.is_err();
+            DrainReport { unfinished: admission.unfinished(), elapsed: started.elapsed(), timed_out }
         })
     }
 }
@@ -557,7 +561,7 @@ mod tests {
             told.push(actix_rt::spawn(async move { read_all(&mut client).await }));
         }
         let report = tokio::time::timeout(Duration::from_secs(5), server.send(Drain)).await.unwrap().unwrap();
-        assert_eq!(report.unfinished, 0);
+        assert_eq!((report.unfinished, report.timed_out), (0, false));
         for client in told {
             assert_eq!(client.await.unwrap(), b"Error: server shutting down.");
         }
@@ -647,7 +651,7 @@ mod tests {
             told.push(actix_rt::spawn(async move { read_all(&mut client).await }));
         }
         let report = tokio::time::timeout(Duration::from_secs(5), server.send(Drain)).await.unwrap().unwrap();
-        assert_eq!(report.unfinished, 0);
+        assert_eq!((report.unfinished, report.timed_out), (0, false));
         for client in told {
             assert_eq!(client.await.unwrap(), b"Error: server shutting down.");
         }

@@ -108,7 +108,7 @@ fn tls_to_a_plain_listener_is_told_within_a_second_or_so_to_drop_tls() {
         "zen-client: the server at {addr} does not speak TLS here (it answered the TLS hello with \"Error: unknown aphorism.\"): drop --tls\n"
     );
     let silent = format!(
-        "zen-client: the server at {addr} does not speak TLS here (no reply to the TLS hello within 1s): drop --tls\n"
+        "zen-client: the server at {addr} sent nothing back to the TLS hello within 1s, where a TLS server replies at once: if it does not speak TLS here, drop --tls\n"
     );
     for _ in 0..3 {
         let started = Instant::now();
@@ -117,7 +117,8 @@ fn tls_to_a_plain_listener_is_told_within_a_second_or_so_to_drop_tls() {
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr == answered || stderr == silent, "{stderr}");
-        assert!(took < Duration::from_secs(2), "told after {took:?}, not before ask's own 5 s timeout");
+        // Well before ask's own 5 s timeout, which would say there was no answer.
+        assert!(took < Duration::from_millis(4500), "told after {took:?}");
     }
 }
 

@@ -264,7 +264,7 @@ fn check_config_prints_the_warnings_the_server_would_log_and_still_exits_0() {
     let env = [("ZEN_TLS__CERT_FILE", "/etc/zen/cert.pem"), ("ZEN_PORT", "tcp://10.0.0.1:1060")];
     let (status, stdout, stderr) = run_server(&["check-config", "--config", file.path()], &env);
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(stdout.starts_with("# effective zen-server settings (oracle.answers has 1 entries)"), "{stdout}");
+    assert!(stdout.starts_with("# effective zen-server settings (entries in oracle.answers: 1)"), "{stdout}");
     let warnings: Vec<&str> = stderr.lines().collect();
     assert_eq!(warnings.len(), 3, "{stderr}");
     assert!(warnings.iter().all(|line| line.starts_with("zen-server: warning: ")), "{stderr}");

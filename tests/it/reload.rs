@@ -256,9 +256,14 @@ fn the_pid_in_the_listening_line_names_this_server_to_signal_and_no_other() {
         .unwrap_or_else(|| panic!("no pid field in {line}"));
     assert_eq!(pid.parse::<u32>().ok(), Some(server.pid()), "{line}");
     assert_ne!(server.pid(), other.pid());
+    // Both files change; only the server signalled reads its own again.
     file.write(&table("Pretty."));
+    other_file.write(&table("Pretty."));
     let status = std::process::Command::new("kill").args(["-HUP", pid]).status().expect("kill runs");
     assert!(status.success());
     assert!(server.wait_for_log(&["settings reloaded", "answers=1"], DEADLINE).is_some(), "log:\n{}", server.log());
     assert_eq!(ask_like_the_book(&mut connect(server.addr()), b"Beautiful is better than?"), b"Pretty.");
+    // The other, not signalled, still serves its old table.
+    assert!(!other.log().contains("settings reloaded"), "{}", other.log());
+    assert_eq!(ask_like_the_book(&mut connect(other.addr()), b"Beautiful is better than?"), b"Ugly.");
 }

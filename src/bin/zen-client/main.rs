@@ -94,7 +94,7 @@ fn target_from_settings(
             if !server.client_ca_file.0.is_empty() && tls.cert.is_none() {
                 bail!(
                     "the server asks TLS clients for a certificate (tls.client_ca_file {:?}): give --cert and --key",
-                    server.client_ca_file
+                    server.client_ca_file.0
                 );
             }
             let options = tls.options(Trust::Certificate(server.cert_file.0.clone().into()));
