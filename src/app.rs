@@ -2,7 +2,7 @@
 //!
 //! [`App::start`] starts, on the current actix `System`, every actor of the daemon. The current
 //! thread is the control plane: it runs the [`Server`] (accept), the [`Control`] actor, the
-//! [`Oracle`]'s owner and, in [`serve`], the signal handlers, and no session. Each worker
+//! [`Oracle`] and, in [`serve`], the signal handlers, and no session. Each worker
 //! thread runs a [`Worker`](crate::server::worker::Worker), the oracle replica its sessions ask,
 //! and its sessions. [`run`] binds the configured
 //! addresses unless it is handed sockets, and [`serve`] adds the signal handlers and runs until

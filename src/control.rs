@@ -8,11 +8,12 @@
 //! A reload re-reads every layer (the file, the environment the daemon started with, its
 //! flags) and validates the whole result before anything changes. Reading, parsing, validating
 //! and building the answer table happen on a thread of their own, so that neither the worker
-//! threads nor accepting wait for them. If the result is valid, the answer table is swapped
-//! atomically for every worker, the log filter changes, and limits apply to new connections
-//! (timeouts to every connection), and new TLS handshakes use the certificate and key read
-//! again from their files (a pair that cannot be used fails the reload, and the old one stays);
-//! settings that cannot change live are named in one warning.
+//! threads nor accepting wait for them. If the result is valid, the answer table and the limits
+//! sessions read are swapped as one snapshot, in force for every worker and every open
+//! connection at once (only the keepalive keys wait for new connections); the log filter
+//! changes; new TLS handshakes use the certificate and key read again from their files (a pair
+//! that cannot be used fails the reload, and the old one stays); settings that cannot change
+//! live are named in one warning.
 //! Only once the new table is in force is the reload reported (the log's `settings reloaded`,
 //! the reload counter, `READY=1`). If the result is not valid, nothing changes, the error names
 //! the layer, key and value, and the daemon serves on with what it had. A SIGHUP that comes
@@ -117,9 +118,17 @@ struct Prepared {
 /// Reads every layer again over `running`, and builds and validates the result (on the calling
 /// thread, which is never one that serves clients).
 fn prepare(sources: &Sources, running: &Settings) -> Result<Prepared, ReloadError> {
-    let (settings, needs_restart) = Settings::reload(sources, running)?;
+    let (mut settings, needs_restart) = Settings::reload(sources, running)?;
     let live = running.changed_keys(&settings);
-    let table = live.iter().any(|key| key == "oracle.answers").then(|| settings.oracle.answers.clone());
+    let table = match live.iter().any(|key| key == "oracle.answers") {
+        true => Some(settings.oracle.answers.clone()),
+        // The same table: the one in force stays, with what was computed of it, on this reload
+        // and the next.
+        false => {
+            settings.oracle.answers = running.oracle.answers.clone();
+            None
+        }
+    };
     Ok(Prepared { settings, live, needs_restart, table })
 }
 
@@ -359,5 +368,43 @@ impl Handler<ServerIdle> for Control {
 
     fn handle(&mut self, ServerIdle { cause }: ServerIdle, ctx: &mut Self::Context) {
         self.handle(Shutdown { cause }, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(vars: &[(&str, &str)]) -> Sources {
+        let env = vars.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+        Sources { env, ..Sources::default() }
+    }
+
+    #[test]
+    fn a_reload_that_leaves_the_table_as_it_was_keeps_the_one_in_force_reload_after_reload() {
+        let running = Settings::load(&Sources::default()).unwrap();
+        let first = prepare(&sources(&[("ZEN_LOG__LEVEL", "debug")]), &running).unwrap();
+        assert_eq!((first.live.as_slice(), first.table.is_none()), (&["log.level".to_owned()][..], true));
+        assert!(Arc::ptr_eq(&first.settings.oracle.answers, &running.oracle.answers));
+        let second = prepare(&sources(&[("ZEN_LOG__LEVEL", "info")]), &first.settings).unwrap();
+        assert!(second.table.is_none());
+        assert!(
+            Arc::ptr_eq(&second.settings.oracle.answers, &running.oracle.answers),
+            "a new table every other reload"
+        );
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_table_hands_over_the_new_one() {
+        let running = Settings::load(&Sources::default()).unwrap();
+        let path = std::env::temp_dir().join(format!("zen-control-{}.toml", std::process::id()));
+        std::fs::write(&path, "[[oracle.answers]]\nquestion = \"Why?\"\nanswer = \"Because.\"\n").unwrap();
+        let file = crate::config::ConfigFile { path: path.clone(), named_by: "--config" };
+        let prepared = prepare(&Sources { file: Some(file), ..Sources::default() }, &running);
+        let _ = std::fs::remove_file(&path);
+        let prepared = prepared.unwrap();
+        let table = prepared.table.expect("the table changed");
+        assert!(Arc::ptr_eq(&table, &prepared.settings.oracle.answers));
+        assert_eq!(table.len(), 1);
     }
 }

@@ -1,8 +1,8 @@
 //! The Oracle: the one owner of the answer table, on the control thread, with a replica of it
 //! on each worker thread, which the sessions of that thread ask.
 //!
-//! [`Oracle`] holds the current answer table and replaces it ([`ReplaceTable`]): one actor with
-//! one address. Sessions do not ask it directly: asking an actor on another thread cost two
+//! [`Oracle`] holds the current answer table with the limits sessions read (one snapshot) and
+//! replaces both at once ([`ReplaceTable`]): one actor with one address. Sessions do not ask it directly: asking an actor on another thread cost two
 //! thread switches per question and halved throughput on one core. Each worker thread has an
 //! [`OracleReplica`] instead (started with [`StartedOracle::start_replica`]), and the sessions
 //! of that thread [`Ask`] it. Every replica reads the Oracle's one table (an [`ArcSwap`]), so

@@ -136,7 +136,8 @@ impl From<&Settings> for ApplyLimits {
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Sessions still owed answers when the shutdown timeout ran out (0 on a clean drain);
+    /// Sessions still owed answers when the drain ended: when the shutdown timeout ran out, or
+    /// when only the clients of a stalled worker thread were left (0 on a clean drain);
     /// sessions that only lingered after their last answer are not counted.
     pub unfinished: usize,
     /// Time from the start of the drain to its end.

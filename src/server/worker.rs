@@ -75,8 +75,8 @@ struct WorkerSlot {
     /// When the check the worker has not answered yet was sent; shared with the reply's
     /// handler on the control thread.
     unanswered_since: Rc<Cell<Option<Instant>>>,
-    /// Whether the worker was last counted as stalled.
-    stalled: bool,
+    /// Whether the worker was last counted as stalled; shared with a drain under way.
+    stalled: Rc<Cell<bool>>,
 }
 
 impl WorkerSlot {
@@ -131,7 +131,13 @@ impl Workers {
                     ctx.add_message_stream(Adoptions(taken));
                     Worker::new(&oracle, metrics, tls)
                 });
-                WorkerSlot { addr, handoff, load: Arc::default(), unanswered_since: Rc::default(), stalled: false }
+                WorkerSlot {
+                    addr,
+                    handoff,
+                    load: Arc::default(),
+                    unanswered_since: Rc::default(),
+                    stalled: Rc::default(),
+                }
             })
             .collect();
         Self { workers, next: 0, last_check: Instant::now(), health, metrics: metrics.clone() }
@@ -180,15 +186,19 @@ impl Workers {
         let mut reclaimed = Vec::new();
         // Taken back only to go to a worker that answers, if any does.
         let any_answers = self.workers.iter().any(|worker| worker.answers(now));
-        for worker in &mut self.workers {
+        for (index, worker) in self.workers.iter_mut().enumerate() {
             match worker.unanswered_since.get() {
                 None => {
                     worker.unanswered_since.set(Some(now));
                     let unanswered_since = worker.unanswered_since.clone();
                     let check = worker.addr.send(WorkerAlive);
                     ctx.spawn(wrap_future(async move {
-                        if let Ok(Ok(())) = check.await {
-                            unanswered_since.set(None);
+                        match check.await {
+                            Ok(Ok(())) => unanswered_since.set(None),
+                            // Left unanswered: the worker is routed around, then counted as
+                            // stalled, and the daemon exits to be restarted.
+                            Ok(Err(error)) => tracing::error!(worker = index + 1, %error, "a worker cannot serve"),
+                            Err(_) => tracing::error!(worker = index + 1, "a worker is gone"),
                         }
                     }));
                 }
@@ -205,8 +215,8 @@ impl Workers {
         for (index, worker) in self.workers.iter_mut().enumerate() {
             let silent = worker.silent_for(now);
             let stalled = silent >= STALL_SEEN_AFTER;
-            if stalled != worker.stalled {
-                worker.stalled = stalled;
+            if stalled != worker.stalled.get() {
+                worker.stalled.set(stalled);
                 let (worker, silent_ms) = (index + 1, silent.as_millis() as u64);
                 match stalled {
                     true => tracing::warn!(
@@ -227,11 +237,11 @@ impl Workers {
         check
     }
 
-    /// Connections held by stalled workers, which a drain cannot wait for.
+    /// Connections held by the workers stalled at the time of each call, which a drain cannot
+    /// wait for.
     pub fn held_by_stalled(&self) -> impl Fn() -> usize + 'static {
-        let loads: Vec<_> =
-            self.workers.iter().filter(|worker| worker.stalled).map(|worker| worker.load.clone()).collect();
-        move || loads.iter().map(|load| load.load(Ordering::Relaxed)).sum()
+        let workers: Vec<_> = self.workers.iter().map(|worker| (worker.stalled.clone(), worker.load.clone())).collect();
+        move || workers.iter().filter(|(stalled, _)| stalled.get()).map(|(_, load)| load.load(Ordering::Relaxed)).sum()
     }
 
     /// Tells every worker to drain its sessions.

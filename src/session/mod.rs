@@ -29,7 +29,7 @@
 //!
 //! What a connection can make the server hold is bounded in bytes. The session counts what it
 //! owes its client: for each question at the oracle, the question's bytes and the longest
-//! answer the oracle can give ([`AnswerBound`]); answers back from the oracle that wait for
+//! answer the oracle can give ([`Snapshot::answer_bound`](crate::oracle::Snapshot)); answers back from the oracle that wait for
 //! earlier ones; and answers the socket has not taken yet (the [`AnswerSink`]'s backlog). A
 //! batch of questions read is asked only as far as what is owed stays within
 //! `max_pending_bytes`; the rest of the batch is held back, and reading paused ([`Flow`]),
@@ -106,10 +106,10 @@ pub const LINGER_AFTER_LAST_ANSWER: Duration = Duration::from_secs(2);
 /// The most bytes one connection can make the server hold under `config` while the oracle's
 /// longest answer is `longest_answer` bytes (see the module's memory bound).
 pub fn most_bytes_held(config: &SessionConfig, longest_answer: usize) -> usize {
-    let owed = config.max_pending_bytes.max(config.max_question_bytes + longest_answer);
-    let read_buffer = 2 * (config.max_question_bytes + READ_BUFFER_BYTES);
+    let owed = config.max_pending_bytes.max(config.max_question_bytes.saturating_add(longest_answer));
+    let read_buffer = config.max_question_bytes.saturating_add(READ_BUFFER_BYTES).saturating_mul(2);
     let held_back = read_buffer;
-    owed + read_buffer + held_back + SESSION_BYTES
+    owed.saturating_add(read_buffer).saturating_add(held_back).saturating_add(SESSION_BYTES)
 }
 
 /// Who the session serves.
@@ -300,8 +300,8 @@ impl ZenSession {
             let room = limits.max_pending_bytes.saturating_sub(owed);
             let Some((seq, questions)) = self.queue.next_to_ask(now, room, per_question, owed == 0) else { break };
             self.ask(seq, questions);
-            // Answers that never come end the session then (see `check_timeouts`); the deadline
-            // moves only when it is later, so not once per question.
+            // Answers that never come end the session then (see `check_timeouts`); a deadline
+            // already set earlier stays, so the registry is not touched once per question.
             self.deps.registry.check_by(self.key, now + limits.write_timeout);
         }
         self.flow.set_owed(self.owed(), self.queue.holds_questions(), limits.max_pending_bytes);
@@ -346,7 +346,6 @@ impl ZenSession {
             && self.queue.is_empty()
         {
             self.phase = Phase::Closing { reason, input };
-            self.sink.close();
         }
     }
 

@@ -82,13 +82,14 @@ impl AnswerQueue {
         self.held.is_some()
     }
 
-    /// Whether the server's last word was given: the queue takes no more questions.
+    /// Whether the server's last word waits in the queue: until it is written, the queue takes
+    /// no more questions (after it, the session takes none either: it is closing).
     pub fn has_last_word(&self) -> bool {
         self.last_word.is_some() || self.slots.back().is_some_and(|slot| slot.read_at.is_none())
     }
 
     /// Questions read at `read_at`, to be asked after every question before them
-    /// ([`AnswerQueue::next_to_ask`]); none is taken after the last word.
+    /// ([`AnswerQueue::next_to_ask`]); none is taken while the last word waits.
     pub fn push_questions(&mut self, read_at: Instant, questions: Questions) {
         if questions.is_empty() || self.has_last_word() {
             return;

@@ -54,7 +54,6 @@ pub struct AnswerSink {
     backlog: usize,
     /// Since when bytes have waited without the socket taking any.
     stalled_since: Option<Instant>,
-    closing: bool,
     /// Bytes the socket took since [`AnswerSink::take_sent`] was last called.
     sent: usize,
     /// Whether the connection took bytes since it was last flushed.
@@ -69,7 +68,6 @@ impl AnswerSink {
             waiting: VecDeque::with_capacity(QUEUE_SLOTS_AT_FIRST),
             backlog: 0,
             stalled_since: None,
-            closing: false,
             sent: 0,
             unflushed: false,
         }
@@ -97,17 +95,6 @@ impl AnswerSink {
     /// The bytes the socket took since the last call.
     pub fn take_sent(&mut self) -> usize {
         std::mem::take(&mut self.sent)
-    }
-
-    /// Whether [`AnswerSink::close`] was called.
-    pub fn is_closing(&self) -> bool {
-        self.closing
-    }
-
-    /// Asks for the sink to be closed once everything sent has been written:
-    /// [`AnswerSink::poll_close`] then finishes the job.
-    pub fn close(&mut self) {
-        self.closing = true;
     }
 
     /// Writes what waits, as far as the socket takes it, and flushes it; `Ready(Ok)` once
@@ -176,15 +163,24 @@ impl AnswerSink {
     }
 
     /// Writes what waits, flushes, and shuts down the sending side (the half-close): the
-    /// client reads end of file after the last answer.
+    /// client reads end of file after the last answer. A connection that cannot take the
+    /// shutdown yet (TLS's `close_notify` waits for room in the socket) is stalled like one that
+    /// cannot take answers, so the write timeout covers the close too.
     ///
     /// # Errors
     ///
     /// If the socket failed.
     pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_write_out(cx))?;
-        std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return self.stalled(false),
+        }
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
+            Poll::Pending => self.stalled(false),
+            done => done,
+        }
     }
 }
 
@@ -208,6 +204,8 @@ mod tests {
         buffered: Vec<u8>,
         out: Vec<u8>,
         flush_allowed: bool,
+        /// Whether the shutdown (TLS's `close_notify`) finds room.
+        shutdown_allowed: bool,
     }
 
     #[derive(Clone, Default)]
@@ -229,9 +227,26 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.poll_flush(cx)
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.0.borrow().shutdown_allowed {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn a_close_the_connection_cannot_take_yet_counts_as_stalled() {
+        let connection = Shared::default();
+        connection.0.borrow_mut().flush_allowed = true;
+        let mut sink = AnswerSink::new(Box::new(connection.clone()));
+        sink.send(answers(b"Ugly."));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(sink.poll_close(&mut cx).is_pending());
+        assert_eq!(connection.0.borrow().out.as_slice(), b"Ugly.");
+        assert!(sink.stalled_since().is_some(), "a shutdown that waits runs no write timeout");
+        connection.0.borrow_mut().shutdown_allowed = true;
+        assert!(matches!(sink.poll_close(&mut cx), Poll::Ready(Ok(()))));
     }
 
     #[tokio::test]
@@ -256,7 +271,6 @@ mod tests {
         assert_eq!(sink.backlog(), 5, "queued until written out");
         poll_fn(|cx| sink.poll_write_out(cx)).await.unwrap();
         sink.send(answers(b"Error: unknown aphorism."));
-        sink.close();
         poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
         let mut received = Vec::new();
         client.read_to_end(&mut received).await.unwrap();
@@ -299,7 +313,6 @@ mod tests {
             client.read_to_end(&mut received).await.unwrap();
             received
         });
-        sink.close();
         poll_fn(|cx| sink.poll_close(cx)).await.unwrap();
         assert_eq!((sink.backlog(), sink.take_sent()), (0, 22));
         drop(sink);
