@@ -574,7 +574,7 @@ impl Settings {
     /// # Errors
     ///
     /// [`ConfigError`] naming the layer, key and value at fault ("the running settings" for a
-    /// value kept from `running`).
+    /// value kept from `running` where the layers now give another).
     pub fn reload(sources: &Sources, running: &Settings) -> Result<(Self, Vec<String>), ConfigError> {
         Self::load_over(sources, Some(running), true)
     }
@@ -615,8 +615,12 @@ impl Settings {
                 .map(|key| key.to_string())
                 .collect();
             set_aside.sort();
-            layers.push(running_layer(running));
-            (settings, merged) = Self::merge(&layers)?;
+            // When no restart-only key changed, the layers already give the running values (and
+            // a merge of a large table again would double the reload's work).
+            if !set_aside.is_empty() {
+                layers.push(running_layer(&kept));
+                (settings, merged) = Self::merge(&layers)?;
+            }
         }
         settings.check_together(&merged, &sources.overrides)?;
         if read_tls_files {
@@ -797,8 +801,12 @@ impl Settings {
     /// `oracle.answers`, is one key).
     pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
         let (mine, theirs) = (flatten(self), flatten(other));
-        let keys: BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
-        keys.into_iter().filter(|key| mine.get(*key) != theirs.get(*key)).cloned().collect()
+        let mut keys: BTreeSet<String> =
+            mine.keys().chain(theirs.keys()).filter(|key| mine.get(*key) != theirs.get(*key)).cloned().collect();
+        if self.oracle.answers != other.oracle.answers {
+            keys.insert("oracle.answers".to_owned());
+        }
+        keys.into_iter().collect()
     }
 
     /// The settings as TOML, as `check-config` prints them.
@@ -811,7 +819,8 @@ impl Settings {
     }
 }
 
-/// Every leaf of `settings` by its dotted key (a list is a leaf).
+/// Every leaf of `settings` by its dotted key (a list is a leaf); `oracle.answers`, the one value
+/// that may be large, stands there empty (compared as a table where it matters).
 fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
     fn leaves(value: toml::Value, key: String, into: &mut BTreeMap<String, toml::Value>) {
         match value {
@@ -825,14 +834,16 @@ fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
     }
     let mut all = BTreeMap::new();
     // Plain data in TOML's types: `printed_settings_load_back...` proves it serializes.
+    let settings =
+        Settings { oracle: OracleSettings { answers: Arc::default(), ..settings.oracle.clone() }, ..settings.clone() };
     let value = toml::Value::try_from(settings).expect("settings serialize to TOML");
     leaves(value, String::new(), &mut all);
     all
 }
 
-/// The running values of every [`RESTART_ONLY`] key, as a layer.
-fn running_layer(running: &Settings) -> Layer {
-    let running = flatten(running);
+/// The values of every [`RESTART_ONLY`] key in `running` (the running settings, flattened), as a
+/// layer.
+fn running_layer(running: &BTreeMap<String, toml::Value>) -> Layer {
     let mut layer = toml::Table::new();
     for key in RESTART_ONLY {
         let (section, name) = key.split_once('.').unwrap_or((key, ""));

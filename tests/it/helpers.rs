@@ -107,6 +107,8 @@ pub struct Launch {
     pub stderr: Option<Stdio>,
     /// Log text that says the server is ready, instead of `listening` events.
     pub ready_when: Option<String>,
+    /// How long the server may take to be ready ([`DEADLINE`] unless said).
+    pub ready_within: Option<Duration>,
 }
 
 impl Launch {
@@ -121,6 +123,11 @@ impl Launch {
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn ready_within(mut self, deadline: Duration) -> Self {
+        self.ready_within = Some(deadline);
         self
     }
 
@@ -196,14 +203,15 @@ impl ZenServer {
     /// Starts the server as `launch` says and waits until it listens (or says it is ready).
     pub fn launch(launch: Launch) -> Self {
         let (listeners, ready_when) = (launch.listeners, launch.ready_when.clone());
+        let deadline = launch.ready_within.unwrap_or(DEADLINE);
         let mut server = Self::spawn(launch);
         if let Some(text) = ready_when {
-            if server.wait_for_log(&[&text], DEADLINE).is_none() {
+            if server.wait_for_log(&[&text], deadline).is_none() {
                 panic!("server did not say {text:?} in time; log:\n{}", server.log());
             }
             return server;
         }
-        let Some(lines) = server.log.wait_for_lines(DEADLINE, listeners, is_listening) else {
+        let Some(lines) = server.log.wait_for_lines(deadline, listeners, is_listening) else {
             panic!("server did not listen in time; log:\n{}", server.log());
         };
         server.addrs = lines.iter().map(|line| listening_addr(line)).collect();
@@ -565,7 +573,12 @@ impl NotifySocket {
 
     /// Waits for a notification holding `line`; returns it with every one seen on the way.
     pub fn wait_for(&self, line: &str) -> (String, Vec<String>) {
-        let end = Instant::now() + DEADLINE;
+        self.wait_for_within(line, DEADLINE)
+    }
+
+    /// [`Self::wait_for`], for up to `deadline`.
+    pub fn wait_for_within(&self, line: &str, deadline: Duration) -> (String, Vec<String>) {
+        let end = Instant::now() + deadline;
         let mut seen = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             let Some(message) = self.next(left) else { break };
@@ -574,7 +587,7 @@ impl NotifySocket {
             }
             seen.push(message);
         }
-        panic!("no {line:?} within {DEADLINE:?}; got {seen:?}");
+        panic!("no {line:?} within {deadline:?}; got {seen:?}");
     }
 }
 
