@@ -833,9 +833,9 @@ fn flatten(settings: &Settings) -> BTreeMap<String, toml::Value> {
         }
     }
     let mut all = BTreeMap::new();
-    // Plain data in TOML's types: `printed_settings_load_back...` proves it serializes.
     let settings =
         Settings { oracle: OracleSettings { answers: Arc::default(), ..settings.oracle.clone() }, ..settings.clone() };
+    // Plain data in TOML's types: `printed_settings_load_back...` proves it serializes.
     let value = toml::Value::try_from(settings).expect("settings serialize to TOML");
     leaves(value, String::new(), &mut all);
     all

@@ -172,8 +172,8 @@ fn twenty_reloads_under_pipelining_clients_lose_no_answer_and_give_no_error() {
 }
 
 /// How long a server may take to load or reload the large table below: parsed, merged over the
-/// other layers and compared with the running one, it takes about 3 s of CPU in a debug build,
-/// and several times as long when other work keeps the cores busy. It bounds a hang; nothing is
+/// other layers and compared with the running one, it takes about 2 s in a debug build, and
+/// several times as long when other work keeps the cores busy. It bounds a hang; nothing is
 /// timed with it.
 const LARGE_TABLE_DEADLINE: Duration = Duration::from_secs(60);
 
