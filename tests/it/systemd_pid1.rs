@@ -26,6 +26,23 @@ const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_zen-client");
 /// Where the socket unit listens, in the container's network.
 const ADDR: &str = "127.0.0.1:1060";
 
+/// The container's PID 1, as the host numbers it, once `systemd-nspawn` (process `nspawn`) has
+/// started it: the child that is PID 1 of a PID namespace of its own. nspawn's first child is a
+/// helper that starts that one and exits a few milliseconds later; `nsenter` into it would fail.
+fn container_init(nspawn: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).ok()?;
+    children.split_whitespace().filter_map(|pid| pid.parse().ok()).find(|pid: &u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ids: Vec<&str> = status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        ids.len() > 1 && ids.last() == Some(&"1")
+    })
+}
+
 /// A Debian system booted with systemd as PID 1, powered off when dropped.
 struct Machine {
     nspawn: Child,
@@ -64,8 +81,7 @@ impl Machine {
             .unwrap();
         let end = Instant::now() + DEADLINE;
         let pid1 = loop {
-            let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", nspawn.id(), nspawn.id()));
-            if let Some(pid) = children.ok().and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok())) {
+            if let Some(pid) = container_init(nspawn.id()) {
                 break pid;
             }
             assert!(Instant::now() < end, "systemd did not start");
@@ -83,8 +99,10 @@ impl Machine {
             }
             assert!(
                 Instant::now() < end,
-                "the system did not finish booting ({}); its jobs:\n{}",
+                "the system did not finish booting ({}; PID 1 is {} on the host, {}); its jobs:\n{}",
                 state.trim(),
+                machine.pid1,
+                if Path::new(&format!("/proc/{}", machine.pid1)).exists() { "running" } else { "gone" },
                 machine.systemctl(&["list-jobs", "--no-pager"])
             );
             thread::sleep(Duration::from_millis(100));
